@@ -1,0 +1,87 @@
+//! The command line: global options and the list of subcommands. Each
+//! subcommand's own arguments live next to its code in `src/cmd/<name>.rs`.
+//!
+//! The `///` comments here and in every `Args` struct are the user interface:
+//! they are `--help` and, through `orch generate man`, the man pages.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::cmd;
+
+/// Run an autonomous software-delivery pipeline of AI coding agents.
+///
+/// Tasks move through analysis, architecture, development, review, testing,
+/// deploy-staging and deploy. Short-lived `orch` processes, started by
+/// systemd timers, a webhook shim or a person, share one SQLite database in
+/// the state directory.
+///
+/// Exit codes: 0 success, 1 failure, 2 usage, 3 nothing to do, 65 malformed
+/// input, 75 temporary failure (retry later), 77 signature rejected,
+/// 78 configuration error.
+#[derive(Debug, Parser)]
+#[command(name = "orch", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// Options every subcommand takes.
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalOpts {
+    /// State directory (database, locks, logs, repositories). Default:
+    /// $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/orch, else ~/.local/state/orch.
+    #[arg(long, global = true, env = "ORCH_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Configuration file. Default: <state dir>/orch.toml if it exists. Every
+    /// setting can also be overridden by an ORCH_<SETTING> environment variable.
+    #[arg(long, global = true, env = "ORCH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log more (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Log errors only.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the state directory and database (idempotent).
+    Init(cmd::init::Args),
+    /// Show the queue: counts, running jobs and whether their owners live, recent jobs, counters.
+    Status(cmd::status::Args),
+    /// Claim the next eligible job (exit 3 when nothing is claimable, saying why).
+    Claim(cmd::claim::Args),
+    /// Create and inspect tasks.
+    #[command(subcommand)]
+    Task(cmd::task::Command),
+    /// Inspect, enqueue and retry jobs.
+    #[command(subcommand)]
+    Job(cmd::job::Command),
+    /// Generate man pages or shell completions.
+    #[command(subcommand, hide = true)]
+    Generate(cmd::generate::Command),
+    /// Test facilities (crash points).
+    #[command(subcommand, hide = true)]
+    Debug(cmd::debug::Command),
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

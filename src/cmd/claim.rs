@@ -1,0 +1,97 @@
+//! `orch claim`: take a lock, claim the next eligible job with that lock's
+//! token, print it. Exit 3 when nothing is claimable, saying why.
+//!
+//! The claiming process is the job's owner: once it exits, `orch status`
+//! shows the owner dead and `orch reap` requeues the job after
+//! `reaper_start_grace_s` unless a worker (`orch run-agent --job N`) takes it
+//! over. It is meant for inspection, scripts and external workers; the
+//! pipeline's own workers claim inside `orch run-agent --next`.
+
+use std::process::ExitCode;
+
+use crate::context::Ctx;
+use crate::crash;
+use crate::error::exit;
+use crate::liveness::{self, WorkerLock};
+use crate::output;
+use crate::queue::{self, Claimer, Gates, Job, Unclaimable};
+use crate::storage::{self, Db};
+
+/// Arguments of `orch claim`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print the claimed job (or why none was claimed) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Heal impossible queued rows if the kill-switch allows (cheap; every claimer runs it).
+pub fn sanitize_sweep(ctx: &Ctx, db: &mut Db) -> anyhow::Result<usize> {
+    if !ctx.config.impossible_queued_sanitize_enabled {
+        return Ok(0);
+    }
+    let now = storage::now();
+    let healed = db.write(|tx| Ok(queue::sanitize_impossible_queued(tx, now)?))?;
+    Ok(healed.len())
+}
+
+/// Claim the next job for the holder of `lock`.
+pub fn claim_with(
+    ctx: &Ctx,
+    db: &mut Db,
+    lock: &WorkerLock,
+) -> anyhow::Result<Result<Job, Unclaimable>> {
+    let gates = Gates::from_config(&ctx.config);
+    let boot_id = liveness::boot_id();
+    let claimer = Claimer {
+        token: lock.token(),
+        pid: std::process::id(),
+        boot_id: &boot_id,
+    };
+    let now = storage::now();
+    let claimed = db.write(|tx| Ok(queue::claim(tx, claimer, gates, now)?))?;
+    match claimed {
+        Some(job) => Ok(Ok(job)),
+        None => Ok(Err(db.read(|tx| Ok(queue::diagnose(tx, gates, now)?))?)),
+    }
+}
+
+/// Run `orch claim`.
+pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
+    let mut db = ctx.open_db()?;
+    sanitize_sweep(ctx, &mut db)?;
+    let lock = WorkerLock::acquire(&ctx.locks_dir())?;
+    crash::point("claim.locked");
+    let result = claim_with(ctx, &mut db, &lock)?;
+    if result.is_ok() {
+        crash::point("claim.committed");
+    }
+    lock.release();
+    match result {
+        Ok(job) => {
+            if args.json {
+                output::print_json(&serde_json::json!({ "claimed": job }))?;
+            } else {
+                println!(
+                    "claimed job {} ({} on {}, task {}, stage {}, attempt {}/{})",
+                    job.id,
+                    job.agent,
+                    job.repo,
+                    output::opt(job.task_id),
+                    output::opt(job.stage.as_deref()),
+                    job.attempts,
+                    job.max_attempts
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(why) => {
+            if args.json {
+                output::print_json(&serde_json::json!({ "claimed": null, "why": why }))?;
+            } else {
+                log::warn!("nothing to claim: {why}");
+            }
+            Ok(ExitCode::from(exit::NOTHING_TO_DO))
+        }
+    }
+}

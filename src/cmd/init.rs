@@ -1,0 +1,73 @@
+//! `orch init`: create the state directory and the database. Idempotent: on
+//! an existing installation it migrates the schema forward and changes
+//! nothing else.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::context::Ctx;
+use crate::output;
+use crate::storage::{Db, Missing};
+
+/// Arguments of `orch init`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `orch init` reports.
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    /// The state directory.
+    pub state_dir: String,
+    /// The database file.
+    pub database: String,
+    /// Whether the database was created by this call.
+    pub created: bool,
+    /// Schema version now in force.
+    pub schema_version: i64,
+}
+
+/// Create what is missing and return what was done.
+pub fn init(ctx: &Ctx) -> anyhow::Result<Report> {
+    for dir in [
+        ctx.state_dir.clone(),
+        ctx.locks_dir(),
+        ctx.logs_dir(),
+        ctx.repos_dir(),
+    ] {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating directory {}", dir.display()))?;
+    }
+    let db_path = ctx.db_path();
+    let created = !db_path.exists();
+    let db = Db::open(&db_path, ctx.busy_timeout(), Missing::Create)?;
+    Ok(Report {
+        state_dir: ctx.state_dir.display().to_string(),
+        database: db_path.display().to_string(),
+        created,
+        schema_version: db.schema_version()?,
+    })
+}
+
+/// Run `orch init`.
+pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
+    let report = init(ctx)?;
+    if args.json {
+        output::print_json(&report)?;
+    } else if report.created {
+        println!(
+            "initialised {} (database {}, schema v{})",
+            report.state_dir, report.database, report.schema_version
+        );
+    } else {
+        println!(
+            "already initialised: {} (database {}, schema v{})",
+            report.state_dir, report.database, report.schema_version
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

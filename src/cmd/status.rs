@@ -1,0 +1,228 @@
+//! `orch status`: what the queue is doing, whether each running job's owner
+//! is alive (by its lock, not its pid), and the persistent counters.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::context::Ctx;
+use crate::liveness::{self, Liveness};
+use crate::output::{self, Table};
+use crate::queue::{self, Job};
+use crate::storage::{self, counters};
+
+/// Arguments of `orch status`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print the status as JSON (shape documented in docs/json.md).
+    #[arg(long)]
+    pub json: bool,
+    /// How many recent jobs to show.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub recent: u32,
+}
+
+/// A running job and what its lock says about its owner.
+#[derive(Debug, Serialize)]
+pub struct RunningJob {
+    /// The job.
+    #[serde(flatten)]
+    pub job: Job,
+    /// `alive` while the owner holds its lock, `dead` once it does not.
+    pub owner: Liveness,
+    /// Seconds since the claim.
+    pub running_for_s: i64,
+}
+
+/// A gate and whether it is on.
+#[derive(Debug, Serialize)]
+pub struct GateStatus {
+    /// Whether the gate is enabled.
+    pub enabled: bool,
+}
+
+/// The whole report, as printed by `--json`.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Version of this JSON shape.
+    pub schema: u32,
+    /// The state directory.
+    pub state_dir: String,
+    /// The database file.
+    pub database: String,
+    /// Now, in epoch seconds (all other times are relative to this clock).
+    pub now: i64,
+    /// Jobs per status (every status present, zeros included).
+    pub counts: BTreeMap<String, i64>,
+    /// The concurrency limit.
+    pub max_concurrency: u32,
+    /// The claim gates.
+    pub gates: BTreeMap<&'static str, GateStatus>,
+    /// Running jobs with owner liveness.
+    pub running: Vec<RunningJob>,
+    /// The most recent jobs, newest first.
+    pub recent: Vec<Job>,
+    /// Persistent counters by name.
+    pub counters: BTreeMap<String, counters::Counter>,
+}
+
+/// Gather the report in one read snapshot.
+pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
+    let mut db = ctx.open_db()?;
+    let now = storage::now();
+    let (counts, running, recent, counters) = db.read(|tx| {
+        Ok((
+            queue::counts(tx)?,
+            queue::running(tx)?,
+            queue::list(tx, None, recent)?,
+            counters::all(tx)?,
+        ))
+    })?;
+    let locks = ctx.locks_dir();
+    let running = running
+        .into_iter()
+        .map(|job| {
+            let owner = match job.claim_token.as_deref() {
+                Some(token) => liveness::probe(&locks, token).unwrap_or_else(|e| {
+                    log::warn!("probing the owner lock of job {}: {e}", job.id);
+                    Liveness::Dead
+                }),
+                None => Liveness::Dead,
+            };
+            let running_for_s = job.started_at.map_or(0, |t| now - t);
+            RunningJob {
+                job,
+                owner,
+                running_for_s,
+            }
+        })
+        .collect();
+    let mut gates = BTreeMap::new();
+    gates.insert(
+        "serial_gate",
+        GateStatus {
+            enabled: ctx.config.serial_gate_enabled,
+        },
+    );
+    gates.insert(
+        "task_deps",
+        GateStatus {
+            enabled: ctx.config.task_deps_enabled,
+        },
+    );
+    Ok(Report {
+        schema: 1,
+        state_dir: ctx.state_dir.display().to_string(),
+        database: db.path().display().to_string(),
+        now,
+        counts,
+        max_concurrency: ctx.config.max_concurrency,
+        gates,
+        running,
+        recent,
+        counters,
+    })
+}
+
+/// Run `orch status`.
+pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
+    let report = report(ctx, args.recent)?;
+    if args.json {
+        output::print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = report.now;
+    let counts: Vec<String> = report
+        .counts
+        .iter()
+        .map(|(status, n)| format!("{status} {n}"))
+        .collect();
+    println!("state dir  {}", report.state_dir);
+    println!(
+        "jobs       {}  (max_concurrency {})",
+        counts.join(", "),
+        report.max_concurrency
+    );
+    let gates: Vec<String> = report
+        .gates
+        .iter()
+        .map(|(name, g)| format!("{name} {}", if g.enabled { "on" } else { "off" }))
+        .collect();
+    println!("gates      {}", gates.join(", "));
+
+    println!("\nrunning");
+    if report.running.is_empty() {
+        println!("  (none)");
+    } else {
+        let mut t = Table::new(&[
+            "JOB", "AGENT", "REPO", "TASK", "STAGE", "OWNER", "PID", "ATTEMPT", "RUNNING",
+        ]);
+        for r in &report.running {
+            t.row(vec![
+                r.job.id.to_string(),
+                r.job.agent.clone(),
+                r.job.repo.clone(),
+                output::opt(r.job.task_id),
+                output::opt(r.job.stage.as_deref()),
+                match r.owner {
+                    Liveness::Alive => format!("alive (pid {})", output::opt(r.job.owner_pid)),
+                    Liveness::Dead => "DEAD".to_owned(),
+                },
+                output::opt(r.job.pid),
+                format!("{}/{}", r.job.attempts, r.job.max_attempts),
+                output::duration(r.running_for_s),
+            ]);
+        }
+        print!("{}", indent(&t.render()));
+    }
+
+    println!("\nrecent jobs");
+    if report.recent.is_empty() {
+        println!("  (none)");
+    } else {
+        let mut t = Table::new(&[
+            "JOB", "AGENT", "REPO", "TASK", "STAGE", "STATUS", "ATTEMPT", "CREATED", "ERROR",
+        ]);
+        for j in &report.recent {
+            t.row(vec![
+                j.id.to_string(),
+                j.agent.clone(),
+                j.repo.clone(),
+                output::opt(j.task_id),
+                output::opt(j.stage.as_deref()),
+                j.status.clone(),
+                format!("{}/{}", j.attempts, j.max_attempts),
+                output::ago(Some(j.created_at), now),
+                j.error.clone().unwrap_or_default(),
+            ]);
+        }
+        print!("{}", indent(&t.render()));
+    }
+
+    println!("\ncounters");
+    if report.counters.is_empty() {
+        println!("  (none yet)");
+    } else {
+        let mut t = Table::new(&["NAME", "VALUE", "LAST", "UPDATED"]);
+        for (name, c) in &report.counters {
+            t.row(vec![
+                name.clone(),
+                c.value.to_string(),
+                c.last.as_ref().map(ToString::to_string).unwrap_or_default(),
+                output::ago(Some(c.updated_at), now),
+            ]);
+        }
+        print!("{}", indent(&t.render()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn indent(s: &str) -> String {
+    s.lines().fold(String::new(), |mut out, l| {
+        out.push_str("  ");
+        out.push_str(l);
+        out.push('\n');
+        out
+    })
+}

@@ -1,0 +1,176 @@
+//! `orch task create|list|show`: the operator's view of tasks.
+
+use std::process::ExitCode;
+
+use crate::context::Ctx;
+use crate::output::{self, Table};
+use crate::pipeline::{Stage, task};
+use crate::queue;
+use crate::storage;
+
+/// Task subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Create a task and start its pipeline (stage analysis, analyst job queued).
+    Create(CreateArgs),
+    /// List tasks, newest first.
+    List(ListArgs),
+    /// Show one task and its jobs.
+    Show(ShowArgs),
+}
+
+/// Arguments of `orch task create`.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Repository (declared in the config under [repos.<name>]).
+    #[arg(long)]
+    pub repo: String,
+    /// Title of the task; also gives the branch its slug.
+    #[arg(long)]
+    pub title: String,
+    /// What is asked for (handed to the analyst).
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// Work-item id (e.g. ORCH-12). Default: <repo prefix>-<next number>.
+    #[arg(long, value_name = "ID")]
+    pub work_item: Option<String>,
+    /// A task that must be done before this one's jobs run.
+    #[arg(long, value_name = "TASK")]
+    pub depends_on: Option<i64>,
+    /// Create the task on stage `created` without starting the pipeline.
+    #[arg(long)]
+    pub no_start: bool,
+    /// Print the task as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `orch task list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Only tasks on this stage.
+    #[arg(long, value_parser = parse_stage)]
+    pub stage: Option<Stage>,
+    /// Only tasks of this repository.
+    #[arg(long)]
+    pub repo: Option<String>,
+    /// At most this many tasks.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `orch task show`.
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    /// Task id.
+    pub id: i64,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_stage(s: &str) -> Result<Stage, String> {
+    s.parse()
+}
+
+/// Run a task subcommand.
+pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
+    let mut db = ctx.open_db()?;
+    match command {
+        Command::Create(a) => {
+            let new = task::NewTask {
+                repo: a.repo,
+                title: a.title,
+                description: a.description,
+                work_item_id: a.work_item,
+                depends_on: a.depends_on,
+                start: !a.no_start,
+                ..task::NewTask::default()
+            };
+            let now = storage::now();
+            let t = db.write(|tx| task::create(tx, &ctx.config, &new, now))?;
+            if a.json {
+                output::print_json(&t)?;
+            } else {
+                println!(
+                    "created task {} ({}) on {}, stage {}, branch {}",
+                    t.id,
+                    t.work_item_id,
+                    t.repo,
+                    t.stage,
+                    output::opt(t.branch.as_deref())
+                );
+            }
+        }
+        Command::List(a) => {
+            let stage = a.stage.map(Stage::as_str);
+            let tasks = task::list(db.conn(), stage, a.repo.as_deref(), a.limit)?;
+            if a.json {
+                output::print_json(&tasks)?;
+            } else if tasks.is_empty() {
+                println!("no tasks");
+            } else {
+                let now = storage::now();
+                let mut t = Table::new(&["TASK", "WORK ITEM", "REPO", "STAGE", "UPDATED", "TITLE"]);
+                for task in tasks {
+                    t.row(vec![
+                        task.id.to_string(),
+                        task.work_item_id,
+                        task.repo,
+                        task.stage,
+                        output::ago(Some(task.updated_at), now),
+                        task.title,
+                    ]);
+                }
+                print!("{}", t.render());
+            }
+        }
+        Command::Show(a) => {
+            let (t, jobs) = db.read(|tx| {
+                let t = task::require(tx, a.id)?;
+                let jobs = queue::for_task(tx, a.id)?;
+                Ok((t, jobs))
+            })?;
+            if a.json {
+                output::print_json(&serde_json::json!({ "task": t, "jobs": jobs }))?;
+            } else {
+                let now = storage::now();
+                println!("task        {}", t.id);
+                println!("work item   {}", t.work_item_id);
+                println!("title       {}", t.title);
+                println!("repo        {}", t.repo);
+                println!("branch      {}", output::opt(t.branch.as_deref()));
+                println!("stage       {}", t.stage);
+                println!("depends on  {}", output::opt(t.depends_on));
+                println!("plane       {}", output::opt(t.plane_id.as_deref()));
+                println!("created     {}", output::ago(Some(t.created_at), now));
+                println!("updated     {}", output::ago(Some(t.updated_at), now));
+                if let Some(at) = t.cancelled_at {
+                    println!("cancelled   {}", output::ago(Some(at), now));
+                }
+                println!("\njobs");
+                let mut table =
+                    Table::new(&["JOB", "AGENT", "STAGE", "STATUS", "ATTEMPT", "ERROR"]);
+                for j in jobs {
+                    table.row(vec![
+                        j.id.to_string(),
+                        j.agent,
+                        output::opt(j.stage),
+                        j.status,
+                        format!("{}/{}", j.attempts, j.max_attempts),
+                        j.error.unwrap_or_default(),
+                    ]);
+                }
+                if table.is_empty() {
+                    println!("  (none)");
+                } else {
+                    print!("{}", table.render());
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

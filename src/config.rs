@@ -1,0 +1,497 @@
+//! Settings: one TOML file, overridden key by key by `ORCH_<KEY>` environment
+//! variables, with every setting and kill-switch of the seed system and its
+//! default (docs/configuration.md lists them and says where the seeds disagree).
+//!
+//! Overrides are applied generically: the defaults are turned into a TOML
+//! table, and for every top-level scalar key `k` the variable `ORCH_<K>` (if
+//! set) is parsed with the type of the default. So a new setting gets its
+//! environment override, its type check and its error message for free.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::error::OrchError;
+
+/// The repository that hosts orch itself: its production deploy waits for a
+/// human "Confirm Deploy" and its merges always go through the merge gate.
+pub const DEFAULT_SELF_HOSTING_REPO: &str = "orchestrator";
+
+/// Everything `orch` can be configured with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// SQLite database file; empty = `<state dir>/orch.db`.
+    pub db_path: String,
+    /// Root of the clone cache and the per-task worktrees; empty = `<state dir>/repos`.
+    pub repos_dir: String,
+    /// Host-side path of `repos_dir`, for a deploy hook run outside a container; empty = same.
+    pub host_repos_dir: String,
+    /// How long a process waits for the database write lock, in milliseconds.
+    pub busy_timeout_ms: u64,
+
+    /// Maximum number of `running` jobs across all repositories.
+    pub max_concurrency: u32,
+    /// Attempts a new job gets before a failure is final.
+    pub max_attempts: u32,
+    /// First delay of the transient-failure backoff, in seconds (doubles each time, ±20 % jitter).
+    pub transient_backoff_base_s: u64,
+    /// Cap of the transient-failure backoff, in seconds.
+    pub transient_backoff_max_s: u64,
+    /// Transient failures a job may have before it fails for good.
+    pub max_transient_attempts: u32,
+    /// Serial gate: one running job per repository, and deploy stages wait while another task holds the merge lease.
+    pub serial_gate_enabled: bool,
+    /// Task-dependency gate: a task's jobs wait for the task it depends on to be `done`, and run one at a time.
+    pub task_deps_enabled: bool,
+
+    /// Wall-clock limit of one agent run, in seconds.
+    pub agent_timeout_s: u64,
+    /// An agent that prints nothing for this many seconds is stopped; 0 disables.
+    pub agent_stall_timeout_s: u64,
+    /// Grace between SIGTERM and SIGKILL of an agent's process group, in seconds.
+    pub agent_kill_grace_seconds: u64,
+    /// Stop whole process groups (tree kill); false kills only the direct child.
+    pub subprocess_tree_kill_enabled: bool,
+
+    /// Reaper kill-switch: false leaves running jobs alone (only lease and sanitize sweeps run).
+    pub reaper_enabled: bool,
+    /// Period of the reaper timer, in seconds (used by the shipped systemd timer).
+    pub reaper_interval_s: u64,
+    /// Backstop: a job running longer than this is stopped and reaped even if its owner lives.
+    pub reaper_max_running_s: u64,
+    /// Grace for a finalizer after its agent exited, in seconds.
+    pub reaper_finalize_grace_s: u64,
+    /// Grace for a job claimed by `orch claim` whose worker never took over, in seconds.
+    pub reaper_start_grace_s: u64,
+    /// A live finalizer (held owner lock) is never reaped; false restores the plain grace rule.
+    pub reaper_finalizer_liveness_enabled: bool,
+    /// Heal `queued` rows that still carry run ownership (ORCH-126).
+    pub impossible_queued_sanitize_enabled: bool,
+
+    /// Reclaim merge leases whose holder can no longer use them.
+    pub lease_reclaim_enabled: bool,
+    /// Merge-lease TTL backstop, in seconds; must exceed the re-test timeout.
+    pub merge_lock_timeout_s: u64,
+    /// Merge gate kill-switch.
+    pub merge_gate_enabled: bool,
+    /// Comma-separated repositories under the merge gate; empty = the self-hosting repo only.
+    pub merge_gate_repos: String,
+    /// Timeout of the re-test run after a rebase, in seconds.
+    pub merge_retest_timeout_s: u64,
+    /// Skip the re-test when the rebase was a proven no-op.
+    pub merge_retest_skip_when_current_enabled: bool,
+    /// In-place retries of a re-test that timed out before one alert is sent.
+    pub merge_infra_retry_max: u32,
+    /// Timeout of a coverage run, in seconds.
+    pub coverage_run_timeout_s: u64,
+
+    /// Name of the self-hosting repository.
+    pub self_hosting_repo: String,
+    /// The self-hosting repo's production deploy waits for "Confirm Deploy".
+    pub deploy_require_manual_approve: bool,
+    /// Command that performs the self-hosting production deploy (run detached).
+    pub deploy_hook_cmd: String,
+    /// Waive sandbox-only staging checks when every real check is green.
+    pub staging_infra_tolerance_enabled: bool,
+    /// This instance is the staging instance.
+    pub staging: bool,
+    /// Roll a non-self-hosting deploy back automatically on post-deploy degradation.
+    pub post_deploy_auto_rollback: bool,
+    /// Base URL probed by the post-deploy monitor.
+    pub post_deploy_base_url: String,
+
+    /// Reconciler kill-switch.
+    pub reconcile_enabled: bool,
+    /// JSON object of per-stage reconcile grace overrides in seconds, e.g. `{"review": 600}`.
+    pub reconcile_grace_overrides_json: String,
+    /// Notify when the reconciler unblocks a task.
+    pub reconcile_notify_unblock: bool,
+    /// The reconciler skips escalated tasks and tasks in Blocked / Needs Input.
+    pub reconcile_skip_blocked_enabled: bool,
+
+    /// STOP status kill-switch (also gates the relaunch-hole close).
+    pub stop_status_enabled: bool,
+    /// Comma-separated repositories STOP applies to; empty = all.
+    pub stop_status_repos: String,
+
+    /// Tracker backend: `local` (the database) or `plane`.
+    pub tracker: String,
+    /// Forge backend: `local` (a bare git repository) or `gitea`.
+    pub forge: String,
+    /// Notifier backend: `log` or `telegram`.
+    pub notifier: String,
+    /// Plane base URL, e.g. `https://plane.example.com`.
+    pub plane_url: String,
+    /// Plane workspace slug.
+    pub plane_workspace: String,
+    /// Gitea base URL, e.g. `https://git.example.com`.
+    pub gitea_url: String,
+    /// Gitea owner (user or organisation) of the repositories.
+    pub gitea_owner: String,
+    /// Telegram chat that receives notifications.
+    pub telegram_chat_id: String,
+
+    /// Repositories orch works on, by name.
+    pub repos: BTreeMap<String, RepoConfig>,
+}
+
+/// One repository declared in the config.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepoConfig {
+    /// Where to clone from and push to (a path to a bare repository, or a URL).
+    pub remote: String,
+    /// The branch features merge into.
+    pub default_branch: String,
+    /// Command run in the worktree to test the repository (shell syntax, run with `sh -c`).
+    pub test_command: String,
+    /// Prefix of generated work-item ids, e.g. `ORCH` gives `ORCH-12`.
+    pub work_item_prefix: String,
+    /// Plane project id whose issues belong to this repository.
+    pub plane_project: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            db_path: String::new(),
+            repos_dir: String::new(),
+            host_repos_dir: String::new(),
+            busy_timeout_ms: 10_000,
+            max_concurrency: 1,
+            max_attempts: 2,
+            transient_backoff_base_s: 30,
+            transient_backoff_max_s: 1800,
+            max_transient_attempts: 5,
+            serial_gate_enabled: true,
+            task_deps_enabled: true,
+            agent_timeout_s: 3600,
+            agent_stall_timeout_s: 900,
+            agent_kill_grace_seconds: 10,
+            subprocess_tree_kill_enabled: true,
+            reaper_enabled: true,
+            reaper_interval_s: 60,
+            reaper_max_running_s: 5400,
+            reaper_finalize_grace_s: 300,
+            reaper_start_grace_s: 30,
+            reaper_finalizer_liveness_enabled: true,
+            impossible_queued_sanitize_enabled: true,
+            lease_reclaim_enabled: true,
+            merge_lock_timeout_s: 3600,
+            merge_gate_enabled: true,
+            merge_gate_repos: String::new(),
+            merge_retest_timeout_s: 900,
+            merge_retest_skip_when_current_enabled: true,
+            merge_infra_retry_max: 3,
+            coverage_run_timeout_s: 900,
+            self_hosting_repo: DEFAULT_SELF_HOSTING_REPO.to_owned(),
+            deploy_require_manual_approve: true,
+            deploy_hook_cmd: String::new(),
+            staging_infra_tolerance_enabled: true,
+            staging: false,
+            post_deploy_auto_rollback: false,
+            post_deploy_base_url: "http://localhost:8500".to_owned(),
+            reconcile_enabled: true,
+            reconcile_grace_overrides_json: String::new(),
+            reconcile_notify_unblock: true,
+            reconcile_skip_blocked_enabled: true,
+            stop_status_enabled: true,
+            stop_status_repos: String::new(),
+            tracker: "local".to_owned(),
+            forge: "local".to_owned(),
+            notifier: "log".to_owned(),
+            plane_url: String::new(),
+            plane_workspace: String::new(),
+            gitea_url: String::new(),
+            gitea_owner: String::new(),
+            telegram_chat_id: String::new(),
+            repos: BTreeMap::new(),
+        }
+    }
+}
+
+/// Environment variables that look like settings but are not (they are read elsewhere).
+const NON_SETTING_VARS: &[&str] = &["ORCH_STATE_DIR", "ORCH_CONFIG"];
+
+impl Config {
+    /// Load the config file (if any) and apply `ORCH_*` overrides from `env`.
+    ///
+    /// `file` is `Some` when the user named a file: then it must exist.
+    /// Otherwise `fallback` is read if it exists.
+    pub fn load(
+        file: Option<&Path>,
+        fallback: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Config> {
+        let (path, text) = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    OrchError::Config(format!("cannot read config file {}: {e}", p.display()))
+                })?;
+                (Some(p.to_path_buf()), text)
+            }
+            None => match std::fs::read_to_string(fallback) {
+                Ok(text) => (Some(fallback.to_path_buf()), text),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, String::new()),
+                Err(e) => {
+                    return Err(OrchError::Config(format!(
+                        "cannot read config file {}: {e}",
+                        fallback.display()
+                    ))
+                    .into());
+                }
+            },
+        };
+        let origin = path
+            .as_deref()
+            .map_or_else(|| "defaults".to_owned(), |p| p.display().to_string());
+        let mut table: toml::Table = toml::from_str(&text)
+            .map_err(|e| OrchError::Config(format!("{origin}: {}", one_line(&e.to_string()))))?;
+        apply_env_overrides(&mut table, env)?;
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    OrchError::Config(format!("{origin}: {}", one_line(&e.to_string())))
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check values that the types alone do not constrain.
+    pub fn validate(&self) -> Result<(), OrchError> {
+        let bad = |msg: String| Err(OrchError::Config(msg));
+        if self.max_concurrency == 0 {
+            return bad("max_concurrency must be at least 1".into());
+        }
+        if self.max_attempts == 0 {
+            return bad("max_attempts must be at least 1".into());
+        }
+        if self.transient_backoff_base_s > self.transient_backoff_max_s {
+            return bad(format!(
+                "transient_backoff_base_s ({}) must not exceed transient_backoff_max_s ({})",
+                self.transient_backoff_base_s, self.transient_backoff_max_s
+            ));
+        }
+        // The budget invariant of the seeds (ORCH-113 TC-07): the backstop must
+        // never fire while a legitimate finalization is still re-testing.
+        let budget = self.merge_retest_timeout_s
+            + self.coverage_run_timeout_s
+            + self.reaper_finalize_grace_s;
+        if self.reaper_max_running_s <= budget {
+            return bad(format!(
+                "reaper_max_running_s ({}) must exceed merge_retest_timeout_s + coverage_run_timeout_s + reaper_finalize_grace_s ({budget})",
+                self.reaper_max_running_s
+            ));
+        }
+        let agent_budget = self.agent_timeout_s + self.agent_kill_grace_seconds;
+        if self.reaper_max_running_s <= agent_budget {
+            return bad(format!(
+                "reaper_max_running_s ({}) must exceed agent_timeout_s + agent_kill_grace_seconds ({agent_budget})",
+                self.reaper_max_running_s
+            ));
+        }
+        for (key, value, allowed) in [
+            ("tracker", &self.tracker, &["local", "plane"][..]),
+            ("forge", &self.forge, &["local", "gitea"][..]),
+            ("notifier", &self.notifier, &["log", "telegram"][..]),
+        ] {
+            if !allowed.contains(&value.as_str()) {
+                return bad(format!(
+                    "{key} = {value:?}: expected one of {}",
+                    allowed.join(", ")
+                ));
+            }
+        }
+        if !self.reconcile_grace_overrides_json.trim().is_empty() {
+            serde_json::from_str::<BTreeMap<String, u64>>(&self.reconcile_grace_overrides_json)
+                .map_err(|e| {
+                    OrchError::Config(format!(
+                        "reconcile_grace_overrides_json: expected a JSON object of stage to seconds: {e}"
+                    ))
+                })?;
+        }
+        for (name, repo) in &self.repos {
+            crate::names::validate_repo_name(name)
+                .map_err(|e| OrchError::Config(format!("[repos.{name}]: {e}")))?;
+            if repo.remote.trim().is_empty() {
+                return bad(format!("[repos.{name}]: remote must be set"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The declared repository `name`, or a usage error naming the known ones.
+    pub fn repo(&self, name: &str) -> Result<&RepoConfig, OrchError> {
+        self.repos.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.repos.keys().map(String::as_str).collect();
+            OrchError::Usage(if known.is_empty() {
+                format!("unknown repo {name:?}: no repositories are declared in the config")
+            } else {
+                format!("unknown repo {name:?} (declared: {})", known.join(", "))
+            })
+        })
+    }
+
+    /// Whether the merge gate applies to `repo` (`merge_gate_repos`, else the self-hosting repo).
+    pub fn merge_gate_applies(&self, repo: &str) -> bool {
+        self.merge_gate_enabled && self.merge_gate_scope().iter().any(|r| r == repo)
+    }
+
+    /// Repositories under the merge gate and proactive lease reclaim.
+    pub fn merge_gate_scope(&self) -> Vec<String> {
+        let listed = csv(&self.merge_gate_repos);
+        if listed.is_empty() {
+            vec![self.self_hosting_repo.clone()]
+        } else {
+            listed
+        }
+    }
+
+    /// Whether STOP applies to `repo` (kill-switch and `stop_status_repos`, empty = all).
+    pub fn stop_applies(&self, repo: &str) -> bool {
+        let scope = csv(&self.stop_status_repos);
+        self.stop_status_enabled && (scope.is_empty() || scope.iter().any(|r| r == repo))
+    }
+}
+
+/// Split a comma-separated setting into trimmed, non-empty items.
+pub fn csv(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Overlay `ORCH_<KEY>` variables on the top-level scalar settings of `table`.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<()> {
+    let defaults = toml::Table::try_from(Config::default()).context("serialising defaults")?;
+    for (key, default) in &defaults {
+        let var = format!("ORCH_{}", key.to_ascii_uppercase());
+        if NON_SETTING_VARS.contains(&var.as_str()) {
+            continue;
+        }
+        let Some(raw) = env(&var) else { continue };
+        let value = match default {
+            toml::Value::Boolean(_) => match raw.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
+                "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
+                _ => {
+                    return Err(OrchError::Config(format!(
+                        "{var}={raw:?}: expected true or false"
+                    ))
+                    .into());
+                }
+            },
+            toml::Value::Integer(_) => match raw.trim().parse::<i64>() {
+                Ok(n) if n >= 0 => toml::Value::Integer(n),
+                _ => {
+                    return Err(OrchError::Config(format!(
+                        "{var}={raw:?}: expected a non-negative integer"
+                    ))
+                    .into());
+                }
+            },
+            toml::Value::String(_) => toml::Value::String(raw),
+            // Tables (repos) and other shapes are configured in the file only.
+            _ => continue,
+        };
+        table.insert(key.clone(), value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(text: &str, vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("orch.toml");
+        std::fs::write(&path, text)?;
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let env = move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        Config::load(Some(&path), &path, &env)
+    }
+
+    #[test]
+    fn defaults_hold_the_budget_invariant_of_the_seeds() {
+        let c = Config::default();
+        assert_eq!(c.reaper_finalize_grace_s, 300);
+        assert_eq!(c.reaper_max_running_s, 5400);
+        assert_eq!(c.merge_retest_timeout_s, 900);
+        assert!(
+            c.reaper_max_running_s
+                > c.merge_retest_timeout_s + c.coverage_run_timeout_s + c.reaper_finalize_grace_s
+        );
+        c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn env_overrides_file_and_is_typed() {
+        let c = load_with(
+            "max_concurrency = 3\nreaper_enabled = true\n",
+            &[
+                ("ORCH_MAX_CONCURRENCY", "7"),
+                ("ORCH_REAPER_ENABLED", "false"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.max_concurrency, 7);
+        assert!(!c.reaper_enabled);
+    }
+
+    #[test]
+    fn invalid_env_value_names_the_variable() {
+        let err = load_with("", &[("ORCH_MAX_CONCURRENCY", "many")]).expect_err("invalid");
+        assert!(err.to_string().contains("ORCH_MAX_CONCURRENCY"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let err = load_with("max_concurency = 3\n", &[]).expect_err("typo");
+        assert!(err.to_string().contains("max_concurency"), "{err}");
+    }
+
+    #[test]
+    fn broken_budget_is_refused() {
+        let err = load_with("reaper_max_running_s = 1000\n", &[]).expect_err("budget");
+        assert!(err.to_string().contains("reaper_max_running_s"), "{err}");
+    }
+
+    #[test]
+    fn merge_gate_scope_defaults_to_self_hosting_repo() {
+        let mut c = Config::default();
+        assert!(c.merge_gate_applies("orchestrator"));
+        assert!(!c.merge_gate_applies("enduro-trails"));
+        c.merge_gate_repos = " enduro-trails , x".into();
+        assert!(c.merge_gate_applies("enduro-trails"));
+        assert!(!c.merge_gate_applies("orchestrator"));
+    }
+
+    #[test]
+    fn stop_scope_empty_means_all() {
+        let mut c = Config::default();
+        assert!(c.stop_applies("anything"));
+        c.stop_status_repos = "enduro-trails".into();
+        assert!(c.stop_applies("enduro-trails"));
+        assert!(!c.stop_applies("orchestrator"));
+        c.stop_status_enabled = false;
+        assert!(!c.stop_applies("enduro-trails"));
+    }
+}

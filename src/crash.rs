@@ -1,0 +1,34 @@
+//! Crash points: a test facility that makes the binary kill itself with
+//! SIGKILL at a named step, so tests can prove that every partial state is
+//! brought to a correct end by `orch reap` (and `orch reconcile`).
+//!
+//! Inert unless `ORCH_CRASH_AT` names a point; `orch debug crash-points`
+//! lists every point so a test can enumerate them and none is forgotten.
+
+use std::sync::OnceLock;
+
+/// Every crash point, in the order a job passes them.
+pub const POINTS: &[(&str, &str)] = &[
+    (
+        "claim.locked",
+        "the worker holds its lock file but has not claimed yet",
+    ),
+    (
+        "claim.committed",
+        "the claim is committed; nothing else has happened",
+    ),
+];
+
+/// Die by SIGKILL here if `ORCH_CRASH_AT` names this point.
+pub fn point(name: &str) {
+    static TARGET: OnceLock<Option<String>> = OnceLock::new();
+    let target = TARGET.get_or_init(|| std::env::var("ORCH_CRASH_AT").ok());
+    if target.as_deref() == Some(name) {
+        debug_assert!(
+            POINTS.iter().any(|(p, _)| *p == name),
+            "unregistered crash point {name}"
+        );
+        log::warn!("ORCH_CRASH_AT={name}: killing myself with SIGKILL");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}

@@ -1,0 +1,159 @@
+//! The worker lock file and the try-lock probe.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+/// Length in hex digits of a claim token (128 random bits).
+const TOKEN_LEN: usize = 32;
+
+/// An exclusive lock held for as long as this value lives; its token is what
+/// the job row records as `claim_token`.
+#[derive(Debug)]
+pub struct WorkerLock {
+    file: File,
+    path: PathBuf,
+    token: String,
+}
+
+/// What a try-lock on an owner's lock file says about the owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    /// Someone holds the lock: the owner process is alive.
+    Alive,
+    /// The lock is free or gone: the owner process is dead.
+    Dead,
+}
+
+impl WorkerLock {
+    /// Create a fresh lock file under `locks_dir` and lock it exclusively.
+    pub fn acquire(locks_dir: &Path) -> anyhow::Result<WorkerLock> {
+        std::fs::create_dir_all(locks_dir)
+            .with_context(|| format!("creating lock directory {}", locks_dir.display()))?;
+        loop {
+            let token = super::random_hex(TOKEN_LEN / 2).context("reading /dev/urandom")?;
+            let path = lock_path(locks_dir, &token);
+            let mut file = match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("creating lock file {}", path.display()));
+                }
+            };
+            fs2::FileExt::try_lock_exclusive(&file)
+                .with_context(|| format!("locking {}", path.display()))?;
+            // The lock must be on the file the path names: if a sweeper removed
+            // the path between create and lock, probes would see "dead".
+            let held_ino = file.metadata().map_or(0, |f| f.ino());
+            let same = std::fs::metadata(&path).is_ok_and(|m| m.ino() == held_ino);
+            if !same {
+                continue;
+            }
+            // Diagnostics only; the lock, not this text, is the proof of life.
+            let _ = writeln!(file, "pid={} boot={}", std::process::id(), super::boot_id());
+            return Ok(WorkerLock { file, path, token });
+        }
+    }
+
+    /// The claim token this lock stands for.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Remove the lock file, then release the lock.
+    ///
+    /// Call this only once the job's outcome is committed: from then on a
+    /// probe finds no file and reports the owner dead, which is the truth.
+    pub fn release(self) {
+        let _ = std::fs::remove_file(&self.path);
+        drop(self.file);
+    }
+}
+
+fn lock_path(locks_dir: &Path, token: &str) -> PathBuf {
+    locks_dir.join(format!("{token}.lock"))
+}
+
+/// Test whether the owner of `token` is alive, without blocking.
+///
+/// A token that is not one of ours (wrong shape) cannot name a held lock, so
+/// its owner is dead.
+pub fn probe(locks_dir: &Path, token: &str) -> io::Result<Liveness> {
+    if token.len() != TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(Liveness::Dead);
+    }
+    let file = match File::open(lock_path(locks_dir, token)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Liveness::Dead),
+        Err(e) => return Err(e),
+    };
+    match fs2::FileExt::try_lock_shared(&file) {
+        // Dropping `file` releases our probe lock at once.
+        Ok(()) => Ok(Liveness::Dead),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Liveness::Alive),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_lock_is_alive_released_is_dead() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lock = WorkerLock::acquire(dir.path()).expect("lock");
+        let token = lock.token().to_owned();
+        // flock is per open file description: a second open in this process
+        // behaves like another process.
+        assert_eq!(probe(dir.path(), &token).expect("probe"), Liveness::Alive);
+        lock.release();
+        assert_eq!(probe(dir.path(), &token).expect("probe"), Liveness::Dead);
+    }
+
+    #[test]
+    fn dropped_lock_is_dead_even_if_file_remains() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lock = WorkerLock::acquire(dir.path()).expect("lock");
+        let token = lock.token().to_owned();
+        drop(lock);
+        assert!(dir.path().join(format!("{token}.lock")).exists());
+        assert_eq!(probe(dir.path(), &token).expect("probe"), Liveness::Dead);
+    }
+
+    #[test]
+    fn foreign_tokens_are_dead() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for t in ["", "../../etc/passwd", "zz", &"a".repeat(31)] {
+            assert_eq!(probe(dir.path(), t).expect("probe"), Liveness::Dead);
+        }
+    }
+
+    #[test]
+    fn lock_fd_is_close_on_exec() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lock = WorkerLock::acquire(dir.path()).expect("lock");
+        let token = lock.token().to_owned();
+        // A child that outlives our lock must not keep it: after we drop it
+        // while the child still runs, the probe must say dead.
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("spawn sleep");
+        drop(lock);
+        let liveness = probe(dir.path(), &token).expect("probe");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(liveness, Liveness::Dead);
+    }
+}

@@ -1,0 +1,125 @@
+//! How orch talks to people and scripts: logging to stderr, human tables and
+//! stable JSON on stdout (docs/json.md documents the JSON shapes).
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+/// Log to stderr at a level picked by `-v`/`-q`; `RUST_LOG` overrides.
+///
+/// ureq is capped at info because it logs full URLs (with the Telegram bot
+/// token in the path) at trace.
+pub fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    };
+    let default = format!("{level},ureq=info,rustls=warn");
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format(|buf, record| {
+            let level = record.level().as_str().to_ascii_lowercase();
+            writeln!(buf, "orch: {level}: {}", record.args())
+        })
+        .init();
+}
+
+/// Print `value` as pretty JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// A plain text table: a header row and left-aligned columns.
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column headings.
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            header: header.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Add a row.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// Whether no row was added.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Render with two spaces between columns, trailing spaces trimmed.
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (i, cell) in row.iter().enumerate() {
+                if let Some(w) = widths.get_mut(i) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                let w = widths.get(i).copied().unwrap_or(0);
+                let _ = write!(line, "{cell:<w$}  ");
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// A short human duration: `42s`, `5m`, `3h`, `2d`.
+pub fn duration(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// `Some(t)` as "<duration> ago" relative to `now`, `None` as "-".
+pub fn ago(t: Option<i64>, now: i64) -> String {
+    t.map_or_else(|| "-".to_owned(), |t| format!("{} ago", duration(now - t)))
+}
+
+/// An optional value, or "-".
+pub fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let mut t = Table::new(&["ID", "STATUS"]);
+        t.row(vec!["1".into(), "queued".into()]);
+        t.row(vec!["100".into(), "done".into()]);
+        assert_eq!(t.render(), "ID   STATUS\n1    queued\n100  done\n");
+    }
+
+    #[test]
+    fn durations_are_short() {
+        assert_eq!(duration(5), "5s");
+        assert_eq!(duration(600), "10m");
+        assert_eq!(duration(7200), "2h");
+        assert_eq!(duration(-3), "0s");
+    }
+}

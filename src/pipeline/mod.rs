@@ -1,0 +1,7 @@
+//! The stage pipeline: stages, their agents, and the task records that move
+//! through them.
+
+pub mod stage;
+pub mod task;
+
+pub use stage::Stage;

@@ -1,0 +1,225 @@
+//! Task records: one per tracker issue, carrying its stage, branch and keys.
+
+use rusqlite::{Connection, OptionalExtension as _, Row, params};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::OrchError;
+use crate::names;
+use crate::pipeline::Stage;
+use crate::queue::{self, NewJob};
+
+/// One row of the `tasks` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Task {
+    /// Task id.
+    pub id: i64,
+    /// Work-item id, e.g. `ORCH-059`; names `docs/work-items/<id>/`.
+    pub work_item_id: String,
+    /// Title of the issue.
+    pub title: String,
+    /// Description of the issue.
+    pub description: String,
+    /// Repository the task changes.
+    pub repo: String,
+    /// Feature branch.
+    pub branch: Option<String>,
+    /// Current stage.
+    pub stage: String,
+    /// Plane issue key (`PROJ-12`), if the task came from Plane.
+    pub plane_id: Option<String>,
+    /// Plane issue UUID.
+    pub plane_issue_id: Option<String>,
+    /// Task that must be `done` before this one's jobs run.
+    pub depends_on: Option<i64>,
+    /// Creation time (epoch seconds).
+    pub created_at: i64,
+    /// Last change (epoch seconds).
+    pub updated_at: i64,
+    /// When the task was escalated to a human.
+    pub escalated_at: Option<i64>,
+    /// When the task was cancelled.
+    pub cancelled_at: Option<i64>,
+    /// When a deferred cancel was requested.
+    pub cancel_requested_at: Option<i64>,
+}
+
+const TASK_COLUMNS: &str = "id, work_item_id, title, description, repo, branch, stage, \
+     plane_id, plane_issue_id, depends_on, created_at, updated_at, escalated_at, cancelled_at, \
+     cancel_requested_at";
+
+impl Task {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
+        Ok(Task {
+            id: r.get(0)?,
+            work_item_id: r.get(1)?,
+            title: r.get(2)?,
+            description: r.get(3)?,
+            repo: r.get(4)?,
+            branch: r.get(5)?,
+            stage: r.get(6)?,
+            plane_id: r.get(7)?,
+            plane_issue_id: r.get(8)?,
+            depends_on: r.get(9)?,
+            created_at: r.get(10)?,
+            updated_at: r.get(11)?,
+            escalated_at: r.get(12)?,
+            cancelled_at: r.get(13)?,
+            cancel_requested_at: r.get(14)?,
+        })
+    }
+
+    /// The stage, parsed.
+    pub fn stage(&self) -> Stage {
+        self.stage.parse().unwrap_or(Stage::Created)
+    }
+}
+
+/// What to create.
+#[derive(Debug, Clone, Default)]
+pub struct NewTask {
+    /// Declared repository.
+    pub repo: String,
+    /// Title.
+    pub title: String,
+    /// Description (the business request).
+    pub description: String,
+    /// Work-item id; generated from the repo's prefix when empty.
+    pub work_item_id: Option<String>,
+    /// Task that must be `done` first.
+    pub depends_on: Option<i64>,
+    /// Plane issue key.
+    pub plane_id: Option<String>,
+    /// Plane issue UUID.
+    pub plane_issue_id: Option<String>,
+    /// Start the pipeline: move to `analysis` and enqueue the analyst.
+    pub start: bool,
+}
+
+/// Create a task (and, if asked, start its pipeline) inside the caller's write transaction.
+pub fn create(conn: &Connection, config: &Config, new: &NewTask, now: i64) -> anyhow::Result<Task> {
+    let repo = config.repo(&new.repo)?;
+    if new.title.trim().is_empty() {
+        return Err(OrchError::Usage("a task needs a non-empty title".into()).into());
+    }
+    if let Some(dep) = new.depends_on
+        && get(conn, dep)?.is_none()
+    {
+        return Err(OrchError::NotFound(format!("task {dep} (depends_on) not found")).into());
+    }
+    let work_item_id = if let Some(id) = &new.work_item_id {
+        id.clone()
+    } else {
+        {
+            let prefix = if repo.work_item_prefix.is_empty() {
+                new.repo.to_ascii_uppercase()
+            } else {
+                repo.work_item_prefix.clone()
+            };
+            let next: i64 =
+                conn.query_row("SELECT coalesce(max(id), 0) + 1 FROM tasks", [], |r| {
+                    r.get(0)
+                })?;
+            format!("{prefix}-{next}")
+        }
+    };
+    names::validate_work_item_id(&work_item_id).map_err(|e| OrchError::Usage(e.to_string()))?;
+    let branch = names::feature_branch(&work_item_id, &new.title)
+        .map_err(|e| OrchError::Usage(e.to_string()))?;
+    let exists: Option<i64> = conn
+        .query_row(
+            "SELECT id FROM tasks WHERE repo = ?1 AND work_item_id = ?2",
+            params![new.repo, work_item_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(id) = exists {
+        return Err(OrchError::Usage(format!(
+            "work item {work_item_id} already exists in repo {} (task {id})",
+            new.repo
+        ))
+        .into());
+    }
+    let stage = if new.start {
+        Stage::Analysis
+    } else {
+        Stage::Created
+    };
+    conn.execute(
+        "INSERT INTO tasks (work_item_id, title, description, repo, branch, stage, plane_id,
+                            plane_issue_id, depends_on, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+        params![
+            work_item_id,
+            new.title.trim(),
+            new.description,
+            new.repo,
+            branch,
+            stage.as_str(),
+            new.plane_id,
+            new.plane_issue_id,
+            new.depends_on,
+            now
+        ],
+    )?;
+    let id = conn.last_insert_rowid();
+    if let (true, Some(agent)) = (new.start, stage.agent()) {
+        queue::enqueue(
+            conn,
+            &NewJob {
+                agent,
+                repo: &new.repo,
+                task_id: Some(id),
+                stage: Some(stage.as_str()),
+                task_content: &new.description,
+                max_attempts: config.max_attempts,
+            },
+            now,
+        )?;
+    }
+    get(conn, id)?.ok_or_else(|| anyhow::anyhow!("task {id} vanished after insert"))
+}
+
+/// One task by id.
+pub fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<Task>> {
+    conn.query_row(
+        &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
+        [id],
+        Task::from_row,
+    )
+    .optional()
+}
+
+/// One task by id, or a not-found error.
+pub fn require(conn: &Connection, id: i64) -> anyhow::Result<Task> {
+    get(conn, id)?.ok_or_else(|| OrchError::NotFound(format!("task {id} not found")).into())
+}
+
+/// The live task of a Plane issue, by key or UUID (tombstoned keys never match).
+pub fn by_plane_id(conn: &Connection, plane_id: &str) -> rusqlite::Result<Option<Task>> {
+    conn.query_row(
+        &format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE plane_id = ?1 OR plane_issue_id = ?1
+             ORDER BY id DESC LIMIT 1"
+        ),
+        [plane_id],
+        Task::from_row,
+    )
+    .optional()
+}
+
+/// Tasks, newest first, optionally only those on `stage` or in `repo`.
+pub fn list(
+    conn: &Connection,
+    stage: Option<&str>,
+    repo: Option<&str>,
+    limit: u32,
+) -> rusqlite::Result<Vec<Task>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {TASK_COLUMNS} FROM tasks
+         WHERE (?1 IS NULL OR stage = ?1) AND (?2 IS NULL OR repo = ?2)
+         ORDER BY id DESC LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(params![stage, repo, limit], Task::from_row)?;
+    rows.collect()
+}

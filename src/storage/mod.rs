@@ -1,0 +1,233 @@
+//! The state store: one SQLite file shared by every short-lived `orch`
+//! process (DESIGN.md §2.1).
+//!
+//! All access goes through [`Db`], which sets the connection up the same way
+//! every time (WAL, busy timeout, `synchronous=NORMAL`, foreign keys) and runs
+//! every write in a `BEGIN IMMEDIATE` transaction: a deferred transaction that
+//! later upgrades to a writer gets `SQLITE_BUSY` without waiting, which is the
+//! classic way to surface "database is locked" to a user. Keeping storage
+//! behind this one module is what keeps a PostgreSQL backend possible
+//! (docs/scaling.md).
+
+pub mod counters;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+use crate::error::OrchError;
+
+/// An open, migrated orch database.
+pub struct Db {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// How to treat a database file that does not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// Create it (`orch init`).
+    Create,
+    /// Refuse with "run `orch init` first".
+    Refuse,
+}
+
+impl Db {
+    /// Open the database at `path`, creating or migrating it forward as needed.
+    pub fn open(path: &Path, busy_timeout: Duration, missing: Missing) -> anyhow::Result<Db> {
+        let exists = path.exists();
+        if !exists && missing == Missing::Refuse {
+            return Err(OrchError::NotFound(format!(
+                "no orch database at {} (run `orch init` first)",
+                path.display()
+            ))
+            .into());
+        }
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if missing == Missing::Create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn = Connection::open_with_flags(path, flags)
+            .with_context(|| format!("opening database {}", path.display()))?;
+        conn.busy_timeout(busy_timeout)?;
+        let mut db = Db {
+            conn,
+            path: path.to_path_buf(),
+        };
+        db.prepare(busy_timeout, missing)
+            .with_context(|| format!("opening database {}", path.display()))?;
+        Ok(db)
+    }
+
+    /// The file this database lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The connection, for reads. Writes go through [`Db::write`].
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Run `f` in one `BEGIN IMMEDIATE` transaction and commit it.
+    ///
+    /// The transaction is rolled back if `f` fails. Keep `f` short: never spawn
+    /// a process or make a network call inside it.
+    pub fn write<T>(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(busy_is_temporary)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(busy_is_temporary)?;
+        Ok(out)
+    }
+
+    /// Run `f` in one read transaction, so it sees a single consistent snapshot.
+    pub fn read<T>(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(busy_is_temporary)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(busy_is_temporary)?;
+        Ok(out)
+    }
+
+    fn prepare(&mut self, busy_timeout: Duration, missing: Missing) -> anyhow::Result<()> {
+        // Opening right after a crash (WAL recovery) or while the last
+        // connection cleans up can be busy even for readers: retry until the
+        // busy timeout, like the busy handler does for ordinary statements.
+        let deadline = Instant::now() + busy_timeout;
+        loop {
+            match self.try_prepare(missing) {
+                Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_prepare(&mut self, missing: Missing) -> anyhow::Result<()> {
+        let app_id: i32 = self
+            .conn
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .map_err(not_a_database)?;
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let latest = schema::MIGRATIONS.len() as i64;
+        if app_id != schema::APPLICATION_ID {
+            let tables: i64 = self.conn.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )?;
+            if app_id != 0 || version != 0 || tables != 0 {
+                return Err(OrchError::Usage(format!(
+                    "{} is an SQLite database but not an orch database (application_id {app_id:#x}, {tables} tables); refusing to touch it",
+                    self.path.display()
+                ))
+                .into());
+            }
+            if missing == Missing::Refuse {
+                return Err(OrchError::NotFound(format!(
+                    "{} is an empty file, not an initialised orch database (run `orch init`)",
+                    self.path.display()
+                ))
+                .into());
+            }
+        }
+        if version > latest {
+            return Err(anyhow::anyhow!(
+                "database schema version {version} is newer than this orch understands ({latest}); upgrade orch"
+            ));
+        }
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        self.conn.pragma_update(None, "foreign_keys", true)?;
+        if version < latest {
+            let mode: String =
+                self.conn
+                    .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                log::warn!("database journal mode is {mode}, not WAL (network file system?)");
+            }
+            self.migrate()?;
+        }
+        Ok(())
+    }
+
+    fn migrate(&mut self) -> anyhow::Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Re-read inside the write lock: a concurrent `orch` may have migrated already.
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let version = usize::try_from(version).unwrap_or(0);
+        for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version) {
+            tx.execute_batch(sql)
+                .with_context(|| format!("applying schema migration {}", i + 1))?;
+        }
+        tx.pragma_update(None, "application_id", schema::APPLICATION_ID)?;
+        tx.pragma_update(None, "user_version", schema::MIGRATIONS.len() as i64)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The schema version of this database.
+    pub fn schema_version(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+}
+
+fn is_busy(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    })
+}
+
+fn busy_is_temporary(err: rusqlite::Error) -> anyhow::Error {
+    let busy = matches!(&err, rusqlite::Error::SqliteFailure(e, _)
+        if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked));
+    if busy {
+        anyhow::Error::new(err).context(OrchError::Temporary(
+            "the database stayed locked past the busy timeout; retry later".into(),
+        ))
+    } else {
+        err.into()
+    }
+}
+
+fn not_a_database(err: rusqlite::Error) -> anyhow::Error {
+    let notadb = matches!(&err, rusqlite::Error::SqliteFailure(e, _)
+        if matches!(e.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt));
+    if notadb {
+        anyhow::Error::new(err)
+            .context("not an orch database: the file is not SQLite, or it is corrupt")
+    } else {
+        err.into()
+    }
+}
+
+/// Current time in epoch seconds: the one clock every process uses.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

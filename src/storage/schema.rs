@@ -1,0 +1,156 @@
+//! The schema, as an ordered list of add-only migrations.
+//!
+//! `PRAGMA user_version` is the number of migrations applied. A migration is
+//! never edited once released: new columns and tables come as a new entry, so
+//! an old database is brought forward by the next `orch` that opens it, and a
+//! database newer than the binary is refused instead of misread.
+//!
+//! Invariants that must hold on every path are written as CHECK constraints,
+//! so no code path (or hand-written SQL) can store an impossible row; the
+//! run-ownership invariant of ORCH-126 is one of them.
+
+/// `PRAGMA application_id` of an orch database ("orch" in ASCII), so a foreign
+/// SQLite file is recognised and refused.
+pub const APPLICATION_ID: i32 = 0x6f72_6368;
+
+/// Job statuses. `done`, `failed` and `cancelled` are terminal.
+pub const JOB_STATUSES: &[&str] = &["queued", "running", "done", "failed", "cancelled"];
+
+/// The migrations, oldest first. Index + 1 is the `user_version` after it.
+pub const MIGRATIONS: &[&str] = &[V1];
+
+const V1: &str = r"
+CREATE TABLE tasks (
+    id                  INTEGER PRIMARY KEY,
+    work_item_id        TEXT NOT NULL,
+    title               TEXT NOT NULL DEFAULT '',
+    description         TEXT NOT NULL DEFAULT '',
+    repo                TEXT NOT NULL,
+    branch              TEXT,
+    stage               TEXT NOT NULL DEFAULT 'created' CHECK (stage IN
+                        ('created','analysis','architecture','development','review',
+                         'testing','deploy-staging','deploy','done','cancelled')),
+    plane_id            TEXT,
+    plane_issue_id      TEXT,
+    plane_project_id    TEXT,
+    depends_on          INTEGER REFERENCES tasks(id),
+    created_at          INTEGER NOT NULL,
+    updated_at          INTEGER NOT NULL,
+    escalated_at        INTEGER,
+    cancelled_at        INTEGER,
+    cancel_requested_at INTEGER
+);
+CREATE UNIQUE INDEX tasks_work_item ON tasks(repo, work_item_id);
+CREATE UNIQUE INDEX tasks_plane_id ON tasks(plane_id) WHERE plane_id IS NOT NULL;
+CREATE INDEX tasks_plane_issue_id ON tasks(plane_issue_id) WHERE plane_issue_id IS NOT NULL;
+
+CREATE TABLE jobs (
+    id                 INTEGER PRIMARY KEY,
+    agent              TEXT NOT NULL,
+    repo               TEXT NOT NULL,
+    task_id            INTEGER REFERENCES tasks(id),
+    stage              TEXT,
+    status             TEXT NOT NULL DEFAULT 'queued' CHECK (status IN
+                       ('queued','running','done','failed','cancelled')),
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    max_attempts       INTEGER NOT NULL DEFAULT 2 CHECK (max_attempts >= 1),
+    transient_attempts INTEGER NOT NULL DEFAULT 0,
+    available_at       INTEGER NOT NULL DEFAULT 0,
+    task_content       TEXT NOT NULL DEFAULT '',
+    claim_token        TEXT,
+    owner_pid          INTEGER,
+    owner_boot_id      TEXT,
+    run_id             INTEGER,
+    pid                INTEGER,
+    created_at         INTEGER NOT NULL,
+    started_at         INTEGER,
+    finished_at        INTEGER,
+    error              TEXT,
+    -- ORCH-126 run-ownership invariant, enforced by the database itself.
+    CHECK (status <> 'queued' OR (run_id IS NULL AND pid IS NULL AND started_at IS NULL
+           AND finished_at IS NULL AND claim_token IS NULL AND owner_pid IS NULL
+           AND owner_boot_id IS NULL)),
+    -- A running job always names the lock that proves its owner alive.
+    CHECK (status <> 'running' OR claim_token IS NOT NULL)
+);
+CREATE INDEX jobs_claimable ON jobs(status, available_at, id);
+CREATE INDEX jobs_task ON jobs(task_id, status);
+CREATE INDEX jobs_repo_running ON jobs(repo) WHERE status = 'running';
+
+CREATE TABLE agent_runs (
+    id                    INTEGER PRIMARY KEY,
+    job_id                INTEGER REFERENCES jobs(id),
+    task_id               INTEGER REFERENCES tasks(id),
+    agent                 TEXT NOT NULL,
+    stage                 TEXT,
+    command               TEXT NOT NULL DEFAULT '',
+    pid                   INTEGER,
+    started_at            INTEGER NOT NULL,
+    finished_at           INTEGER,
+    exit_code             INTEGER,
+    signal                INTEGER,
+    timed_out             TEXT CHECK (timed_out IN ('wall','stall')),
+    output_path           TEXT,
+    session_id            TEXT,
+    outcome               TEXT,
+    is_error              INTEGER,
+    cost_usd              REAL,
+    input_tokens          INTEGER,
+    output_tokens         INTEGER,
+    cache_read_tokens     INTEGER,
+    cache_creation_tokens INTEGER,
+    num_turns             INTEGER
+);
+CREATE INDEX agent_runs_task ON agent_runs(task_id, agent);
+
+CREATE TABLE webhook_deliveries (
+    id           INTEGER PRIMARY KEY,
+    source       TEXT NOT NULL,
+    event        TEXT,
+    delivery_id  TEXT,
+    content_hash TEXT NOT NULL,
+    body         BLOB NOT NULL,
+    status       TEXT NOT NULL DEFAULT 'pending' CHECK (status IN
+                 ('pending','processed','ignored','failed')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    received_at  INTEGER NOT NULL,
+    processed_at INTEGER,
+    error        TEXT
+);
+CREATE UNIQUE INDEX webhook_delivery_id ON webhook_deliveries(source, delivery_id)
+    WHERE delivery_id IS NOT NULL;
+CREATE UNIQUE INDEX webhook_content ON webhook_deliveries(source, content_hash);
+
+CREATE TABLE merge_leases (
+    repo          TEXT PRIMARY KEY,
+    task_id       INTEGER REFERENCES tasks(id),
+    branch        TEXT NOT NULL,
+    work_item_id  TEXT,
+    token         TEXT NOT NULL,
+    holder_job_id INTEGER,
+    owner_pid     INTEGER,
+    acquired_at   INTEGER NOT NULL
+);
+
+CREATE TABLE outbox (
+    id              INTEGER PRIMARY KEY,
+    dedup_key       TEXT NOT NULL UNIQUE,
+    channel         TEXT NOT NULL,
+    task_id         INTEGER REFERENCES tasks(id),
+    payload         TEXT NOT NULL,
+    status          TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending','delivered','dead')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    delivered_at    INTEGER,
+    last_error      TEXT
+);
+CREATE INDEX outbox_pending ON outbox(status, next_attempt_at);
+
+CREATE TABLE counters (
+    name       TEXT PRIMARY KEY,
+    value      INTEGER NOT NULL DEFAULT 0,
+    detail     TEXT,
+    updated_at INTEGER NOT NULL
+);
+";
