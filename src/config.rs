@@ -235,7 +235,14 @@ impl Config {
             }
             None => match std::fs::read_to_string(fallback) {
                 Ok(text) => (Some(fallback.to_path_buf()), text),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, String::new()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    (None, String::new())
+                }
                 Err(e) => {
                     return Err(OrchError::Config(format!(
                         "cannot read config file {}: {e}",

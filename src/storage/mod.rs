@@ -119,26 +119,25 @@ impl Db {
     }
 
     fn try_prepare(&mut self, missing: Missing) -> anyhow::Result<()> {
-        let app_id: i32 = self
+        // One statement, so one snapshot: a concurrent `orch init` that commits
+        // between separate reads would otherwise look like a foreign database.
+        let (app_id, version, tables): (i32, i64, i64) = self
             .conn
-            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .query_row(
+                "SELECT (SELECT application_id FROM pragma_application_id()),
+                        (SELECT user_version FROM pragma_user_version()),
+                        (SELECT count(*) FROM sqlite_schema WHERE type = 'table')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .map_err(not_a_database)?;
-        let version: i64 = self
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))?;
         let latest = schema::MIGRATIONS.len() as i64;
         if app_id != schema::APPLICATION_ID {
-            let tables: i64 = self.conn.query_row(
-                "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
-                [],
-                |r| r.get(0),
-            )?;
             if app_id != 0 || version != 0 || tables != 0 {
-                return Err(OrchError::Usage(format!(
+                return Err(anyhow::anyhow!(
                     "{} is an SQLite database but not an orch database (application_id {app_id:#x}, {tables} tables); refusing to touch it",
                     self.path.display()
-                ))
-                .into());
+                ));
             }
             if missing == Missing::Refuse {
                 return Err(OrchError::NotFound(format!(
