@@ -196,7 +196,8 @@ fn a_database_from_a_newer_orch_is_refused() {
 #[test]
 fn invalid_config_values_exit_78() {
     let env = Env::new();
-    let cases: [(&str, &[(&str, &str)], &str); 6] = [
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 6] = [
         ("max_concurrency = \"many\"", &[], "max_concurrency"),
         ("max_concurency = 3", &[], "max_concurency"),
         ("this is not toml", &[], "orch.toml"),
