@@ -16,6 +16,9 @@ fn one_line_error(assert: &assert_cmd::assert::Assert) -> String {
     stderr
 }
 
+/// A config text, extra environment, and the text the error must contain.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+
 fn count(env: &Env, table: &str) -> i64 {
     env.db()
         .conn()
@@ -196,7 +199,6 @@ fn a_database_from_a_newer_orch_is_refused() {
 #[test]
 fn invalid_config_values_exit_78() {
     let env = Env::new();
-    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
     let cases: [Case<'_>; 6] = [
         ("max_concurrency = \"many\"", &[], "max_concurrency"),
         ("max_concurency = 3", &[], "max_concurency"),
