@@ -19,6 +19,13 @@ use crate::error::OrchError;
 /// human "Confirm Deploy" and its merges always go through the merge gate.
 pub const DEFAULT_SELF_HOSTING_REPO: &str = "orchestrator";
 
+/// The default agent: Claude Code headless, streaming JSON events so the
+/// outcome is read from the final `result` event, with a turn and budget cap
+/// and a session id per run. The prompt is the task file, on stdin.
+pub const DEFAULT_AGENT_CMD: &str = "claude -p --output-format stream-json --verbose \
+--max-turns \"$ORCH_MAX_TURNS\" --max-budget-usd \"$ORCH_MAX_BUDGET_USD\" \
+--session-id \"$ORCH_SESSION_ID\" < \"$ORCH_TASK_FILE\"";
+
 /// Everything `orch` can be configured with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -47,6 +54,24 @@ pub struct Config {
     /// Task-dependency gate: a task's jobs wait for the task it depends on to be `done`, and run one at a time.
     pub task_deps_enabled: bool,
 
+    /// The agent command of every stage, run with `sh -c` in the task's worktree;
+    /// the task comes through `ORCH_*` environment variables and `$ORCH_TASK_FILE`,
+    /// never through the command text. `ORCH_AGENT_CMD` overrides it and every
+    /// per-stage command.
+    pub agent_cmd: String,
+    /// Per-stage agent commands, e.g. `review = "…"`; a stage not listed uses `agent_cmd`.
+    pub agent_cmds: BTreeMap<String, String>,
+    /// How a run's outcome is read: `claude` (the final stream-json `result` event
+    /// decides), `exit-code`, or `auto` (claude when `agent_cmd` runs `claude`).
+    pub agent_protocol: String,
+    /// `--max-turns` handed to Claude Code (as `$ORCH_MAX_TURNS`).
+    pub agent_max_turns: u32,
+    /// `--max-budget-usd` handed to Claude Code (as `$ORCH_MAX_BUDGET_USD`).
+    pub agent_max_budget_usd: String,
+    /// Wall-clock limit of one test run by `check_ci_green`/`check_tests_local`, in seconds.
+    pub test_timeout_s: u64,
+    /// Command run in the worktree by `check_staging_image_fresh`; empty = the check passes as not configured.
+    pub staging_image_check_cmd: String,
     /// Wall-clock limit of one agent run, in seconds.
     pub agent_timeout_s: u64,
     /// An agent that prints nothing for this many seconds is stopped; 0 disables.
@@ -168,6 +193,13 @@ impl Default for Config {
             max_transient_attempts: 5,
             serial_gate_enabled: true,
             task_deps_enabled: true,
+            agent_cmd: DEFAULT_AGENT_CMD.to_owned(),
+            agent_cmds: BTreeMap::new(),
+            agent_protocol: "auto".to_owned(),
+            agent_max_turns: 50,
+            agent_max_budget_usd: "5".to_owned(),
+            test_timeout_s: 900,
+            staging_image_check_cmd: String::new(),
             agent_timeout_s: 3600,
             agent_stall_timeout_s: 900,
             agent_kill_grace_seconds: 10,
@@ -258,6 +290,10 @@ impl Config {
         let mut table: toml::Table = toml::from_str(&text)
             .map_err(|e| OrchError::Config(format!("{origin}: {}", one_line(&e.to_string()))))?;
         apply_env_overrides(&mut table, env)?;
+        // ORCH_AGENT_CMD is the one command for every stage (tests and CI use it).
+        if env("ORCH_AGENT_CMD").is_some() {
+            table.remove("agent_cmds");
+        }
         let config: Config =
             toml::Value::Table(table)
                 .try_into()
@@ -301,7 +337,21 @@ impl Config {
                 self.reaper_max_running_s
             ));
         }
+        if self.agent_cmd.trim().is_empty() {
+            return bad("agent_cmd must not be empty".into());
+        }
+        for stage in self.agent_cmds.keys() {
+            match stage.parse::<crate::pipeline::Stage>() {
+                Ok(s) if s.agent().is_some() => {}
+                _ => return bad(format!("[agent_cmds]: {stage:?} is not a stage with an agent")),
+            }
+        }
         for (key, value, allowed) in [
+            (
+                "agent_protocol",
+                &self.agent_protocol,
+                &["auto", "claude", "exit-code"][..],
+            ),
             ("tracker", &self.tracker, &["local", "plane"][..]),
             ("forge", &self.forge, &["local", "gitea"][..]),
             ("notifier", &self.notifier, &["log", "telegram"][..]),
@@ -341,6 +391,20 @@ impl Config {
                 format!("unknown repo {name:?} (declared: {})", known.join(", "))
             })
         })
+    }
+
+    /// The agent command for `stage`, and whether its outcome is read the Claude way.
+    pub fn agent_command(&self, stage: crate::pipeline::Stage) -> (&str, bool) {
+        let cmd = self
+            .agent_cmds
+            .get(stage.as_str())
+            .map_or(self.agent_cmd.as_str(), String::as_str);
+        let claude = match self.agent_protocol.as_str() {
+            "claude" => true,
+            "exit-code" => false,
+            _ => cmd.trim_start().starts_with("claude"),
+        };
+        (cmd, claude)
     }
 
     /// Whether the merge gate applies to `repo` (`merge_gate_repos`, else the self-hosting repo).

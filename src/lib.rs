@@ -6,15 +6,19 @@
 //! job queue), [`liveness`] (owner locks), [`pipeline`] (stages and tasks),
 //! and [`cmd`] (one module per subcommand).
 
+pub mod backends;
 pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod context;
 pub mod crash;
 pub mod error;
+pub mod git;
 pub mod liveness;
 pub mod names;
+pub mod outbox;
 pub mod output;
 pub mod pipeline;
 pub mod queue;
 pub mod storage;
+pub mod workspace;

@@ -157,3 +157,31 @@ mod tests {
         assert_eq!(liveness, Liveness::Dead);
     }
 }
+
+/// A blocking exclusive lock that serialises git operations on one
+/// repository's clone cache (fetch, worktree add/remove, merge) across
+/// processes. Released when dropped.
+#[derive(Debug)]
+pub struct RepoLock {
+    _file: File,
+}
+
+impl RepoLock {
+    /// Wait for and take the lock at `path` (created if missing).
+    pub fn acquire(path: &Path) -> anyhow::Result<RepoLock> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("opening lock file {}", path.display()))?;
+        fs2::FileExt::lock_exclusive(&file)
+            .with_context(|| format!("locking {}", path.display()))?;
+        Ok(RepoLock { _file: file })
+    }
+}

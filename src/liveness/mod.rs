@@ -14,7 +14,7 @@
 
 pub mod lock;
 
-pub use lock::{Liveness, WorkerLock, probe};
+pub use lock::{Liveness, RepoLock, WorkerLock, probe};
 
 /// The kernel's id of the current boot, for diagnostics ("owner was on another boot").
 pub fn boot_id() -> String {

@@ -17,7 +17,7 @@ pub const APPLICATION_ID: i32 = 0x6f72_6368;
 pub const JOB_STATUSES: &[&str] = &["queued", "running", "done", "failed", "cancelled"];
 
 /// The migrations, oldest first. Index + 1 is the `user_version` after it.
-pub const MIGRATIONS: &[&str] = &[V1];
+pub const MIGRATIONS: &[&str] = &[V1, V2];
 
 const V1: &str = r"
 CREATE TABLE tasks (
@@ -153,4 +153,33 @@ CREATE TABLE counters (
     detail     TEXT,
     updated_at INTEGER NOT NULL
 );
+";
+
+/// The pipeline release: the local tracker's states and comments, and the
+/// audit trail of stage transitions (from which developer retries are counted).
+const V2: &str = r"
+ALTER TABLE tasks ADD COLUMN tracker_state TEXT;
+
+CREATE TABLE tracker_comments (
+    id          INTEGER PRIMARY KEY,
+    task_id     INTEGER NOT NULL REFERENCES tasks(id),
+    author      TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    external_id TEXT UNIQUE,
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX tracker_comments_task ON tracker_comments(task_id);
+
+CREATE TABLE task_transitions (
+    id         INTEGER PRIMARY KEY,
+    task_id    INTEGER NOT NULL REFERENCES tasks(id),
+    from_stage TEXT NOT NULL,
+    to_stage   TEXT NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN
+               ('start','advance','rollback','escalate','approve','cancel')),
+    reason     TEXT NOT NULL DEFAULT '',
+    job_id     INTEGER REFERENCES jobs(id),
+    at         INTEGER NOT NULL
+);
+CREATE INDEX task_transitions_task ON task_transitions(task_id, kind);
 ";

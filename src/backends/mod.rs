@@ -1,0 +1,8 @@
+//! The outside world behind small traits, each with an embedded
+//! implementation that works offline and (from the integrations release) a
+//! remote one: tracker (local | Plane), forge (local | Gitea), notifier
+//! (log | Telegram). DESIGN.md §2.8.
+
+pub mod forge;
+pub mod notifier;
+pub mod tracker;

@@ -1,0 +1,210 @@
+//! The outbox: tracker comments, tracker state changes and notifications are
+//! written as rows in the same transaction as the change they report, then
+//! delivered after the commit (and retried by `orch reconcile` with backoff).
+//! No message is lost with a crash, and a dedup key keeps each one single.
+//!
+//! Messages for the embedded tracker are applied and marked delivered in one
+//! transaction: exactly once. Messages that leave the machine are leased
+//! first (a concurrent deliverer skips them), sent, then marked delivered; a
+//! crash between send and mark can repeat a send, which the remote side
+//! absorbs by external id where it can (Plane comments).
+
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+
+use crate::backends::{notifier, tracker};
+use crate::context::Ctx;
+use crate::storage::{Db, now};
+
+/// Attempts before a message is parked as `dead` (visible in `orch status`).
+pub const MAX_ATTEMPTS: i64 = 8;
+
+/// A message waiting for delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Message {
+    /// A comment on the task's tracker issue.
+    Comment {
+        /// The task.
+        task_id: i64,
+        /// Who speaks (an agent name or `orch`).
+        author: String,
+        /// The text.
+        body: String,
+    },
+    /// Move the task's tracker issue to a state.
+    State {
+        /// The task.
+        task_id: i64,
+        /// The state's board name.
+        state: String,
+    },
+    /// Tell the humans.
+    Notify {
+        /// The text.
+        text: String,
+    },
+}
+
+impl Message {
+    fn channel(&self) -> &'static str {
+        match self {
+            Message::Comment { .. } | Message::State { .. } => "tracker",
+            Message::Notify { .. } => "notifier",
+        }
+    }
+
+    fn task_id(&self) -> Option<i64> {
+        match self {
+            Message::Comment { task_id, .. } | Message::State { task_id, .. } => Some(*task_id),
+            Message::Notify { .. } => None,
+        }
+    }
+}
+
+/// Queue `message` under `key` inside the caller's transaction. A key already
+/// present is not queued again; returns whether a row was added.
+pub fn push(conn: &Connection, key: &str, message: &Message, now: i64) -> anyhow::Result<bool> {
+    let payload = serde_json::to_string(message)?;
+    let n = conn.execute(
+        "INSERT OR IGNORE INTO outbox (dedup_key, channel, task_id, payload, next_attempt_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        params![key, message.channel(), message.task_id(), payload, now],
+    )?;
+    Ok(n == 1)
+}
+
+/// What one delivery pass did.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Delivery {
+    /// Messages delivered.
+    pub delivered: u32,
+    /// Messages that failed and will be retried.
+    pub retrying: u32,
+    /// Messages that failed for good.
+    pub dead: u32,
+}
+
+/// Deliver every due message.
+pub fn deliver(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Delivery> {
+    let mut report = Delivery::default();
+    let due: Vec<(i64, String)> = {
+        let mut stmt = db.conn().prepare(
+            "SELECT id, payload FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?1
+             ORDER BY id LIMIT 500",
+        )?;
+        let rows = stmt.query_map([now()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (id, payload) in due {
+        let message: Message = match serde_json::from_str(&payload) {
+            Ok(m) => m,
+            Err(e) => {
+                db.write(|tx| {
+                    tx.execute(
+                        "UPDATE outbox SET status = 'dead', last_error = ?2 WHERE id = ?1",
+                        params![id, format!("unreadable payload: {e}")],
+                    )?;
+                    Ok(())
+                })?;
+                report.dead += 1;
+                continue;
+            }
+        };
+        match deliver_one(ctx, db, id, &message) {
+            Ok(true) => report.delivered += 1,
+            Ok(false) => {}
+            Err(e) => {
+                let dead = db.write(|tx| {
+                    let attempts: i64 = tx.query_row(
+                        "SELECT attempts FROM outbox WHERE id = ?1",
+                        [id],
+                        |r| r.get(0),
+                    )?;
+                    let dead = attempts >= MAX_ATTEMPTS;
+                    let delay = 30_i64.saturating_mul(1 << attempts.clamp(0, 10));
+                    tx.execute(
+                        "UPDATE outbox SET status = CASE WHEN ?3 THEN 'dead' ELSE status END,
+                             next_attempt_at = ?4, last_error = ?2
+                         WHERE id = ?1 AND status = 'pending'",
+                        params![id, format!("{e:#}"), dead, now() + delay],
+                    )?;
+                    Ok(dead)
+                })?;
+                log::warn!("outbox message {id} not delivered: {e:#}");
+                if dead {
+                    report.dead += 1;
+                } else {
+                    report.retrying += 1;
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Deliver one message; false if another process had it already.
+fn deliver_one(ctx: &Ctx, db: &mut Db, id: i64, message: &Message) -> anyhow::Result<bool> {
+    let t = now();
+    match message {
+        Message::Comment {
+            task_id,
+            author,
+            body,
+        } => db.write(|tx| {
+            if !lease(tx, id, t)? {
+                return Ok(false);
+            }
+            tracker::local::comment(tx, *task_id, author, body, &format!("outbox-{id}"), t)?;
+            mark_delivered(tx, id, t)?;
+            Ok(true)
+        }),
+        Message::State { task_id, state } => db.write(|tx| {
+            if !lease(tx, id, t)? {
+                return Ok(false);
+            }
+            tracker::local::set_state(tx, *task_id, state, t)?;
+            mark_delivered(tx, id, t)?;
+            Ok(true)
+        }),
+        Message::Notify { text } => {
+            if !db.write(|tx| lease(tx, id, t))? {
+                return Ok(false);
+            }
+            notifier::log_notify(&ctx.state_dir, text, t)?;
+            db.write(|tx| mark_delivered(tx, id, t))?;
+            Ok(true)
+        }
+    }
+}
+
+/// Take a due message for 60 s and count the attempt; false if it is not due any more.
+fn lease(conn: &Connection, id: i64, now: i64) -> anyhow::Result<bool> {
+    Ok(conn.execute(
+        "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2 + 60
+         WHERE id = ?1 AND status = 'pending' AND next_attempt_at <= ?2",
+        params![id, now],
+    )? == 1)
+}
+
+fn mark_delivered(conn: &Connection, id: i64, now: i64) -> anyhow::Result<()> {
+    conn.execute(
+        "UPDATE outbox SET status = 'delivered', delivered_at = ?2, last_error = NULL WHERE id = ?1",
+        params![id, now],
+    )?;
+    Ok(())
+}
+
+/// Messages per status (`pending`, `delivered`, `dead`).
+pub fn counts(conn: &Connection) -> rusqlite::Result<std::collections::BTreeMap<String, i64>> {
+    let mut out: std::collections::BTreeMap<String, i64> = ["pending", "delivered", "dead"]
+        .iter()
+        .map(|s| ((*s).to_owned(), 0))
+        .collect();
+    let mut stmt = conn.prepare("SELECT status, count(*) FROM outbox GROUP BY status")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (s, n) = row?;
+        out.insert(s, n);
+    }
+    Ok(out)
+}

@@ -1,0 +1,346 @@
+//! Committing a decision: the job's outcome, the task's advance or rollback,
+//! the next job and the outbox rows, in ONE transaction fenced by the claim
+//! token and guarded by the task's stage (DESIGN.md §2.3).
+//!
+//! Whoever commits first wins. A finalizer whose claim was reaped, a reaper
+//! racing a live finalizer, or a human `orch advance` racing either: the loser
+//! changes nothing, so no task ever advances twice and no next job is ever
+//! enqueued twice.
+
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::outbox::{self, Message};
+use crate::pipeline::Stage;
+use crate::pipeline::evaluate::Decision;
+use crate::pipeline::task::{self, Task};
+use crate::queue::{self, Backoff, Finished, NewJob, Outcome};
+
+/// Developer retries (rollbacks into development) before a task is escalated
+/// to a human instead of looping.
+pub const MAX_DEVELOPER_RETRIES: i64 = 3;
+
+/// The claim that fences a job's end.
+#[derive(Debug, Clone, Copy)]
+pub struct Fence<'a> {
+    /// The job.
+    pub job_id: i64,
+    /// Its claim token.
+    pub token: &'a str,
+}
+
+/// What was committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "committed")]
+pub enum Committed {
+    /// The fence did not match: someone else ended this job. Nothing was written.
+    LostClaim,
+    /// The task was no longer on the stage the decision was made for. Only the job ended.
+    StageMoved {
+        /// The job's end.
+        job: Option<Finished>,
+        /// Where the task is now.
+        stage: String,
+    },
+    /// The decision was applied.
+    Applied {
+        /// The job's end, when a job was fenced.
+        job: Option<Finished>,
+        /// The task's stage now.
+        stage: String,
+        /// The job enqueued for the new stage, if any.
+        next_job: Option<i64>,
+        /// Whether the task was escalated to a human.
+        escalated: bool,
+    },
+}
+
+/// Rollbacks into development so far (the developer retry count).
+pub fn developer_retry_count(conn: &Connection, task_id: i64) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT count(*) FROM task_transitions WHERE task_id = ?1 AND kind = 'rollback'",
+        [task_id],
+        |r| r.get(0),
+    )
+}
+
+fn transition(
+    conn: &Connection,
+    task_id: i64,
+    from: &str,
+    to: &str,
+    kind: &str,
+    reason: &str,
+    job_id: Option<i64>,
+    now: i64,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, reason, job_id, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![task_id, from, to, kind, reason, job_id, now],
+    )?;
+    Ok(())
+}
+
+/// Move the task from `from` to `to` if it is still on `from`.
+fn move_stage(conn: &Connection, task_id: i64, from: Stage, to: Stage, now: i64) -> rusqlite::Result<bool> {
+    Ok(conn.execute(
+        "UPDATE tasks SET stage = ?3, updated_at = ?4 WHERE id = ?1 AND stage = ?2",
+        params![task_id, from.as_str(), to.as_str(), now],
+    )? == 1)
+}
+
+fn enqueue_stage_job(
+    conn: &Connection,
+    config: &Config,
+    task: &Task,
+    stage: Stage,
+    content: &str,
+    now: i64,
+) -> rusqlite::Result<Option<i64>> {
+    let Some(agent) = stage.agent() else {
+        return Ok(None);
+    };
+    queue::enqueue(
+        conn,
+        &NewJob {
+            agent,
+            repo: &task.repo,
+            task_id: Some(task.id),
+            stage: Some(stage.as_str()),
+            task_content: content,
+            max_attempts: config.max_attempts,
+        },
+        now,
+    )
+    .map(Some)
+}
+
+/// Commit the end of a job (if `fence`) and the decision for `task`, which
+/// was evaluated on stage `stage`, in the caller's write transaction.
+///
+/// `job_outcome` is the job's end when the run itself failed; when it is
+/// `None` the job's end follows from the decision (retry on a failed gate,
+/// done otherwise). `key` makes outbox rows unique per decision (e.g. `job-12`).
+#[allow(clippy::too_many_arguments)]
+pub fn commit(
+    conn: &Connection,
+    config: &Config,
+    task_id: i64,
+    stage: Stage,
+    fence: Option<Fence<'_>>,
+    job_outcome: Option<Outcome>,
+    decision: &Decision,
+    key: &str,
+    now: i64,
+) -> anyhow::Result<Committed> {
+    let backoff = Backoff {
+        base_s: config.transient_backoff_base_s,
+        max_s: config.transient_backoff_max_s,
+    };
+    let outcome = job_outcome.clone().unwrap_or_else(|| match decision {
+        Decision::Retry { reason } => Outcome::Retry(reason.clone()),
+        _ => Outcome::Done,
+    });
+    let job_end = match fence {
+        Some(f) => {
+            let end = queue::finish(
+                conn,
+                f.job_id,
+                f.token,
+                &outcome,
+                backoff,
+                config.max_transient_attempts,
+                now,
+            )?;
+            if end == Finished::LostClaim {
+                return Ok(Committed::LostClaim);
+            }
+            Some(end)
+        }
+        None => None,
+    };
+    let job_id = fence.map(|f| f.job_id);
+    let task = task::require(conn, task_id)?;
+    if task.stage() != stage {
+        return Ok(Committed::StageMoved {
+            job: job_end,
+            stage: task.stage,
+        });
+    }
+    if job_end == Some(Finished::Failed) {
+        let text = format!(
+            "{}: the {} job {} failed for good on stage {stage}: {}",
+            task.work_item_id,
+            stage.agent().unwrap_or("stage"),
+            job_id.unwrap_or(0),
+            match &outcome {
+                Outcome::Failed(e) | Outcome::Retry(e) | Outcome::Transient(e) => e.as_str(),
+                Outcome::Done => "",
+            }
+        );
+        outbox::push(conn, &format!("{key}:failed"), &Message::Notify { text }, now)?;
+    }
+    // A failed run decides nothing about the task.
+    if job_outcome.is_some() {
+        return Ok(Committed::Applied {
+            job: job_end,
+            stage: task.stage,
+            next_job: None,
+            escalated: false,
+        });
+    }
+    let wi = &task.work_item_id;
+    let mut next_job = None;
+    let mut escalated = false;
+    match decision {
+        Decision::Terminal | Decision::Retry { .. } => {}
+        Decision::AwaitHuman { reason } => {
+            outbox::push(
+                conn,
+                &format!("{key}:await:state"),
+                &Message::State {
+                    task_id,
+                    state: crate::backends::tracker::state::IN_REVIEW.to_owned(),
+                },
+                now,
+            )?;
+            outbox::push(
+                conn,
+                &format!("{key}:await:comment"),
+                &Message::Comment {
+                    task_id,
+                    author: "orch".to_owned(),
+                    body: reason.clone(),
+                },
+                now,
+            )?;
+            outbox::push(
+                conn,
+                &format!("{key}:await:notify"),
+                &Message::Notify {
+                    text: format!("{wi}: {reason}"),
+                },
+                now,
+            )?;
+        }
+        Decision::Advance { to } => {
+            if !move_stage(conn, task_id, stage, *to, now)? {
+                return Ok(Committed::StageMoved {
+                    job: job_end,
+                    stage: task.stage,
+                });
+            }
+            transition(conn, task_id, stage.as_str(), to.as_str(), "advance", "", job_id, now)?;
+            next_job = enqueue_stage_job(conn, config, &task, *to, &task.description, now)?;
+            let text = format!("{wi}: {stage} → {to}");
+            outbox::push(
+                conn,
+                &format!("{key}:advance:comment"),
+                &Message::Comment {
+                    task_id,
+                    author: stage.agent().unwrap_or("orch").to_owned(),
+                    body: format!("Stage {stage} passed its gates; moved to {to}."),
+                },
+                now,
+            )?;
+            if *to == Stage::Done {
+                outbox::push(
+                    conn,
+                    &format!("{key}:done:state"),
+                    &Message::State {
+                        task_id,
+                        state: crate::backends::tracker::state::DONE.to_owned(),
+                    },
+                    now,
+                )?;
+            }
+            outbox::push(conn, &format!("{key}:advance:notify"), &Message::Notify { text }, now)?;
+        }
+        Decision::Rollback { reason } => {
+            let retries = developer_retry_count(conn, task_id)?;
+            if retries >= MAX_DEVELOPER_RETRIES {
+                escalated = true;
+                conn.execute(
+                    "UPDATE tasks SET escalated_at = ?2, updated_at = ?2 WHERE id = ?1",
+                    params![task_id, now],
+                )?;
+                transition(conn, task_id, stage.as_str(), stage.as_str(), "escalate", reason, job_id, now)?;
+                let body = format!(
+                    "Escalated after {retries} developer retries: {reason}. A human must decide how to go on."
+                );
+                outbox::push(
+                    conn,
+                    &format!("{key}:escalate:state"),
+                    &Message::State {
+                        task_id,
+                        state: crate::backends::tracker::state::NEEDS_INPUT.to_owned(),
+                    },
+                    now,
+                )?;
+                outbox::push(
+                    conn,
+                    &format!("{key}:escalate:comment"),
+                    &Message::Comment {
+                        task_id,
+                        author: "orch".to_owned(),
+                        body: body.clone(),
+                    },
+                    now,
+                )?;
+                outbox::push(
+                    conn,
+                    &format!("{key}:escalate:notify"),
+                    &Message::Notify {
+                        text: format!("{wi}: {body}"),
+                    },
+                    now,
+                )?;
+            } else {
+                if !move_stage(conn, task_id, stage, Stage::Development, now)? {
+                    return Ok(Committed::StageMoved {
+                        job: job_end,
+                        stage: task.stage,
+                    });
+                }
+                transition(
+                    conn,
+                    task_id,
+                    stage.as_str(),
+                    Stage::Development.as_str(),
+                    "rollback",
+                    reason,
+                    job_id,
+                    now,
+                )?;
+                let content = format!(
+                    "{}\n\nRolled back from {stage} (developer retry {} of {MAX_DEVELOPER_RETRIES}): {reason}",
+                    task.description,
+                    retries + 1
+                );
+                next_job =
+                    enqueue_stage_job(conn, config, &task, Stage::Development, &content, now)?;
+                let text = format!("{wi}: {stage} → development (rollback): {reason}");
+                outbox::push(
+                    conn,
+                    &format!("{key}:rollback:comment"),
+                    &Message::Comment {
+                        task_id,
+                        author: stage.agent().unwrap_or("orch").to_owned(),
+                        body: format!("Rolled back to development: {reason}"),
+                    },
+                    now,
+                )?;
+                outbox::push(conn, &format!("{key}:rollback:notify"), &Message::Notify { text }, now)?;
+            }
+        }
+    }
+    let stage_now = task::require(conn, task_id)?.stage;
+    Ok(Committed::Applied {
+        job: job_end,
+        stage: stage_now,
+        next_job,
+        escalated,
+    })
+}
