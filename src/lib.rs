@@ -12,6 +12,7 @@ pub mod config;
 pub mod context;
 pub mod crash;
 pub mod error;
+pub mod gates;
 pub mod liveness;
 pub mod names;
 pub mod output;
