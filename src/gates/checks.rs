@@ -149,7 +149,10 @@ pub fn check_architecture_done(dir: &Path) -> GateResult {
         .filter_map(|entry| entry.file_name().into_string().ok())
         .filter(|name| {
             // Case-sensitive on purpose, like every other name the gates read.
-            name.starts_with("ADR-") && Path::new(name).extension().is_some_and(|ext| ext == "md")
+            // Names with control characters are ignored: they would break the one-line reason.
+            name.starts_with("ADR-")
+                && Path::new(name).extension().is_some_and(|ext| ext == "md")
+                && !name.chars().any(char::is_control)
         })
         .take(MAX_ADR_FILES)
         .collect();
@@ -210,7 +213,7 @@ fn review_version(fields: &Fields) -> String {
         Some(Value::String(s)) if !s.trim().is_empty() => {
             let s = s.trim();
             let s = s.strip_prefix(['v', 'V']).unwrap_or(s);
-            s.chars().take(20).collect()
+            s.chars().filter(|c| !c.is_control()).take(20).collect()
         }
         _ => return String::new(),
     };
@@ -280,6 +283,7 @@ fn adr_problem(fields: &Fields) -> Result<&'static str, String> {
 fn test_plan_problem(fields: &Fields) -> Result<usize, String> {
     let tests = match fields.get("tests") {
         None => return Err("no 'tests' list".to_owned()),
+        Some(Value::Null) => return Err("'tests' is empty".to_owned()),
         Some(Value::Array(tests)) => tests,
         Some(other) => return Err(format!("'tests' must be a list, found {}", kind_of(other))),
     };
@@ -852,7 +856,7 @@ mod tests {
 
     #[test]
     fn analysis_complete_checks_the_test_plan() {
-        let cases: [(&str, &str); 8] = [
+        let cases: [(&str, &str); 9] = [
             ("", "04-test-plan.yaml: file is empty"),
             ("work_item: DEMO-1\n", "04-test-plan.yaml: no 'tests' list"),
             (
@@ -860,6 +864,7 @@ mod tests {
                 "04-test-plan.yaml: 'tests' must be a list, found a string",
             ),
             ("tests: []\n", "04-test-plan.yaml: 'tests' is an empty list"),
+            ("tests:\n", "04-test-plan.yaml: 'tests' is empty"),
             (
                 "tests:\n  - TC-01\n",
                 "04-test-plan.yaml: tests[0] is a string, not a mapping with an 'id'",

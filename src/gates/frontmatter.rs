@@ -391,7 +391,7 @@ fn truncate(text: &str, max: usize) -> String {
 /// A short description of a YAML value's kind, for messages.
 pub fn kind_of(value: &Value) -> &'static str {
     match value {
-        Value::Null => "empty",
+        Value::Null => "an empty value",
         Value::Bool(_) => "a boolean",
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
