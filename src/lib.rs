@@ -4,7 +4,8 @@
 //! The binary (`src/main.rs`) is a thin shell over this library; the library
 //! is split the way the system is: [`storage`] (the database), [`queue`] (the
 //! job queue), [`liveness`] (owner locks), [`pipeline`] (stages and tasks),
-//! and [`cmd`] (one module per subcommand).
+//! [`gates`] (the quality gates that read agents' artifacts), and [`cmd`]
+//! (one module per subcommand).
 
 pub mod backends;
 pub mod cli;
@@ -13,12 +14,14 @@ pub mod config;
 pub mod context;
 pub mod crash;
 pub mod error;
+pub mod gates;
 pub mod git;
 pub mod liveness;
 pub mod names;
 pub mod outbox;
 pub mod output;
 pub mod pipeline;
+pub mod runner;
 pub mod queue;
 pub mod storage;
 pub mod workspace;
