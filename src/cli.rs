@@ -62,6 +62,15 @@ pub enum Command {
     Status(cmd::status::Args),
     /// Claim the next eligible job (exit 3 when nothing is claimable, saying why).
     Claim(cmd::claim::Args),
+    /// Take a lock, claim a job, run its agent in the task's worktree, and finalize it.
+    RunAgent(cmd::run_agent::Args),
+    /// Evaluate a task's current gate and advance it or roll it back (the human/CI path).
+    Advance(cmd::advance::Args),
+    /// Run the whole pipeline offline on the embedded defaults, from nothing to `done`.
+    Demo(cmd::demo::Args),
+    /// The scripted agent used by `orch demo` (reads ORCH_STAGE, ORCH_ARTIFACT_DIR, ...).
+    #[command(hide = true)]
+    DemoAgent(cmd::demo_agent::Args),
     /// Create and inspect tasks.
     #[command(subcommand)]
     Task(cmd::task::Command),

@@ -17,6 +17,30 @@ pub const POINTS: &[(&str, &str)] = &[
         "claim.committed",
         "the claim is committed; nothing else has happened",
     ),
+    (
+        "run.worktree",
+        "run-agent prepared the worktree but recorded no run",
+    ),
+    (
+        "run.recorded",
+        "the agent run is recorded; the agent is not started",
+    ),
+    (
+        "run.exited",
+        "the agent exited and its outcome is recorded; nothing is committed or pushed",
+    ),
+    (
+        "finalize.pushed",
+        "the worktree is committed and pushed; gates not evaluated",
+    ),
+    (
+        "finalize.evaluated",
+        "the gates were evaluated (and a merge done); the decision is not committed",
+    ),
+    (
+        "finalize.committed",
+        "the job outcome and the advance are committed; the outbox is not delivered",
+    ),
 ];
 
 /// Die by SIGKILL here if `ORCH_CRASH_AT` names this point.

@@ -1,10 +1,14 @@
 //! One module per subcommand, each owning its `Args` and its `run`.
 
+pub mod advance;
 pub mod claim;
 pub mod debug;
+pub mod demo;
+pub mod demo_agent;
 pub mod generate;
 pub mod init;
 pub mod job;
+pub mod run_agent;
 pub mod status;
 pub mod task;
 
@@ -19,6 +23,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // These need no state directory.
         Command::Generate(c) => generate::run(c),
         Command::Debug(c) => debug::run(c),
+        Command::DemoAgent(a) => demo_agent::run(&a),
+        Command::Demo(a) => {
+            // The demo never touches the default installation: without an
+            // explicit state dir it works in ./orch-demo.
+            let state = match &cli.global.state_dir {
+                Some(dir) => dir.clone(),
+                None => std::env::current_dir()?.join("orch-demo"),
+            };
+            demo::run(&state, &a)
+        }
         command => {
             let ctx = Ctx::resolve(&cli.global)?;
             match command {
@@ -27,7 +41,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Claim(a) => claim::run(&ctx, &a),
                 Command::Task(c) => task::run(&ctx, c),
                 Command::Job(c) => job::run(&ctx, c),
-                Command::Generate(_) | Command::Debug(_) => unreachable!("handled above"),
+                Command::RunAgent(a) => run_agent::run(&ctx, &a),
+                Command::Advance(a) => advance::run(&ctx, &a),
+                Command::Generate(_)
+                | Command::Debug(_)
+                | Command::DemoAgent(_)
+                | Command::Demo(_) => unreachable!("handled above"),
             }
         }
     }

@@ -603,3 +603,96 @@ fn select(
     let rows = stmt.query_map(params, Job::from_row)?;
     rows.collect()
 }
+
+/// What [`claim_by_id`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimById {
+    /// The job is now ours.
+    Claimed(Job),
+    /// The job cannot be taken; the text says why.
+    Refused(String),
+}
+
+/// Claim one particular job: an operator's explicit choice, which overrides
+/// FIFO order, the serial and dependency gates and a transient backoff, but
+/// not `max_concurrency`. A `running` job whose owner is dead (its lock is
+/// free) is adopted with a new claim, which counts as a new attempt.
+pub fn claim_by_id(
+    conn: &Connection,
+    locks_dir: &std::path::Path,
+    job_id: i64,
+    claimer: Claimer<'_>,
+    max_concurrency: u32,
+    now: i64,
+) -> anyhow::Result<ClaimById> {
+    let Some(job) = get(conn, job_id)? else {
+        return Err(crate::error::OrchError::NotFound(format!("job {job_id} not found")).into());
+    };
+    let claim_sets = "status = 'running', attempts = attempts + 1, claim_token = ?2, \
+         owner_pid = ?3, owner_boot_id = ?4, started_at = ?5, finished_at = NULL, \
+         run_id = NULL, pid = NULL";
+    match job.status.as_str() {
+        "queued" => {
+            let running: i64 = conn.query_row(
+                "SELECT count(*) FROM jobs WHERE status = 'running'",
+                [],
+                |r| r.get(0),
+            )?;
+            if running >= i64::from(max_concurrency) {
+                return Ok(ClaimById::Refused(format!(
+                    "concurrency full: {running} running, max_concurrency {max_concurrency}"
+                )));
+            }
+            let claimed = conn
+                .query_row(
+                    &format!(
+                        "UPDATE jobs SET {claim_sets} WHERE id = ?1 AND status = 'queued'
+                         RETURNING {JOB_COLUMNS}"
+                    ),
+                    params![job_id, claimer.token, claimer.pid, claimer.boot_id, now],
+                    Job::from_row,
+                )
+                .optional()?;
+            Ok(claimed.map_or_else(
+                || ClaimById::Refused(format!("job {job_id} was claimed by someone else")),
+                ClaimById::Claimed,
+            ))
+        }
+        "running" => {
+            let old = job.claim_token.clone().unwrap_or_default();
+            if crate::liveness::probe(locks_dir, &old)? == crate::liveness::Liveness::Alive {
+                return Ok(ClaimById::Refused(format!(
+                    "job {job_id} is running and its owner (pid {}) is alive",
+                    job.owner_pid.unwrap_or(0)
+                )));
+            }
+            let adopted = conn
+                .query_row(
+                    &format!(
+                        "UPDATE jobs SET {claim_sets}
+                         WHERE id = ?1 AND status = 'running' AND claim_token = ?6
+                         RETURNING {JOB_COLUMNS}"
+                    ),
+                    params![job_id, claimer.token, claimer.pid, claimer.boot_id, now, old],
+                    Job::from_row,
+                )
+                .optional()?;
+            Ok(adopted.map_or_else(
+                || ClaimById::Refused(format!("job {job_id} changed hands meanwhile")),
+                ClaimById::Claimed,
+            ))
+        }
+        other => Ok(ClaimById::Refused(format!(
+            "job {job_id} is {other}; nothing to do"
+        ))),
+    }
+}
+
+/// End a claimed job as `cancelled` (its task was cancelled), fenced.
+pub fn cancel_claimed(conn: &Connection, job_id: i64, token: &str, now: i64) -> rusqlite::Result<bool> {
+    Ok(conn.execute(
+        "UPDATE jobs SET status = 'cancelled', finished_at = ?3
+         WHERE id = ?1 AND status = 'running' AND claim_token = ?2",
+        params![job_id, token, now],
+    )? == 1)
+}

@@ -1,0 +1,240 @@
+//! `orch demo`: from nothing to a task at `done`, offline, on the embedded
+//! defaults — a local tracker, a bare git repository as the forge, and the
+//! scripted demo agent — with one line of progress per stage.
+//!
+//! The demo drives the pipeline the way an installation runs: it starts
+//! `orch run-agent --next` processes as a timer would, and does the human
+//! step (approving the analysis) with `orch advance --approve` as a person
+//! would. What it leaves behind is a working installation.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+
+use crate::git::Git;
+
+/// Arguments of `orch demo`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Make the demo agent misbehave to show the rollback paths, e.g.
+    /// `review=request_changes*1,testing=fail*1` (see `orch demo-agent`).
+    #[arg(long, value_name = "SPEC", default_value = "")]
+    pub script: String,
+    /// Title of the demo task.
+    #[arg(long, default_value = "Greet the user by name")]
+    pub title: String,
+    /// Give up after this many agent runs.
+    #[arg(long, default_value_t = 40)]
+    pub max_runs: u32,
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
+}
+
+/// Create the bare repository that plays the forge, with a first commit on main.
+fn create_forge(forge: &Path) -> anyhow::Result<()> {
+    if forge.join("HEAD").exists() {
+        return Ok(());
+    }
+    let parent = forge.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let seed = parent.join("demo-seed.tmp");
+    let _ = std::fs::remove_dir_all(&seed);
+    std::fs::create_dir_all(seed.join("tests"))?;
+    std::fs::write(
+        seed.join("README.md"),
+        "# demo\n\nA repository for `orch demo`.\n",
+    )?;
+    std::fs::write(
+        seed.join("test.sh"),
+        "#!/bin/sh\n# Run every tests/*.sh; fail if any fails.\nset -e\nfor t in tests/*.sh; do\n  [ -e \"$t\" ] || continue\n  sh \"$t\"\ndone\necho \"all tests passed\"\n",
+    )?;
+    std::fs::write(seed.join("tests/.keep"), "")?;
+    let git = Git::at(&seed);
+    git.run(["init", "--quiet", "-b", "main"])?;
+    git.run(["add", "--all"])?;
+    git.run(["commit", "--quiet", "-m", "Initial commit"])?;
+    let forge_str = forge.to_string_lossy().into_owned();
+    Git::at(parent).run(["clone", "--quiet", "--bare", "--", "demo-seed.tmp", &forge_str])?;
+    std::fs::remove_dir_all(&seed)?;
+    Ok(())
+}
+
+/// Run `orch <args>` against the demo state dir and return (exit code, stdout).
+fn orch(exe: &Path, state: &Path, script: &str, args: &[&str]) -> anyhow::Result<(i32, String)> {
+    let out = Command::new(exe)
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .env("ORCH_DEMO_SCRIPT", script)
+        .env_remove("ORCH_CONFIG")
+        .env_remove("ORCH_AGENT_CMD")
+        .output()
+        .with_context(|| format!("running orch {}", args.join(" ")))?;
+    let code = out.status.code().unwrap_or(1);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if code != 0 && code != 3 {
+        bail!(
+            "orch {} failed ({code}): {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok((code, stdout))
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or(serde_json::Value::Null)
+}
+
+/// Run `orch demo` in `state` (the state dir chosen by the caller).
+pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let exe = std::env::current_exe().context("locating the orch binary")?;
+    std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
+    let state: PathBuf = state
+        .canonicalize()
+        .with_context(|| format!("resolving {}", state.display()))?;
+    let forge = state.join("forge").join("demo.git");
+    create_forge(&forge)?;
+    let config = state.join("orch.toml");
+    if !config.exists() {
+        let agent = format!("{} demo-agent", sh_quote(&exe.to_string_lossy()));
+        std::fs::write(
+            &config,
+            format!(
+                "# Written by `orch demo`: embedded tracker, a bare repository as the forge,\n\
+                 # and the scripted demo agent for every stage.\n\
+                 agent_cmd = {}\n\
+                 agent_timeout_s = 120\n\
+                 agent_stall_timeout_s = 60\n\
+                 agent_kill_grace_seconds = 2\n\n\
+                 [repos.demo]\n\
+                 remote = {}\n\
+                 default_branch = \"main\"\n\
+                 test_command = \"sh ./test.sh\"\n\
+                 work_item_prefix = \"DEMO\"\n",
+                toml_string(&agent),
+                toml_string(&forge.to_string_lossy())
+            ),
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
+    }
+    let script = args.script.as_str();
+    orch(&exe, &state, script, &["init"])?;
+    let (_, out) = orch(
+        &exe,
+        &state,
+        script,
+        &["task", "create", "--repo", "demo", "--title", &args.title, "--json"],
+    )?;
+    let task = json(&out);
+    let task_id = task["id"].as_i64().context("task create printed no id")?;
+    println!(
+        "orch demo: state dir {}\n  task {task_id} ({}) \"{}\" on repo demo (forge {})",
+        state.display(),
+        task["work_item_id"].as_str().unwrap_or("?"),
+        args.title,
+        forge.display()
+    );
+    let elapsed = |t: &Instant| format!("{:6.1}s", t.elapsed().as_secs_f64());
+    let id = task_id.to_string();
+    let mut runs = 0;
+    loop {
+        let (code, out) = orch(&exe, &state, script, &["run-agent", "--next", "--json"])?;
+        if code == 0 {
+            runs += 1;
+            let r = json(&out);
+            let eval = &r["evaluation"];
+            let gates: Vec<String> = eval["gates"]
+                .as_array()
+                .map(|gs| {
+                    gs.iter()
+                        .map(|g| {
+                            format!(
+                                "{} {}",
+                                g["gate"].as_str().unwrap_or("?"),
+                                g["verdict"].as_str().unwrap_or("?")
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let outcome = match eval["decision"]["decision"].as_str() {
+                Some("advance") => format!("→ {}", eval["decision"]["to"].as_str().unwrap_or("?")),
+                Some("rollback") => format!(
+                    "↩ development ({})",
+                    eval["decision"]["reason"].as_str().unwrap_or("")
+                ),
+                Some("await_human") => "waits for a human".to_owned(),
+                Some("retry") => format!(
+                    "retry ({})",
+                    eval["decision"]["reason"].as_str().unwrap_or("")
+                ),
+                _ => format!("run {}", r["run_verdict"].as_str().unwrap_or("?")),
+            };
+            let escalated = r["committed"]["escalated"].as_bool() == Some(true);
+            println!(
+                "{} {:<15} {:<10} {:<60} {}{}",
+                elapsed(&started),
+                r["stage"].as_str().unwrap_or("?"),
+                r["agent"].as_str().unwrap_or("?"),
+                if gates.is_empty() { "-".to_owned() } else { gates.join(", ") },
+                outcome,
+                if escalated { " — escalated to a human" } else { "" }
+            );
+            if runs >= args.max_runs {
+                bail!("gave up after {runs} agent runs; see `orch --state-dir {} status`", state.display());
+            }
+            continue;
+        }
+        // Nothing claimable: the task waits for a human, or it is finished.
+        let (_, out) = orch(&exe, &state, script, &["task", "show", &id, "--json"])?;
+        let shown = json(&out);
+        let stage = shown["task"]["stage"].as_str().unwrap_or("?").to_owned();
+        if stage == "done" {
+            break;
+        }
+        if shown["task"]["escalated_at"].is_i64() {
+            println!(
+                "orch demo: task {task_id} was escalated to a human on {stage}; see `orch --state-dir {} task show {task_id}`",
+                state.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        if stage == "analysis" {
+            let (code, _) = orch(&exe, &state, script, &["advance", "--task", &id, "--approve", "--json"])?;
+            println!(
+                "{} {:<15} {:<10} {:<60} {}",
+                elapsed(&started),
+                "analysis",
+                "human",
+                "check_analysis_approved pass",
+                if code == 0 { "→ architecture (orch advance --approve)" } else { "approval recorded" }
+            );
+            if code == 0 {
+                continue;
+            }
+        }
+        bail!(
+            "task {task_id} is stuck on {stage} with nothing to run; see `orch --state-dir {} status`",
+            state.display()
+        );
+    }
+    println!(
+        "{} done: task {task_id} reached `done` after {runs} agent runs; main of {} holds the change.\n\
+         Look around:\n  orch --state-dir {s} status\n  orch --state-dir {s} task show {task_id}\n  orch --state-dir {s} job list\n  git -C {f} log --oneline main",
+        elapsed(&started),
+        forge.display(),
+        s = state.display(),
+        f = forge.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

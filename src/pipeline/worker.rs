@@ -1,0 +1,444 @@
+//! One job, start to finish, in the process that owns it: prepare the
+//! worktree, run the agent in its own process group, record the run, then
+//! finalize — commit and push, evaluate the gates, and commit the outcome in
+//! one fenced transaction. The owner lock is held throughout, so the job is
+//! alive to everyone else exactly as long as this process is.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rusqlite::params;
+use serde::Serialize;
+
+use crate::backends::forge::{Forge as _, local::LocalForge};
+use crate::context::Ctx;
+use crate::crash;
+use crate::liveness::{self, WorkerLock};
+use crate::outbox;
+use crate::pipeline::engine::{self, Committed, Fence};
+use crate::pipeline::evaluate::{self, Decision, Evaluation};
+use crate::pipeline::task::{self, Task};
+use crate::pipeline::{Stage, brief};
+use crate::queue::{Job, Outcome};
+use crate::runner::{self, claude};
+use crate::storage::{Db, now};
+use crate::workspace::Workspace;
+
+/// What happened to a job.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// The job.
+    pub job_id: i64,
+    /// Its task.
+    pub task_id: Option<i64>,
+    /// The agent.
+    pub agent: String,
+    /// The stage it worked on.
+    pub stage: Option<String>,
+    /// The agent run, if one was started.
+    pub run_id: Option<i64>,
+    /// The agent's exit code.
+    pub exit_code: Option<i32>,
+    /// The signal that killed the agent.
+    pub signal: Option<i32>,
+    /// `wall` or `stall` if the agent was stopped for time.
+    pub timed_out: Option<String>,
+    /// How the run was judged (`success`, or why not).
+    pub run_verdict: String,
+    /// The per-run log.
+    pub log_path: Option<String>,
+    /// Cost reported by Claude Code, in USD.
+    pub cost_usd: Option<f64>,
+    /// The gates and the decision, when the run succeeded.
+    pub evaluation: Option<Evaluation>,
+    /// What was committed.
+    pub committed: Committed,
+    /// Wall time of the whole job, in seconds.
+    pub duration_s: f64,
+}
+
+impl RunReport {
+    fn new(job: &Job, committed: Committed) -> RunReport {
+        RunReport {
+            job_id: job.id,
+            task_id: job.task_id,
+            agent: job.agent.clone(),
+            stage: job.stage.clone(),
+            run_id: None,
+            exit_code: None,
+            signal: None,
+            timed_out: None,
+            run_verdict: String::new(),
+            log_path: None,
+            cost_usd: None,
+            evaluation: None,
+            committed,
+            duration_s: 0.0,
+        }
+    }
+}
+
+/// A random RFC 4122 version-4 UUID (Claude Code session ids must be UUIDs).
+fn uuid_v4() -> anyhow::Result<String> {
+    let hex = liveness::random_hex(16)?;
+    let mut chars: Vec<char> = hex.chars().collect();
+    chars[12] = '4';
+    chars[16] = ['8', '9', 'a', 'b'][usize::from(chars[16].to_digit(16).unwrap_or(0) as u8 % 4)];
+    let s: String = chars.into_iter().collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &s[0..8],
+        &s[8..12],
+        &s[12..16],
+        &s[16..20],
+        &s[20..32]
+    ))
+}
+
+/// End the job with a failed run (no decision about the task).
+fn fail_job(
+    ctx: &Ctx,
+    db: &mut Db,
+    job: &Job,
+    fence: Fence<'_>,
+    outcome: Outcome,
+) -> anyhow::Result<Committed> {
+    let stage = job
+        .stage
+        .as_deref()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(Stage::Created);
+    let key = format!("job-{}-{}", job.id, job.attempts);
+    match job.task_id {
+        Some(task_id) => db.write(|tx| {
+            engine::commit(
+                tx,
+                &ctx.config,
+                task_id,
+                stage,
+                Some(fence),
+                Some(outcome),
+                &Decision::Terminal,
+                &key,
+                now(),
+            )
+        }),
+        None => {
+            let backoff = crate::queue::Backoff {
+                base_s: ctx.config.transient_backoff_base_s,
+                max_s: ctx.config.transient_backoff_max_s,
+            };
+            let end = db.write(|tx| {
+                Ok(crate::queue::finish(
+                    tx,
+                    fence.job_id,
+                    fence.token,
+                    &outcome,
+                    backoff,
+                    ctx.config.max_transient_attempts,
+                    now(),
+                )?)
+            })?;
+            Ok(Committed::Applied {
+                job: Some(end),
+                stage: String::new(),
+                next_job: None,
+                escalated: false,
+            })
+        }
+    }
+}
+
+/// Run a job this process has claimed with `lock`, to its committed end.
+pub fn run_claimed(ctx: &Ctx, db: &mut Db, lock: &WorkerLock, job: &Job) -> anyhow::Result<RunReport> {
+    let started = std::time::Instant::now();
+    let fence = Fence {
+        job_id: job.id,
+        token: lock.token(),
+    };
+    let mut report = run_inner(ctx, db, fence, job)?;
+    report.duration_s = started.elapsed().as_secs_f64();
+    // Delivery is best-effort here; `orch reconcile` retries what is left.
+    if let Err(e) = outbox::deliver(ctx, db) {
+        log::warn!("delivering the outbox: {e:#}");
+    }
+    Ok(report)
+}
+
+fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Result<RunReport> {
+    let Some(task_id) = job.task_id else {
+        let c = fail_job(ctx, db, job, fence, Outcome::Failed("job has no task".into()))?;
+        return Ok(RunReport::new(job, c));
+    };
+    let task = task::require(db.conn(), task_id)?;
+    let stage: Stage = job
+        .stage
+        .as_deref()
+        .unwrap_or(&task.stage)
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    if task.stage() == Stage::Cancelled {
+        db.write(|tx| Ok(crate::queue::cancel_claimed(tx, job.id, fence.token, now())?))?;
+        return Ok(RunReport::new(job, Committed::StageMoved { job: None, stage: task.stage }));
+    }
+    if task.stage() != stage {
+        // The task moved on (a human advanced it): this job has nothing left to do.
+        let c = db.write(|tx| {
+            engine::commit(
+                tx,
+                &ctx.config,
+                task_id,
+                stage,
+                Some(fence),
+                None,
+                &Decision::Terminal,
+                &format!("job-{}", job.id),
+                now(),
+            )
+        })?;
+        return Ok(RunReport::new(job, c));
+    }
+
+    let repo = ctx.config.repo(&task.repo)?;
+    let ws = Workspace::new(&ctx.repos_dir(), &task.repo, repo)?;
+    let branch = task
+        .branch
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("task {task_id} has no branch"))?;
+    let worktree = match ws.prepare(&task.work_item_id, &branch) {
+        Ok(p) => p,
+        Err(e) => {
+            let c = fail_job(ctx, db, job, fence, Outcome::Retry(format!("launch error: {e:#}")))?;
+            return Ok(RunReport::new(job, c));
+        }
+    };
+    crash::point("run.worktree");
+
+    let run_dir = ctx
+        .state_dir
+        .join("runs")
+        .join(format!("job-{}-{}", job.id, job.attempts));
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let task_file = run_dir.join("task.md");
+    std::fs::write(&task_file, brief::task_file(&task, stage, &job.agent, &job.task_content))
+        .with_context(|| format!("writing {}", task_file.display()))?;
+    let log_path = run_dir.join("agent.log");
+    let (command, claude_protocol) = ctx.config.agent_command(stage);
+    let session_id = uuid_v4()?;
+    let artifact_dir = crate::gates::artifact_dir(&worktree, &task.work_item_id);
+
+    let t0 = now();
+    let run_id = db.write(|tx| {
+        tx.execute(
+            "INSERT INTO agent_runs (job_id, task_id, agent, stage, command, started_at, output_path, session_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                job.id,
+                task_id,
+                job.agent,
+                stage.as_str(),
+                command,
+                t0,
+                log_path.display().to_string(),
+                session_id
+            ],
+        )?;
+        let run_id = tx.last_insert_rowid();
+        if !crate::queue::set_run(tx, job.id, fence.token, run_id, None)? {
+            anyhow::bail!("job {} is no longer ours (claim lost before the agent started)", job.id);
+        }
+        Ok(run_id)
+    })?;
+    crash::point("run.recorded");
+
+    let env: Vec<(String, String)> = [
+        ("ORCH_TASK_ID", task_id.to_string()),
+        ("ORCH_JOB_ID", job.id.to_string()),
+        ("ORCH_RUN_ID", run_id.to_string()),
+        ("ORCH_ATTEMPT", job.attempts.to_string()),
+        ("ORCH_STAGE", stage.as_str().to_owned()),
+        ("ORCH_AGENT", job.agent.clone()),
+        ("ORCH_REPO", task.repo.clone()),
+        ("ORCH_BRANCH", branch.clone()),
+        ("ORCH_WORK_ITEM", task.work_item_id.clone()),
+        ("ORCH_WORKTREE", worktree.display().to_string()),
+        ("ORCH_ARTIFACT_DIR", artifact_dir.display().to_string()),
+        ("ORCH_TASK_FILE", task_file.display().to_string()),
+        ("ORCH_SESSION_ID", session_id),
+        ("ORCH_MAX_TURNS", ctx.config.agent_max_turns.to_string()),
+        ("ORCH_MAX_BUDGET_USD", ctx.config.agent_max_budget_usd.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let spec = runner::Spec {
+        program: "sh".to_owned(),
+        args: vec!["-c".to_owned(), command.to_owned()],
+        cwd: worktree.clone(),
+        env,
+        log_path: log_path.clone(),
+        wall_timeout: Duration::from_secs(ctx.config.agent_timeout_s),
+        stall_timeout: (ctx.config.agent_stall_timeout_s > 0)
+            .then(|| Duration::from_secs(ctx.config.agent_stall_timeout_s)),
+        kill_grace: Duration::from_secs(ctx.config.agent_kill_grace_seconds),
+        tree_kill: ctx.config.subprocess_tree_kill_enabled,
+        guard_program: std::env::current_exe().context("locating the orch binary")?,
+    };
+    let outcome = runner::run(&spec, |pid| {
+        let res = db.write(|tx| {
+            tx.execute(
+                "UPDATE jobs SET pid = ?3 WHERE id = ?1 AND status = 'running' AND claim_token = ?2",
+                params![job.id, fence.token, pid],
+            )?;
+            tx.execute("UPDATE agent_runs SET pid = ?2 WHERE id = ?1", params![run_id, pid])?;
+            Ok(())
+        });
+        if let Err(e) = res {
+            log::warn!("recording the agent pid {pid}: {e:#}");
+        }
+    })?;
+
+    let log_text = std::fs::read(&log_path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let timed_out = outcome.timed_out.map(|t| match t {
+        runner::Timeout::Wall => "wall",
+        runner::Timeout::Stall => "stall",
+    });
+    let (result, verdict) = if let Some(kind) = timed_out {
+        let limit = if kind == "wall" {
+            ctx.config.agent_timeout_s
+        } else {
+            ctx.config.agent_stall_timeout_s
+        };
+        (
+            claude::parse_result(&log_text),
+            claude::RunVerdict::Failure(format!(
+                "agent stopped: {kind} timeout after {limit}s"
+            )),
+        )
+    } else if claude_protocol {
+        claude::classify_log(outcome.exit_code, &log_text)
+    } else {
+        let v = match (outcome.exit_code, outcome.signal) {
+            (Some(0), _) => claude::RunVerdict::Success,
+            (Some(c), _) => claude::RunVerdict::Failure(format!("agent exited with code {c}")),
+            (None, s) => claude::RunVerdict::Failure(format!(
+                "agent killed by signal {}",
+                s.unwrap_or(0)
+            )),
+        };
+        (claude::parse_result(&log_text), v)
+    };
+    let outcome_text = match &verdict {
+        claude::RunVerdict::Success => "success".to_owned(),
+        claude::RunVerdict::Transient(r) => format!("transient: {r}"),
+        claude::RunVerdict::Failure(r) => format!("failure: {r}"),
+    };
+    db.write(|tx| {
+        tx.execute(
+            "UPDATE agent_runs SET finished_at = ?2, exit_code = ?3, signal = ?4, timed_out = ?5,
+                 outcome = ?6, is_error = ?7, cost_usd = ?8, input_tokens = ?9,
+                 output_tokens = ?10, cache_read_tokens = ?11, cache_creation_tokens = ?12,
+                 num_turns = ?13, session_id = coalesce(?14, session_id)
+             WHERE id = ?1",
+            params![
+                run_id,
+                now(),
+                outcome.exit_code,
+                outcome.signal,
+                timed_out,
+                outcome_text,
+                result.as_ref().map(|r| r.is_error),
+                result.as_ref().and_then(|r| r.total_cost_usd),
+                result.as_ref().and_then(|r| r.usage.input_tokens),
+                result.as_ref().and_then(|r| r.usage.output_tokens),
+                result.as_ref().and_then(|r| r.usage.cache_read_input_tokens),
+                result.as_ref().and_then(|r| r.usage.cache_creation_input_tokens),
+                result.as_ref().and_then(|r| r.num_turns),
+                result.as_ref().and_then(|r| r.session_id.clone()),
+            ],
+        )?;
+        Ok(())
+    })?;
+    crash::point("run.exited");
+
+    let mut report = RunReport::new(job, Committed::LostClaim);
+    report.run_id = Some(run_id);
+    report.exit_code = outcome.exit_code;
+    report.signal = outcome.signal;
+    report.timed_out = timed_out.map(str::to_owned);
+    report.run_verdict = outcome_text;
+    report.log_path = Some(log_path.display().to_string());
+    report.cost_usd = result.as_ref().and_then(|r| r.total_cost_usd);
+
+    match verdict {
+        claude::RunVerdict::Success => {}
+        claude::RunVerdict::Transient(r) => {
+            report.committed = fail_job(ctx, db, job, fence, Outcome::Transient(r))?;
+            return Ok(report);
+        }
+        claude::RunVerdict::Failure(r) => {
+            report.committed = fail_job(ctx, db, job, fence, Outcome::Retry(r))?;
+            return Ok(report);
+        }
+    }
+
+    let message = format!("{} {}: {}", job.agent, stage, task.work_item_id);
+    if let Err(e) = ws
+        .commit_and_push(&worktree, &branch, &message)
+        .and_then(|_| LocalForge::new(ws.clone()).ensure_pr(&branch, &task.title))
+    {
+        report.committed = fail_job(ctx, db, job, fence, Outcome::Retry(format!("push failed: {e:#}")))?;
+        return Ok(report);
+    }
+    crash::point("finalize.pushed");
+    finalize(ctx, db, fence, job, &task, stage, &worktree, &mut report)?;
+    Ok(report)
+}
+
+/// Evaluate the gates and commit the outcome.
+#[allow(clippy::too_many_arguments)]
+fn finalize(
+    ctx: &Ctx,
+    db: &mut Db,
+    fence: Fence<'_>,
+    job: &Job,
+    task: &Task,
+    stage: Stage,
+    worktree: &PathBuf,
+    report: &mut RunReport,
+) -> anyhow::Result<()> {
+    let evaluation = match evaluate::evaluate(ctx, db.conn(), task, worktree) {
+        Ok(e) => e,
+        Err(e) => {
+            report.committed = fail_job(
+                ctx,
+                db,
+                job,
+                fence,
+                Outcome::Retry(format!("gate evaluation failed: {e:#}")),
+            )?;
+            return Ok(());
+        }
+    };
+    crash::point("finalize.evaluated");
+    let key = format!("job-{}", job.id);
+    report.committed = db.write(|tx| {
+        engine::commit(
+            tx,
+            &ctx.config,
+            task.id,
+            stage,
+            Some(fence),
+            None,
+            &evaluation.decision,
+            &key,
+            now(),
+        )
+    })?;
+    crash::point("finalize.committed");
+    report.evaluation = Some(evaluation);
+    Ok(())
+}
