@@ -4,7 +4,8 @@
 //! The binary (`src/main.rs`) is a thin shell over this library; the library
 //! is split the way the system is: [`storage`] (the database), [`queue`] (the
 //! job queue), [`liveness`] (owner locks), [`pipeline`] (stages and tasks),
-//! and [`cmd`] (one module per subcommand).
+//! [`runner`] (running agents in guarded process groups), and [`cmd`] (one
+//! module per subcommand).
 
 pub mod cli;
 pub mod cmd;
@@ -17,4 +18,5 @@ pub mod names;
 pub mod output;
 pub mod pipeline;
 pub mod queue;
+pub mod runner;
 pub mod storage;
