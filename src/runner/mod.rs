@@ -13,6 +13,7 @@
 //! command runs directly as a plain child and only that child is signalled:
 //! the never-break fallback of the seeds.
 
+pub mod claude;
 pub mod group;
 pub mod guardian;
 mod pump;
