@@ -80,7 +80,7 @@ pub enum Command {
     /// Generate man pages or shell completions.
     #[command(subcommand, hide = true)]
     Generate(cmd::generate::Command),
-    /// Test facilities (crash points).
+    /// Test facilities (crash points, the agent runner and its guardian).
     #[command(subcommand, hide = true)]
     Debug(cmd::debug::Command),
 }

@@ -6,6 +6,8 @@
 //! job queue), [`liveness`] (owner locks), [`pipeline`] (stages and tasks),
 //! [`gates`] (the quality gates that read agents' artifacts), and [`cmd`]
 //! (one module per subcommand).
+//! [`runner`] (running agents in guarded process groups), and [`cmd`] (one
+//! module per subcommand).
 
 pub mod backends;
 pub mod cli;
@@ -21,7 +23,7 @@ pub mod names;
 pub mod outbox;
 pub mod output;
 pub mod pipeline;
-pub mod runner;
 pub mod queue;
+pub mod runner;
 pub mod storage;
 pub mod workspace;
