@@ -343,7 +343,11 @@ impl Config {
         for stage in self.agent_cmds.keys() {
             match stage.parse::<crate::pipeline::Stage>() {
                 Ok(s) if s.agent().is_some() => {}
-                _ => return bad(format!("[agent_cmds]: {stage:?} is not a stage with an agent")),
+                _ => {
+                    return bad(format!(
+                        "[agent_cmds]: {stage:?} is not a stage with an agent"
+                    ));
+                }
             }
         }
         for (key, value, allowed) in [

@@ -43,7 +43,12 @@ impl Git {
             .env_remove("GIT_DIR")
             .env_remove("GIT_WORK_TREE")
             .env_remove("GIT_INDEX_FILE")
-            .args(["-c", "core.hooksPath=/dev/null", "-c", "init.defaultBranch=main"])
+            .args([
+                "-c",
+                "core.hooksPath=/dev/null",
+                "-c",
+                "init.defaultBranch=main",
+            ])
             .args(args)
             .stdin(std::process::Stdio::null());
         c

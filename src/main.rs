@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     let cli = orch::cli::Cli::parse();
     orch::output::init_logging(cli.global.verbose, cli.global.quiet);
     match orch::cmd::run(cli) {
@@ -16,4 +17,15 @@ fn main() -> ExitCode {
             orch::error::exit_code_for(&err)
         }
     }
+}
+
+/// Die quietly on a closed pipe (`orch status | head`) like other Unix tools,
+/// instead of panicking on the failed write. Rust ignores SIGPIPE by default;
+/// children get the default disposition back from std either way.
+#[allow(unsafe_code)]
+fn restore_default_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL
+    // installs no Rust code as a handler.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }

@@ -116,11 +116,10 @@ pub fn deliver(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Delivery> {
             Ok(false) => {}
             Err(e) => {
                 let dead = db.write(|tx| {
-                    let attempts: i64 = tx.query_row(
-                        "SELECT attempts FROM outbox WHERE id = ?1",
-                        [id],
-                        |r| r.get(0),
-                    )?;
+                    let attempts: i64 =
+                        tx.query_row("SELECT attempts FROM outbox WHERE id = ?1", [id], |r| {
+                            r.get(0)
+                        })?;
                     let dead = attempts >= MAX_ATTEMPTS;
                     let delay = 30_i64.saturating_mul(1 << attempts.clamp(0, 10));
                     tx.execute(

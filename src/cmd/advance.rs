@@ -38,7 +38,12 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     let t = task::require(db.conn(), args.task)?;
     let stage = t.stage();
     if stage.is_terminal() {
-        return finish(args.json, None, None, &format!("task {} is {}; nothing to advance", t.id, t.stage));
+        return finish(
+            args.json,
+            None,
+            None,
+            &format!("task {} is {}; nothing to advance", t.id, t.stage),
+        );
     }
     if args.approve {
         db.write(|tx| {
@@ -110,7 +115,9 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     let line = match &evaluation.decision {
         Decision::Advance { to } => format!("task {} advanced: {stage} → {to}", t.id),
         Decision::Rollback { reason } => match &committed {
-            Committed::Applied { escalated: true, .. } => {
+            Committed::Applied {
+                escalated: true, ..
+            } => {
                 format!("task {} escalated to a human: {reason}", t.id)
             }
             _ => format!("task {} rolled back to development: {reason}", t.id),

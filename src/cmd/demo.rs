@@ -62,7 +62,14 @@ fn create_forge(forge: &Path) -> anyhow::Result<()> {
     git.run(["add", "--all"])?;
     git.run(["commit", "--quiet", "-m", "Initial commit"])?;
     let forge_str = forge.to_string_lossy().into_owned();
-    Git::at(parent).run(["clone", "--quiet", "--bare", "--", "demo-seed.tmp", &forge_str])?;
+    Git::at(parent).run([
+        "clone",
+        "--quiet",
+        "--bare",
+        "--",
+        "demo-seed.tmp",
+        &forge_str,
+    ])?;
     std::fs::remove_dir_all(&seed)?;
     Ok(())
 }
@@ -133,7 +140,15 @@ pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         &exe,
         &state,
         script,
-        &["task", "create", "--repo", "demo", "--title", &args.title, "--json"],
+        &[
+            "task",
+            "create",
+            "--repo",
+            "demo",
+            "--title",
+            &args.title,
+            "--json",
+        ],
     )?;
     let task = json(&out);
     let task_id = task["id"].as_i64().context("task create printed no id")?;
@@ -186,12 +201,23 @@ pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
                 elapsed(&started),
                 r["stage"].as_str().unwrap_or("?"),
                 r["agent"].as_str().unwrap_or("?"),
-                if gates.is_empty() { "-".to_owned() } else { gates.join(", ") },
+                if gates.is_empty() {
+                    "-".to_owned()
+                } else {
+                    gates.join(", ")
+                },
                 outcome,
-                if escalated { " — escalated to a human" } else { "" }
+                if escalated {
+                    " — escalated to a human"
+                } else {
+                    ""
+                }
             );
             if runs >= args.max_runs {
-                bail!("gave up after {runs} agent runs; see `orch --state-dir {} status`", state.display());
+                bail!(
+                    "gave up after {runs} agent runs; see `orch --state-dir {} status`",
+                    state.display()
+                );
             }
             continue;
         }
@@ -210,14 +236,23 @@ pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
         if stage == "analysis" {
-            let (code, _) = orch(&exe, &state, script, &["advance", "--task", &id, "--approve", "--json"])?;
+            let (code, _) = orch(
+                &exe,
+                &state,
+                script,
+                &["advance", "--task", &id, "--approve", "--json"],
+            )?;
             println!(
                 "{} {:<15} {:<10} {:<60} {}",
                 elapsed(&started),
                 "analysis",
                 "human",
                 "check_analysis_approved pass",
-                if code == 0 { "→ architecture (orch advance --approve)" } else { "approval recorded" }
+                if code == 0 {
+                    "→ architecture (orch advance --approve)"
+                } else {
+                    "approval recorded"
+                }
             );
             if code == 0 {
                 continue;

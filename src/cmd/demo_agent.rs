@@ -80,7 +80,14 @@ pub fn run(_args: &Args) -> anyhow::Result<ExitCode> {
     let run = bump_run_counter(&artifacts, stage)?;
     let script = std::env::var("ORCH_DEMO_SCRIPT").unwrap_or_default();
     let behaviour = scripted(&script, stage, run).unwrap_or_default();
-    println!("demo-agent: {stage} run {run} for {wi} ({})", if behaviour.is_empty() { "normal" } else { &behaviour });
+    println!(
+        "demo-agent: {stage} run {run} for {wi} ({})",
+        if behaviour.is_empty() {
+            "normal"
+        } else {
+            &behaviour
+        }
+    );
     if let Some(secs) = behaviour.strip_prefix("sleep:") {
         let secs: u64 = secs.parse().unwrap_or(1);
         std::thread::sleep(std::time::Duration::from_secs(secs));
@@ -99,34 +106,95 @@ pub fn run(_args: &Args) -> anyhow::Result<ExitCode> {
     let a = |name: &str| artifacts.join(name);
     match stage {
         Stage::Analysis => {
-            write(&a("01-brd.md"), &format!("---\ntype: brd\nwork_item_id: {wi}\n---\n# Business requirements\n\nGreet the user by name from a shell script.\n"))?;
-            write(&a("02-trz.md"), &format!("---\ntype: trz\nwork_item_id: {wi}\n---\n# Technical requirements\n\n`src/greet.sh NAME` prints `Hello, NAME!`.\n"))?;
-            write(&a("03-acceptance-criteria.md"), &format!("---\ntype: acceptance-criteria\nwork_item_id: {wi}\n---\n- AC-1: `sh src/greet.sh Ada` prints `Hello, Ada!` (PASS/FAIL)\n"))?;
-            write(&a("04-test-plan.yaml"), &format!("work_item: {wi}\ntitle: greeting\ntests:\n  - id: TC-01\n    type: unit\n    description: greet prints the name\n    module: src/greet.sh\n    expected: PASS\n"))?;
+            write(
+                &a("01-brd.md"),
+                &format!(
+                    "---\ntype: brd\nwork_item_id: {wi}\n---\n# Business requirements\n\nGreet the user by name from a shell script.\n"
+                ),
+            )?;
+            write(
+                &a("02-trz.md"),
+                &format!(
+                    "---\ntype: trz\nwork_item_id: {wi}\n---\n# Technical requirements\n\n`src/greet.sh NAME` prints `Hello, NAME!`.\n"
+                ),
+            )?;
+            write(
+                &a("03-acceptance-criteria.md"),
+                &format!(
+                    "---\ntype: acceptance-criteria\nwork_item_id: {wi}\n---\n- AC-1: `sh src/greet.sh Ada` prints `Hello, Ada!` (PASS/FAIL)\n"
+                ),
+            )?;
+            write(
+                &a("04-test-plan.yaml"),
+                &format!(
+                    "work_item: {wi}\ntitle: greeting\ntests:\n  - id: TC-01\n    type: unit\n    description: greet prints the name\n    module: src/greet.sh\n    expected: PASS\n"
+                ),
+            )?;
         }
         Stage::Architecture => {
-            write(&a("06-adr/ADR-001-shell-greeting.md"), &format!("---\ntype: adr\nstatus: accepted\nwork_item_id: {wi}\n---\n# ADR-001: a POSIX shell script\n\nContext, decision, alternatives, consequences.\n"))?;
+            write(
+                &a("06-adr/ADR-001-shell-greeting.md"),
+                &format!(
+                    "---\ntype: adr\nstatus: accepted\nwork_item_id: {wi}\n---\n# ADR-001: a POSIX shell script\n\nContext, decision, alternatives, consequences.\n"
+                ),
+            )?;
         }
         Stage::Development => {
-            write(&worktree.join("src/greet.sh"), "#!/bin/sh\n# Print a greeting for the name given as $1.\nprintf 'Hello, %s!\\n' \"${1:-world}\"\n")?;
-            let expected = if behaviour == "break_tests" { "Hi, Ada!" } else { "Hello, Ada!" };
-            write(&worktree.join("tests/greet_test.sh"), &format!("#!/bin/sh\nset -e\nout=$(sh src/greet.sh Ada)\n[ \"$out\" = \"{expected}\" ] || {{ echo \"greet: got '$out'\"; exit 1; }}\n"))?;
+            write(
+                &worktree.join("src/greet.sh"),
+                "#!/bin/sh\n# Print a greeting for the name given as $1.\nprintf 'Hello, %s!\\n' \"${1:-world}\"\n",
+            )?;
+            let expected = if behaviour == "break_tests" {
+                "Hi, Ada!"
+            } else {
+                "Hello, Ada!"
+            };
+            write(
+                &worktree.join("tests/greet_test.sh"),
+                &format!(
+                    "#!/bin/sh\nset -e\nout=$(sh src/greet.sh Ada)\n[ \"$out\" = \"{expected}\" ] || {{ echo \"greet: got '$out'\"; exit 1; }}\n"
+                ),
+            )?;
         }
         Stage::Review => {
-            let verdict = if behaviour == "request_changes" { "REQUEST_CHANGES" } else { "APPROVED" };
-            write(&a("12-review.md"), &format!("---\ntype: review\nwork_item_id: {wi}\nverdict: {verdict}\nversion: {run}\n---\n# Review v{run}\n\nP2: none blocking.\n"))?;
+            let verdict = if behaviour == "request_changes" {
+                "REQUEST_CHANGES"
+            } else {
+                "APPROVED"
+            };
+            write(
+                &a("12-review.md"),
+                &format!(
+                    "---\ntype: review\nwork_item_id: {wi}\nverdict: {verdict}\nversion: {run}\n---\n# Review v{run}\n\nP2: none blocking.\n"
+                ),
+            )?;
         }
         Stage::Testing => {
             let result = if fail { "FAIL" } else { "PASS" };
-            write(&a("13-test-report.md"), &format!("---\ntype: test-report\nwork_item_id: {wi}\nresult: {result}\n---\n# Test report\n\nTC-01: {result}\n"))?;
+            write(
+                &a("13-test-report.md"),
+                &format!(
+                    "---\ntype: test-report\nwork_item_id: {wi}\nresult: {result}\n---\n# Test report\n\nTC-01: {result}\n"
+                ),
+            )?;
         }
         Stage::DeployStaging => {
             let status = if fail { "FAILED" } else { "SUCCESS" };
-            write(&a("15-staging-log.md"), &format!("---\nstaging_status: {status}\ntimestamp: 2026-01-01T00:00:00Z\nbase_url: http://localhost:8501\n---\nstaging checks: {status}\n"))?;
+            write(
+                &a("15-staging-log.md"),
+                &format!(
+                    "---\nstaging_status: {status}\ntimestamp: 2026-01-01T00:00:00Z\nbase_url: http://localhost:8501\n---\nstaging checks: {status}\n"
+                ),
+            )?;
         }
         Stage::Deploy => {
             let status = if fail { "FAILED" } else { "SUCCESS" };
-            write(&a("14-deploy-log.md"), &format!("---\ndeploy_status: {status}\nwork_item: {wi}\nhook_exit_code: 0\ndeployed_by: demo-agent\n---\nproduction deploy: {status}\n"))?;
+            write(
+                &a("14-deploy-log.md"),
+                &format!(
+                    "---\ndeploy_status: {status}\nwork_item: {wi}\nhook_exit_code: 0\ndeployed_by: demo-agent\n---\nproduction deploy: {status}\n"
+                ),
+            )?;
         }
         Stage::Created | Stage::Done | Stage::Cancelled => {
             return Err(OrchError::Usage(format!("no agent works on stage {stage}")).into());
@@ -142,8 +210,14 @@ mod tests {
     #[test]
     fn script_applies_to_the_first_n_runs() {
         let s = "review=request_changes*2, testing=fail";
-        assert_eq!(scripted(s, Stage::Review, 1).as_deref(), Some("request_changes"));
-        assert_eq!(scripted(s, Stage::Review, 2).as_deref(), Some("request_changes"));
+        assert_eq!(
+            scripted(s, Stage::Review, 1).as_deref(),
+            Some("request_changes")
+        );
+        assert_eq!(
+            scripted(s, Stage::Review, 2).as_deref(),
+            Some("request_changes")
+        );
         assert_eq!(scripted(s, Stage::Review, 3), None);
         assert_eq!(scripted(s, Stage::Testing, 9).as_deref(), Some("fail"));
         assert_eq!(scripted(s, Stage::Deploy, 1), None);

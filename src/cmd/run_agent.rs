@@ -44,7 +44,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         let locks = ctx.locks_dir();
         let max = ctx.config.max_concurrency;
         match db.write(|tx| queue::claim_by_id(tx, &locks, id, claimer, max, storage::now()))? {
-            ClaimById::Claimed(job) => job,
+            ClaimById::Claimed(job) => *job,
             ClaimById::Refused(why) => {
                 lock.release();
                 return nothing(args.json, &why);

@@ -129,13 +129,17 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Show(a) => {
-            let (t, jobs) = db.read(|tx| {
+            let (t, jobs, history, comments) = db.read(|tx| {
                 let t = task::require(tx, a.id)?;
                 let jobs = queue::for_task(tx, a.id)?;
-                Ok((t, jobs))
+                let history = task::history(tx, a.id)?;
+                let comments = crate::backends::tracker::local::comments(tx, a.id)?;
+                Ok((t, jobs, history, comments))
             })?;
             if a.json {
-                output::print_json(&serde_json::json!({ "task": t, "jobs": jobs }))?;
+                output::print_json(&serde_json::json!({
+                    "task": t, "jobs": jobs, "history": history, "comments": comments
+                }))?;
             } else {
                 let now = storage::now();
                 println!("task        {}", t.id);
@@ -150,6 +154,24 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                 println!("updated     {}", output::ago(Some(t.updated_at), now));
                 if let Some(at) = t.cancelled_at {
                     println!("cancelled   {}", output::ago(Some(at), now));
+                }
+                if let Some(at) = t.escalated_at {
+                    println!("escalated   {} (needs a human)", output::ago(Some(at), now));
+                }
+                println!("tracker     {}", output::opt(t.tracker_state.as_deref()));
+                if !history.is_empty() {
+                    println!("\nhistory");
+                    let mut table = Table::new(&["WHEN", "KIND", "FROM", "TO", "REASON"]);
+                    for h in &history {
+                        table.row(vec![
+                            output::ago(Some(h.at), now),
+                            h.kind.clone(),
+                            h.from_stage.clone(),
+                            h.to_stage.clone(),
+                            h.reason.clone(),
+                        ]);
+                    }
+                    print!("{}", table.render());
                 }
                 println!("\njobs");
                 let mut table =

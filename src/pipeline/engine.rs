@@ -68,8 +68,7 @@ pub fn developer_retry_count(conn: &Connection, task_id: i64) -> rusqlite::Resul
 fn transition(
     conn: &Connection,
     task_id: i64,
-    from: &str,
-    to: &str,
+    (from, to): (&str, &str),
     kind: &str,
     reason: &str,
     job_id: Option<i64>,
@@ -84,7 +83,13 @@ fn transition(
 }
 
 /// Move the task from `from` to `to` if it is still on `from`.
-fn move_stage(conn: &Connection, task_id: i64, from: Stage, to: Stage, now: i64) -> rusqlite::Result<bool> {
+fn move_stage(
+    conn: &Connection,
+    task_id: i64,
+    from: Stage,
+    to: Stage,
+    now: i64,
+) -> rusqlite::Result<bool> {
     Ok(conn.execute(
         "UPDATE tasks SET stage = ?3, updated_at = ?4 WHERE id = ?1 AND stage = ?2",
         params![task_id, from.as_str(), to.as_str(), now],
@@ -130,7 +135,7 @@ pub fn commit(
     task_id: i64,
     stage: Stage,
     fence: Option<Fence<'_>>,
-    job_outcome: Option<Outcome>,
+    job_outcome: Option<&Outcome>,
     decision: &Decision,
     key: &str,
     now: i64,
@@ -139,7 +144,7 @@ pub fn commit(
         base_s: config.transient_backoff_base_s,
         max_s: config.transient_backoff_max_s,
     };
-    let outcome = job_outcome.clone().unwrap_or_else(|| match decision {
+    let outcome = job_outcome.cloned().unwrap_or_else(|| match decision {
         Decision::Retry { reason } => Outcome::Retry(reason.clone()),
         _ => Outcome::Done,
     });
@@ -180,7 +185,12 @@ pub fn commit(
                 Outcome::Done => "",
             }
         );
-        outbox::push(conn, &format!("{key}:failed"), &Message::Notify { text }, now)?;
+        outbox::push(
+            conn,
+            &format!("{key}:failed"),
+            &Message::Notify { text },
+            now,
+        )?;
     }
     // A failed run decides nothing about the task.
     if job_outcome.is_some() {
@@ -232,7 +242,15 @@ pub fn commit(
                     stage: task.stage,
                 });
             }
-            transition(conn, task_id, stage.as_str(), to.as_str(), "advance", "", job_id, now)?;
+            transition(
+                conn,
+                task_id,
+                (stage.as_str(), to.as_str()),
+                "advance",
+                "",
+                job_id,
+                now,
+            )?;
             next_job = enqueue_stage_job(conn, config, &task, *to, &task.description, now)?;
             let text = format!("{wi}: {stage} → {to}");
             outbox::push(
@@ -256,7 +274,12 @@ pub fn commit(
                     now,
                 )?;
             }
-            outbox::push(conn, &format!("{key}:advance:notify"), &Message::Notify { text }, now)?;
+            outbox::push(
+                conn,
+                &format!("{key}:advance:notify"),
+                &Message::Notify { text },
+                now,
+            )?;
         }
         Decision::Rollback { reason } => {
             let retries = developer_retry_count(conn, task_id)?;
@@ -266,7 +289,15 @@ pub fn commit(
                     "UPDATE tasks SET escalated_at = ?2, updated_at = ?2 WHERE id = ?1",
                     params![task_id, now],
                 )?;
-                transition(conn, task_id, stage.as_str(), stage.as_str(), "escalate", reason, job_id, now)?;
+                transition(
+                    conn,
+                    task_id,
+                    (stage.as_str(), stage.as_str()),
+                    "escalate",
+                    reason,
+                    job_id,
+                    now,
+                )?;
                 let body = format!(
                     "Escalated after {retries} developer retries: {reason}. A human must decide how to go on."
                 );
@@ -307,8 +338,7 @@ pub fn commit(
                 transition(
                     conn,
                     task_id,
-                    stage.as_str(),
-                    Stage::Development.as_str(),
+                    (stage.as_str(), Stage::Development.as_str()),
                     "rollback",
                     reason,
                     job_id,
@@ -332,7 +362,12 @@ pub fn commit(
                     },
                     now,
                 )?;
-                outbox::push(conn, &format!("{key}:rollback:notify"), &Message::Notify { text }, now)?;
+                outbox::push(
+                    conn,
+                    &format!("{key}:rollback:notify"),
+                    &Message::Notify { text },
+                    now,
+                )?;
             }
         }
     }

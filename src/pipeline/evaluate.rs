@@ -196,9 +196,7 @@ fn run_check_command(
     label: &str,
     timeout: Duration,
 ) -> anyhow::Result<(runner::Outcome, std::path::PathBuf)> {
-    let log_path = ctx
-        .logs_dir()
-        .join(format!("task-{}-{label}.log", task.id));
+    let log_path = ctx.logs_dir().join(format!("task-{}-{label}.log", task.id));
     std::fs::create_dir_all(ctx.logs_dir())?;
     let _ = std::fs::remove_file(&log_path);
     let spec = runner::Spec {
@@ -236,7 +234,9 @@ fn check_ci_green(ctx: &Ctx, task: &Task, worktree: &Path) -> anyhow::Result<Gat
     let (outcome, log) =
         run_check_command(ctx, task, worktree, &repo.test_command, "tests", timeout)?;
     Ok(match (outcome.timed_out, outcome.exit_code) {
-        (None, Some(0)) => GateResult::pass(Gate::CiGreen, format!("`{}` passed", repo.test_command)),
+        (None, Some(0)) => {
+            GateResult::pass(Gate::CiGreen, format!("`{}` passed", repo.test_command))
+        }
         (Some(_), _) => GateResult::fail(
             Gate::CiGreen,
             format!(
@@ -262,7 +262,11 @@ fn check_ci_green(ctx: &Ctx, task: &Task, worktree: &Path) -> anyhow::Result<Gat
 }
 
 /// `check_staging_image_fresh`: the configured provenance command passes.
-fn check_staging_image_fresh(ctx: &Ctx, task: &Task, worktree: &Path) -> anyhow::Result<GateResult> {
+fn check_staging_image_fresh(
+    ctx: &Ctx,
+    task: &Task,
+    worktree: &Path,
+) -> anyhow::Result<GateResult> {
     let cmd = ctx.config.staging_image_check_cmd.trim();
     if cmd.is_empty() {
         return Ok(GateResult::pass(
@@ -272,14 +276,16 @@ fn check_staging_image_fresh(ctx: &Ctx, task: &Task, worktree: &Path) -> anyhow:
     }
     let timeout = Duration::from_secs(ctx.config.test_timeout_s);
     let (outcome, log) = run_check_command(ctx, task, worktree, cmd, "image-fresh", timeout)?;
-    Ok(if outcome.timed_out.is_none() && outcome.exit_code == Some(0) {
-        GateResult::pass(Gate::StagingImageFresh, "staging image matches the branch")
-    } else {
-        GateResult::fail(
-            Gate::StagingImageFresh,
-            format!("`{cmd}` did not pass (log {})", log.display()),
-        )
-    })
+    Ok(
+        if outcome.timed_out.is_none() && outcome.exit_code == Some(0) {
+            GateResult::pass(Gate::StagingImageFresh, "staging image matches the branch")
+        } else {
+            GateResult::fail(
+                Gate::StagingImageFresh,
+                format!("`{cmd}` did not pass (log {})", log.display()),
+            )
+        },
+    )
 }
 
 fn workspace(ctx: &Ctx, task: &Task) -> anyhow::Result<Workspace> {
@@ -293,14 +299,22 @@ fn check_branch_mergeable(ctx: &Ctx, task: &Task, worktree: &Path) -> anyhow::Re
     let base = format!("origin/{}", ws.default_branch());
     let wt = Git::at(worktree);
     wt.run(["fetch", "--quiet", "origin"])?;
-    Ok(if wt.check(["merge-base", "--is-ancestor", &base, "HEAD"])? {
-        GateResult::pass(Gate::BranchMergeable, format!("branch up-to-date with {}", ws.default_branch()))
-    } else {
-        GateResult::reject(
-            Gate::BranchMergeable,
-            format!("branch is behind {}: it must be rebased onto it", ws.default_branch()),
-        )
-    })
+    Ok(
+        if wt.check(["merge-base", "--is-ancestor", &base, "HEAD"])? {
+            GateResult::pass(
+                Gate::BranchMergeable,
+                format!("branch up-to-date with {}", ws.default_branch()),
+            )
+        } else {
+            GateResult::reject(
+                Gate::BranchMergeable,
+                format!(
+                    "branch is behind {}: it must be rebased onto it",
+                    ws.default_branch()
+                ),
+            )
+        },
+    )
 }
 
 /// Merge the tested head of the branch into the default branch (idempotent).

@@ -5,7 +5,7 @@ pub mod stage;
 pub mod task;
 
 pub use stage::Stage;
+pub mod brief;
 pub mod engine;
 pub mod evaluate;
-pub mod brief;
 pub mod worker;

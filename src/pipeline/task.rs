@@ -42,11 +42,13 @@ pub struct Task {
     pub cancelled_at: Option<i64>,
     /// When a deferred cancel was requested.
     pub cancel_requested_at: Option<i64>,
+    /// The task's state in the tracker ("Approved", "Needs Input", …).
+    pub tracker_state: Option<String>,
 }
 
 const TASK_COLUMNS: &str = "id, work_item_id, title, description, repo, branch, stage, \
      plane_id, plane_issue_id, depends_on, created_at, updated_at, escalated_at, cancelled_at, \
-     cancel_requested_at";
+     cancel_requested_at, tracker_state";
 
 impl Task {
     fn from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
@@ -66,6 +68,7 @@ impl Task {
             escalated_at: r.get(12)?,
             cancelled_at: r.get(13)?,
             cancel_requested_at: r.get(14)?,
+            tracker_state: r.get(15)?,
         })
     }
 
@@ -163,6 +166,13 @@ pub fn create(conn: &Connection, config: &Config, new: &NewTask, now: i64) -> an
         ],
     )?;
     let id = conn.last_insert_rowid();
+    if new.start {
+        conn.execute(
+            "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, at)
+             VALUES (?1, 'created', ?2, 'start', ?3)",
+            params![id, stage.as_str(), now],
+        )?;
+    }
     if let (true, Some(agent)) = (new.start, stage.agent()) {
         queue::enqueue(
             conn,
@@ -221,5 +231,41 @@ pub fn list(
          ORDER BY id DESC LIMIT ?3"
     ))?;
     let rows = stmt.query_map(params![stage, repo, limit], Task::from_row)?;
+    rows.collect()
+}
+
+/// One entry of a task's history (a stage transition, approval or escalation).
+#[derive(Debug, Clone, Serialize)]
+pub struct Transition {
+    /// Stage before.
+    pub from_stage: String,
+    /// Stage after.
+    pub to_stage: String,
+    /// `start`, `advance`, `rollback`, `escalate`, `approve` or `cancel`.
+    pub kind: String,
+    /// Why.
+    pub reason: String,
+    /// The job whose end caused it, if any.
+    pub job_id: Option<i64>,
+    /// When (epoch seconds).
+    pub at: i64,
+}
+
+/// A task's history, oldest first.
+pub fn history(conn: &Connection, task_id: i64) -> rusqlite::Result<Vec<Transition>> {
+    let mut stmt = conn.prepare(
+        "SELECT from_stage, to_stage, kind, reason, job_id, at FROM task_transitions
+         WHERE task_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([task_id], |r| {
+        Ok(Transition {
+            from_stage: r.get(0)?,
+            to_stage: r.get(1)?,
+            kind: r.get(2)?,
+            reason: r.get(3)?,
+            job_id: r.get(4)?,
+            at: r.get(5)?,
+        })
+    })?;
     rows.collect()
 }

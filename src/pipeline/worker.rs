@@ -4,7 +4,7 @@
 //! one fenced transaction. The owner lock is held throughout, so the job is
 //! alive to everyone else exactly as long as this process is.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -102,7 +102,7 @@ fn fail_job(
     db: &mut Db,
     job: &Job,
     fence: Fence<'_>,
-    outcome: Outcome,
+    outcome: &Outcome,
 ) -> anyhow::Result<Committed> {
     let stage = job
         .stage
@@ -110,8 +110,8 @@ fn fail_job(
         .and_then(|s| s.parse().ok())
         .unwrap_or(Stage::Created);
     let key = format!("job-{}-{}", job.id, job.attempts);
-    match job.task_id {
-        Some(task_id) => db.write(|tx| {
+    if let Some(task_id) = job.task_id {
+        db.write(|tx| {
             engine::commit(
                 tx,
                 &ctx.config,
@@ -123,8 +123,9 @@ fn fail_job(
                 &key,
                 now(),
             )
-        }),
-        None => {
+        })
+    } else {
+        {
             let backoff = crate::queue::Backoff {
                 base_s: ctx.config.transient_backoff_base_s,
                 max_s: ctx.config.transient_backoff_max_s,
@@ -134,7 +135,7 @@ fn fail_job(
                     tx,
                     fence.job_id,
                     fence.token,
-                    &outcome,
+                    outcome,
                     backoff,
                     ctx.config.max_transient_attempts,
                     now(),
@@ -151,7 +152,12 @@ fn fail_job(
 }
 
 /// Run a job this process has claimed with `lock`, to its committed end.
-pub fn run_claimed(ctx: &Ctx, db: &mut Db, lock: &WorkerLock, job: &Job) -> anyhow::Result<RunReport> {
+pub fn run_claimed(
+    ctx: &Ctx,
+    db: &mut Db,
+    lock: &WorkerLock,
+    job: &Job,
+) -> anyhow::Result<RunReport> {
     let started = std::time::Instant::now();
     let fence = Fence {
         job_id: job.id,
@@ -168,7 +174,13 @@ pub fn run_claimed(ctx: &Ctx, db: &mut Db, lock: &WorkerLock, job: &Job) -> anyh
 
 fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Result<RunReport> {
     let Some(task_id) = job.task_id else {
-        let c = fail_job(ctx, db, job, fence, Outcome::Failed("job has no task".into()))?;
+        let c = fail_job(
+            ctx,
+            db,
+            job,
+            fence,
+            &Outcome::Failed("job has no task".into()),
+        )?;
         return Ok(RunReport::new(job, c));
     };
     let task = task::require(db.conn(), task_id)?;
@@ -179,8 +191,21 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
         .parse()
         .map_err(|e: String| anyhow::anyhow!(e))?;
     if task.stage() == Stage::Cancelled {
-        db.write(|tx| Ok(crate::queue::cancel_claimed(tx, job.id, fence.token, now())?))?;
-        return Ok(RunReport::new(job, Committed::StageMoved { job: None, stage: task.stage }));
+        db.write(|tx| {
+            Ok(crate::queue::cancel_claimed(
+                tx,
+                job.id,
+                fence.token,
+                now(),
+            )?)
+        })?;
+        return Ok(RunReport::new(
+            job,
+            Committed::StageMoved {
+                job: None,
+                stage: task.stage,
+            },
+        ));
     }
     if task.stage() != stage {
         // The task moved on (a human advanced it): this job has nothing left to do.
@@ -209,7 +234,13 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
     let worktree = match ws.prepare(&task.work_item_id, &branch) {
         Ok(p) => p,
         Err(e) => {
-            let c = fail_job(ctx, db, job, fence, Outcome::Retry(format!("launch error: {e:#}")))?;
+            let c = fail_job(
+                ctx,
+                db,
+                job,
+                fence,
+                &Outcome::Retry(format!("launch error: {e:#}")),
+            )?;
             return Ok(RunReport::new(job, c));
         }
     };
@@ -221,8 +252,11 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
         .join(format!("job-{}-{}", job.id, job.attempts));
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let task_file = run_dir.join("task.md");
-    std::fs::write(&task_file, brief::task_file(&task, stage, &job.agent, &job.task_content))
-        .with_context(|| format!("writing {}", task_file.display()))?;
+    std::fs::write(
+        &task_file,
+        brief::task_file(&task, stage, &job.agent, &job.task_content),
+    )
+    .with_context(|| format!("writing {}", task_file.display()))?;
     let log_path = run_dir.join("agent.log");
     let (command, claude_protocol) = ctx.config.agent_command(stage);
     let session_id = uuid_v4()?;
@@ -267,7 +301,10 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
         ("ORCH_TASK_FILE", task_file.display().to_string()),
         ("ORCH_SESSION_ID", session_id),
         ("ORCH_MAX_TURNS", ctx.config.agent_max_turns.to_string()),
-        ("ORCH_MAX_BUDGET_USD", ctx.config.agent_max_budget_usd.clone()),
+        (
+            "ORCH_MAX_BUDGET_USD",
+            ctx.config.agent_max_budget_usd.clone(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -314,9 +351,7 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
         };
         (
             claude::parse_result(&log_text),
-            claude::RunVerdict::Failure(format!(
-                "agent stopped: {kind} timeout after {limit}s"
-            )),
+            claude::RunVerdict::Failure(format!("agent stopped: {kind} timeout after {limit}s")),
         )
     } else if claude_protocol {
         claude::classify_log(outcome.exit_code, &log_text)
@@ -324,10 +359,9 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
         let v = match (outcome.exit_code, outcome.signal) {
             (Some(0), _) => claude::RunVerdict::Success,
             (Some(c), _) => claude::RunVerdict::Failure(format!("agent exited with code {c}")),
-            (None, s) => claude::RunVerdict::Failure(format!(
-                "agent killed by signal {}",
-                s.unwrap_or(0)
-            )),
+            (None, s) => {
+                claude::RunVerdict::Failure(format!("agent killed by signal {}", s.unwrap_or(0)))
+            }
         };
         (claude::parse_result(&log_text), v)
     };
@@ -352,11 +386,23 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
                 outcome_text,
                 result.as_ref().map(|r| r.is_error),
                 result.as_ref().and_then(|r| r.total_cost_usd),
-                result.as_ref().and_then(|r| r.usage.input_tokens),
-                result.as_ref().and_then(|r| r.usage.output_tokens),
-                result.as_ref().and_then(|r| r.usage.cache_read_input_tokens),
-                result.as_ref().and_then(|r| r.usage.cache_creation_input_tokens),
-                result.as_ref().and_then(|r| r.num_turns),
+                result
+                    .as_ref()
+                    .and_then(|r| r.usage.input_tokens)
+                    .map(|v| v as i64),
+                result
+                    .as_ref()
+                    .and_then(|r| r.usage.output_tokens)
+                    .map(|v| v as i64),
+                result
+                    .as_ref()
+                    .and_then(|r| r.usage.cache_read_input_tokens)
+                    .map(|v| v as i64),
+                result
+                    .as_ref()
+                    .and_then(|r| r.usage.cache_creation_input_tokens)
+                    .map(|v| v as i64),
+                result.as_ref().and_then(|r| r.num_turns).map(|v| v as i64),
                 result.as_ref().and_then(|r| r.session_id.clone()),
             ],
         )?;
@@ -376,11 +422,11 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
     match verdict {
         claude::RunVerdict::Success => {}
         claude::RunVerdict::Transient(r) => {
-            report.committed = fail_job(ctx, db, job, fence, Outcome::Transient(r))?;
+            report.committed = fail_job(ctx, db, job, fence, &Outcome::Transient(r))?;
             return Ok(report);
         }
         claude::RunVerdict::Failure(r) => {
-            report.committed = fail_job(ctx, db, job, fence, Outcome::Retry(r))?;
+            report.committed = fail_job(ctx, db, job, fence, &Outcome::Retry(r))?;
             return Ok(report);
         }
     }
@@ -390,7 +436,13 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
         .commit_and_push(&worktree, &branch, &message)
         .and_then(|_| LocalForge::new(ws.clone()).ensure_pr(&branch, &task.title))
     {
-        report.committed = fail_job(ctx, db, job, fence, Outcome::Retry(format!("push failed: {e:#}")))?;
+        report.committed = fail_job(
+            ctx,
+            db,
+            job,
+            fence,
+            &Outcome::Retry(format!("push failed: {e:#}")),
+        )?;
         return Ok(report);
     }
     crash::point("finalize.pushed");
@@ -407,7 +459,7 @@ fn finalize(
     job: &Job,
     task: &Task,
     stage: Stage,
-    worktree: &PathBuf,
+    worktree: &Path,
     report: &mut RunReport,
 ) -> anyhow::Result<()> {
     let evaluation = match evaluate::evaluate(ctx, db.conn(), task, worktree) {
@@ -418,7 +470,7 @@ fn finalize(
                 db,
                 job,
                 fence,
-                Outcome::Retry(format!("gate evaluation failed: {e:#}")),
+                &Outcome::Retry(format!("gate evaluation failed: {e:#}")),
             )?;
             return Ok(());
         }

@@ -608,7 +608,7 @@ fn select(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimById {
     /// The job is now ours.
-    Claimed(Job),
+    Claimed(Box<Job>),
     /// The job cannot be taken; the text says why.
     Refused(String),
 }
@@ -655,7 +655,7 @@ pub fn claim_by_id(
                 .optional()?;
             Ok(claimed.map_or_else(
                 || ClaimById::Refused(format!("job {job_id} was claimed by someone else")),
-                ClaimById::Claimed,
+                |j| ClaimById::Claimed(Box::new(j)),
             ))
         }
         "running" => {
@@ -673,13 +673,20 @@ pub fn claim_by_id(
                          WHERE id = ?1 AND status = 'running' AND claim_token = ?6
                          RETURNING {JOB_COLUMNS}"
                     ),
-                    params![job_id, claimer.token, claimer.pid, claimer.boot_id, now, old],
+                    params![
+                        job_id,
+                        claimer.token,
+                        claimer.pid,
+                        claimer.boot_id,
+                        now,
+                        old
+                    ],
                     Job::from_row,
                 )
                 .optional()?;
             Ok(adopted.map_or_else(
                 || ClaimById::Refused(format!("job {job_id} changed hands meanwhile")),
-                ClaimById::Claimed,
+                |j| ClaimById::Claimed(Box::new(j)),
             ))
         }
         other => Ok(ClaimById::Refused(format!(
@@ -689,7 +696,12 @@ pub fn claim_by_id(
 }
 
 /// End a claimed job as `cancelled` (its task was cancelled), fenced.
-pub fn cancel_claimed(conn: &Connection, job_id: i64, token: &str, now: i64) -> rusqlite::Result<bool> {
+pub fn cancel_claimed(
+    conn: &Connection,
+    job_id: i64,
+    token: &str,
+    now: i64,
+) -> rusqlite::Result<bool> {
     Ok(conn.execute(
         "UPDATE jobs SET status = 'cancelled', finished_at = ?3
          WHERE id = ?1 AND status = 'running' AND claim_token = ?2",

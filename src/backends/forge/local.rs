@@ -34,7 +34,8 @@ impl Forge for LocalForge {
         let _lock = self.workspace.lock()?;
         let git = self.workspace.sync()?;
         let base = format!("origin/{}", self.workspace.default_branch());
-        Ok(git.rev(commit)?.is_some() && git.check(["merge-base", "--is-ancestor", commit, &base])?)
+        Ok(git.rev(commit)?.is_some()
+            && git.check(["merge-base", "--is-ancestor", commit, &base])?)
     }
 
     fn merge(&self, branch: &str, tested: &str) -> anyhow::Result<Merged> {
