@@ -252,7 +252,10 @@ fn init_is_idempotent_and_keeps_data() {
         .stdout(predicate::str::contains("already initialised"));
     let v = env.json(&["init"]);
     assert_eq!(v["created"], false);
-    assert_eq!(v["schema_version"], 1);
+    assert_eq!(
+        v["schema_version"],
+        orch::storage::schema::MIGRATIONS.len() as i64
+    );
     assert_eq!(count(&env, "tasks"), 1);
 }
 
