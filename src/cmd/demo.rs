@@ -25,6 +25,9 @@ pub struct Args {
     /// Title of the demo task.
     #[arg(long, default_value = "Greet the user by name")]
     pub title: String,
+    /// Only set up the installation (config, forge, database); run nothing.
+    #[arg(long)]
+    pub setup_only: bool,
     /// Give up after this many agent runs.
     #[arg(long, default_value_t = 40)]
     pub max_runs: u32,
@@ -136,6 +139,15 @@ pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     }
     let script = args.script.as_str();
     orch(&exe, &state, script, &["init"])?;
+    if args.setup_only {
+        println!(
+            "orch demo: installation ready in {} (repo demo, forge {}); create a task with\n  orch --state-dir {} task create --repo demo --title \"...\"",
+            state.display(),
+            forge.display(),
+            state.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let (_, out) = orch(
         &exe,
         &state,

@@ -1,0 +1,477 @@
+//! The stage pipeline end to end through the real binary: real git (a bare
+//! repository as the forge), real SQLite, real agent processes.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::Env;
+use predicates::prelude::*;
+
+/// An installation made by `orch demo --setup-only`: repo `demo` on a local forge.
+fn demo_env() -> Env {
+    let env = Env::bare();
+    env.orch()
+        .args(["demo", "--setup-only"])
+        .assert()
+        .success();
+    env
+}
+
+fn sql_i64(env: &Env, sql: &str) -> i64 {
+    env.db()
+        .conn()
+        .query_row(sql, [], |r| r.get(0))
+        .expect("query")
+}
+
+fn forge(env: &Env) -> orch::git::Git {
+    orch::git::Git::at(env.state().join("forge/demo.git"))
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // A zombie still has a /proc entry; it counts as dead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn history_kinds(env: &Env, task: i64) -> Vec<(String, String, String)> {
+    let v = env.json(&["task", "show", &task.to_string()]);
+    v["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| {
+            (
+                h["kind"].as_str().unwrap_or("").to_owned(),
+                h["from_stage"].as_str().unwrap_or("").to_owned(),
+                h["to_stage"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn demo_runs_the_pipeline_to_done_and_leaves_a_working_installation() {
+    let env = Env::bare();
+    let out = env.orch().arg("demo").output().expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for stage in [
+        "analysis",
+        "architecture",
+        "development",
+        "review",
+        "testing",
+        "deploy-staging",
+        "deploy",
+    ] {
+        assert!(stdout.contains(stage), "no progress line for {stage}: {stdout}");
+    }
+    assert!(stdout.contains("reached `done`"), "{stdout}");
+    assert!(stdout.contains("orch --state-dir"), "no look-around hint: {stdout}");
+    let task = env.json(&["task", "show", "1"]);
+    assert_eq!(task["task"]["stage"], "done");
+    assert_eq!(task["task"]["tracker_state"], "Done");
+    // Every job done, exactly one per stage, none left behind.
+    let status = env.json(&["status"]);
+    assert_eq!(status["counts"]["done"], 7);
+    assert_eq!(status["counts"]["queued"], 0);
+    assert_eq!(status["counts"]["running"], 0);
+    assert_eq!(status["counts"]["failed"], 0);
+    // The change is on main of the forge, with its tests.
+    let main_files = forge(&env)
+        .run(["ls-tree", "-r", "--name-only", "main"])
+        .expect("ls-tree");
+    assert!(main_files.contains("src/greet.sh"), "{main_files}");
+    assert!(main_files.contains("tests/greet_test.sh"), "{main_files}");
+    // Every outbox message was delivered once.
+    assert_eq!(sql_i64(&env, "SELECT count(*) FROM outbox WHERE status <> 'delivered'"), 0);
+    assert_eq!(
+        sql_i64(&env, "SELECT count(*) FROM tracker_comments"),
+        sql_i64(&env, "SELECT count(*) FROM outbox WHERE channel = 'tracker' AND payload LIKE '%comment%'")
+    );
+    // Each advance happened exactly once.
+    let advances = history_kinds(&env, 1)
+        .into_iter()
+        .filter(|(k, _, _)| k == "advance")
+        .count();
+    assert_eq!(advances, 7);
+    // The installation keeps working.
+    env.orch().arg("status").assert().success();
+    env.orch().args(["job", "list"]).assert().success();
+}
+
+#[test]
+fn every_rollback_path_returns_to_development_and_still_finishes() {
+    let env = Env::bare();
+    env.orch()
+        .args([
+            "demo",
+            "--script",
+            "review=request_changes*1,testing=fail*1,deploy=fail*1",
+        ])
+        .assert()
+        .success();
+    let rollbacks: Vec<String> = history_kinds(&env, 1)
+        .into_iter()
+        .filter(|(k, _, to)| k == "rollback" && to == "development")
+        .map(|(_, from, _)| from)
+        .collect();
+    assert_eq!(rollbacks, ["review", "testing", "deploy"]);
+    assert_eq!(env.json(&["task", "show", "1"])["task"]["stage"], "done");
+}
+
+#[test]
+fn a_red_test_suite_retries_the_developer_without_a_rollback() {
+    let env = Env::bare();
+    env.orch()
+        .args(["demo", "--script", "development=break_tests*1"])
+        .assert()
+        .success();
+    let v = env.json(&["task", "show", "1"]);
+    let dev_jobs: Vec<&serde_json::Value> = v["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter(|j| j["agent"] == "developer")
+        .collect();
+    assert_eq!(dev_jobs.len(), 1, "a gate retry reuses the job");
+    assert_eq!(dev_jobs[0]["attempts"], 2);
+    assert!(
+        history_kinds(&env, 1).iter().all(|(k, _, _)| k != "rollback"),
+        "a red CI is a retry, not a rollback"
+    );
+}
+
+#[test]
+fn escalation_after_three_developer_retries_instead_of_a_loop() {
+    let env = Env::bare();
+    let out = env
+        .orch()
+        .args(["demo", "--script", "review=request_changes"])
+        .output()
+        .expect("demo");
+    assert_eq!(out.status.code(), Some(1), "the demo reports the escalation");
+    let v = env.json(&["task", "show", "1"]);
+    assert_eq!(v["task"]["stage"], "review");
+    assert_eq!(v["task"]["tracker_state"], "Needs Input");
+    assert!(v["task"]["escalated_at"].is_i64());
+    let kinds = history_kinds(&env, 1);
+    assert_eq!(kinds.iter().filter(|(k, _, _)| k == "rollback").count(), 3);
+    assert_eq!(kinds.iter().filter(|(k, _, _)| k == "escalate").count(), 1);
+    // Nothing left to run: no loop.
+    env.orch().args(["run-agent", "--next"]).assert().code(3);
+    let comments = v["comments"].as_array().expect("comments");
+    assert!(
+        comments
+            .iter()
+            .any(|c| c["body"].as_str().unwrap_or("").contains("Escalated after 3 developer retries"))
+    );
+    let notes = std::fs::read_to_string(env.state().join("notifications.log")).expect("log");
+    assert!(notes.contains("Escalated"), "{notes}");
+}
+
+#[test]
+fn a_second_run_agent_on_a_finished_job_does_nothing() {
+    let env = Env::bare();
+    env.orch().arg("demo").assert().success();
+    let before = env.json(&["task", "show", "1"]);
+    env.orch()
+        .args(["run-agent", "--job", "1"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("job 1 is done; nothing to do"));
+    let after = env.json(&["task", "show", "1"]);
+    assert_eq!(before, after);
+    assert_eq!(sql_i64(&env, "SELECT count(*) FROM agent_runs"), 7);
+}
+
+#[test]
+fn advance_waits_for_the_human_approval_then_advances() {
+    let env = demo_env();
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "x"])
+        .assert()
+        .success();
+    env.orch().args(["run-agent", "--next"]).assert().success();
+    env.orch()
+        .args(["advance", "--task", "1"])
+        .assert()
+        .code(3)
+        .stdout(predicate::str::contains("check_analysis_approved fail"))
+        .stdout(predicate::str::contains("waiting for the human \"Approved\" status"));
+    env.orch()
+        .args(["advance", "--task", "1", "--approve"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("analysis → architecture"));
+    assert_eq!(env.json(&["task", "show", "1"])["task"]["stage"], "architecture");
+    // A job is queued for the architect; advancing now is refused politely.
+    env.orch()
+        .args(["advance", "--task", "1"])
+        .assert()
+        .code(3)
+        .stdout(predicate::str::contains("queued (architect)"));
+}
+
+#[test]
+fn a_failing_agent_is_retried_then_fails_with_a_notification() {
+    let env = demo_env();
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "x"])
+        .assert()
+        .success();
+    for attempt in 1..=2 {
+        let v: serde_json::Value = serde_json::from_slice(
+            &env.orch()
+                .env("ORCH_AGENT_CMD", "echo broken; exit 7")
+                .args(["run-agent", "--next", "--json"])
+                .output()
+                .expect("run")
+                .stdout,
+        )
+        .expect("json");
+        assert_eq!(v["exit_code"], 7, "attempt {attempt}");
+        assert!(v["run_verdict"].as_str().unwrap_or("").contains("exited with code 7"));
+    }
+    let job = env.json(&["job", "show", "1"]);
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["attempts"], 2);
+    let notes = std::fs::read_to_string(env.state().join("notifications.log")).expect("log");
+    assert!(notes.contains("failed for good"), "{notes}");
+    let log = std::fs::read_to_string(
+        env.state().join("runs/job-1-2/agent.log"),
+    )
+    .expect("per-run log");
+    assert!(log.contains("broken"));
+}
+
+#[test]
+fn claude_is_error_with_exit_zero_is_a_failed_run_and_cost_is_recorded() {
+    let env = demo_env();
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "x"])
+        .assert()
+        .success();
+    let event = r#"{"type":"result","subtype":"success","is_error":true,"result":"boom","session_id":"s-1","total_cost_usd":0.42,"num_turns":3,"usage":{"input_tokens":100,"output_tokens":50,"cache_read_input_tokens":7,"cache_creation_input_tokens":9}}"#;
+    let out = env
+        .orch()
+        .env("ORCH_AGENT_CMD", format!("echo '{{\"type\":\"system\",\"subtype\":\"init\"}}'; echo '{event}'; exit 0"))
+        .env("ORCH_AGENT_PROTOCOL", "claude")
+        .args(["run-agent", "--next", "--json"])
+        .output()
+        .expect("run");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["exit_code"], 0);
+    assert!(v["run_verdict"].as_str().unwrap_or("").starts_with("failure"), "{v}");
+    assert_eq!(v["cost_usd"], 0.42);
+    let db = env.db();
+    let (is_error, cost, input, output, cache_read, cache_creation, turns): (i64, f64, i64, i64, i64, i64, i64) = db
+        .conn()
+        .query_row(
+            "SELECT is_error, cost_usd, input_tokens, output_tokens, cache_read_tokens,
+                    cache_creation_tokens, num_turns FROM agent_runs WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+        )
+        .expect("run row");
+    assert_eq!((is_error, input, output, cache_read, cache_creation, turns), (1, 100, 50, 7, 9, 3));
+    assert!((cost - 0.42).abs() < 1e-9);
+    let job = env.json(&["job", "show", "1"]);
+    assert_eq!(job["status"], "queued", "a failed run is retried");
+    assert!(job["error"].as_str().unwrap_or("").contains("is_error"));
+    assert_eq!(env.json(&["task", "show", "1"])["task"]["stage"], "analysis");
+}
+
+#[test]
+fn claude_success_without_a_result_event_is_a_failure() {
+    let env = demo_env();
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "x"])
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(
+        &env.orch()
+            .env("ORCH_AGENT_CMD", "echo 'claude said nothing'")
+            .env("ORCH_AGENT_PROTOCOL", "claude")
+            .args(["run-agent", "--next", "--json"])
+            .output()
+            .expect("run")
+            .stdout,
+    )
+    .expect("json");
+    assert!(v["run_verdict"].as_str().unwrap_or("").contains("no result event"), "{v}");
+}
+
+/// Seed 002 TC-01 at the worker level: a timed-out agent whose grandchild
+/// sleeps is killed with its whole process group.
+#[test]
+fn tc01_timed_out_agent_and_its_sleeping_grandchild_are_tree_killed() {
+    let env = demo_env();
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "x"])
+        .assert()
+        .success();
+    let pidfile = env.state().join("grandchild.pid");
+    let out = env
+        .orch()
+        .env("ORCH_AGENT_TIMEOUT_S", "2")
+        .env("ORCH_AGENT_KILL_GRACE_SECONDS", "1")
+        .env(
+            "ORCH_AGENT_CMD",
+            format!("sh -c 'sleep 120 & echo $! > {}; wait'", pidfile.display()),
+        )
+        .args(["run-agent", "--next", "--json"])
+        .output()
+        .expect("run");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["timed_out"], "wall");
+    assert!(v["run_verdict"].as_str().unwrap_or("").contains("wall timeout after 2s"));
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pidfile")
+        .trim()
+        .parse()
+        .expect("pid");
+    wait_for("the grandchild to die", Duration::from_secs(8), || !pid_alive(pid));
+    assert_eq!(env.json(&["job", "show", "1"])["status"], "queued");
+}
+
+#[test]
+fn a_silent_agent_is_stopped_by_the_stall_timeout() {
+    let env = demo_env();
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "x"])
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(
+        &env.orch()
+            .env("ORCH_AGENT_STALL_TIMEOUT_S", "1")
+            .env("ORCH_AGENT_KILL_GRACE_SECONDS", "1")
+            .env("ORCH_AGENT_CMD", "echo starting; sleep 60")
+            .args(["run-agent", "--next", "--json"])
+            .output()
+            .expect("run")
+            .stdout,
+    )
+    .expect("json");
+    assert_eq!(v["timed_out"], "stall", "{v}");
+}
+
+#[test]
+fn sigkill_of_run_agent_kills_its_agent_and_leaves_a_dead_owner() {
+    let env = demo_env();
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "x"])
+        .assert()
+        .success();
+    let pidfile = env.state().join("agent.pid");
+    let mut child = env
+        .orch_std()
+        .env(
+            "ORCH_AGENT_CMD",
+            format!("sleep 300 & echo $! > {}; wait", pidfile.display()),
+        )
+        .args(["run-agent", "--next"])
+        .spawn()
+        .expect("spawn run-agent");
+    wait_for("the agent to start", Duration::from_secs(20), || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.trim().parse::<i32>().is_ok())
+    });
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pidfile")
+        .trim()
+        .parse()
+        .expect("pid");
+    // While run-agent lives, its job's owner is alive.
+    assert_eq!(env.json(&["status"])["running"][0]["owner"], "alive");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    child.wait().expect("wait");
+    wait_for("the agent to die with its orch", Duration::from_secs(5), || !pid_alive(pid));
+    assert_eq!(env.json(&["status"])["running"][0]["owner"], "dead");
+}
+
+#[test]
+fn malformed_frontmatter_fails_the_gate_with_a_clear_reason() {
+    let env = demo_env();
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "x"])
+        .assert()
+        .success();
+    // An analyst that writes a BRD without frontmatter.
+    let agent = "mkdir -p \"$ORCH_ARTIFACT_DIR\" && echo '# BRD without frontmatter' > \"$ORCH_ARTIFACT_DIR/01-brd.md\"";
+    let v: serde_json::Value = serde_json::from_slice(
+        &env.orch()
+            .env("ORCH_AGENT_CMD", agent)
+            .args(["run-agent", "--next", "--json"])
+            .output()
+            .expect("run")
+            .stdout,
+    )
+    .expect("json");
+    let gate = &v["evaluation"]["gates"][0];
+    assert_eq!(gate["gate"], "check_analysis_complete");
+    assert_eq!(gate["verdict"], "fail");
+    assert!(gate["reason"].as_str().unwrap_or("").contains("01-brd.md"), "{gate}");
+    assert_eq!(v["evaluation"]["decision"]["decision"], "retry");
+    let job = env.json(&["job", "show", "1"]);
+    assert_eq!(job["status"], "queued");
+    assert!(job["error"].as_str().unwrap_or("").contains("check_analysis_complete"));
+}
+
+#[test]
+fn the_agent_gets_its_task_through_files_and_environment_only() {
+    let env = demo_env();
+    let hostile = "$(touch /tmp/orch-pwned) `id` ; rm -rf / #";
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "x", "--description", hostile])
+        .assert()
+        .success();
+    let seen = env.state().join("seen-env");
+    let agent = format!(
+        "env | grep '^ORCH_' | sort > {s}; cat \"$ORCH_TASK_FILE\" >> {s}",
+        s = seen.display()
+    );
+    env.orch()
+        .env("ORCH_AGENT_CMD", agent)
+        .args(["run-agent", "--next"])
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(&seen).expect("agent ran");
+    for var in [
+        "ORCH_TASK_ID=1",
+        "ORCH_STAGE=analysis",
+        "ORCH_AGENT=analyst",
+        "ORCH_WORK_ITEM=DEMO-1",
+        "ORCH_WORKTREE=",
+        "ORCH_ARTIFACT_DIR=",
+        "ORCH_TASK_FILE=",
+        "ORCH_SESSION_ID=",
+    ] {
+        assert!(text.contains(var), "{var} missing: {text}");
+    }
+    assert!(text.contains(hostile), "the task file carries the text verbatim");
+    assert!(!Path::new("/tmp/orch-pwned").exists(), "task text reached a shell");
+}
