@@ -1,0 +1,38 @@
+//! `examples/orch.toml` loads without error and names every setting, so it
+//! stays a complete, valid reference as settings are added.
+
+use std::path::Path;
+
+fn example() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/orch.toml")
+}
+
+#[test]
+fn example_config_is_valid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orch"))
+        .arg("--state-dir")
+        .arg(dir.path())
+        .arg("--config")
+        .arg(example())
+        .arg("init")
+        .output()
+        .expect("run orch init");
+    assert!(
+        out.status.success(),
+        "examples/orch.toml is refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn example_config_names_every_setting() {
+    let text = std::fs::read_to_string(example()).expect("examples/orch.toml");
+    let example: toml::Table = toml::from_str(&text).expect("example is TOML");
+    let defaults = toml::Table::try_from(orch::config::Config::default()).expect("defaults");
+    let missing: Vec<&String> = defaults
+        .keys()
+        .filter(|k| !example.contains_key(*k))
+        .collect();
+    assert!(missing.is_empty(), "examples/orch.toml lacks {missing:?}");
+}
