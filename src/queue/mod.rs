@@ -107,8 +107,10 @@ impl Job {
             && (self.run_id.is_some()
                 || self.pid.is_some()
                 || self.started_at.is_some()
+                || self.finished_at.is_some()
                 || self.claim_token.is_some()
-                || self.owner_pid.is_some())
+                || self.owner_pid.is_some()
+                || self.owner_boot_id.is_some())
     }
 }
 
@@ -516,12 +518,21 @@ pub fn cancel_for_task(
 /// from hand-written SQL with `PRAGMA ignore_check_constraints` or a database
 /// imported from elsewhere. Kept as defence in depth (ORCH-126 D4).
 pub fn find_impossible_queued(conn: &Connection) -> rusqlite::Result<Vec<Job>> {
-    select(
-        conn,
-        "WHERE status = 'queued' AND (run_id IS NOT NULL OR pid IS NOT NULL
-           OR started_at IS NOT NULL OR finished_at IS NOT NULL OR claim_token IS NOT NULL
-           OR owner_pid IS NOT NULL OR owner_boot_id IS NOT NULL) ORDER BY id",
+    select(conn, &format!("WHERE {IMPOSSIBLE_QUEUED} ORDER BY id"), [])
+}
+
+/// The predicate of an impossible queued row; the same text as the partial
+/// index `jobs_impossible_queued`, so the sweep is an index lookup.
+const IMPOSSIBLE_QUEUED: &str = "status = 'queued' AND (run_id IS NOT NULL
+    OR pid IS NOT NULL OR started_at IS NOT NULL OR finished_at IS NOT NULL
+    OR claim_token IS NOT NULL OR owner_pid IS NOT NULL OR owner_boot_id IS NOT NULL)";
+
+/// Whether any queued row violates the run-ownership invariant (a cheap read).
+pub fn any_impossible_queued(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        &format!("SELECT EXISTS (SELECT 1 FROM jobs WHERE {IMPOSSIBLE_QUEUED})"),
         [],
+        |r| r.get(0),
     )
 }
 

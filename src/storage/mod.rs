@@ -53,6 +53,13 @@ impl Db {
         let conn = Connection::open_with_flags(path, flags)
             .with_context(|| format!("opening database {}", path.display()))?;
         conn.busy_timeout(busy_timeout)?;
+        // Short-lived processes: without this, every process that is the last
+        // to close checkpoints and deletes the WAL, paying several fsyncs. The
+        // WAL is checkpointed by writers as it grows instead.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )?;
         let mut db = Db {
             conn,
             path: path.to_path_buf(),

@@ -74,6 +74,12 @@ CREATE TABLE jobs (
     CHECK (status <> 'running' OR claim_token IS NOT NULL)
 );
 CREATE INDEX jobs_claimable ON jobs(status, available_at, id);
+-- FIFO claims walk queued jobs in id order and stop at the first eligible one.
+CREATE INDEX jobs_queued_fifo ON jobs(id) WHERE status = 'queued';
+-- Makes the impossible-queued sweep O(1) when there is nothing to heal.
+CREATE INDEX jobs_impossible_queued ON jobs(id) WHERE status = 'queued' AND (run_id IS NOT NULL
+    OR pid IS NOT NULL OR started_at IS NOT NULL OR finished_at IS NOT NULL
+    OR claim_token IS NOT NULL OR owner_pid IS NOT NULL OR owner_boot_id IS NOT NULL);
 CREATE INDEX jobs_task ON jobs(task_id, status);
 CREATE INDEX jobs_repo_running ON jobs(repo) WHERE status = 'running';
 
