@@ -78,7 +78,7 @@ pub fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
 /// then SIGKILL to whoever is left, and wait until every member is dead.
 ///
 /// Returns whether the group is empty at the end (false only if a member
-/// survives SIGKILL for [`KILL_WAIT`], i.e. it is stuck in the kernel).
+/// survives SIGKILL for 5 s, i.e. it is stuck in the kernel).
 pub fn terminate(pgid: i32, grace: Duration) -> bool {
     let empty = || live_members(pgid).is_empty();
     if empty() {

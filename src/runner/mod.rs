@@ -12,6 +12,13 @@
 //! With `tree_kill` off (the kill-switch `subprocess_tree_kill_enabled`) the
 //! command runs directly as a plain child and only that child is signalled:
 //! the never-break fallback of the seeds.
+//!
+//! Limits: a descendant that calls `setsid` leaves the group and escapes the
+//! group kill (under systemd the worker's cgroup, `KillMode=control-group`,
+//! is the last net; the runner then stops waiting for the output pipes it
+//! holds after a short drain). Processes that ignore SIGTERM in the group are
+//! reached by the SIGKILL; a process stuck in uninterruptible sleep is
+//! reported in the log, not waited for forever.
 
 pub mod claude;
 pub mod group;
