@@ -12,10 +12,7 @@ use predicates::prelude::*;
 /// An installation made by `orch demo --setup-only`: repo `demo` on a local forge.
 fn demo_env() -> Env {
     let env = Env::bare();
-    env.orch()
-        .args(["demo", "--setup-only"])
-        .assert()
-        .success();
+    env.orch().args(["demo", "--setup-only"]).assert().success();
     env
 }
 
@@ -84,10 +81,16 @@ fn demo_runs_the_pipeline_to_done_and_leaves_a_working_installation() {
         "deploy-staging",
         "deploy",
     ] {
-        assert!(stdout.contains(stage), "no progress line for {stage}: {stdout}");
+        assert!(
+            stdout.contains(stage),
+            "no progress line for {stage}: {stdout}"
+        );
     }
     assert!(stdout.contains("reached `done`"), "{stdout}");
-    assert!(stdout.contains("orch --state-dir"), "no look-around hint: {stdout}");
+    assert!(
+        stdout.contains("orch --state-dir"),
+        "no look-around hint: {stdout}"
+    );
     let task = env.json(&["task", "show", "1"]);
     assert_eq!(task["task"]["stage"], "done");
     assert_eq!(task["task"]["tracker_state"], "Done");
@@ -104,10 +107,19 @@ fn demo_runs_the_pipeline_to_done_and_leaves_a_working_installation() {
     assert!(main_files.contains("src/greet.sh"), "{main_files}");
     assert!(main_files.contains("tests/greet_test.sh"), "{main_files}");
     // Every outbox message was delivered once.
-    assert_eq!(sql_i64(&env, "SELECT count(*) FROM outbox WHERE status <> 'delivered'"), 0);
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM outbox WHERE status <> 'delivered'"
+        ),
+        0
+    );
     assert_eq!(
         sql_i64(&env, "SELECT count(*) FROM tracker_comments"),
-        sql_i64(&env, "SELECT count(*) FROM outbox WHERE channel = 'tracker' AND payload LIKE '%comment%'")
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM outbox WHERE channel = 'tracker' AND payload LIKE '%comment%'"
+        )
     );
     // Each advance happened exactly once.
     let advances = history_kinds(&env, 1)
@@ -157,7 +169,9 @@ fn a_red_test_suite_retries_the_developer_without_a_rollback() {
     assert_eq!(dev_jobs.len(), 1, "a gate retry reuses the job");
     assert_eq!(dev_jobs[0]["attempts"], 2);
     assert!(
-        history_kinds(&env, 1).iter().all(|(k, _, _)| k != "rollback"),
+        history_kinds(&env, 1)
+            .iter()
+            .all(|(k, _, _)| k != "rollback"),
         "a red CI is a retry, not a rollback"
     );
 }
@@ -170,7 +184,11 @@ fn escalation_after_three_developer_retries_instead_of_a_loop() {
         .args(["demo", "--script", "review=request_changes"])
         .output()
         .expect("demo");
-    assert_eq!(out.status.code(), Some(1), "the demo reports the escalation");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the demo reports the escalation"
+    );
     let v = env.json(&["task", "show", "1"]);
     assert_eq!(v["task"]["stage"], "review");
     assert_eq!(v["task"]["tracker_state"], "Needs Input");
@@ -181,11 +199,12 @@ fn escalation_after_three_developer_retries_instead_of_a_loop() {
     // Nothing left to run: no loop.
     env.orch().args(["run-agent", "--next"]).assert().code(3);
     let comments = v["comments"].as_array().expect("comments");
-    assert!(
-        comments
-            .iter()
-            .any(|c| c["body"].as_str().unwrap_or("").contains("Escalated after 3 developer retries"))
-    );
+    assert!(comments.iter().any(|c| {
+        c["body"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Escalated after 3 developer retries")
+    }));
     let notes = std::fs::read_to_string(env.state().join("notifications.log")).expect("log");
     assert!(notes.contains("Escalated"), "{notes}");
 }
@@ -218,13 +237,18 @@ fn advance_waits_for_the_human_approval_then_advances() {
         .assert()
         .code(3)
         .stdout(predicate::str::contains("check_analysis_approved fail"))
-        .stdout(predicate::str::contains("waiting for the human \"Approved\" status"));
+        .stdout(predicate::str::contains(
+            "waiting for the human \"Approved\" status",
+        ));
     env.orch()
         .args(["advance", "--task", "1", "--approve"])
         .assert()
         .success()
         .stdout(predicate::str::contains("analysis → architecture"));
-    assert_eq!(env.json(&["task", "show", "1"])["task"]["stage"], "architecture");
+    assert_eq!(
+        env.json(&["task", "show", "1"])["task"]["stage"],
+        "architecture"
+    );
     // A job is queued for the architect; advancing now is refused politely.
     env.orch()
         .args(["advance", "--task", "1"])
@@ -251,17 +275,20 @@ fn a_failing_agent_is_retried_then_fails_with_a_notification() {
         )
         .expect("json");
         assert_eq!(v["exit_code"], 7, "attempt {attempt}");
-        assert!(v["run_verdict"].as_str().unwrap_or("").contains("exited with code 7"));
+        assert!(
+            v["run_verdict"]
+                .as_str()
+                .unwrap_or("")
+                .contains("exited with code 7")
+        );
     }
     let job = env.json(&["job", "show", "1"]);
     assert_eq!(job["status"], "failed");
     assert_eq!(job["attempts"], 2);
     let notes = std::fs::read_to_string(env.state().join("notifications.log")).expect("log");
     assert!(notes.contains("failed for good"), "{notes}");
-    let log = std::fs::read_to_string(
-        env.state().join("runs/job-1-2/agent.log"),
-    )
-    .expect("per-run log");
+    let log =
+        std::fs::read_to_string(env.state().join("runs/job-1-2/agent.log")).expect("per-run log");
     assert!(log.contains("broken"));
 }
 
@@ -275,31 +302,64 @@ fn claude_is_error_with_exit_zero_is_a_failed_run_and_cost_is_recorded() {
     let event = r#"{"type":"result","subtype":"success","is_error":true,"result":"boom","session_id":"s-1","total_cost_usd":0.42,"num_turns":3,"usage":{"input_tokens":100,"output_tokens":50,"cache_read_input_tokens":7,"cache_creation_input_tokens":9}}"#;
     let out = env
         .orch()
-        .env("ORCH_AGENT_CMD", format!("echo '{{\"type\":\"system\",\"subtype\":\"init\"}}'; echo '{event}'; exit 0"))
+        .env(
+            "ORCH_AGENT_CMD",
+            format!("echo '{{\"type\":\"system\",\"subtype\":\"init\"}}'; echo '{event}'; exit 0"),
+        )
         .env("ORCH_AGENT_PROTOCOL", "claude")
         .args(["run-agent", "--next", "--json"])
         .output()
         .expect("run");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["exit_code"], 0);
-    assert!(v["run_verdict"].as_str().unwrap_or("").starts_with("failure"), "{v}");
+    assert!(
+        v["run_verdict"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("failure"),
+        "{v}"
+    );
     assert_eq!(v["cost_usd"], 0.42);
     let db = env.db();
-    let (is_error, cost, input, output, cache_read, cache_creation, turns): (i64, f64, i64, i64, i64, i64, i64) = db
+    let (is_error, cost, input, output, cache_read, cache_creation, turns): (
+        i64,
+        f64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+    ) = db
         .conn()
         .query_row(
             "SELECT is_error, cost_usd, input_tokens, output_tokens, cache_read_tokens,
                     cache_creation_tokens, num_turns FROM agent_runs WHERE id = 1",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            },
         )
         .expect("run row");
-    assert_eq!((is_error, input, output, cache_read, cache_creation, turns), (1, 100, 50, 7, 9, 3));
+    assert_eq!(
+        (is_error, input, output, cache_read, cache_creation, turns),
+        (1, 100, 50, 7, 9, 3)
+    );
     assert!((cost - 0.42).abs() < 1e-9);
     let job = env.json(&["job", "show", "1"]);
     assert_eq!(job["status"], "queued", "a failed run is retried");
     assert!(job["error"].as_str().unwrap_or("").contains("is_error"));
-    assert_eq!(env.json(&["task", "show", "1"])["task"]["stage"], "analysis");
+    assert_eq!(
+        env.json(&["task", "show", "1"])["task"]["stage"],
+        "analysis"
+    );
 }
 
 #[test]
@@ -319,7 +379,13 @@ fn claude_success_without_a_result_event_is_a_failure() {
             .stdout,
     )
     .expect("json");
-    assert!(v["run_verdict"].as_str().unwrap_or("").contains("no result event"), "{v}");
+    assert!(
+        v["run_verdict"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no result event"),
+        "{v}"
+    );
 }
 
 /// Seed 002 TC-01 at the worker level: a timed-out agent whose grandchild
@@ -345,13 +411,20 @@ fn tc01_timed_out_agent_and_its_sleeping_grandchild_are_tree_killed() {
         .expect("run");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["timed_out"], "wall");
-    assert!(v["run_verdict"].as_str().unwrap_or("").contains("wall timeout after 2s"));
+    assert!(
+        v["run_verdict"]
+            .as_str()
+            .unwrap_or("")
+            .contains("wall timeout after 2s")
+    );
     let pid: i32 = std::fs::read_to_string(&pidfile)
         .expect("pidfile")
         .trim()
         .parse()
         .expect("pid");
-    wait_for("the grandchild to die", Duration::from_secs(8), || !pid_alive(pid));
+    wait_for("the grandchild to die", Duration::from_secs(8), || {
+        !pid_alive(pid)
+    });
     assert_eq!(env.json(&["job", "show", "1"])["status"], "queued");
 }
 
@@ -409,7 +482,11 @@ fn sigkill_of_run_agent_kills_its_agent_and_leaves_a_dead_owner() {
     )
     .expect("kill");
     child.wait().expect("wait");
-    wait_for("the agent to die with its orch", Duration::from_secs(5), || !pid_alive(pid));
+    wait_for(
+        "the agent to die with its orch",
+        Duration::from_secs(5),
+        || !pid_alive(pid),
+    );
     assert_eq!(env.json(&["status"])["running"][0]["owner"], "dead");
 }
 
@@ -434,11 +511,19 @@ fn malformed_frontmatter_fails_the_gate_with_a_clear_reason() {
     let gate = &v["evaluation"]["gates"][0];
     assert_eq!(gate["gate"], "check_analysis_complete");
     assert_eq!(gate["verdict"], "fail");
-    assert!(gate["reason"].as_str().unwrap_or("").contains("01-brd.md"), "{gate}");
+    assert!(
+        gate["reason"].as_str().unwrap_or("").contains("01-brd.md"),
+        "{gate}"
+    );
     assert_eq!(v["evaluation"]["decision"]["decision"], "retry");
     let job = env.json(&["job", "show", "1"]);
     assert_eq!(job["status"], "queued");
-    assert!(job["error"].as_str().unwrap_or("").contains("check_analysis_complete"));
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("check_analysis_complete")
+    );
 }
 
 #[test]
@@ -446,7 +531,16 @@ fn the_agent_gets_its_task_through_files_and_environment_only() {
     let env = demo_env();
     let hostile = "$(touch /tmp/orch-pwned) `id` ; rm -rf / #";
     env.orch()
-        .args(["task", "create", "--repo", "demo", "--title", "x", "--description", hostile])
+        .args([
+            "task",
+            "create",
+            "--repo",
+            "demo",
+            "--title",
+            "x",
+            "--description",
+            hostile,
+        ])
         .assert()
         .success();
     let seen = env.state().join("seen-env");
@@ -472,6 +566,12 @@ fn the_agent_gets_its_task_through_files_and_environment_only() {
     ] {
         assert!(text.contains(var), "{var} missing: {text}");
     }
-    assert!(text.contains(hostile), "the task file carries the text verbatim");
-    assert!(!Path::new("/tmp/orch-pwned").exists(), "task text reached a shell");
+    assert!(
+        text.contains(hostile),
+        "the task file carries the text verbatim"
+    );
+    assert!(
+        !Path::new("/tmp/orch-pwned").exists(),
+        "task text reached a shell"
+    );
 }

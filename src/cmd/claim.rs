@@ -28,9 +28,7 @@ pub struct Args {
 /// Heal impossible queued rows if the kill-switch allows (cheap; every claimer runs it).
 pub fn sanitize_sweep(ctx: &Ctx, db: &mut Db) -> anyhow::Result<usize> {
     // A read first: the write lock is only taken when there is something to heal.
-    if !ctx.config.impossible_queued_sanitize_enabled
-        || !queue::any_impossible_queued(db.conn())?
-    {
+    if !ctx.config.impossible_queued_sanitize_enabled || !queue::any_impossible_queued(db.conn())? {
         return Ok(0);
     }
     let now = storage::now();

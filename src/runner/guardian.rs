@@ -72,7 +72,13 @@ pub fn run(parent_pid: i32, program: &str, args: &[String]) -> anyhow::Result<Ex
     ] {
         handled.add(s);
     }
-    handled.thread_block().context("blocking signals")?;
+    // SIGPIPE is blocked too (never waited for): once the runner is gone, our
+    // stderr is a pipe without a reader, and orch's main sets SIGPIPE to its
+    // default, so a log line would otherwise kill the guardian before it
+    // kills the group. Blocked, a write just fails with EPIPE.
+    let mut blocked = handled;
+    blocked.add(Signal::SIGPIPE);
+    blocked.thread_block().context("blocking signals")?;
 
     // Armed only once blocked, so it cannot kill the guardian by its default
     // action and leave the agent unguarded. The runner may have died before
@@ -90,7 +96,7 @@ pub fn run(parent_pid: i32, program: &str, args: &[String]) -> anyhow::Result<Ex
             loop {
                 match handled.wait() {
                     Ok(PARENT_DEATH) => {
-                        log::warn!("guard: parent {parent_pid} died: killing the agent's group");
+                        // SIGKILLs the guardian too; nobody is left to read a log line.
                         kill_group();
                     }
                     // Already delivered to the agent by the group signal.
