@@ -66,6 +66,10 @@ pub enum Command {
     RunAgent(cmd::run_agent::Args),
     /// Evaluate a task's current gate and advance it or roll it back (the human/CI path).
     Advance(cmd::advance::Args),
+    /// One reaper pass: end the jobs of dead owners exactly once, stop runs past the backstop, reclaim leases.
+    Reap(cmd::reap::Args),
+    /// One merge-lease pass: reclaim leases whose holder can no longer use them.
+    ReclaimLeases(cmd::reclaim_leases::Args),
     /// Run the whole pipeline offline on the embedded defaults, from nothing to `done`.
     Demo(cmd::demo::Args),
     /// The scripted agent used by `orch demo` (reads ORCH_STAGE, ORCH_ARTIFACT_DIR, ...).

@@ -34,6 +34,14 @@ pub const POINTS: &[(&str, &str)] = &[
         "the worktree is committed and pushed; gates not evaluated",
     ),
     (
+        "merge.leased",
+        "the merge gate holds the merge lease; nothing rebased or re-tested",
+    ),
+    (
+        "merge.rebased",
+        "the branch is rebased onto main and pushed; not re-tested",
+    ),
+    (
         "finalize.evaluated",
         "the gates were evaluated (and a merge done); the decision is not committed",
     ),

@@ -82,7 +82,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         .ok_or_else(|| OrchError::Usage(format!("task {} has no branch", t.id)))?;
     let ws = Workspace::new(&ctx.repos_dir(), &t.repo, ctx.config.repo(&t.repo)?)?;
     let worktree = ws.prepare(&t.work_item_id, &branch)?;
-    let evaluation = evaluate::evaluate(ctx, db.conn(), &t, &worktree)?;
+    let evaluation = evaluate::evaluate(ctx, db.conn(), &t, &worktree, None)?;
     let transitions: i64 = db.conn().query_row(
         "SELECT count(*) FROM task_transitions WHERE task_id = ?1",
         [t.id],
@@ -123,7 +123,9 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             _ => format!("task {} rolled back to development: {reason}", t.id),
         },
         Decision::AwaitHuman { reason } => format!("task {} waits: {reason}", t.id),
-        Decision::Retry { reason } => format!("task {} stays on {stage}: {reason}", t.id),
+        Decision::Retry { reason } | Decision::RetryLater { reason, .. } => {
+            format!("task {} stays on {stage}: {reason}", t.id)
+        }
         Decision::Terminal => format!("task {} is {stage}; nothing to advance", t.id),
     };
     if args.json {

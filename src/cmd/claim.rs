@@ -50,9 +50,13 @@ pub fn claim_with(
         boot_id: &boot_id,
     };
     let now = storage::now();
+    crash::point("claim.locked");
     let claimed = db.write(|tx| Ok(queue::claim(tx, claimer, gates, now)?))?;
     match claimed {
-        Some(job) => Ok(Ok(job)),
+        Some(job) => {
+            crash::point("claim.committed");
+            Ok(Ok(job))
+        }
         None => Ok(Err(db.read(|tx| Ok(queue::diagnose(tx, gates, now)?))?)),
     }
 }
@@ -62,11 +66,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     let mut db = ctx.open_db()?;
     sanitize_sweep(ctx, &mut db)?;
     let lock = WorkerLock::acquire(&ctx.locks_dir())?;
-    crash::point("claim.locked");
     let result = claim_with(ctx, &mut db, &lock)?;
-    if result.is_ok() {
-        crash::point("claim.committed");
-    }
     lock.release();
     match result {
         Ok(job) => {

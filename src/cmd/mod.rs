@@ -8,6 +8,8 @@ pub mod demo_agent;
 pub mod generate;
 pub mod init;
 pub mod job;
+pub mod reap;
+pub mod reclaim_leases;
 pub mod run_agent;
 pub mod status;
 pub mod task;
@@ -43,6 +45,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Job(c) => job::run(&ctx, c),
                 Command::RunAgent(a) => run_agent::run(&ctx, &a),
                 Command::Advance(a) => advance::run(&ctx, &a),
+                Command::Reap(a) => reap::run(&ctx, &a),
+                Command::ReclaimLeases(a) => reclaim_leases::run(&ctx, &a),
                 Command::Generate(_)
                 | Command::Debug(_)
                 | Command::DemoAgent(_)

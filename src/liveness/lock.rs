@@ -185,3 +185,26 @@ impl RepoLock {
         Ok(RepoLock { _file: file })
     }
 }
+
+/// Whether a lock file for `token` exists at all. A worker that exits
+/// normally removes its file ([`WorkerLock::release`]); one killed by a signal
+/// leaves it behind, unlocked.
+pub fn lock_file_exists(locks_dir: &Path, token: &str) -> bool {
+    token.len() == TOKEN_LEN
+        && token.bytes().all(|b| b.is_ascii_hexdigit())
+        && lock_path(locks_dir, token).exists()
+}
+
+/// Whether process `pid` has the lock file of `token` open: proof that the
+/// pid is the live owner (not a reused pid) before anyone signals it.
+pub fn pid_holds_lock(locks_dir: &Path, token: &str, pid: i64) -> bool {
+    let want = lock_path(locks_dir, token);
+    let want = std::fs::canonicalize(&want).unwrap_or(want);
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .any(|target| target == want)
+}

@@ -14,7 +14,9 @@
 
 pub mod lock;
 
-pub use lock::{Liveness, RepoLock, WorkerLock, probe};
+pub use lock::{Liveness, RepoLock, WorkerLock, lock_file_exists, pid_holds_lock, probe};
+
+pub mod reaper;
 
 /// The kernel's id of the current boot, for diagnostics ("owner was on another boot").
 pub fn boot_id() -> String {

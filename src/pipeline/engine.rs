@@ -12,9 +12,9 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::outbox::{self, Message};
-use crate::pipeline::Stage;
 use crate::pipeline::evaluate::Decision;
 use crate::pipeline::task::{self, Task};
+use crate::pipeline::{Stage, lease};
 use crate::queue::{self, Backoff, Finished, NewJob, Outcome};
 
 /// Developer retries (rollbacks into development) before a task is escalated
@@ -146,8 +146,13 @@ pub fn commit(
     };
     let outcome = job_outcome.cloned().unwrap_or_else(|| match decision {
         Decision::Retry { reason } => Outcome::Retry(reason.clone()),
+        Decision::RetryLater { reason, .. } => Outcome::Transient(reason.clone()),
         _ => Outcome::Done,
     });
+    let transient_budget = match decision {
+        Decision::RetryLater { budget, .. } if job_outcome.is_none() => *budget,
+        _ => config.max_transient_attempts,
+    };
     let job_end = match fence {
         Some(f) => {
             let end = queue::finish(
@@ -156,7 +161,7 @@ pub fn commit(
                 f.token,
                 &outcome,
                 backoff,
-                config.max_transient_attempts,
+                transient_budget,
                 now,
             )?;
             if end == Finished::LostClaim {
@@ -205,7 +210,7 @@ pub fn commit(
     let mut next_job = None;
     let mut escalated = false;
     match decision {
-        Decision::Terminal | Decision::Retry { .. } => {}
+        Decision::Terminal | Decision::Retry { .. } | Decision::RetryLater { .. } => {}
         Decision::AwaitHuman { reason } => {
             outbox::push(
                 conn,
@@ -241,6 +246,10 @@ pub fn commit(
                     job: job_end,
                     stage: task.stage,
                 });
+            }
+            // The merge is done once the task leaves deploy-staging: free the lease.
+            if stage == Stage::DeployStaging || *to == Stage::Done {
+                lease::release_for_task(conn, task_id)?;
             }
             transition(
                 conn,
@@ -282,6 +291,8 @@ pub fn commit(
             )?;
         }
         Decision::Rollback { reason } => {
+            // Neither an escalated nor a rolled-back task can use a merge lease.
+            lease::release_for_task(conn, task_id)?;
             let retries = developer_retry_count(conn, task_id)?;
             if retries >= MAX_DEVELOPER_RETRIES {
                 escalated = true;

@@ -47,6 +47,15 @@ pub enum Decision {
         /// Which gate and why.
         reason: String,
     },
+    /// Not the agent's fault (another task holds the merge lease, or the
+    /// re-test timed out): run the job again later, in place, without
+    /// spending an attempt, at most `budget` times.
+    RetryLater {
+        /// Why.
+        reason: String,
+        /// How many such retries a job gets before it fails (with one alert).
+        budget: u32,
+    },
     /// The task is done or cancelled: nothing to evaluate.
     Terminal,
 }
@@ -97,6 +106,7 @@ pub fn evaluate(
     conn: &Connection,
     task: &Task,
     worktree: &Path,
+    job_id: Option<i64>,
 ) -> anyhow::Result<Evaluation> {
     let stage = task.stage();
     let artifacts = match gates::resolve_artifact_dir(worktree, &task.work_item_id) {
@@ -139,7 +149,7 @@ pub fn evaluate(
             results.push(approved);
         }
         Stage::Architecture => require!(gates::check_architecture_done(&artifacts)),
-        Stage::Development => require!(check_ci_green(ctx, task, worktree)?),
+        Stage::Development => require!(check_ci_green(ctx, conn, task, worktree)?),
         Stage::Review => require!(gates::check_review_approved(&artifacts)),
         Stage::Testing => require!(gates::check_tests_passed(&artifacts)),
         Stage::DeployStaging => {
@@ -152,7 +162,13 @@ pub fn evaluate(
             }
             require!(staging);
             require!(check_staging_image_fresh(ctx, task, worktree)?);
-            require!(check_branch_mergeable(ctx, task, worktree)?);
+            let (mergeable, failed) =
+                crate::pipeline::merge_gate::check(ctx, conn, task, worktree, job_id)?;
+            if let Some(decision) = failed {
+                results.push(mergeable);
+                return Ok(Evaluation::new(results, decision));
+            }
+            results.push(mergeable);
             let merged = merge(ctx, task, worktree)?;
             return Ok(match merged {
                 Ok(m) => Evaluation {
@@ -219,7 +235,12 @@ fn run_check_command(
 }
 
 /// `check_ci_green` on the local forge: the repository's test command passes in the worktree.
-fn check_ci_green(ctx: &Ctx, task: &Task, worktree: &Path) -> anyhow::Result<GateResult> {
+fn check_ci_green(
+    ctx: &Ctx,
+    conn: &Connection,
+    task: &Task,
+    worktree: &Path,
+) -> anyhow::Result<GateResult> {
     let repo = ctx.config.repo(&task.repo)?;
     if repo.test_command.trim().is_empty() {
         return Ok(GateResult::fail(
@@ -235,6 +256,7 @@ fn check_ci_green(ctx: &Ctx, task: &Task, worktree: &Path) -> anyhow::Result<Gat
         run_check_command(ctx, task, worktree, &repo.test_command, "tests", timeout)?;
     Ok(match (outcome.timed_out, outcome.exit_code) {
         (None, Some(0)) => {
+            record_tested(conn, task, worktree)?;
             GateResult::pass(Gate::CiGreen, format!("`{}` passed", repo.test_command))
         }
         (Some(_), _) => GateResult::fail(
@@ -259,6 +281,17 @@ fn check_ci_green(ctx: &Ctx, task: &Task, worktree: &Path) -> anyhow::Result<Gat
             ),
         ),
     })
+}
+
+/// Remember that the worktree's HEAD passed the repository's tests.
+pub fn record_tested(conn: &Connection, task: &Task, worktree: &Path) -> anyhow::Result<()> {
+    if let Some(head) = Git::at(worktree).rev("HEAD")? {
+        conn.execute(
+            "UPDATE tasks SET tested_sha = ?2 WHERE id = ?1",
+            rusqlite::params![task.id, head],
+        )?;
+    }
+    Ok(())
 }
 
 /// `check_staging_image_fresh`: the configured provenance command passes.
@@ -290,31 +323,6 @@ fn check_staging_image_fresh(
 
 fn workspace(ctx: &Ctx, task: &Task) -> anyhow::Result<Workspace> {
     Workspace::new(&ctx.repos_dir(), &task.repo, ctx.config.repo(&task.repo)?)
-}
-
-/// `check_branch_mergeable`: the branch contains the default branch, so it
-/// merges as a fast-forward of exactly what was tested.
-fn check_branch_mergeable(ctx: &Ctx, task: &Task, worktree: &Path) -> anyhow::Result<GateResult> {
-    let ws = workspace(ctx, task)?;
-    let base = format!("origin/{}", ws.default_branch());
-    let wt = Git::at(worktree);
-    wt.run(["fetch", "--quiet", "origin"])?;
-    Ok(
-        if wt.check(["merge-base", "--is-ancestor", &base, "HEAD"])? {
-            GateResult::pass(
-                Gate::BranchMergeable,
-                format!("branch up-to-date with {}", ws.default_branch()),
-            )
-        } else {
-            GateResult::reject(
-                Gate::BranchMergeable,
-                format!(
-                    "branch is behind {}: it must be rebased onto it",
-                    ws.default_branch()
-                ),
-            )
-        },
-    )
 }
 
 /// Merge the tested head of the branch into the default branch (idempotent).

@@ -8,4 +8,6 @@ pub use stage::Stage;
 pub mod brief;
 pub mod engine;
 pub mod evaluate;
+pub mod lease;
+pub mod merge_gate;
 pub mod worker;

@@ -431,9 +431,38 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
         }
     }
 
+    push_and_finalize(
+        ctx,
+        db,
+        fence,
+        job,
+        &task,
+        stage,
+        &ws,
+        &worktree,
+        &mut report,
+    )?;
+    Ok(report)
+}
+
+/// After a successful run: commit and push the worktree, make sure the PR
+/// exists, evaluate the gates and commit the outcome.
+#[allow(clippy::too_many_arguments)]
+fn push_and_finalize(
+    ctx: &Ctx,
+    db: &mut Db,
+    fence: Fence<'_>,
+    job: &Job,
+    task: &Task,
+    stage: Stage,
+    ws: &Workspace,
+    worktree: &Path,
+    report: &mut RunReport,
+) -> anyhow::Result<()> {
+    let branch = task.branch.clone().unwrap_or_default();
     let message = format!("{} {}: {}", job.agent, stage, task.work_item_id);
     if let Err(e) = ws
-        .commit_and_push(&worktree, &branch, &message)
+        .commit_and_push(worktree, &branch, &message)
         .and_then(|_| LocalForge::new(ws.clone()).ensure_pr(&branch, &task.title))
     {
         report.committed = fail_job(
@@ -443,10 +472,117 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
             fence,
             &Outcome::Retry(format!("push failed: {e:#}")),
         )?;
-        return Ok(report);
+        return Ok(());
     }
     crash::point("finalize.pushed");
-    finalize(ctx, db, fence, job, &task, stage, &worktree, &mut report)?;
+    finalize(ctx, db, fence, job, task, stage, worktree, report)
+}
+
+/// Finish the job of a dead owner whose agent exited successfully: adopt it
+/// with a fresh claim (fenced by the old token, so only one reaper wins),
+/// then push and finalize exactly as its owner would have. Nothing is run
+/// twice: the agent's work is already in the worktree.
+pub fn finish_orphan(ctx: &Ctx, db: &mut Db, job: &Job) -> anyhow::Result<RunReport> {
+    let started = std::time::Instant::now();
+    let old = job.claim_token.clone().unwrap_or_default();
+    let lock = WorkerLock::acquire(&ctx.locks_dir())?;
+    let boot_id = liveness::boot_id();
+    let adopted = db.write(|tx| {
+        Ok(tx.execute(
+            "UPDATE jobs SET claim_token = ?3, owner_pid = ?4, owner_boot_id = ?5
+             WHERE id = ?1 AND status = 'running' AND claim_token = ?2",
+            params![job.id, old, lock.token(), std::process::id(), boot_id],
+        )? == 1)
+    })?;
+    if !adopted {
+        lock.release();
+        return Ok(RunReport::new(job, Committed::LostClaim));
+    }
+    let fence = Fence {
+        job_id: job.id,
+        token: lock.token(),
+    };
+    let result = finish_adopted(ctx, db, fence, job);
+    lock.release();
+    let mut report = result?;
+    report.duration_s = started.elapsed().as_secs_f64();
+    if let Err(e) = outbox::deliver(ctx, db) {
+        log::warn!("delivering the outbox: {e:#}");
+    }
+    Ok(report)
+}
+
+fn finish_adopted(
+    ctx: &Ctx,
+    db: &mut Db,
+    fence: Fence<'_>,
+    job: &Job,
+) -> anyhow::Result<RunReport> {
+    let mut report = RunReport::new(job, Committed::LostClaim);
+    report.run_id = job.run_id;
+    "success".clone_into(&mut report.run_verdict);
+    let Some(task_id) = job.task_id else {
+        report.committed = fail_job(
+            ctx,
+            db,
+            job,
+            fence,
+            &Outcome::Failed("job has no task".into()),
+        )?;
+        return Ok(report);
+    };
+    let task = task::require(db.conn(), task_id)?;
+    let stage: Stage = job
+        .stage
+        .as_deref()
+        .unwrap_or(&task.stage)
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    if task.stage() != stage {
+        report.committed = db.write(|tx| {
+            engine::commit(
+                tx,
+                &ctx.config,
+                task_id,
+                stage,
+                Some(fence),
+                None,
+                &Decision::Terminal,
+                &format!("job-{}", job.id),
+                now(),
+            )
+        })?;
+        return Ok(report);
+    }
+    let ws = Workspace::new(&ctx.repos_dir(), &task.repo, ctx.config.repo(&task.repo)?)?;
+    let branch = task
+        .branch
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("task {task_id} has no branch"))?;
+    let worktree = match ws.prepare(&task.work_item_id, &branch) {
+        Ok(p) => p,
+        Err(e) => {
+            report.committed = fail_job(
+                ctx,
+                db,
+                job,
+                fence,
+                &Outcome::Retry(format!("finishing an orphaned job: {e:#}")),
+            )?;
+            return Ok(report);
+        }
+    };
+    push_and_finalize(
+        ctx,
+        db,
+        fence,
+        job,
+        &task,
+        stage,
+        &ws,
+        &worktree,
+        &mut report,
+    )?;
     Ok(report)
 }
 
@@ -462,7 +598,7 @@ fn finalize(
     worktree: &Path,
     report: &mut RunReport,
 ) -> anyhow::Result<()> {
-    let evaluation = match evaluate::evaluate(ctx, db.conn(), task, worktree) {
+    let evaluation = match evaluate::evaluate(ctx, db.conn(), task, worktree, Some(job.id)) {
         Ok(e) => e,
         Err(e) => {
             report.committed = fail_job(

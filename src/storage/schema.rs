@@ -165,6 +165,8 @@ CREATE TABLE counters (
 /// audit trail of stage transitions (from which developer retries are counted).
 const V2: &str = r"
 ALTER TABLE tasks ADD COLUMN tracker_state TEXT;
+-- The last commit of the branch whose tests passed (check_ci_green or a merge re-test).
+ALTER TABLE tasks ADD COLUMN tested_sha TEXT;
 
 CREATE TABLE tracker_comments (
     id          INTEGER PRIMARY KEY,

@@ -1,0 +1,389 @@
+//! The reaper: one pass over running jobs that decides, by each owner's lock,
+//! which are dead, and brings every dead one to a correct end exactly once.
+//! Safe from a timer, by hand and concurrently: every end is a fenced write,
+//! so two reapers (or a reaper and a late finalizer) never both act.
+//!
+//! For a running job:
+//! - **owner alive** (its lock is held): never reaped. A finalizer running
+//!   heavy edge gates for minutes is alive by definition; a deferral is counted
+//!   once its agent exited `reaper_finalize_grace_s` ago. Past
+//!   `reaper_max_running_s` the backstop kills the owner (only after `/proc`
+//!   shows that pid holds the lock, so a reused pid is never signalled); its
+//!   guardian then kills the agent's group, and the job is reaped as dead.
+//! - **owner dead**: a job of a cancelled or finished task is cancelled; a job
+//!   whose agent exited successfully is adopted and finalized (push, gates, the
+//!   fenced commit) as its owner would have; any other is requeued while
+//!   attempts remain, else failed with a notification. A job handed over by
+//!   `orch claim` (its owner exited cleanly before any agent started) gets
+//!   `reaper_start_grace_s` for a worker to take it over first.
+
+use std::time::{Duration, Instant};
+
+use rusqlite::OptionalExtension as _;
+use serde::Serialize;
+
+use crate::context::Ctx;
+use crate::liveness::{self, Liveness};
+use crate::outbox;
+use crate::pipeline::engine::{self, Committed, Fence};
+use crate::pipeline::evaluate::Decision;
+use crate::pipeline::{Stage, lease, task};
+use crate::queue::{self, Finished, Job, Outcome};
+use crate::storage::{Db, counters, now};
+
+/// What the reaper did with one job.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reaped {
+    /// The job.
+    pub job_id: i64,
+    /// Its agent.
+    pub agent: String,
+    /// `done`, `queued`, `failed`, `cancelled`, or `lost` (someone else ended it first).
+    pub outcome: String,
+    /// Why it was reaped.
+    pub reason: String,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Pass {
+    /// Running jobs looked at.
+    pub running: usize,
+    /// Jobs brought to an end.
+    pub reaped: Vec<Reaped>,
+    /// Live finalizers past the finalize grace, left alone.
+    pub finalizer_defers: u32,
+    /// Handed-over jobs still in their start grace.
+    pub start_grace_defers: u32,
+    /// Live owners stopped by the backstop.
+    pub backstopped: u32,
+    /// Impossible queued rows healed.
+    pub impossible_queued_healed: usize,
+    /// Merge leases reclaimed.
+    pub leases_reclaimed: Vec<lease::Reclaimed>,
+    /// Jobs whose handling failed (logged; the next pass retries them).
+    pub errors: Vec<String>,
+}
+
+/// The recorded agent run of a job.
+struct RunInfo {
+    exit_code: Option<i64>,
+    finished_at: Option<i64>,
+    succeeded: bool,
+}
+
+fn run_info(db: &Db, job: &Job) -> anyhow::Result<Option<RunInfo>> {
+    let Some(run_id) = job.run_id else {
+        return Ok(None);
+    };
+    Ok(db
+        .conn()
+        .query_row(
+            "SELECT exit_code, finished_at, outcome FROM agent_runs WHERE id = ?1",
+            [run_id],
+            |r| {
+                let outcome: Option<String> = r.get(2)?;
+                Ok(RunInfo {
+                    exit_code: r.get(0)?,
+                    finished_at: r.get(1)?,
+                    succeeded: outcome.as_deref() == Some("success"),
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// One reaper pass.
+pub fn reap_once(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Pass> {
+    let mut pass = Pass::default();
+    let t0 = now();
+    if ctx.config.reaper_enabled {
+        let running = queue::running(db.conn())?;
+        pass.running = running.len();
+        for job in running {
+            // One bad job never stops the pass.
+            if let Err(e) = reap_job(ctx, db, &job, &mut pass) {
+                log::warn!("reaping job {}: {e:#}", job.id);
+                pass.errors.push(format!("job {}: {e:#}", job.id));
+            }
+        }
+    }
+    if ctx.config.impossible_queued_sanitize_enabled && queue::any_impossible_queued(db.conn())? {
+        pass.impossible_queued_healed = db
+            .write(|tx| Ok(queue::sanitize_impossible_queued(tx, now())?))?
+            .len();
+    }
+    pass.leases_reclaimed = lease::reclaim_pass(db, &ctx.config, &ctx.locks_dir(), now())?;
+    db.write(|tx| {
+        let detail = serde_json::json!({
+            "at": t0,
+            "running": pass.running,
+            "reaped": pass.reaped.len(),
+            "errors": pass.errors.len(),
+        });
+        counters::bump(tx, "reaper_passes_total", 1, Some(&detail), now())?;
+        for (name, n) in [
+            ("finalizer_defers_total", pass.finalizer_defers),
+            ("start_grace_defers_total", pass.start_grace_defers),
+            ("reaper_backstop_total", pass.backstopped),
+        ] {
+            if n > 0 {
+                counters::bump(tx, name, i64::from(n), None, now())?;
+            }
+        }
+        Ok(())
+    })?;
+    if let Err(e) = outbox::deliver(ctx, db) {
+        log::warn!("delivering the outbox: {e:#}");
+    }
+    Ok(pass)
+}
+
+fn reap_job(ctx: &Ctx, db: &mut Db, job: &Job, pass: &mut Pass) -> anyhow::Result<()> {
+    let locks = ctx.locks_dir();
+    let token = job.claim_token.clone().unwrap_or_default();
+    let t = now();
+    let run = run_info(db, job)?;
+    // Set when a live owner is reaped anyway (backstop, or the kill-switch off).
+    let mut forced: Option<String> = None;
+    if liveness::probe(&locks, &token)? == Liveness::Alive {
+        let age = job.started_at.map_or(0, |s| t - s);
+        let max = i64::try_from(ctx.config.reaper_max_running_s).unwrap_or(i64::MAX);
+        let grace = i64::try_from(ctx.config.reaper_finalize_grace_s).unwrap_or(i64::MAX);
+        let finalizing_for = run
+            .as_ref()
+            .filter(|r| r.exit_code.is_some())
+            .and_then(|r| r.finished_at)
+            .map(|f| t - f);
+        if age >= max {
+            if !backstop(ctx, job, &token)? {
+                pass.errors.push(format!(
+                    "job {}: past the backstop but its owner could not be stopped",
+                    job.id
+                ));
+                return Ok(());
+            }
+            pass.backstopped += 1;
+            forced = Some(format!("backstop age={age}s>={max}s"));
+        } else if finalizing_for.is_some_and(|f| f >= grace) {
+            if ctx.config.reaper_finalizer_liveness_enabled {
+                pass.finalizer_defers += 1;
+                log::info!(
+                    "job {} is finalizing for {}s; its owner is alive, deferring",
+                    job.id,
+                    finalizing_for.unwrap_or(0)
+                );
+                return Ok(());
+            }
+            // Kill-switch off: the plain grace rule of the seeds, the fence keeps it safe.
+            forced = Some(format!(
+                "finalize grace {grace}s passed (finalizer liveness check disabled)"
+            ));
+        } else {
+            return Ok(());
+        }
+    }
+    let task = job
+        .task_id
+        .map(|id| task::get(db.conn(), id))
+        .transpose()?
+        .flatten();
+    if let Some(task) = &task
+        && task.stage().is_terminal()
+    {
+        let won = db.write(|tx| Ok(queue::cancel_claimed(tx, job.id, &token, now())?))?;
+        record(
+            db,
+            pass,
+            job,
+            if won { "cancelled" } else { "lost" },
+            &format!("task is {}", task.stage),
+        )?;
+        return Ok(());
+    }
+    let reason = forced.clone().unwrap_or_else(|| "owner dead".to_owned());
+    match &run {
+        None => {
+            // No agent was ever started. A clean hand-over (`orch claim`) removed
+            // its lock file: give a worker the start grace to take the job over.
+            let age = job.started_at.map_or(i64::MAX, |s| t - s);
+            let grace = i64::try_from(ctx.config.reaper_start_grace_s).unwrap_or(i64::MAX);
+            if !liveness::lock_file_exists(&locks, &token) && age < grace && reason == "owner dead"
+            {
+                pass.start_grace_defers += 1;
+                return Ok(());
+            }
+            let why = format!("reaped: {reason} before its agent started");
+            end_unknown(ctx, db, pass, job, &token, &why)?;
+        }
+        Some(r) if r.succeeded && r.exit_code == Some(0) => {
+            let report = crate::pipeline::worker::finish_orphan(ctx, db, job)?;
+            let outcome = match &report.committed {
+                Committed::LostClaim => "lost".to_owned(),
+                Committed::StageMoved { job: end, .. } | Committed::Applied { job: end, .. } => {
+                    finished_name(*end)
+                }
+            };
+            record(
+                db,
+                pass,
+                job,
+                &outcome,
+                &format!("{reason}; agent exit 0, finalized"),
+            )?;
+        }
+        Some(r) => {
+            let why = format!(
+                "reaped: {reason}, agent {} (run_id={})",
+                r.exit_code
+                    .map_or_else(|| "never reported".to_owned(), |c| format!("exit={c}")),
+                job.run_id.unwrap_or(0)
+            );
+            end_unknown(ctx, db, pass, job, &token, &why)?;
+        }
+    }
+    Ok(())
+}
+
+fn finished_name(end: Option<Finished>) -> String {
+    match end {
+        Some(Finished::Done) => "done",
+        Some(Finished::Failed) => "failed",
+        Some(Finished::Requeued) => "queued",
+        Some(Finished::LostClaim) | None => "lost",
+    }
+    .to_owned()
+}
+
+/// Requeue while attempts remain, else fail with a notification — fenced by
+/// the dead owner's token, so only one reaper wins.
+fn end_unknown(
+    ctx: &Ctx,
+    db: &mut Db,
+    pass: &mut Pass,
+    job: &Job,
+    token: &str,
+    why: &str,
+) -> anyhow::Result<()> {
+    let fence = Fence {
+        job_id: job.id,
+        token,
+    };
+    let stage: Stage = job
+        .stage
+        .as_deref()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(Stage::Created);
+    let outcome = Outcome::Retry(why.to_owned());
+    let committed = db.write(|tx| {
+        if let Some(task_id) = job.task_id {
+            return engine::commit(
+                tx,
+                &ctx.config,
+                task_id,
+                stage,
+                Some(fence),
+                Some(&outcome),
+                &Decision::Terminal,
+                &format!("reap-{}-{}", job.id, job.attempts),
+                now(),
+            );
+        }
+        let backoff = queue::Backoff {
+            base_s: ctx.config.transient_backoff_base_s,
+            max_s: ctx.config.transient_backoff_max_s,
+        };
+        let end = queue::finish(
+            tx,
+            job.id,
+            token,
+            &outcome,
+            backoff,
+            ctx.config.max_transient_attempts,
+            now(),
+        )?;
+        Ok(if end == Finished::LostClaim {
+            Committed::LostClaim
+        } else {
+            Committed::Applied {
+                job: Some(end),
+                stage: String::new(),
+                next_job: None,
+                escalated: false,
+            }
+        })
+    })?;
+    let outcome = match committed {
+        Committed::LostClaim => "lost".to_owned(),
+        Committed::StageMoved { job: end, .. } | Committed::Applied { job: end, .. } => {
+            finished_name(end)
+        }
+    };
+    record(db, pass, job, &outcome, why)
+}
+
+fn record(
+    db: &mut Db,
+    pass: &mut Pass,
+    job: &Job,
+    outcome: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    if outcome != "lost" {
+        let detail = serde_json::json!({ "job_id": job.id, "agent": job.agent, "outcome": outcome, "reason": reason });
+        db.write(|tx| {
+            counters::bump(tx, "reaped_total", 1, Some(&detail), now())?;
+            counters::bump(tx, &format!("reaped_{outcome}_total"), 1, None, now())?;
+            Ok(())
+        })?;
+        log::warn!(
+            "reaped job {} ({}, repo {}, run_id {}, pid {}): {outcome}: {reason}",
+            job.id,
+            job.agent,
+            job.repo,
+            job.run_id.unwrap_or(0),
+            job.pid.unwrap_or(0)
+        );
+    }
+    pass.reaped.push(Reaped {
+        job_id: job.id,
+        agent: job.agent.clone(),
+        outcome: outcome.to_owned(),
+        reason: reason.to_owned(),
+    });
+    Ok(())
+}
+
+/// Stop a live owner past the backstop: SIGKILL it, but only while `/proc`
+/// shows that very pid holding the job's lock. Its guardian then kills the
+/// agent's process group. Returns whether the lock is free afterwards.
+fn backstop(ctx: &Ctx, job: &Job, token: &str) -> anyhow::Result<bool> {
+    let locks = ctx.locks_dir();
+    let Some(owner) = job.owner_pid else {
+        return Ok(false);
+    };
+    if !liveness::pid_holds_lock(&locks, token, owner) {
+        log::warn!(
+            "job {}: owner pid {owner} does not hold the job's lock; not signalling it",
+            job.id
+        );
+        return Ok(false);
+    }
+    log::warn!(
+        "job {} ran past reaper_max_running_s ({}s): killing its owner pid {owner}",
+        job.id,
+        ctx.config.reaper_max_running_s
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(owner).unwrap_or(0)),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if liveness::probe(&locks, token)? == Liveness::Dead {
+            return Ok(true);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(false)
+}

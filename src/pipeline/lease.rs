@@ -1,0 +1,283 @@
+//! Merge leases: one row per repository in `merge_leases`, so merges into
+//! `main` are serialised per repository (DESIGN.md §2.9).
+//!
+//! A lease is acquired by the merge gate before it rebases and re-tests,
+//! idempotently for the same branch, and released in the same transaction
+//! that advances, rolls back, escalates or finishes its task. It is never
+//! taken from a holder that can still use it (merge in flight, or the task
+//! parked on `deploy`), and one `orch reclaim-leases` pass reclaims it as soon
+//! as its holder cannot (task terminal, rolled back or cancelled, merging job
+//! gone). The TTL `merge_lock_timeout_s` is only a backstop for a lease whose
+//! task has no live job; it never robs a live merge.
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::liveness::{self, Liveness};
+use crate::outbox::{self, Message};
+use crate::pipeline::Stage;
+use crate::pipeline::task;
+use crate::storage::counters;
+
+/// One lease row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    /// The repository.
+    pub repo: String,
+    /// The holding task.
+    pub task_id: Option<i64>,
+    /// The holding branch.
+    pub branch: String,
+    /// The holding work item.
+    pub work_item_id: Option<String>,
+    /// The job that acquired it.
+    pub holder_job_id: Option<i64>,
+    /// When it was acquired (epoch seconds).
+    pub acquired_at: i64,
+}
+
+/// The result of an acquire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// The lease is ours (new, or already held by the same branch).
+    Held,
+    /// Another branch holds it.
+    Busy(Lease),
+}
+
+/// Who asks for the lease.
+#[derive(Debug, Clone, Copy)]
+pub struct Holder<'a> {
+    /// The task.
+    pub task_id: i64,
+    /// Its branch.
+    pub branch: &'a str,
+    /// Its work item.
+    pub work_item_id: &'a str,
+    /// The job doing the merge, if any.
+    pub job_id: Option<i64>,
+}
+
+/// Acquire `repo`'s lease for `holder` in one statement: idempotent for the
+/// same branch, refused while another branch holds it.
+pub fn acquire(
+    conn: &Connection,
+    repo: &str,
+    holder: Holder<'_>,
+    now: i64,
+) -> rusqlite::Result<Acquired> {
+    conn.execute(
+        "INSERT INTO merge_leases (repo, task_id, branch, work_item_id, token, holder_job_id, owner_pid, acquired_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT(repo) DO UPDATE SET holder_job_id = excluded.holder_job_id,
+             owner_pid = excluded.owner_pid, task_id = excluded.task_id
+         WHERE merge_leases.branch = excluded.branch",
+        params![
+            repo,
+            holder.task_id,
+            holder.branch,
+            holder.work_item_id,
+            format!("task-{}", holder.task_id),
+            holder.job_id,
+            std::process::id(),
+            now
+        ],
+    )?;
+    match get(conn, repo)? {
+        Some(l) if l.branch == holder.branch => Ok(Acquired::Held),
+        Some(l) => Ok(Acquired::Busy(l)),
+        None => Ok(Acquired::Held),
+    }
+}
+
+/// Release `repo`'s lease if `branch` holds it; returns whether a row went.
+pub fn release(conn: &Connection, repo: &str, branch: &str) -> rusqlite::Result<bool> {
+    Ok(conn.execute(
+        "DELETE FROM merge_leases WHERE repo = ?1 AND branch = ?2",
+        params![repo, branch],
+    )? == 1)
+}
+
+/// Release whatever lease `task_id` holds (any repository).
+pub fn release_for_task(conn: &Connection, task_id: i64) -> rusqlite::Result<usize> {
+    conn.execute("DELETE FROM merge_leases WHERE task_id = ?1", [task_id])
+}
+
+/// The lease of `repo`, if held.
+pub fn get(conn: &Connection, repo: &str) -> rusqlite::Result<Option<Lease>> {
+    conn.query_row(
+        "SELECT repo, task_id, branch, work_item_id, holder_job_id, acquired_at
+         FROM merge_leases WHERE repo = ?1",
+        [repo],
+        from_row,
+    )
+    .optional()
+}
+
+/// Every lease.
+pub fn all(conn: &Connection) -> rusqlite::Result<Vec<Lease>> {
+    let mut stmt = conn.prepare(
+        "SELECT repo, task_id, branch, work_item_id, holder_job_id, acquired_at
+         FROM merge_leases ORDER BY repo",
+    )?;
+    let rows = stmt.query_map([], from_row)?;
+    rows.collect()
+}
+
+fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
+    Ok(Lease {
+        repo: r.get(0)?,
+        task_id: r.get(1)?,
+        branch: r.get(2)?,
+        work_item_id: r.get(3)?,
+        holder_job_id: r.get(4)?,
+        acquired_at: r.get(5)?,
+    })
+}
+
+/// Why a lease can no longer be used by its holder, or `None` if it can.
+pub fn unusable_because(
+    conn: &Connection,
+    config: &Config,
+    locks_dir: &std::path::Path,
+    lease: &Lease,
+    now: i64,
+) -> anyhow::Result<Option<String>> {
+    let Some(task) = lease
+        .task_id
+        .map(|id| task::get(conn, id))
+        .transpose()?
+        .flatten()
+    else {
+        return Ok(Some("holder task is gone".into()));
+    };
+    let stage = task.stage();
+    if stage.is_terminal() {
+        return Ok(Some(format!("holder task {} is {stage}", task.id)));
+    }
+    if task.branch.as_deref() != Some(lease.branch.as_str()) {
+        return Ok(Some(format!(
+            "holder task {} is on another branch",
+            task.id
+        )));
+    }
+    match stage {
+        // Parked awaiting Confirm Deploy, or deploying: the lease stays.
+        Stage::Deploy => return Ok(None),
+        Stage::DeployStaging => {}
+        other => {
+            return Ok(Some(format!(
+                "holder task {} rolled back to {other}",
+                task.id
+            )));
+        }
+    }
+    if task.escalated_at.is_some() {
+        return Ok(Some(format!(
+            "holder task {} is escalated to a human",
+            task.id
+        )));
+    }
+    let jobs = crate::queue::for_task(conn, task.id)?;
+    let live = jobs.iter().any(|j| {
+        j.status == "running"
+            && j.claim_token
+                .as_deref()
+                .is_some_and(|t| liveness::probe(locks_dir, t).ok() == Some(Liveness::Alive))
+    });
+    if live {
+        return Ok(None);
+    }
+    let queued = jobs.iter().any(|j| j.status == "queued");
+    let running_dead = jobs.iter().any(|j| j.status == "running");
+    if running_dead {
+        return Ok(Some(format!(
+            "the merging process of task {} is dead",
+            task.id
+        )));
+    }
+    if !queued {
+        return Ok(Some(format!(
+            "holder task {} has no job that could merge",
+            task.id
+        )));
+    }
+    // Queued to resume: kept, but only up to the TTL backstop.
+    let age = now - lease.acquired_at;
+    if age >= i64::try_from(config.merge_lock_timeout_s).unwrap_or(i64::MAX) {
+        return Ok(Some(format!(
+            "stale: age {age}s >= merge_lock_timeout_s {} with no live holder",
+            config.merge_lock_timeout_s
+        )));
+    }
+    Ok(None)
+}
+
+/// A reclaimed lease.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reclaimed {
+    /// The lease.
+    pub lease: Lease,
+    /// Why.
+    pub why: String,
+}
+
+/// One reclaim pass over every lease (`orch reclaim-leases`, and each reap).
+pub fn reclaim_pass(
+    db: &mut crate::storage::Db,
+    config: &Config,
+    locks_dir: &std::path::Path,
+    now: i64,
+) -> anyhow::Result<Vec<Reclaimed>> {
+    if !config.lease_reclaim_enabled {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for lease in all(db.conn())? {
+        let reclaimed = db.write(|tx| {
+            // Re-read inside the write lock: the holder may have released or re-acquired.
+            let Some(current) = get(tx, &lease.repo)? else {
+                return Ok(None);
+            };
+            if current != lease {
+                return Ok(None);
+            }
+            let Some(why) = unusable_because(tx, config, locks_dir, &current, now)? else {
+                return Ok(None);
+            };
+            release(tx, &current.repo, &current.branch)?;
+            let detail =
+                serde_json::json!({ "repo": current.repo, "branch": current.branch, "why": why });
+            counters::bump(tx, "lease_reclaimed_total", 1, Some(&detail), now)?;
+            outbox::push(
+                tx,
+                &format!(
+                    "lease-reclaim-{}-{}-{}",
+                    current.repo, current.branch, current.acquired_at
+                ),
+                &Message::Notify {
+                    text: format!(
+                        "merge lease for {} reclaimed ({why}, holder={})",
+                        current.repo, current.branch
+                    ),
+                },
+                now,
+            )?;
+            Ok(Some(Reclaimed {
+                lease: current,
+                why,
+            }))
+        })?;
+        if let Some(r) = reclaimed {
+            log::warn!(
+                "reclaimed the merge lease of {} from {}: {}",
+                r.lease.repo,
+                r.lease.branch,
+                r.why
+            );
+            out.push(r);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,226 @@
+//! The merge gate, `check_branch_mergeable` on the deploy-staging → deploy
+//! edge: take the repository's merge lease, and if the branch is behind
+//! `main`, rebase it, push it (with lease), and re-test it with the
+//! repository's test command in a process group bounded by
+//! `merge_retest_timeout_s`. A branch already up to date is not re-tested, so
+//! a re-drive after a crash is cheap.
+//!
+//! Failures are classified (seed ORCH-110): an infrastructure `timeout` of the
+//! re-test retries in place (no rollback, no developer retry, one alert when
+//! the bound is spent); a `red` re-test or a rebase `conflict` releases the
+//! lease and rolls the task back to development; `lock-busy` (another task
+//! merges) waits without spending an attempt; anything else retries.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use crate::context::Ctx;
+use crate::crash;
+use crate::gates::{Gate, GateResult};
+use crate::git::Git;
+use crate::pipeline::evaluate::Decision;
+use crate::pipeline::lease::{self, Acquired, Holder};
+use crate::pipeline::task::Task;
+use crate::runner;
+use crate::storage::{counters, now};
+use crate::workspace::Workspace;
+
+/// How a merge-gate failure is classified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetestFailure {
+    /// The re-test ran out of time: an infrastructure problem, not a code fault.
+    Timeout,
+    /// The re-test failed, or the rebase conflicted: a code fault.
+    Red,
+    /// Another task holds the merge lease.
+    LockBusy,
+    /// Anything else (push rejected, git error).
+    Other,
+}
+
+/// Classify a finished re-test run.
+pub fn classify_retest(outcome: &runner::Outcome) -> Option<RetestFailure> {
+    match (outcome.timed_out, outcome.exit_code) {
+        (Some(_), _) => Some(RetestFailure::Timeout),
+        (None, Some(0)) => None,
+        (None, _) => Some(RetestFailure::Red),
+    }
+}
+
+fn bump(conn: &Connection, name: &str) {
+    if let Err(e) = counters::bump(conn, name, 1, None, now()) {
+        log::warn!("counting {name}: {e}");
+    }
+}
+
+/// Evaluate `check_branch_mergeable`. On failure the second value is the
+/// decision its class calls for.
+pub fn check(
+    ctx: &Ctx,
+    conn: &Connection,
+    task: &Task,
+    worktree: &Path,
+    job_id: Option<i64>,
+) -> anyhow::Result<(GateResult, Option<Decision>)> {
+    let gate = Gate::BranchMergeable;
+    let ws = Workspace::new(&ctx.repos_dir(), &task.repo, ctx.config.repo(&task.repo)?)?;
+    let base = ws.default_branch().to_owned();
+    let branch = task.branch.clone().unwrap_or_default();
+    let leased = ctx.config.merge_gate_applies(&task.repo);
+    if leased {
+        let holder = Holder {
+            task_id: task.id,
+            branch: &branch,
+            work_item_id: &task.work_item_id,
+            job_id,
+        };
+        if let Acquired::Busy(other) = lease::acquire(conn, &task.repo, holder, now())? {
+            bump(conn, "merge_gate_lock_busy_total");
+            let reason = format!(
+                "merge lease of {} held by task {} ({}): waiting (lock-busy)",
+                task.repo,
+                other.task_id.unwrap_or(0),
+                other.branch
+            );
+            return Ok((
+                GateResult::fail(gate, reason.clone()),
+                Some(Decision::RetryLater {
+                    reason,
+                    budget: ctx.config.max_transient_attempts,
+                }),
+            ));
+        }
+        crash::point("merge.leased");
+    }
+    let release = || {
+        if leased && let Err(e) = lease::release(conn, &task.repo, &branch) {
+            log::warn!("releasing the merge lease of {}: {e}", task.repo);
+        }
+    };
+    let wt = Git::at(worktree);
+    wt.run(["fetch", "--quiet", "origin"])?;
+    let origin_base = format!("origin/{base}");
+    let current = wt.check(["merge-base", "--is-ancestor", &origin_base, "HEAD"])?;
+    // The re-test is skipped only when it is proven redundant: the branch is
+    // up to date AND the commit whose tests last passed already contained
+    // main. A rebase whose re-test never finished (crash, timeout) is re-tested.
+    let tested: Option<String> = conn.query_row(
+        "SELECT tested_sha FROM tasks WHERE id = ?1",
+        [task.id],
+        |r| r.get(0),
+    )?;
+    let tested_on_main = match &tested {
+        Some(sha) => {
+            wt.rev(sha)?.is_some()
+                && wt.check(["merge-base", "--is-ancestor", &origin_base, sha])?
+        }
+        None => false,
+    };
+    if current && tested_on_main && ctx.config.merge_retest_skip_when_current_enabled {
+        return Ok((
+            GateResult::pass(gate, format!("branch up-to-date with {base}")),
+            None,
+        ));
+    }
+    if !current {
+        let remote_branch = format!("origin/{branch}");
+        let expected = wt.rev(&remote_branch)?.unwrap_or_default();
+        let rebased = wt.output(["rebase", "--quiet", &origin_base])?;
+        if !rebased.status.success() {
+            let _ = wt.output(["rebase", "--abort"]);
+            release();
+            bump(conn, "merge_gate_red_total");
+            let reason = format!(
+                "conflict rebasing {branch} onto {base}: {}",
+                String::from_utf8_lossy(&rebased.stdout)
+                    .lines()
+                    .chain(String::from_utf8_lossy(&rebased.stderr).lines())
+                    .find(|l| l.contains("CONFLICT"))
+                    .unwrap_or("rebase failed")
+                    .trim()
+            );
+            return Ok((
+                GateResult::reject(gate, reason.clone()),
+                Some(Decision::Rollback { reason }),
+            ));
+        }
+        let lease_spec = format!("--force-with-lease=refs/heads/{branch}:{expected}");
+        let refspec = format!("HEAD:refs/heads/{branch}");
+        if let Err(e) = wt.run(["push", "--quiet", &lease_spec, "origin", &refspec]) {
+            let reason = format!("pushing the rebased {branch}: {e:#}");
+            return Ok((
+                GateResult::fail(gate, reason.clone()),
+                Some(Decision::Retry { reason }),
+            ));
+        }
+        bump(conn, "merge_gate_rebases_total");
+        crash::point("merge.rebased");
+    }
+    let repo = ctx.config.repo(&task.repo)?;
+    if repo.test_command.trim().is_empty() {
+        let reason = format!(
+            "no test command to re-test {branch} (set [repos.{}].test_command)",
+            task.repo
+        );
+        return Ok((
+            GateResult::fail(gate, reason.clone()),
+            Some(Decision::Retry { reason }),
+        ));
+    }
+    let timeout = Duration::from_secs(ctx.config.merge_retest_timeout_s);
+    let log_path = ctx.logs_dir().join(format!("task-{}-retest.log", task.id));
+    std::fs::create_dir_all(ctx.logs_dir())?;
+    let _ = std::fs::remove_file(&log_path);
+    let spec = runner::Spec {
+        program: "sh".to_owned(),
+        args: vec!["-c".to_owned(), repo.test_command.clone()],
+        cwd: worktree.to_path_buf(),
+        env: vec![("ORCH_TASK_ID".to_owned(), task.id.to_string())],
+        log_path: log_path.clone(),
+        wall_timeout: timeout,
+        stall_timeout: None,
+        kill_grace: Duration::from_secs(ctx.config.agent_kill_grace_seconds),
+        tree_kill: ctx.config.subprocess_tree_kill_enabled,
+        guard_program: std::env::current_exe()?,
+    };
+    bump(conn, "merge_gate_retests_total");
+    let outcome = runner::run(&spec, |_| {})?;
+    let what = if current {
+        "re-test"
+    } else {
+        "rebased onto main, re-test"
+    };
+    match classify_retest(&outcome) {
+        None => {
+            crate::pipeline::evaluate::record_tested(conn, task, worktree)?;
+            Ok((GateResult::pass(gate, format!("{what} green")), None))
+        }
+        Some(RetestFailure::Timeout) => {
+            bump(conn, "merge_gate_retest_timeouts_total");
+            let reason = format!(
+                "re-test timeout after {}s (infra; retried in place)",
+                timeout.as_secs()
+            );
+            Ok((
+                GateResult::fail(gate, reason.clone()),
+                Some(Decision::RetryLater {
+                    reason,
+                    budget: ctx.config.merge_infra_retry_max,
+                }),
+            ))
+        }
+        Some(_) => {
+            release();
+            bump(conn, "merge_gate_red_total");
+            let reason = format!("{what} red (log {})", log_path.display());
+            Ok((
+                GateResult::reject(gate, reason.clone()),
+                Some(Decision::Rollback { reason }),
+            ))
+        }
+    }
+}

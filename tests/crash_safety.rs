@@ -1,0 +1,835 @@
+//! Crash safety through the real binary: SIGKILL at every named crash point,
+//! then `orch reap`, must leave a state that reaches a correct end — no job
+//! left running with a dead owner, no task advanced twice, no next-stage job
+//! enqueued twice, no job lost, no merge lease stuck. Plus racing reapers,
+//! live work under repeated reaps, the backstop, and the seeds' reaper, lease
+//! and merge-gate scenarios (ORCH-065/113) as properties of this design.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::Env;
+
+/// A demo installation with `extra` settings (the merge gate covers `demo`).
+fn install(extra: &str) -> Env {
+    let env = Env::bare();
+    env.orch().args(["demo", "--setup-only"]).assert().success();
+    let path = env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    // Settings in `extra` replace the demo's own.
+    let keys: Vec<&str> = extra
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+        .collect();
+    let config: String = config
+        .lines()
+        .filter(|l| !keys.iter().any(|k| l.starts_with(&format!("{k} ="))))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(
+        &path,
+        format!("merge_gate_repos = \"demo\"\n{extra}\n{config}"),
+    )
+    .expect("write config");
+    env
+}
+
+fn orch_out(env: &Env, vars: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut c = env.orch_std();
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    c.args(args).output().expect("run orch")
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn signal_of(out: &Output) -> Option<i32> {
+    std::os::unix::process::ExitStatusExt::signal(&out.status)
+}
+
+fn create_task(env: &Env, title: &str) -> i64 {
+    env.json(&["task", "create", "--repo", "demo", "--title", title])["id"]
+        .as_i64()
+        .expect("task id")
+}
+
+fn stage_of(env: &Env, task: i64) -> String {
+    env.json(&["task", "show", &task.to_string()])["task"]["stage"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Run jobs (approving analyses as a person would) until `task` is on `stage`.
+fn drive_to(env: &Env, task: i64, stage: &str) {
+    for _ in 0..40 {
+        if stage_of(env, task) == stage {
+            return;
+        }
+        let out = orch_out(env, &[], &["run-agent", "--next", "--json"]);
+        if out.status.code() == Some(3) {
+            let moved = orch_out(
+                env,
+                &[],
+                &["advance", "--task", &task.to_string(), "--approve"],
+            );
+            assert!(
+                moved.status.code() == Some(0),
+                "stuck before {stage} on {}: {}",
+                stage_of(env, task),
+                String::from_utf8_lossy(&moved.stdout)
+            );
+        } else {
+            assert!(
+                out.status.success(),
+                "run-agent failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    panic!(
+        "task {task} never reached {stage} (on {})",
+        stage_of(env, task)
+    );
+}
+
+/// Put an unrelated commit on main of the forge, so feature branches fall behind.
+fn move_main(env: &Env, name: &str) {
+    let work = env.state().join(format!("main-mover-{name}"));
+    let forge = env.state().join("forge/demo.git");
+    let git = |dir: &Path, args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .args(args)
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(
+        env.state(),
+        &[
+            "clone",
+            "--quiet",
+            &forge.to_string_lossy(),
+            &work.to_string_lossy(),
+        ],
+    );
+    std::fs::write(work.join(format!("{name}.md")), "another change on main\n").expect("write");
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "--quiet", "-m", "another change"]);
+    git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+}
+
+fn sql_i64(env: &Env, sql: &str) -> i64 {
+    env.db().conn().query_row(sql, [], |r| r.get(0)).expect(sql)
+}
+
+/// The invariants that must hold after any crash followed by `orch reap`.
+fn assert_recovered(env: &Env, context: &str) {
+    let status = env.json(&["status"]);
+    for r in status["running"].as_array().expect("running") {
+        assert_eq!(
+            r["owner"], "alive",
+            "{context}: job left running with a dead owner: {r}"
+        );
+    }
+    assert_eq!(
+        sql_i64(
+            env,
+            "SELECT count(*) FROM jobs WHERE status = 'queued' AND (run_id IS NOT NULL OR pid IS NOT NULL OR started_at IS NOT NULL OR claim_token IS NOT NULL)"
+        ),
+        0,
+        "{context}: run-ownership invariant"
+    );
+    let reclaim = env.json(&["reclaim-leases"]);
+    assert_eq!(
+        reclaim["reclaimed"].as_array().map_or(0, Vec::len),
+        0,
+        "{context}: a lease was stuck after reap: {reclaim}"
+    );
+}
+
+/// Finish the task and check that every stage advanced exactly once and every
+/// stage got exactly one job, all done.
+fn assert_correct_end(env: &Env, task: i64, context: &str) {
+    drive_to(env, task, "done");
+    let shown = env.json(&["task", "show", &task.to_string()]);
+    let mut advances: BTreeMap<String, usize> = BTreeMap::new();
+    for h in shown["history"].as_array().expect("history") {
+        if h["kind"] == "advance" {
+            *advances
+                .entry(h["from_stage"].as_str().unwrap_or("").to_owned())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(advances.len(), 7, "{context}: advances {advances:?}");
+    assert!(
+        advances.values().all(|n| *n == 1),
+        "{context}: a stage advanced twice: {advances:?}"
+    );
+    let mut jobs: BTreeMap<String, usize> = BTreeMap::new();
+    for j in shown["jobs"].as_array().expect("jobs") {
+        assert_eq!(j["status"], "done", "{context}: job not done: {j}");
+        *jobs
+            .entry(j["stage"].as_str().unwrap_or("").to_owned())
+            .or_default() += 1;
+    }
+    assert!(
+        jobs.values().all(|n| *n == 1),
+        "{context}: a stage's job was enqueued twice: {jobs:?}"
+    );
+    assert_eq!(
+        sql_i64(env, "SELECT count(*) FROM merge_leases"),
+        0,
+        "{context}: lease left held"
+    );
+    assert_eq!(
+        sql_i64(env, "SELECT count(*) FROM jobs WHERE status <> 'done'"),
+        0,
+        "{context}: job lost"
+    );
+    let main = orch::git::Git::at(env.state().join("forge/demo.git"))
+        .run(["ls-tree", "-r", "--name-only", "main"])
+        .expect("ls-tree");
+    assert!(
+        main.contains("src/greet.sh"),
+        "{context}: change not merged: {main}"
+    );
+}
+
+/// The crash points, enumerated from the binary so a new one cannot be forgotten.
+fn crash_points() -> Vec<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args(["debug", "crash-points", "--json"])
+        .output()
+        .expect("crash-points");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name").to_owned())
+        .collect()
+}
+
+fn crash_and_recover(point: &str) {
+    let env = install("");
+    let task = create_task(&env, "greet");
+    drive_to(&env, task, "deploy-staging");
+    // main moves on, so the merge gate must rebase, push and re-test.
+    move_main(&env, "other");
+    let out = orch_out(
+        &env,
+        &[("ORCH_CRASH_AT", point)],
+        &["run-agent", "--next", "--json"],
+    );
+    assert_eq!(
+        signal_of(&out),
+        Some(9),
+        "{point}: the crash point was never reached: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reap = orch_out(&env, &[], &["reap", "--json"]);
+    assert!(
+        reap.status.success(),
+        "{point}: reap failed: {}",
+        String::from_utf8_lossy(&reap.stdout)
+    );
+    assert_recovered(&env, point);
+    // A second pass changes nothing.
+    let again = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+    assert!(
+        again["reaped"].as_array().is_none_or(Vec::is_empty),
+        "{point}: a second reap found more: {again}"
+    );
+    assert_correct_end(&env, task, point);
+    let main_log = orch::git::Git::at(env.state().join("forge/demo.git"))
+        .run(["log", "--oneline", "main"])
+        .expect("log");
+    assert!(
+        main_log.contains("another change"),
+        "{point}: main lost a commit: {main_log}"
+    );
+}
+
+#[test]
+fn every_crash_point_is_brought_to_a_correct_end_by_reap() {
+    let points = crash_points();
+    assert!(points.len() >= 10, "crash points: {points:?}");
+    // Three at a time: each scenario has its own state directory.
+    for chunk in points.chunks(3) {
+        let handles: Vec<_> = chunk
+            .iter()
+            .cloned()
+            .map(|p| std::thread::spawn(move || crash_and_recover(&p)))
+            .collect();
+        for h in handles {
+            h.join().expect("scenario panicked");
+        }
+    }
+}
+
+#[test]
+fn orch_claim_killed_after_its_claim_is_requeued_by_one_reap_at_once() {
+    let env = install("");
+    create_task(&env, "t");
+    let out = orch_out(&env, &[("ORCH_CRASH_AT", "claim.committed")], &["claim"]);
+    assert_eq!(signal_of(&out), Some(9));
+    let started = Instant::now();
+    let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(pass["reaped"][0]["outcome"], "queued", "{pass}");
+    let job = env.json(&["job", "show", "1"]);
+    assert_eq!(job["status"], "queued");
+    assert_eq!(job["claim_token"], serde_json::Value::Null);
+}
+
+#[test]
+fn a_clean_hand_over_from_orch_claim_gets_the_start_grace() {
+    let env = install("reaper_start_grace_s = 3600");
+    create_task(&env, "t");
+    env.orch().arg("claim").assert().success();
+    let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+    assert_eq!(pass["start_grace_defers"], 1, "{pass}");
+    assert_eq!(env.json(&["job", "show", "1"])["status"], "running");
+    // A worker takes it over and runs it.
+    env.orch()
+        .args(["run-agent", "--job", "1"])
+        .assert()
+        .success();
+    assert_eq!(env.json(&["job", "show", "1"])["status"], "done");
+    // Without the grace it is requeued.
+    let env = install("reaper_start_grace_s = 0");
+    create_task(&env, "t");
+    env.orch().arg("claim").assert().success();
+    let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+    assert_eq!(pass["reaped"][0]["outcome"], "queued", "{pass}");
+}
+
+/// Seed 001 TC-05/TC-06 and ORCH-113 TC-04: several reapers race over many
+/// dead owners whose agents exited 0; each advance happens exactly once.
+#[test]
+fn racing_reapers_advance_each_task_exactly_once() {
+    const TASKS: i64 = 6;
+    let env = install("max_concurrency = 50\nserial_gate_enabled = false");
+    for i in 0..TASKS {
+        let task = create_task(&env, &format!("task {i}"));
+        // The human approves early; the analyst's finalizer then advances.
+        env.orch()
+            .args(["advance", "--task", &task.to_string(), "--approve"])
+            .assert()
+            .code(3);
+    }
+    for _ in 0..TASKS {
+        let out = orch_out(
+            &env,
+            &[("ORCH_CRASH_AT", "run.exited")],
+            &["run-agent", "--next"],
+        );
+        assert_eq!(signal_of(&out), Some(9));
+    }
+    assert_eq!(env.json(&["status"])["counts"]["running"], TASKS);
+    let reapers: Vec<_> = (0..4)
+        .map(|_| {
+            env.orch_std()
+                .args(["reap", "--json"])
+                .spawn()
+                .expect("spawn reap")
+        })
+        .collect();
+    for mut r in reapers {
+        assert!(r.wait().expect("wait").success());
+    }
+    for task in 1..=TASKS {
+        let shown = env.json(&["task", "show", &task.to_string()]);
+        assert_eq!(shown["task"]["stage"], "architecture", "task {task}");
+        let advances = shown["history"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .filter(|h| h["kind"] == "advance")
+            .count();
+        assert_eq!(advances, 1, "task {task} advanced {advances} times");
+        let architects = shown["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .filter(|j| j["agent"] == "architect")
+            .count();
+        assert_eq!(architects, 1, "task {task}: architect jobs {architects}");
+    }
+    let status = env.json(&["status"]);
+    assert_eq!(status["counts"]["running"], 0);
+    assert_eq!(status["counters"]["reaped_total"]["value"], TASKS);
+}
+
+/// Seed 001 TC-02, ORCH-113 TC-01/TC-02: live work is never reaped, however
+/// often the reaper runs and however long the agent takes.
+#[test]
+fn a_long_running_agent_is_never_reaped() {
+    let env = install("reaper_finalize_grace_s = 0");
+    create_task(&env, "t");
+    let exe = env!("CARGO_BIN_EXE_orch");
+    let mut worker = env
+        .orch_std()
+        .env("ORCH_AGENT_CMD", format!("sleep 2; '{exe}' demo-agent"))
+        .args(["run-agent", "--next"])
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut passes = 0;
+    while worker.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "worker never finished");
+        let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+        assert!(
+            pass["reaped"].as_array().is_none_or(Vec::is_empty),
+            "live work reaped: {pass}"
+        );
+        passes += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(worker.wait().expect("wait").success());
+    assert!(passes >= 5, "only {passes} reaper passes ran");
+    let job = env.json(&["job", "show", "1"]);
+    assert_eq!(job["status"], "done");
+    assert_eq!(job["attempts"], 1);
+}
+
+fn slow_finalizer_env(extra: &str) -> Env {
+    // The development gate's test command is slow on its first call only.
+    let env = install(extra);
+    let path = env.state().join("orch.toml");
+    let marker = env.state().join("slow-once");
+    let config = std::fs::read_to_string(&path).expect("config").replace(
+        "test_command = \"sh ./test.sh\"",
+        &format!(
+            "test_command = \"test -e {m} || {{ touch {m}; sleep 3; }}; sh ./test.sh\"",
+            m = marker.display()
+        ),
+    );
+    std::fs::write(&path, config).expect("config");
+    let task = create_task(&env, "t");
+    drive_to(&env, task, "development");
+    env
+}
+
+/// ORCH-113 TC-01, TC-05 (the ORCH-111 incident): a finalizer holding its
+/// lock past every grace is never reaped; no false rollback, no retry.
+#[test]
+fn tc05_orch111_no_false_rollback_a_live_finalizer_is_deferred() {
+    let env = slow_finalizer_env("reaper_finalize_grace_s = 0");
+    let mut worker = env
+        .orch_std()
+        .args(["run-agent", "--next"])
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut defers = 0;
+    while worker.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "worker never finished");
+        let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+        assert!(
+            pass["reaped"].as_array().is_none_or(Vec::is_empty),
+            "live finalizer reaped: {pass}"
+        );
+        defers += pass["finalizer_defers"].as_i64().unwrap_or(0);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(worker.wait().expect("wait").success());
+    assert!(defers >= 1, "no deferral counted");
+    let shown = env.json(&["task", "show", "1"]);
+    assert_eq!(shown["task"]["stage"], "review");
+    assert!(
+        shown["history"]
+            .as_array()
+            .expect("h")
+            .iter()
+            .all(|h| h["kind"] != "rollback"),
+        "false rollback"
+    );
+    let status = env.json(&["status"]);
+    assert!(
+        status["counters"]["finalizer_defers_total"]["value"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 1
+    );
+    assert!(status["counters"].get("reaped_total").is_none());
+}
+
+/// ORCH-113 TC-06: with the finalizer-liveness kill-switch off, the seeds'
+/// plain grace rule returns — and the claim fence still allows one advance.
+#[test]
+fn tc06_killswitch_off_reaps_past_the_grace_and_still_advances_once() {
+    let env = slow_finalizer_env(
+        "reaper_finalize_grace_s = 0\nreaper_finalizer_liveness_enabled = false",
+    );
+    let mut worker = env
+        .orch_std()
+        .args(["run-agent", "--next"])
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut reaped = 0;
+    while worker.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "worker never finished");
+        let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+        reaped += pass["reaped"].as_array().map_or(0, Vec::len);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    worker.wait().expect("wait");
+    assert!(reaped >= 1, "the switch-off grace rule never reaped");
+    let shown = env.json(&["task", "show", "1"]);
+    assert_eq!(shown["task"]["stage"], "review");
+    let advances = shown["history"]
+        .as_array()
+        .expect("h")
+        .iter()
+        .filter(|h| h["kind"] == "advance" && h["from_stage"] == "development")
+        .count();
+    assert_eq!(advances, 1);
+    let reviewers = shown["jobs"]
+        .as_array()
+        .expect("j")
+        .iter()
+        .filter(|j| j["agent"] == "reviewer")
+        .count();
+    assert_eq!(reviewers, 1);
+}
+
+/// Seed 001 TC-04: past `reaper_max_running_s` the backstop stops a live
+/// owner (proven by its lock), its agent group dies, the job is reaped.
+#[test]
+fn tc04_backstop_stops_a_live_owner_past_the_ceiling() {
+    let env = install(
+        "reaper_max_running_s = 4\nagent_timeout_s = 1\nagent_kill_grace_seconds = 1\n\
+         merge_retest_timeout_s = 1\ncoverage_run_timeout_s = 1\nreaper_finalize_grace_s = 1",
+    );
+    create_task(&env, "t");
+    let pidfile = env.state().join("hung.pid");
+    // An owner hung in its finalization: the gate's command never ends.
+    let path = env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config").replace(
+        "merge_gate_repos = \"demo\"",
+        &format!(
+            "merge_gate_repos = \"demo\"\nstaging_image_check_cmd = \"sh -c 'echo $$ > {}; exec sleep 300'\"",
+            pidfile.display()
+        ),
+    );
+    std::fs::write(&path, config).expect("config");
+    drive_to(&env, 1, "deploy-staging");
+    let mut worker = env
+        .orch_std()
+        .args(["run-agent", "--next"])
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pidfile.exists() {
+        assert!(Instant::now() < deadline, "the hung check never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let hung: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    // Within the ceiling: alive, never reaped.
+    let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+    assert!(
+        pass["reaped"].as_array().is_none_or(Vec::is_empty),
+        "{pass}"
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    std::fs::remove_file(&pidfile).expect("rm");
+    let config = std::fs::read_to_string(&path)
+        .expect("config")
+        .replace("exec sleep 300", "exit 0");
+    std::fs::write(&path, config).expect("config");
+    let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+    assert_eq!(pass["backstopped"], 1, "{pass}");
+    assert!(
+        worker.wait().expect("wait").code().is_none(),
+        "the owner was killed"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{hung}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{hung}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the hung check survived its owner"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(pass["reaped"][0]["job_id"], 6, "{pass}");
+    assert_eq!(env.json(&["status"])["counts"]["running"], 0);
+}
+
+/// Seed 001 TC-05: a non-zero exit requeues while attempts remain, then
+/// fails with a notification; TC-09: the reap unblocks the queue at concurrency 1.
+#[test]
+fn tc05_nonzero_exit_requeues_then_fails_and_tc09_unblocks_the_queue() {
+    let env = install("");
+    create_task(&env, "a");
+    create_task(&env, "b");
+    for attempt in 1..=2 {
+        let out = orch_out(
+            &env,
+            &[
+                ("ORCH_CRASH_AT", "run.exited"),
+                ("ORCH_AGENT_CMD", "exit 4"),
+            ],
+            &["run-agent", "--job", "1"],
+        );
+        assert_eq!(signal_of(&out), Some(9), "attempt {attempt}");
+        // The zombie blocks the whole queue at max_concurrency 1 …
+        env.orch().arg("claim").assert().code(3);
+        let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+        let expected = if attempt == 1 { "queued" } else { "failed" };
+        assert_eq!(pass["reaped"][0]["outcome"], expected, "{pass}");
+    }
+    let notes = std::fs::read_to_string(env.state().join("notifications.log")).expect("notes");
+    assert!(notes.contains("failed for good"), "{notes}");
+    // … and the reap unblocks it.
+    assert_eq!(env.json(&["claim"])["claimed"]["id"], 2);
+}
+
+/// ORCH-090 TC-04: a job of a cancelled task is never requeued by the reaper.
+#[test]
+fn tc04_reaper_cancels_a_dead_job_of_a_cancelled_task() {
+    let env = install("");
+    create_task(&env, "t");
+    let out = orch_out(
+        &env,
+        &[("ORCH_CRASH_AT", "run.recorded")],
+        &["run-agent", "--next"],
+    );
+    assert_eq!(signal_of(&out), Some(9));
+    env.db()
+        .conn()
+        .execute("UPDATE tasks SET stage = 'cancelled' WHERE id = 1", [])
+        .expect("cancel");
+    let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+    assert_eq!(pass["reaped"][0]["outcome"], "cancelled", "{pass}");
+    assert_eq!(env.json(&["job", "show", "1"])["status"], "cancelled");
+}
+
+/// Seed 001 TC-07: with the reaper switched off, a dead owner's job is left alone.
+#[test]
+fn tc07_kill_switches_keep_their_meaning() {
+    let env = install("reaper_enabled = false\nlease_reclaim_enabled = false");
+    create_task(&env, "t");
+    let out = orch_out(
+        &env,
+        &[("ORCH_CRASH_AT", "run.recorded")],
+        &["run-agent", "--next"],
+    );
+    assert_eq!(signal_of(&out), Some(9));
+    env.db()
+        .conn()
+        .execute(
+            "INSERT INTO merge_leases (repo, task_id, branch, token, acquired_at) VALUES ('demo', 1, 'x', 't', 0)",
+            [],
+        )
+        .expect("lease");
+    for _ in 0..3 {
+        let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+        assert!(
+            pass["reaped"].as_array().is_none_or(Vec::is_empty),
+            "{pass}"
+        );
+    }
+    assert_eq!(env.json(&["job", "show", "1"])["status"], "running");
+    assert_eq!(sql_i64(&env, "SELECT count(*) FROM merge_leases"), 1);
+}
+
+/// Seed 001 TC-10…TC-15 as properties: a lease is reclaimed once its holder
+/// cannot use it, and never while it can (live merge, parked on deploy).
+#[test]
+fn tc10_15_leases_are_reclaimed_exactly_when_their_holder_cannot_use_them() {
+    let env = install("");
+    let task = create_task(&env, "t");
+    let lease = |env: &Env, acquired_at: i64| {
+        env.db()
+            .conn()
+            .execute(
+                "INSERT OR REPLACE INTO merge_leases (repo, task_id, branch, token, acquired_at)
+                 VALUES ('demo', 1, 'feature/DEMO-1-t', 'tok', ?1)",
+                [acquired_at],
+            )
+            .expect("lease");
+    };
+    let set_stage = |env: &Env, stage: &str| {
+        env.db()
+            .conn()
+            .execute("UPDATE tasks SET stage = ?1 WHERE id = 1", [stage])
+            .expect("stage");
+    };
+    let reclaimed = |env: &Env| {
+        env.json(&["reclaim-leases"])["reclaimed"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    // Parked on deploy (awaiting Confirm Deploy): kept, however old.
+    set_stage(&env, "deploy");
+    lease(&env, 0);
+    assert_eq!(reclaimed(&env), 0);
+    // Rolled back: reclaimed.
+    set_stage(&env, "development");
+    assert_eq!(reclaimed(&env), 1);
+    // On deploy-staging with its job queued to resume: kept within the TTL, reclaimed past it.
+    set_stage(&env, "deploy-staging");
+    lease(&env, orch::storage::now());
+    assert_eq!(reclaimed(&env), 0);
+    lease(&env, 0);
+    assert_eq!(reclaimed(&env), 1);
+    // Done or cancelled: reclaimed.
+    for stage in ["done", "cancelled"] {
+        set_stage(&env, stage);
+        lease(&env, orch::storage::now());
+        assert_eq!(reclaimed(&env), 1, "{stage}");
+    }
+    // The reclaim is counted and notified.
+    let status = env.json(&["status"]);
+    assert_eq!(status["counters"]["lease_reclaimed_total"]["value"], 4);
+    let notes = std::fs::read_to_string(env.state().join("notifications.log")).expect("notes");
+    assert!(notes.contains("merge lease for demo reclaimed"), "{notes}");
+    let _ = task;
+}
+
+/// Seed 001 TC-17: after a crash the re-drive finds the branch up to date and
+/// does not re-run the expensive re-test; TC-24: a red catch-up releases the
+/// lease, rolls back, and leaves main untouched.
+#[test]
+fn tc17_redrive_skips_the_retest_and_tc24_red_catch_up_leaves_main_green() {
+    let env = install("");
+    let task = create_task(&env, "t");
+    drive_to(&env, task, "deploy-staging");
+    move_main(&env, "first");
+    let out = orch_out(
+        &env,
+        &[("ORCH_CRASH_AT", "finalize.evaluated")],
+        &["run-agent", "--next"],
+    );
+    assert_eq!(signal_of(&out), Some(9));
+    let retests = |env: &Env| {
+        sql_i64(
+            env,
+            "SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'merge_gate_retests_total'",
+        )
+    };
+    let before = retests(&env);
+    orch_out(&env, &[], &["reap"]);
+    let shown = env.json(&["task", "show", "1"]);
+    assert_eq!(shown["task"]["stage"], "deploy");
+    assert_eq!(retests(&env), before, "the re-drive re-ran the re-test");
+
+    // A red catch-up: main gains a commit that breaks the feature's test.
+    let env = install("");
+    let task = create_task(&env, "t");
+    drive_to(&env, task, "deploy-staging");
+    let main_before = orch::git::Git::at(env.state().join("forge/demo.git"))
+        .rev("main")
+        .expect("rev");
+    let work = env.state().join("breaker");
+    let forge = env.state().join("forge/demo.git");
+    let git = |dir: &Path, args: &[&str]| {
+        assert!(
+            std::process::Command::new("git")
+                .current_dir(dir)
+                .env("GIT_AUTHOR_NAME", "t")
+                .env("GIT_AUTHOR_EMAIL", "t@t")
+                .env("GIT_COMMITTER_NAME", "t")
+                .env("GIT_COMMITTER_EMAIL", "t@t")
+                .args(args)
+                .status()
+                .expect("git")
+                .success()
+        );
+    };
+    git(
+        env.state(),
+        &[
+            "clone",
+            "--quiet",
+            &forge.to_string_lossy(),
+            &work.to_string_lossy(),
+        ],
+    );
+    std::fs::write(work.join("tests/zz_red_test.sh"), "exit 1\n").expect("write");
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "--quiet", "-m", "red"]);
+    git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+    let main_red = orch::git::Git::at(&forge).rev("main").expect("rev");
+    assert_ne!(main_before, main_red);
+    let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
+    assert_eq!(v["evaluation"]["decision"]["decision"], "rollback", "{v}");
+    assert_eq!(stage_of(&env, task), "development");
+    assert_eq!(
+        sql_i64(&env, "SELECT count(*) FROM merge_leases"),
+        0,
+        "lease kept after red"
+    );
+    assert_eq!(
+        orch::git::Git::at(&forge).rev("main").expect("rev"),
+        main_red,
+        "main moved"
+    );
+}
+
+/// An infrastructure timeout of the re-test retries in place: no rollback,
+/// no developer retry, and one alert when the bound is spent.
+#[test]
+fn retest_timeout_retries_in_place_without_rollback() {
+    let env = install(
+        "merge_retest_timeout_s = 1\nmerge_infra_retry_max = 1\ntransient_backoff_base_s = 1\ntransient_backoff_max_s = 1",
+    );
+    let task = create_task(&env, "t");
+    drive_to(&env, task, "deploy-staging");
+    move_main(&env, "slow");
+    let path = env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config").replace(
+        "test_command = \"sh ./test.sh\"",
+        "test_command = \"sleep 5\"",
+    );
+    std::fs::write(&path, config).expect("config");
+    let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
+    assert_eq!(
+        v["evaluation"]["decision"]["decision"], "retry_later",
+        "{v}"
+    );
+    assert_eq!(stage_of(&env, task), "deploy-staging");
+    let job = env.json(&["job", "show", "6"]);
+    assert_eq!(job["status"], "queued");
+    assert_eq!(job["attempts"], 0, "an infra retry spends no attempt");
+    std::thread::sleep(Duration::from_millis(1500));
+    // The re-drive re-tests the rebased commit (it never passed), times out again.
+    orch_out(&env, &[], &["run-agent", "--next"]);
+    assert_eq!(env.json(&["job", "show", "6"])["status"], "failed");
+    let shown = env.json(&["task", "show", "1"]);
+    assert!(
+        shown["history"]
+            .as_array()
+            .expect("h")
+            .iter()
+            .all(|h| h["kind"] != "rollback")
+    );
+    let notes = std::fs::read_to_string(env.state().join("notifications.log")).expect("notes");
+    assert_eq!(notes.matches("failed for good").count(), 1, "{notes}");
+}
