@@ -25,11 +25,11 @@ fn install(extra: &str) -> Env {
         .lines()
         .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
         .collect();
-    let config: String = config
+    let config: Vec<&str> = config
         .lines()
         .filter(|l| !keys.iter().any(|k| l.starts_with(&format!("{k} ="))))
-        .map(|l| format!("{l}\n"))
         .collect();
+    let config = config.join("\n");
     std::fs::write(
         &path,
         format!("merge_gate_repos = \"demo\"\n{extra}\n{config}"),
