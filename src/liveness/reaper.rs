@@ -19,7 +19,6 @@
 
 use std::time::{Duration, Instant};
 
-use rusqlite::OptionalExtension as _;
 use serde::Serialize;
 
 use crate::context::Ctx;
@@ -72,25 +71,24 @@ struct RunInfo {
     succeeded: bool,
 }
 
-fn run_info(db: &Db, job: &Job) -> anyhow::Result<Option<RunInfo>> {
-    let Some(run_id) = job.run_id else {
-        return Ok(None);
-    };
-    Ok(db
-        .conn()
-        .query_row(
-            "SELECT exit_code, finished_at, outcome FROM agent_runs WHERE id = ?1",
-            [run_id],
-            |r| {
-                let outcome: Option<String> = r.get(2)?;
-                Ok(RunInfo {
-                    exit_code: r.get(0)?,
-                    finished_at: r.get(1)?,
-                    succeeded: outcome.as_deref() == Some("success"),
-                })
+/// The recorded runs of every running job, in one query.
+fn run_infos(db: &Db) -> anyhow::Result<std::collections::HashMap<i64, RunInfo>> {
+    let mut stmt = db.conn().prepare(
+        "SELECT r.id, r.exit_code, r.finished_at, r.outcome FROM agent_runs r
+         JOIN jobs j ON j.run_id = r.id WHERE j.status = 'running'",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let outcome: Option<String> = r.get(3)?;
+        Ok((
+            r.get::<_, i64>(0)?,
+            RunInfo {
+                exit_code: r.get(1)?,
+                finished_at: r.get(2)?,
+                succeeded: outcome.as_deref() == Some("success"),
             },
-        )
-        .optional()?)
+        ))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// One reaper pass.
@@ -99,10 +97,12 @@ pub fn reap_once(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Pass> {
     let t0 = now();
     if ctx.config.reaper_enabled {
         let running = queue::running(db.conn())?;
+        let mut runs = run_infos(db)?;
         pass.running = running.len();
         for job in running {
+            let run = job.run_id.and_then(|id| runs.remove(&id));
             // One bad job never stops the pass.
-            if let Err(e) = reap_job(ctx, db, &job, &mut pass) {
+            if let Err(e) = reap_job(ctx, db, &job, run.as_ref(), &mut pass) {
                 log::warn!("reaping job {}: {e:#}", job.id);
                 pass.errors.push(format!("job {}: {e:#}", job.id));
             }
@@ -139,11 +139,16 @@ pub fn reap_once(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Pass> {
     Ok(pass)
 }
 
-fn reap_job(ctx: &Ctx, db: &mut Db, job: &Job, pass: &mut Pass) -> anyhow::Result<()> {
+fn reap_job(
+    ctx: &Ctx,
+    db: &mut Db,
+    job: &Job,
+    run: Option<&RunInfo>,
+    pass: &mut Pass,
+) -> anyhow::Result<()> {
     let locks = ctx.locks_dir();
     let token = job.claim_token.clone().unwrap_or_default();
     let t = now();
-    let run = run_info(db, job)?;
     // Set when a live owner is reaped anyway (backstop, or the kill-switch off).
     let mut forced: Option<String> = None;
     if liveness::probe(&locks, &token)? == Liveness::Alive {
@@ -151,7 +156,6 @@ fn reap_job(ctx: &Ctx, db: &mut Db, job: &Job, pass: &mut Pass) -> anyhow::Resul
         let max = i64::try_from(ctx.config.reaper_max_running_s).unwrap_or(i64::MAX);
         let grace = i64::try_from(ctx.config.reaper_finalize_grace_s).unwrap_or(i64::MAX);
         let finalizing_for = run
-            .as_ref()
             .filter(|r| r.exit_code.is_some())
             .and_then(|r| r.finished_at)
             .map(|f| t - f);
@@ -202,7 +206,7 @@ fn reap_job(ctx: &Ctx, db: &mut Db, job: &Job, pass: &mut Pass) -> anyhow::Resul
         return Ok(());
     }
     let reason = forced.clone().unwrap_or_else(|| "owner dead".to_owned());
-    match &run {
+    match run {
         None => {
             // No agent was ever started. A clean hand-over (`orch claim`) removed
             // its lock file: give a worker the start grace to take the job over.
