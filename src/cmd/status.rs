@@ -65,20 +65,59 @@ pub struct Report {
     pub recent: Vec<Job>,
     /// Persistent counters by name.
     pub counters: BTreeMap<String, counters::Counter>,
+    /// The reaper's settings and its last pass.
+    pub reaper: serde_json::Value,
+    /// Merge leases held, and the merge gate's scope.
+    pub merge_gate: serde_json::Value,
+    /// Outbox messages per status (`pending`, `delivered`, `dead`).
+    pub outbox: BTreeMap<String, i64>,
 }
 
 /// Gather the report in one read snapshot.
 pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
     let mut db = ctx.open_db()?;
     let now = storage::now();
-    let (counts, running, recent, counters) = db.read(|tx| {
+    let (counts, running, recent, counters, leases, outbox) = db.read(|tx| {
         Ok((
             queue::counts(tx)?,
             queue::running(tx)?,
             queue::list(tx, None, recent)?,
             counters::all(tx)?,
+            crate::pipeline::lease::all(tx)?,
+            crate::outbox::counts(tx)?,
         ))
     })?;
+    let c = &ctx.config;
+    let counter = |name: &str| counters.get(name).map_or(0, |c| c.value);
+    let reaper = serde_json::json!({
+        "enabled": c.reaper_enabled,
+        "interval_s": c.reaper_interval_s,
+        "max_running_s": c.reaper_max_running_s,
+        "finalize_grace_s": c.reaper_finalize_grace_s,
+        "start_grace_s": c.reaper_start_grace_s,
+        "finalizer_liveness_enabled": c.reaper_finalizer_liveness_enabled,
+        "impossible_queued_sanitize_enabled": c.impossible_queued_sanitize_enabled,
+        "passes_total": counter("reaper_passes_total"),
+        "last_pass": counters.get("reaper_passes_total").and_then(|c| c.last.clone()),
+        "reaped_total": counter("reaped_total"),
+        "last_reaped": counters.get("reaped_total").and_then(|c| c.last.clone()),
+        "finalizer_defers_total": counter("finalizer_defers_total"),
+        "backstop_total": counter("reaper_backstop_total"),
+        "impossible_queued_total": counter("impossible_queued_total"),
+    });
+    let merge_gate = serde_json::json!({
+        "enabled": c.merge_gate_enabled,
+        "repos": c.merge_gate_scope(),
+        "lease_reclaim_enabled": c.lease_reclaim_enabled,
+        "lease_ttl_s": c.merge_lock_timeout_s,
+        "leases": leases,
+        "lease_reclaimed_total": counter("lease_reclaimed_total"),
+        "retests_total": counter("merge_gate_retests_total"),
+        "rebases_total": counter("merge_gate_rebases_total"),
+        "retest_timeouts_total": counter("merge_gate_retest_timeouts_total"),
+        "red_total": counter("merge_gate_red_total"),
+        "lock_busy_total": counter("merge_gate_lock_busy_total"),
+    });
     let locks = ctx.locks_dir();
     let running = running
         .into_iter()
@@ -122,6 +161,9 @@ pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
         running,
         recent,
         counters,
+        reaper,
+        merge_gate,
+        outbox,
     })
 }
 
@@ -150,6 +192,63 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         .map(|(name, g)| format!("{name} {}", if g.enabled { "on" } else { "off" }))
         .collect();
     println!("gates      {}", gates.join(", "));
+
+    let r = &report.reaper;
+    println!(
+        "reaper     {}  passes {}, reaped {}, finalizer deferrals {}, backstops {}{}",
+        if r["enabled"] == true { "on" } else { "OFF" },
+        r["passes_total"],
+        r["reaped_total"],
+        r["finalizer_defers_total"],
+        r["backstop_total"],
+        match r["last_pass"]["at"].as_i64() {
+            Some(at) => format!(", last pass {}", output::ago(Some(at), now)),
+            None => ", never ran".to_owned(),
+        }
+    );
+    let m = &report.merge_gate;
+    let leases: Vec<String> = m["leases"]
+        .as_array()
+        .map(|ls| {
+            ls.iter()
+                .map(|l| {
+                    format!(
+                        "{} by {}",
+                        l["repo"].as_str().unwrap_or("?"),
+                        l["branch"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "merge gate {}  repos {}, leases held: {}, reclaimed {}, re-tests {} (timeouts {}, red {})",
+        if m["enabled"] == true { "on" } else { "OFF" },
+        m["repos"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(","))
+            .unwrap_or_default(),
+        if leases.is_empty() {
+            "none".to_owned()
+        } else {
+            leases.join("; ")
+        },
+        m["lease_reclaimed_total"],
+        m["retests_total"],
+        m["retest_timeouts_total"],
+        m["red_total"]
+    );
+    let o = &report.outbox;
+    println!(
+        "outbox     pending {}, delivered {}, dead {}",
+        o.get("pending").copied().unwrap_or(0),
+        o.get("delivered").copied().unwrap_or(0),
+        o.get("dead").copied().unwrap_or(0)
+    );
 
     println!("\nrunning");
     if report.running.is_empty() {
