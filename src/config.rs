@@ -330,6 +330,12 @@ impl Config {
                 self.reaper_max_running_s
             ));
         }
+        if self.merge_lock_timeout_s <= self.merge_retest_timeout_s {
+            return bad(format!(
+                "merge_lock_timeout_s ({}) must exceed merge_retest_timeout_s ({}): the lease TTL must never expire under a running re-test",
+                self.merge_lock_timeout_s, self.merge_retest_timeout_s
+            ));
+        }
         let agent_budget = self.agent_timeout_s + self.agent_kill_grace_seconds;
         if self.reaper_max_running_s <= agent_budget {
             return bad(format!(
