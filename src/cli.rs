@@ -66,6 +66,8 @@ pub enum Command {
     RunAgent(cmd::run_agent::Args),
     /// Evaluate a task's current gate and advance it or roll it back (the human/CI path).
     Advance(cmd::advance::Args),
+    /// STOP a task: stop its agent, cancel its jobs, release its lease, remove its worktree and branch.
+    Cancel(cmd::cancel::Args),
     /// One reaper pass: end the jobs of dead owners exactly once, stop runs past the backstop, reclaim leases.
     Reap(cmd::reap::Args),
     /// One merge-lease pass: reclaim leases whose holder can no longer use them.

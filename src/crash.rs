@@ -49,6 +49,14 @@ pub const POINTS: &[(&str, &str)] = &[
         "finalize.committed",
         "the job outcome and the advance are committed; the outbox is not delivered",
     ),
+    (
+        "cancel.requested",
+        "a cancel is recorded and the task's jobs cancelled; nothing torn down yet",
+    ),
+    (
+        "cancel.torn_down",
+        "worktree removed and branch deleted; the task is not yet marked cancelled",
+    ),
 ];
 
 /// Die by SIGKILL here if `ORCH_CRASH_AT` names this point.

@@ -266,16 +266,66 @@ fn crash_and_recover(point: &str) {
     );
 }
 
+/// SIGKILL during a cancel (STOP), then one `orch reap` completes the reset.
+fn cancel_crash_and_recover(point: &str) {
+    let env = install("");
+    let task = create_task(&env, "stop me");
+    orch_out(&env, &[], &["run-agent", "--next"]);
+    let out = orch_out(
+        &env,
+        &[("ORCH_CRASH_AT", point)],
+        &["cancel", "--task", &task.to_string()],
+    );
+    assert_eq!(signal_of(&out), Some(9), "{point}: never reached");
+    assert_ne!(stage_of(&env, task), "cancelled", "{point}");
+    let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+    assert_eq!(pass["cancels_applied"][0], task, "{point}: {pass}");
+    assert_recovered(&env, point);
+    assert_eq!(stage_of(&env, task), "cancelled", "{point}");
+    assert!(
+        !env.state().join("repos/demo/worktrees/DEMO-1").exists(),
+        "{point}: worktree left"
+    );
+    let branches = orch::git::Git::at(env.state().join("forge/demo.git"))
+        .run(["branch", "--list"])
+        .expect("branches");
+    assert!(!branches.contains("feature/DEMO-1"), "{point}: branch left");
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"
+        ),
+        0
+    );
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM outbox WHERE dedup_key LIKE 'cancel-1:%'"
+        ),
+        2,
+        "{point}: the cancel must be reported exactly once"
+    );
+}
+
+/// The scenario that reaches a crash point, by the point's family.
+fn recover_from(point: &str) {
+    match point.split('.').next() {
+        Some("claim" | "run" | "merge" | "finalize") => crash_and_recover(point),
+        Some("cancel") => cancel_crash_and_recover(point),
+        _ => panic!("no crash scenario reaches {point}: add one to tests/crash_safety.rs"),
+    }
+}
+
 #[test]
 fn every_crash_point_is_brought_to_a_correct_end_by_reap() {
     let points = crash_points();
-    assert!(points.len() >= 10, "crash points: {points:?}");
+    assert!(points.len() >= 12, "crash points: {points:?}");
     // Three at a time: each scenario has its own state directory.
     for chunk in points.chunks(3) {
         let handles: Vec<_> = chunk
             .iter()
             .cloned()
-            .map(|p| std::thread::spawn(move || crash_and_recover(&p)))
+            .map(|p| std::thread::spawn(move || recover_from(&p)))
             .collect();
         for h in handles {
             h.join().expect("scenario panicked");

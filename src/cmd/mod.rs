@@ -1,6 +1,7 @@
 //! One module per subcommand, each owning its `Args` and its `run`.
 
 pub mod advance;
+pub mod cancel;
 pub mod claim;
 pub mod debug;
 pub mod demo;
@@ -46,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::RunAgent(a) => run_agent::run(&ctx, &a),
                 Command::Advance(a) => advance::run(&ctx, &a),
                 Command::Reap(a) => reap::run(&ctx, &a),
+                Command::Cancel(a) => cancel::run(&ctx, &a),
                 Command::ReclaimLeases(a) => reclaim_leases::run(&ctx, &a),
                 Command::Generate(_)
                 | Command::Debug(_)

@@ -71,13 +71,15 @@ pub struct Report {
     pub merge_gate: serde_json::Value,
     /// Outbox messages per status (`pending`, `delivered`, `dead`).
     pub outbox: BTreeMap<String, i64>,
+    /// STOP: whether it is on, its scope, and the cancelled tasks.
+    pub stop: serde_json::Value,
 }
 
 /// Gather the report in one read snapshot.
 pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
     let mut db = ctx.open_db()?;
     let now = storage::now();
-    let (counts, running, recent, counters, leases, outbox) = db.read(|tx| {
+    let (counts, running, recent, counters, leases, outbox, cancelled) = db.read(|tx| {
         Ok((
             queue::counts(tx)?,
             queue::running(tx)?,
@@ -85,8 +87,28 @@ pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
             counters::all(tx)?,
             crate::pipeline::lease::all(tx)?,
             crate::outbox::counts(tx)?,
+            crate::pipeline::task::list(tx, Some("cancelled"), None, 10)?,
         ))
     })?;
+    let cancelled_count: i64 = db.conn().query_row(
+        "SELECT count(*) FROM tasks WHERE stage = 'cancelled'",
+        [],
+        |r| r.get(0),
+    )?;
+    let pending_cancels: i64 = db.conn().query_row(
+        "SELECT count(*) FROM tasks WHERE cancel_requested_at IS NOT NULL AND stage NOT IN ('cancelled', 'done')",
+        [],
+        |r| r.get(0),
+    )?;
+    let stop = serde_json::json!({
+        "enabled": ctx.config.stop_status_enabled,
+        "repos": crate::config::csv(&ctx.config.stop_status_repos),
+        "cancelled_count": cancelled_count,
+        "pending_requests": pending_cancels,
+        "recent": cancelled.iter().map(|t| serde_json::json!({
+            "task_id": t.id, "work_item_id": t.work_item_id, "repo": t.repo, "cancelled_at": t.cancelled_at
+        })).collect::<Vec<_>>(),
+    });
     let c = &ctx.config;
     let counter = |name: &str| counters.get(name).map_or(0, |c| c.value);
     let reaper = serde_json::json!({
@@ -164,6 +186,7 @@ pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
         reaper,
         merge_gate,
         outbox,
+        stop,
     })
 }
 
@@ -241,6 +264,24 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         m["retests_total"],
         m["retest_timeouts_total"],
         m["red_total"]
+    );
+    let st = &report.stop;
+    println!(
+        "stop       {}  repos {}, cancelled {}, pending requests {}",
+        if st["enabled"] == true { "on" } else { "OFF" },
+        st["repos"]
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .map_or_else(
+                || "all".to_owned(),
+                |a| a
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        st["cancelled_count"],
+        st["pending_requests"]
     );
     let o = &report.outbox;
     println!(

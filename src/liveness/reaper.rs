@@ -58,6 +58,8 @@ pub struct Pass {
     pub backstopped: u32,
     /// Impossible queued rows healed.
     pub impossible_queued_healed: usize,
+    /// Tasks whose pending cancel was applied.
+    pub cancels_applied: Vec<i64>,
     /// Merge leases reclaimed.
     pub leases_reclaimed: Vec<lease::Reclaimed>,
     /// Jobs whose handling failed (logged; the next pass retries them).
@@ -107,6 +109,11 @@ pub fn reap_once(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Pass> {
                 pass.errors.push(format!("job {}: {e:#}", job.id));
             }
         }
+    }
+    // STOP requests interrupted by a crash, or deferred until a critical window closed.
+    for (task_id, c) in crate::pipeline::cancel::apply_pending(ctx, db)? {
+        log::warn!("applied the pending cancel of task {task_id}: {}", c.note);
+        pass.cancels_applied.push(task_id);
     }
     if ctx.config.impossible_queued_sanitize_enabled && queue::any_impossible_queued(db.conn())? {
         pass.impossible_queued_healed = db

@@ -6,6 +6,7 @@ pub mod task;
 
 pub use stage::Stage;
 pub mod brief;
+pub mod cancel;
 pub mod engine;
 pub mod evaluate;
 pub mod lease;

@@ -190,4 +190,16 @@ CREATE TABLE task_transitions (
     at         INTEGER NOT NULL
 );
 CREATE INDEX task_transitions_task ON task_transitions(task_id, kind);
+
+-- The self-hosting repo's production deploy (phases A, B, C of Confirm Deploy).
+CREATE TABLE deploys (
+    task_id              INTEGER PRIMARY KEY REFERENCES tasks(id),
+    staging_sha          TEXT,
+    approve_requested_at INTEGER,
+    initiated_at         INTEGER,
+    hook_pid             INTEGER,
+    run_dir              TEXT,
+    exit_code            INTEGER,
+    finished_at          INTEGER
+);
 ";

@@ -66,3 +66,9 @@ pub fn check_branch(branch: &str) -> anyhow::Result<()> {
     names::validate_branch(branch)?;
     Ok(())
 }
+
+/// The forge of repository `repo` as configured (`forge = "local"`).
+pub fn for_repo(ctx: &crate::context::Ctx, repo: &str) -> anyhow::Result<Box<dyn Forge>> {
+    let ws = crate::workspace::Workspace::new(&ctx.repos_dir(), repo, ctx.config.repo(repo)?)?;
+    Ok(Box::new(local::LocalForge::new(ws)))
+}

@@ -1,0 +1,332 @@
+//! STOP: cancel a task (seed ORCH-090). The full reset stops the task's
+//! running agent, cancels its queued and running jobs, releases its merge
+//! lease, archives its artifacts, removes its worktree, deletes its remote
+//! branch (never main, master or the default branch), and marks it
+//! `cancelled` with its keys tombstoned (`#cancelled-<id>`) so the issue can
+//! start afresh. Inside a critical window — a production deploy initiated, or
+//! a merge/deploy actor of the task running with the lease held — only queued
+//! jobs are cancelled and a durable request is recorded; the reset is applied
+//! when the irreversible step ends (`orch reap` and the deploy finalizer apply
+//! pending requests).
+//!
+//! Crash safety: the request (`cancel_requested_at`) and the job cancellation
+//! commit first; the teardown steps are idempotent; the final mark commits
+//! last. A crash anywhere leaves a pending request that `orch reap` completes.
+
+use serde::Serialize;
+
+use crate::backends::forge;
+use crate::context::Ctx;
+use crate::crash;
+use crate::liveness::{self, Liveness};
+use crate::outbox::{self, Message};
+use crate::pipeline::{Stage, lease, task};
+use crate::queue;
+use crate::storage::{Db, counters, now};
+use crate::workspace::Workspace;
+
+/// What a cancel did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cancelled {
+    /// Whether the request was valid (a no-op on a terminal task is ok).
+    pub ok: bool,
+    /// Whether the reset was deferred to the end of a critical window.
+    pub deferred: bool,
+    /// Running agents stopped.
+    pub stopped: u32,
+    /// `cancelled`, `deferred-critical-window`, `deferred-already-pending`,
+    /// `already-terminal (<stage>)`, `no-task`, `not-applicable (<why>)`.
+    pub note: String,
+}
+
+impl Cancelled {
+    fn noop(ok: bool, note: String) -> Cancelled {
+        Cancelled {
+            ok,
+            deferred: false,
+            stopped: 0,
+            note,
+        }
+    }
+}
+
+/// Whether `task_id` is inside a critical window, and why.
+pub fn critical_window(ctx: &Ctx, db: &Db, task: &task::Task) -> anyhow::Result<Option<String>> {
+    let initiated: Option<(Option<i64>, Option<i64>)> = db
+        .conn()
+        .query_row(
+            "SELECT initiated_at, finished_at FROM deploys WHERE task_id = ?1",
+            [task.id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok();
+    if let Some((Some(_), None)) = initiated {
+        return Ok(Some("the production deploy is initiated".into()));
+    }
+    let holds_lease = lease::get(db.conn(), &task.repo)?
+        .is_some_and(|l| Some(l.branch.as_str()) == task.branch.as_deref());
+    if holds_lease {
+        let locks = ctx.locks_dir();
+        for j in queue::for_task(db.conn(), task.id)? {
+            if j.status == "running"
+                && matches!(j.stage.as_deref(), Some("deploy-staging" | "deploy"))
+                && j.claim_token
+                    .as_deref()
+                    .is_some_and(|t| liveness::probe(&locks, t).ok() == Some(Liveness::Alive))
+            {
+                return Ok(Some(format!(
+                    "job {} ({}) is merging/deploying with the lease held",
+                    j.id, j.agent
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Cancel `task_id` (STOP). `force` applies the full reset even inside a
+/// critical window (the deploy finalizer uses it once the window closed).
+pub fn cancel_task(
+    ctx: &Ctx,
+    db: &mut Db,
+    task_id: i64,
+    reason: &str,
+    force: bool,
+) -> anyhow::Result<Cancelled> {
+    let Some(t) = task::get(db.conn(), task_id)? else {
+        return Ok(Cancelled::noop(false, "no-task".into()));
+    };
+    if t.stage().is_terminal() {
+        return Ok(Cancelled::noop(
+            true,
+            format!("already-terminal ({})", t.stage),
+        ));
+    }
+    if !ctx.config.stop_applies(&t.repo) {
+        return Ok(Cancelled::noop(
+            false,
+            format!(
+                "not-applicable (STOP is {} for repo {})",
+                if ctx.config.stop_status_enabled {
+                    "out of scope"
+                } else {
+                    "disabled"
+                },
+                t.repo
+            ),
+        ));
+    }
+    let t0 = now();
+    if !force && let Some(why) = critical_window(ctx, db, &t)? {
+        let first = db.write(|tx| {
+            let first = t.cancel_requested_at.is_none();
+            if first {
+                tx.execute(
+                    "UPDATE tasks SET cancel_requested_at = ?2, updated_at = ?2 WHERE id = ?1",
+                    rusqlite::params![task_id, t0],
+                )?;
+            }
+            queue::cancel_for_task(tx, task_id, true, t0)?;
+            outbox::push(
+                tx,
+                &format!("cancel-deferred-{task_id}"),
+                &Message::Notify {
+                    text: format!(
+                        "{}: STOP received while {why}; the task will be cancelled when that step ends ({reason})",
+                        t.work_item_id
+                    ),
+                },
+                t0,
+            )?;
+            Ok(first)
+        })?;
+        return Ok(Cancelled {
+            ok: true,
+            deferred: true,
+            stopped: 0,
+            note: if first {
+                "deferred-critical-window".into()
+            } else {
+                "deferred-already-pending".into()
+            },
+        });
+    }
+
+    // 1. The durable request, and no job of the task is claimable or finishable any more.
+    let running = db.write(|tx| {
+        tx.execute(
+            "UPDATE tasks SET cancel_requested_at = coalesce(cancel_requested_at, ?2), updated_at = ?2
+             WHERE id = ?1",
+            rusqlite::params![task_id, t0],
+        )?;
+        let running: Vec<queue::Job> = queue::for_task(tx, task_id)?
+            .into_iter()
+            .filter(|j| j.status == "running")
+            .collect();
+        queue::cancel_for_task(tx, task_id, false, t0)?;
+        lease::release_for_task(tx, task_id)?;
+        Ok(running)
+    })?;
+    crash::point("cancel.requested");
+
+    // 2. Stop running work. The agent's process group is signalled only while
+    //    its owner's lock proves the group is still this run's; the owner is
+    //    killed only once /proc shows that pid holding the lock, and we wait
+    //    for it to die so nothing pushes after the teardown below.
+    let locks = ctx.locks_dir();
+    let mut stopped = 0;
+    for j in &running {
+        let Some(token) = j.claim_token.as_deref() else {
+            continue;
+        };
+        if liveness::probe(&locks, token)? != Liveness::Alive {
+            continue;
+        }
+        if let Some(pgid) = j.pid {
+            let pgid = nix::unistd::Pid::from_raw(i32::try_from(pgid).unwrap_or(0));
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM);
+        }
+        if let Some(owner) = j.owner_pid
+            && liveness::pid_holds_lock(&locks, token, owner)
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(owner).unwrap_or(0)),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while liveness::probe(&locks, token)? == Liveness::Alive
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        stopped += 1;
+        log::warn!(
+            "stopped job {} ({}) to cancel task {task_id}",
+            j.id,
+            j.agent
+        );
+    }
+
+    // 3. Tear down, idempotently: archive the artifacts, remove the worktree, delete the branch.
+    let original_wi = original(&t.work_item_id);
+    if let (Ok(repo), Some(branch)) = (ctx.config.repo(&t.repo), t.branch.as_deref()) {
+        let ws = Workspace::new(&ctx.repos_dir(), &t.repo, repo)?;
+        if let Ok(worktree) = ws.worktree_dir(&original_wi) {
+            let artifacts = worktree.join("docs/work-items").join(&original_wi);
+            if artifacts.is_dir() {
+                let archive = ctx
+                    .state_dir
+                    .join("archive")
+                    .join(&t.repo)
+                    .join(&original_wi);
+                copy_dir(&artifacts, &archive)?;
+            }
+            ws.remove(&original_wi)?;
+        }
+        match forge::for_repo(ctx, &t.repo).and_then(|f| f.delete_branch(branch)) {
+            Ok(_) => {}
+            Err(e) => log::warn!("deleting branch {branch} of task {task_id}: {e:#}"),
+        }
+    }
+    crash::point("cancel.torn_down");
+
+    // 4. Mark it, tombstone its keys, tell people once.
+    db.write(|tx| {
+        let suffix = format!("#cancelled-{task_id}");
+        tx.execute(
+            "UPDATE tasks SET stage = 'cancelled', cancelled_at = ?2, updated_at = ?2,
+                 plane_id = CASE WHEN plane_id IS NULL OR instr(plane_id, '#cancelled-') > 0
+                            THEN plane_id ELSE plane_id || ?3 END,
+                 plane_issue_id = CASE WHEN plane_issue_id IS NULL OR instr(plane_issue_id, '#cancelled-') > 0
+                            THEN plane_issue_id ELSE plane_issue_id || ?3 END,
+                 work_item_id = CASE WHEN instr(work_item_id, '#cancelled-') > 0
+                            THEN work_item_id ELSE work_item_id || ?3 END
+             WHERE id = ?1 AND stage <> 'cancelled'",
+            rusqlite::params![task_id, now(), suffix],
+        )?;
+        tx.execute(
+            "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, reason, at)
+             VALUES (?1, ?2, 'cancelled', 'cancel', ?3, ?4)",
+            rusqlite::params![task_id, t.stage, reason, now()],
+        )?;
+        counters::bump(tx, "cancelled_total", 1, Some(&serde_json::json!({"task_id": task_id})), now())?;
+        outbox::push(
+            tx,
+            &format!("cancel-{task_id}:comment"),
+            &Message::Comment {
+                task_id,
+                author: "orch".into(),
+                body: format!("Cancelled ({reason}). Artifacts are kept; the issue can be started afresh."),
+            },
+            now(),
+        )?;
+        outbox::push(
+            tx,
+            &format!("cancel-{task_id}:notify"),
+            &Message::Notify {
+                text: format!("{original_wi}: cancelled from {} ({reason})", t.stage),
+            },
+            now(),
+        )?;
+        Ok(())
+    })?;
+    if let Err(e) = outbox::deliver(ctx, db) {
+        log::warn!("delivering the outbox: {e:#}");
+    }
+    Ok(Cancelled {
+        ok: true,
+        deferred: false,
+        stopped,
+        note: "cancelled".into(),
+    })
+}
+
+/// Apply every pending cancel whose critical window has closed (run by `orch reap`).
+pub fn apply_pending(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Vec<(i64, Cancelled)>> {
+    let pending: Vec<i64> = {
+        let mut stmt = db.conn().prepare(
+            "SELECT id FROM tasks WHERE cancel_requested_at IS NOT NULL
+             AND stage NOT IN ('cancelled', 'done') ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut out = Vec::new();
+    for id in pending {
+        let Some(t) = task::get(db.conn(), id)? else {
+            continue;
+        };
+        if critical_window(ctx, db, &t)?.is_none() {
+            out.push((id, cancel_task(ctx, db, id, "pending STOP request", true)?));
+        }
+    }
+    Ok(out)
+}
+
+/// The key without its tombstone.
+pub fn original(key: &str) -> String {
+    key.split("#cancelled-").next().unwrap_or(key).to_owned()
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target)
+                .with_context(|| format!("archiving {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether STOP is on for tasks of `stage` at all (cancelled and done are final).
+pub fn is_cancellable(stage: Stage) -> bool {
+    !stage.is_terminal()
+}
