@@ -68,6 +68,8 @@ pub enum Command {
     Advance(cmd::advance::Args),
     /// STOP a task: stop its agent, cancel its jobs, release its lease, remove its worktree and branch.
     Cancel(cmd::cancel::Args),
+    /// Phase C of the self-hosting deploy: read the deploy hook's result, then advance or roll back.
+    FinalizeDeploy(cmd::finalize_deploy::Args),
     /// One reaper pass: end the jobs of dead owners exactly once, stop runs past the backstop, reclaim leases.
     Reap(cmd::reap::Args),
     /// One merge-lease pass: reclaim leases whose holder can no longer use them.

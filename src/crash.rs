@@ -50,6 +50,18 @@ pub const POINTS: &[(&str, &str)] = &[
         "the job outcome and the advance are committed; the outbox is not delivered",
     ),
     (
+        "deploy.merged",
+        "Confirm Deploy merged the verified commit; the deploy is not initiated",
+    ),
+    (
+        "deploy.initiated",
+        "the deploy is recorded as initiated and its finalizer queued; the hook is not started",
+    ),
+    (
+        "deploy.finalized",
+        "the deploy's outcome is committed; a deferred STOP is not yet applied",
+    ),
+    (
         "cancel.requested",
         "a cancel is recorded and the task's jobs cancelled; nothing torn down yet",
     ),

@@ -307,11 +307,95 @@ fn cancel_crash_and_recover(point: &str) {
     );
 }
 
+/// SIGKILL during Confirm Deploy or the deploy finalizer, then `orch reap`
+/// and the normal workers: the deploy completes, the hook ran exactly once.
+fn deploy_crash_and_recover(point: &str) {
+    let env = common::self_hosting();
+    common::to_phase_a(&env);
+    let staging: String = env
+        .db()
+        .conn()
+        .query_row(
+            "SELECT staging_sha FROM deploys WHERE task_id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("sha");
+    let crashing = [("ORCH_CRASH_AT", point)];
+    let confirm_vars: &[(&str, &str)] = if point == "deploy.finalized" {
+        &[]
+    } else {
+        &crashing
+    };
+    let out = orch_out(
+        &env,
+        confirm_vars,
+        &["advance", "--task", "1", "--confirm-deploy"],
+    );
+    if point == "deploy.finalized" {
+        assert!(out.status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !env.state().join("hook.count").exists() {
+            assert!(Instant::now() < deadline, "the hook never ran");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = orch_out(&env, &crashing, &["run-agent", "--next"]);
+        assert_eq!(signal_of(&out), Some(9), "{point}: never reached");
+    } else {
+        assert_eq!(signal_of(&out), Some(9), "{point}: never reached");
+    }
+    let reap = orch_out(&env, &[], &["reap", "--json"]);
+    assert!(reap.status.success(), "{point}");
+    assert_recovered(&env, point);
+    // Carry on as the installation would: a person confirms again if nothing
+    // was initiated, the finalizer job finishes the deploy.
+    for _ in 0..5 {
+        if stage_of(&env, 1) == "done" {
+            break;
+        }
+        let run = orch_out(&env, &[], &["run-agent", "--next"]);
+        if run.status.code() == Some(3) {
+            orch_out(&env, &[], &["advance", "--task", "1", "--confirm-deploy"]);
+            orch_out(
+                &env,
+                &[],
+                &["finalize-deploy", "--task", "1", "--wait", "20"],
+            );
+        }
+    }
+    assert_eq!(stage_of(&env, 1), "done", "{point}");
+    let runs =
+        std::fs::read_to_string(env.state().join("hook.count")).map_or(0, |s| s.lines().count());
+    assert_eq!(runs, 1, "{point}: the production deploy ran {runs} times");
+    let main = orch::git::Git::at(env.state().join("forge/demo.git"))
+        .rev("main")
+        .expect("rev");
+    assert_eq!(
+        main.as_deref(),
+        Some(staging.as_str()),
+        "{point}: main is not the verified commit"
+    );
+    assert_eq!(
+        sql_i64(&env, "SELECT count(*) FROM merge_leases"),
+        0,
+        "{point}: lease left"
+    );
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"
+        ),
+        0,
+        "{point}"
+    );
+}
+
 /// The scenario that reaches a crash point, by the point's family.
 fn recover_from(point: &str) {
     match point.split('.').next() {
         Some("claim" | "run" | "merge" | "finalize") => crash_and_recover(point),
         Some("cancel") => cancel_crash_and_recover(point),
+        Some("deploy") => deploy_crash_and_recover(point),
         _ => panic!("no crash scenario reaches {point}: add one to tests/crash_safety.rs"),
     }
 }
@@ -588,7 +672,7 @@ fn tc04_backstop_stops_a_live_owner_past_the_ceiling() {
         .spawn()
         .expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !pidfile.exists() {
+    while !std::fs::read_to_string(&pidfile).is_ok_and(|s| s.trim().parse::<i32>().is_ok()) {
         assert!(Instant::now() < deadline, "the hung check never started");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -25,6 +25,10 @@ pub struct Args {
     /// Record the human "Approved" status before evaluating (approves an analysis).
     #[arg(long)]
     pub approve: bool,
+    /// Confirm the production deploy of the self-hosting repo (the "Confirm
+    /// Deploy" status): merge the staging-verified commit and start the deploy hook.
+    #[arg(long, conflicts_with = "approve")]
+    pub confirm_deploy: bool,
     /// Print the evaluation and what was committed as JSON.
     #[arg(long)]
     pub json: bool,
@@ -44,6 +48,19 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             None,
             &format!("task {} is {}; nothing to advance", t.id, t.stage),
         );
+    }
+    if args.confirm_deploy {
+        let confirmed = crate::pipeline::self_deploy::confirm(ctx, &mut db, t.id, false)?;
+        if args.json {
+            output::print_json(&confirmed)?;
+        } else {
+            println!("task {}: {}", t.id, confirmed.note);
+        }
+        return Ok(if confirmed.note == "self-deploy-initiated" {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(exit::NOTHING_TO_DO)
+        });
     }
     if args.approve {
         db.write(|tx| {
@@ -108,7 +125,9 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     let moved = matches!(
         (&evaluation.decision, &committed),
         (
-            Decision::Advance { .. } | Decision::Rollback { .. },
+            Decision::Advance { .. }
+                | Decision::Rollback { .. }
+                | Decision::AwaitConfirmDeploy { .. },
             Committed::Applied { .. }
         )
     );
@@ -127,6 +146,10 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             format!("task {} stays on {stage}: {reason}", t.id)
         }
         Decision::Terminal => format!("task {} is {stage}; nothing to advance", t.id),
+        Decision::AwaitConfirmDeploy { staging_sha } => format!(
+            "task {} advanced: {stage} → deploy; staging verified {staging_sha}; waiting for Confirm Deploy (orch advance --task {} --confirm-deploy)",
+            t.id, t.id
+        ),
     };
     if args.json {
         output::print_json(&serde_json::json!({

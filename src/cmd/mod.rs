@@ -6,6 +6,7 @@ pub mod claim;
 pub mod debug;
 pub mod demo;
 pub mod demo_agent;
+pub mod finalize_deploy;
 pub mod generate;
 pub mod init;
 pub mod job;
@@ -48,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Advance(a) => advance::run(&ctx, &a),
                 Command::Reap(a) => reap::run(&ctx, &a),
                 Command::Cancel(a) => cancel::run(&ctx, &a),
+                Command::FinalizeDeploy(a) => finalize_deploy::run(&ctx, &a),
                 Command::ReclaimLeases(a) => reclaim_leases::run(&ctx, &a),
                 Command::Generate(_)
                 | Command::Debug(_)

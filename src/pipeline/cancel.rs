@@ -126,7 +126,13 @@ pub fn cancel_task(
                     rusqlite::params![task_id, t0],
                 )?;
             }
-            queue::cancel_for_task(tx, task_id, true, t0)?;
+            // Queued work stops; the deploy finalizer is part of the
+            // irreversible step and must run to apply this request.
+            tx.execute(
+                "UPDATE jobs SET status = 'cancelled', finished_at = ?2
+                 WHERE task_id = ?1 AND status = 'queued' AND agent <> ?3",
+                rusqlite::params![task_id, t0, crate::pipeline::self_deploy::FINALIZER_AGENT],
+            )?;
             outbox::push(
                 tx,
                 &format!("cancel-deferred-{task_id}"),

@@ -211,6 +211,25 @@ pub fn commit(
     let mut escalated = false;
     match decision {
         Decision::Terminal | Decision::Retry { .. } | Decision::RetryLater { .. } => {}
+        Decision::AwaitConfirmDeploy { staging_sha } => {
+            // Phase A: on to deploy, the lease kept, no deployer job: a human confirms.
+            if !move_stage(conn, task_id, stage, Stage::Deploy, now)? {
+                return Ok(Committed::StageMoved {
+                    job: job_end,
+                    stage: task.stage,
+                });
+            }
+            transition(
+                conn,
+                task_id,
+                (stage.as_str(), Stage::Deploy.as_str()),
+                "advance",
+                "staging verified; awaiting Confirm Deploy",
+                job_id,
+                now,
+            )?;
+            crate::pipeline::self_deploy::request_confirmation(conn, &task, staging_sha, key, now)?;
+        }
         Decision::AwaitHuman { reason } => {
             outbox::push(
                 conn,

@@ -56,6 +56,12 @@ pub enum Decision {
         /// How many such retries a job gets before it fails (with one alert).
         budget: u32,
     },
+    /// Self-hosting repo, phase A: staging passed every gate. Move to
+    /// `deploy`, keep the merge lease, and ask a human for "Confirm Deploy".
+    AwaitConfirmDeploy {
+        /// The commit verified on staging (the one phase B merges and deploys).
+        staging_sha: String,
+    },
     /// The task is done or cancelled: nothing to evaluate.
     Terminal,
 }
@@ -169,6 +175,17 @@ pub fn evaluate(
                 return Ok(Evaluation::new(results, decision));
             }
             results.push(mergeable);
+            // The self-hosting repo merges only on the human's Confirm Deploy
+            // (phase B), so main is exactly what goes to production.
+            if crate::pipeline::self_deploy::applies(&ctx.config, &task.repo) {
+                let staging_sha = Git::at(worktree).rev("HEAD")?.ok_or_else(|| {
+                    anyhow::anyhow!("worktree {} has no HEAD", worktree.display())
+                })?;
+                return Ok(Evaluation::new(
+                    results,
+                    Decision::AwaitConfirmDeploy { staging_sha },
+                ));
+            }
             let merged = merge(ctx, task, worktree)?;
             return Ok(match merged {
                 Ok(m) => Evaluation {
@@ -179,7 +196,21 @@ pub fn evaluate(
                 Err(d) => Evaluation::new(results, d),
             });
         }
-        Stage::Deploy => require!(gates::check_deploy_status(&artifacts)),
+        Stage::Deploy => {
+            // The self-hosting repo leaves deploy only through Confirm Deploy
+            // (phase B) and the deploy finalizer (phase C).
+            if crate::pipeline::self_deploy::applies(&ctx.config, &task.repo)
+                && !crate::pipeline::self_deploy::initiated(conn, task.id)?
+            {
+                return Ok(Evaluation::new(
+                    Vec::new(),
+                    Decision::AwaitHuman {
+                        reason: "approved-on-deploy-noop: the production deploy of the self-hosting repo starts only with the \"Confirm Deploy\" status (orch advance --task N --confirm-deploy); \"Approved\" does not deploy".to_owned(),
+                    },
+                ));
+            }
+            require!(gates::check_deploy_status(&artifacts));
+        }
         Stage::Created | Stage::Done | Stage::Cancelled => {
             return Ok(Evaluation::new(Vec::new(), Decision::Terminal));
         }

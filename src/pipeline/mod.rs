@@ -11,4 +11,5 @@ pub mod engine;
 pub mod evaluate;
 pub mod lease;
 pub mod merge_gate;
+pub mod self_deploy;
 pub mod worker;

@@ -19,7 +19,7 @@ use crate::outbox;
 use crate::pipeline::engine::{self, Committed, Fence};
 use crate::pipeline::evaluate::{self, Decision, Evaluation};
 use crate::pipeline::task::{self, Task};
-use crate::pipeline::{Stage, brief};
+use crate::pipeline::{Stage, brief, self_deploy};
 use crate::queue::{Job, Outcome};
 use crate::runner::{self, claude};
 use crate::storage::{Db, now};
@@ -223,6 +223,32 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
             )
         })?;
         return Ok(RunReport::new(job, c));
+    }
+
+    // Reserved agents run deterministically, without an LLM process.
+    if job.agent == self_deploy::FINALIZER_AGENT {
+        let wait = Duration::from_secs(ctx.config.agent_timeout_s);
+        let finalized = self_deploy::finalize(ctx, db, task_id, Some(fence), wait)?;
+        let mut report = RunReport::new(job, Committed::LostClaim);
+        report.run_verdict = format!("deploy-finalizer: {}", finalized.note);
+        report.committed = match finalized.committed {
+            Some(c) => c,
+            None if finalized.note == "waiting" => fail_job(
+                ctx,
+                db,
+                job,
+                fence,
+                &Outcome::Transient("the deploy hook is still running".into()),
+            )?,
+            None => fail_job(
+                ctx,
+                db,
+                job,
+                fence,
+                &Outcome::Failed(format!("deploy finalizer: {}", finalized.note)),
+            )?,
+        };
+        return Ok(report);
     }
 
     let repo = ctx.config.repo(&task.repo)?;

@@ -117,3 +117,56 @@ impl Env {
         .expect("enqueue")
     }
 }
+
+/// A demo installation where `demo` is the self-hosting repo. The hook counts
+/// its runs in `hook.count` and exits with the code in `hook.exit` (default 0).
+pub fn self_hosting() -> Env {
+    let env = Env::bare();
+    env.orch().args(["demo", "--setup-only"]).assert().success();
+    let path = env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    let hook = format!(
+        "echo run >> {d}/hook.count; echo deploying $ORCH_DEPLOY_SHA; exit $(cat {d}/hook.exit 2>/dev/null || echo 0)",
+        d = env.state().display()
+    );
+    std::fs::write(
+        &path,
+        format!(
+            "self_hosting_repo = \"demo\"\nmerge_gate_repos = \"demo\"\ndeploy_hook_cmd = {}\n{config}",
+            serde_json::to_string(&hook).expect("quote")
+        ),
+    )
+    .expect("config");
+    env
+}
+
+/// Create task 1 and run it to phase A (parked on deploy).
+pub fn to_phase_a(env: &Env) {
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "self"])
+        .assert()
+        .success();
+    for _ in 0..20 {
+        if env.json(&["task", "show", "1"])["task"]["stage"] == "deploy" {
+            return;
+        }
+        let o = env
+            .orch_std()
+            .args(["run-agent", "--next"])
+            .output()
+            .expect("run");
+        if o.status.code() == Some(3) {
+            env.orch()
+                .args(["advance", "--task", "1", "--approve"])
+                .assert()
+                .success();
+        }
+    }
+    panic!(
+        "never reached deploy: {}",
+        env.json(&["task", "show", "1"])["task"]["stage"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    );
+}
