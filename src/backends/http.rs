@@ -109,8 +109,8 @@ pub struct Reply {
     pub retry_after: Option<Duration>,
     /// `METHOD url` with secrets redacted, for messages.
     request: String,
-    /// The start of the body (redacted), for messages when it is not JSON.
-    excerpt: String,
+    /// The server's explanation (redacted), for messages.
+    detail: String,
 }
 
 impl Reply {
@@ -124,17 +124,11 @@ impl Reply {
         &self.request
     }
 
-    /// The server's own explanation: the `message`, `description`, `detail` or
-    /// `error` field of a JSON body, else the start of the body.
-    pub fn api_message(&self) -> String {
-        for key in ["message", "description", "detail", "error"] {
-            match self.json.get(key) {
-                Some(Value::String(s)) if !s.is_empty() => return s.clone(),
-                Some(v @ (Value::Object(_) | Value::Array(_))) => return v.to_string(),
-                _ => {}
-            }
-        }
-        self.excerpt.clone()
+    /// The server's own explanation, secrets redacted: the `message`,
+    /// `description`, `detail` or `error` field of a JSON body, else the
+    /// start of the body.
+    pub fn api_message(&self) -> &str {
+        &self.detail
     }
 
     /// The error this reply stands for, classified by its status (call it only
@@ -329,14 +323,14 @@ impl HttpClient {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::Null)
         };
-        let excerpt = self.redact(&text.chars().take(EXCERPT_CHARS).collect::<String>());
+        let detail = self.redact(&explanation(&json, &text));
         log::debug!("{request}: HTTP {status}");
         Ok(Reply {
             status,
             json,
             retry_after,
             request,
-            excerpt: excerpt.trim().to_owned(),
+            detail,
         })
     }
 
@@ -378,6 +372,23 @@ impl HttpClient {
             retry_after: None,
             message: format!("{request}: {what}"),
         }
+    }
+}
+
+/// The `message`, `description`, `detail` or `error` field of a JSON body,
+/// else the start of the body.
+fn explanation(json: &Value, text: &str) -> String {
+    for key in ["message", "description", "detail", "error"] {
+        match json.get(key) {
+            Some(Value::String(s)) if !s.is_empty() => return s.clone(),
+            Some(v @ (Value::Object(_) | Value::Array(_))) => return v.to_string(),
+            _ => {}
+        }
+    }
+    if json.is_null() {
+        text.trim().chars().take(EXCERPT_CHARS).collect()
+    } else {
+        String::new()
     }
 }
 

@@ -33,12 +33,22 @@ pub const MAX_CHARS: usize = 4096;
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(3);
 
 /// A Telegram bot that writes to one chat.
-#[derive(Debug)]
 pub struct Telegram {
     http: HttpClient,
     send_url: String,
     chat_id: Value,
     max_wait: Duration,
+}
+
+impl std::fmt::Debug for Telegram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The send URL holds the token: show it redacted.
+        f.debug_struct("Telegram")
+            .field("send_url", &self.http.redact(&self.send_url))
+            .field("chat_id", &self.chat_id)
+            .field("max_wait", &self.max_wait)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Telegram {
@@ -291,7 +301,10 @@ mod tests {
         assert_eq!(parts.len(), 3);
         for p in &parts {
             assert!(p.chars().count() <= MAX_CHARS);
-            assert!(p.starts_with('x') && p.trim_end().ends_with('x'), "cut inside a line");
+            assert!(
+                p.starts_with('x') && p.trim_end().ends_with('x'),
+                "cut inside a line"
+            );
         }
         assert_eq!(parts[0].lines().count(), 40);
     }
