@@ -13,7 +13,8 @@ use orch::backends::forge::gitea::{CiState, GiteaForge};
 use orch::backends::forge::{Forge as _, MergeRefused, Merged};
 use orch::backends::http::{HttpError, is_retryable};
 use orch::backends::notifier::telegram::Telegram;
-use orch::backends::tracker::plane::{PlaneClient, html_escape};
+use orch::backends::tracker::key_for_name;
+use orch::backends::tracker::plane::{PlaneClient, States, html_escape};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
@@ -290,11 +291,41 @@ fn full_board() -> Value {
 }
 
 #[test]
+fn tc01_confirm_deploy_name_to_key_mapping() {
+    assert_eq!(key_for_name("Confirm Deploy"), Some("confirm_deploy"));
+    assert_eq!(
+        key_for_name("confirm deploy"),
+        None,
+        "exact, case-sensitive"
+    );
+    assert_eq!(key_for_name("To Analyse"), Some("to_analyse"));
+    assert_eq!(key_for_name("STOP"), Some("stop"));
+}
+
+#[test]
+fn tc01_confirm_deploy_not_in_default_states() {
+    // There are no default states at all: nothing resolves without the board.
+    let states = States::default();
+    assert_eq!(states.get("confirm_deploy"), None);
+    assert!(!states.is("confirm_deploy", "s-confirm"));
+}
+
+#[test]
+fn tc03_fail_closed_when_api_unreachable() {
+    let client = PlaneClient::new(&closed_port(), "acme", PLANE_TOKEN, SECOND).expect("client");
+    let err = client
+        .project_states("p1")
+        .expect_err("an unreachable API is an error, never default UUIDs");
+    assert!(is_retryable(&err), "{err:#}");
+}
+
+#[test]
 fn tc02_get_project_states_resolves_confirm_deploy() {
     let stub = Stub::start();
     stub.on("GET", STATES, 200, &page(&full_board(), None));
     let states = plane(&stub).project_states("p1").expect("states");
     assert_eq!(states.get("confirm_deploy"), Some("s-confirm"));
+    assert_ne!(states.get("confirm_deploy"), states.get("approved"));
     for (key, id) in [
         ("to_analyse", "s-analyse"),
         ("in_progress", "s-progress"),
@@ -339,7 +370,7 @@ fn tc03_fail_closed_when_status_not_on_board() {
 }
 
 #[test]
-fn tc04_fail_closed_when_states_api_errors() {
+fn tc03_fail_closed_when_api_errors() {
     let stub = Stub::start();
     stub.on("GET", STATES, 500, &json!({"error": "boom"}));
     stub.on("GET", STATES, 200, &page(&full_board(), None));
