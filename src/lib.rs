@@ -25,5 +25,6 @@ pub mod output;
 pub mod pipeline;
 pub mod queue;
 pub mod runner;
+pub mod secrets;
 pub mod storage;
 pub mod workspace;

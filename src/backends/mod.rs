@@ -4,5 +4,6 @@
 //! (log | Telegram). DESIGN.md §2.8.
 
 pub mod forge;
+pub mod http;
 pub mod notifier;
 pub mod tracker;

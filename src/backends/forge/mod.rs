@@ -3,6 +3,7 @@
 //! commit, so a re-drive after a crash never merges twice or merges something
 //! untested.
 
+pub mod gitea;
 pub mod local;
 
 use crate::names;

@@ -1,6 +1,8 @@
 //! Notifications to people. The embedded notifier writes them to the log and
-//! to `<state dir>/notifications.log`; Telegram arrives with the integrations
-//! release.
+//! to `<state dir>/notifications.log`; [`telegram`] sends them through the
+//! Telegram Bot API.
+
+pub mod telegram;
 
 use std::io::Write as _;
 use std::path::Path;

@@ -1,8 +1,9 @@
 //! The tracker: where tasks come from and where orch reports back (comments,
 //! states such as "Needs Input"). The local tracker keeps both in the
-//! database; Plane arrives with the integrations release.
+//! database; [`plane`] talks to Plane's REST API.
 
 pub mod local;
+pub mod plane;
 
 /// Tracker states orch reads or sets, by their board names.
 pub mod state {
@@ -18,4 +19,66 @@ pub mod state {
     pub const IN_PROGRESS: &str = "In Progress";
     /// Finished.
     pub const DONE: &str = "Done";
+    /// New work, waiting for the analysis stage to pick it up.
+    pub const TO_ANALYSE: &str = "To Analyse";
+    /// Blocked on something outside the pipeline.
+    pub const BLOCKED: &str = "Blocked";
+    /// The operator's go-ahead for a self-deploy (seed ORCH-059).
+    pub const CONFIRM_DEPLOY: &str = "Confirm Deploy";
+    /// The operator's kill-switch for one task (seed ORCH-090).
+    pub const STOP: &str = "STOP";
+    /// Abandoned.
+    pub const CANCELLED: &str = "Cancelled";
+}
+
+/// Logical keys of tracker states: what orch code asks for, whatever the
+/// state's id on a given board.
+pub mod key {
+    /// "To Analyse".
+    pub const TO_ANALYSE: &str = "to_analyse";
+    /// "In Progress".
+    pub const IN_PROGRESS: &str = "in_progress";
+    /// "Approved".
+    pub const APPROVED: &str = "approved";
+    /// "Rejected".
+    pub const REJECTED: &str = "rejected";
+    /// "Needs Input".
+    pub const NEEDS_INPUT: &str = "needs_input";
+    /// "In Review".
+    pub const IN_REVIEW: &str = "in_review";
+    /// "Blocked".
+    pub const BLOCKED: &str = "blocked";
+    /// "Confirm Deploy". Fail closed: a board without it has no such key.
+    pub const CONFIRM_DEPLOY: &str = "confirm_deploy";
+    /// "STOP".
+    pub const STOP: &str = "stop";
+    /// "Done".
+    pub const DONE: &str = "done";
+    /// "Cancelled".
+    pub const CANCELLED: &str = "cancelled";
+}
+
+/// Board name → logical key, exact and case-sensitive (seed-spec §9.6).
+pub const BOARD_KEYS: &[(&str, &str)] = &[
+    (state::TO_ANALYSE, key::TO_ANALYSE),
+    (state::IN_PROGRESS, key::IN_PROGRESS),
+    (state::APPROVED, key::APPROVED),
+    (state::REJECTED, key::REJECTED),
+    (state::NEEDS_INPUT, key::NEEDS_INPUT),
+    (state::IN_REVIEW, key::IN_REVIEW),
+    (state::BLOCKED, key::BLOCKED),
+    (state::CONFIRM_DEPLOY, key::CONFIRM_DEPLOY),
+    (state::STOP, key::STOP),
+    (state::DONE, key::DONE),
+    (state::CANCELLED, key::CANCELLED),
+];
+
+/// The logical key of a board state name; `None` for names orch does not use.
+pub fn key_for_name(name: &str) -> Option<&'static str> {
+    BOARD_KEYS.iter().find(|(n, _)| *n == name).map(|(_, k)| *k)
+}
+
+/// The board name of a logical key.
+pub fn name_for_key(key: &str) -> Option<&'static str> {
+    BOARD_KEYS.iter().find(|(_, k)| *k == key).map(|(n, _)| *n)
 }

@@ -1,0 +1,104 @@
+//! Secrets (API tokens) come from the environment or from systemd
+//! credentials, never from the config file, so that the config can be shared
+//! and logged while the tokens stay out of it (DESIGN.md §2.10).
+//!
+//! A secret named `plane_api_token` is read from `ORCH_PLANE_API_TOKEN`, else
+//! from the file `$CREDENTIALS_DIRECTORY/plane-api-token` (what systemd's
+//! `LoadCredential=plane-api-token:…` provides). Values are trimmed; an empty
+//! value counts as absent. Nothing here logs a value or puts it in an error.
+
+use std::path::Path;
+
+/// The secret `name` (lowercase, `_`-separated, e.g. `gitea_token`), or `None`
+/// when it is set nowhere or empty.
+pub fn secret(name: &str) -> Option<String> {
+    let env = std::env::var(env_name(name)).ok();
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY");
+    lookup(name, env.as_deref(), dir.as_deref().map(Path::new))
+}
+
+/// The environment variable that holds secret `name`: `ORCH_<NAME_UPPER>`.
+pub fn env_name(name: &str) -> String {
+    format!("ORCH_{}", name.to_ascii_uppercase())
+}
+
+/// The systemd credential file name of secret `name`: `_` becomes `-`.
+pub fn credential_name(name: &str) -> String {
+    name.replace('_', "-")
+}
+
+/// Resolve secret `name` from an already-read environment value and an
+/// optional credentials directory (the pure part of [`secret`], for tests).
+pub fn lookup(
+    name: &str,
+    env_value: Option<&str>,
+    credentials_dir: Option<&Path>,
+) -> Option<String> {
+    if let Some(v) = env_value.map(str::trim)
+        && !v.is_empty()
+    {
+        return Some(v.to_owned());
+    }
+    let dir = credentials_dir?;
+    if dir.as_os_str().is_empty() {
+        return None;
+    }
+    let path = dir.join(credential_name(name));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let v = text.trim();
+            (!v.is_empty()).then(|| v.to_owned())
+        }
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                // The path names the credential, never its value.
+                log::warn!("cannot read credential {}: {e}", path.display());
+            }
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(env_name("plane_api_token"), "ORCH_PLANE_API_TOKEN");
+        assert_eq!(credential_name("plane_api_token"), "plane-api-token");
+    }
+
+    #[test]
+    fn environment_wins_and_is_trimmed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("gitea-token"), "from-file\n").expect("write");
+        assert_eq!(
+            lookup("gitea_token", Some("  from-env \n"), Some(dir.path())),
+            Some("from-env".into())
+        );
+    }
+
+    #[test]
+    fn credentials_directory_is_the_fallback() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("gitea-token"), "from-file\n").expect("write");
+        assert_eq!(
+            lookup("gitea_token", None, Some(dir.path())),
+            Some("from-file".into())
+        );
+        assert_eq!(
+            lookup("gitea_token", Some("   "), Some(dir.path())),
+            Some("from-file".into())
+        );
+    }
+
+    #[test]
+    fn empty_or_missing_is_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("plane-api-token"), " \n").expect("write");
+        assert_eq!(lookup("plane_api_token", None, Some(dir.path())), None);
+        assert_eq!(lookup("telegram_bot_token", None, Some(dir.path())), None);
+        assert_eq!(lookup("telegram_bot_token", Some(""), None), None);
+    }
+}
