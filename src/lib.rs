@@ -26,4 +26,5 @@ pub mod pipeline;
 pub mod queue;
 pub mod runner;
 pub mod storage;
+pub mod webhooks;
 pub mod workspace;
