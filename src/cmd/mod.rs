@@ -6,6 +6,7 @@ pub mod debug;
 pub mod demo;
 pub mod demo_agent;
 pub mod generate;
+pub mod ingest_webhook;
 pub mod init;
 pub mod job;
 pub mod reap;
@@ -47,6 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Advance(a) => advance::run(&ctx, &a),
                 Command::Reap(a) => reap::run(&ctx, &a),
                 Command::ReclaimLeases(a) => reclaim_leases::run(&ctx, &a),
+                Command::IngestWebhook(a) => ingest_webhook::run(&ctx, &a),
                 Command::Generate(_)
                 | Command::Debug(_)
                 | Command::DemoAgent(_)
