@@ -72,6 +72,12 @@ pub enum Command {
     ReclaimLeases(cmd::reclaim_leases::Args),
     /// Verify one webhook delivery (HMAC over the raw body), store it once, answer at once.
     ///
+    /// The body comes from --body-file or stdin, the headers from the options or, as
+    /// adnanh/webhook passes them, from ORCH_BODY_FILE, ORCH_EVENT, ORCH_DELIVERY and
+    /// ORCH_SIGNATURE; with --inetd, from one HTTP request on stdin. A delivery seen
+    /// before (same delivery id, or same body: Plane retries with a new id) is a
+    /// duplicate and is not stored again. Processing happens later (`orch reconcile`).
+    ///
     /// Exit 0 when stored or a duplicate, 65 malformed or too large, 77 signature
     /// rejected or no secret configured, 75 database busy; nothing is stored on failure.
     #[command(visible_alias = "ingest")]

@@ -59,9 +59,10 @@ pub struct Args {
     /// `StandardInput=socket`): the event, delivery id and signature come from the
     /// source's X-* headers, the body must have a Content-Length (no chunked encoding),
     /// and the whole request must arrive within `webhook_read_timeout_s`. Answers 202
-    /// (stored or duplicate), 400 (malformed or timed out), 401 (signature), 405, 411,
-    /// 413, 503 (retry later); the exit code is the same as without --inetd. The
-    /// --body-file, --event, --delivery, --signature and --json options are ignored.
+    /// (stored or duplicate), 400 (malformed), 401 (signature), 405 (not POST), 408 (too
+    /// slow), 411 (chunked), 413 (too large), 503 (retry later); the exit code is the
+    /// same as without --inetd. The --body-file, --event, --delivery, --signature and
+    /// --json options are ignored.
     #[arg(long)]
     pub inetd: bool,
 
