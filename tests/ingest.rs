@@ -632,3 +632,29 @@ fn inetd_slow_client_gets_408_and_nothing_is_stored() {
     assert_eq!(r.status, 408);
     assert!(rows(&env).is_empty());
 }
+
+#[test]
+fn a_busy_database_exits_75_or_answers_503_and_stores_nothing() {
+    let env = Env::new();
+    // Another process holds the write lock past the busy timeout.
+    let holder = rusqlite::Connection::open(env.db_path()).expect("open");
+    holder.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    let sig = sign(PLANE_SECRET, PLANE_BODY.as_bytes());
+    let a = ingest(&env)
+        .env("ORCH_BUSY_TIMEOUT_MS", "100")
+        .args(["--source", "plane", "--signature", &sig])
+        .write_stdin(PLANE_BODY)
+        .assert()
+        .code(75);
+    assert!(stderr_of(&a).contains("retry later"), "{}", stderr_of(&a));
+    let out = ingest(&env)
+        .env("ORCH_BUSY_TIMEOUT_MS", "100")
+        .args(["--inetd", "--source", "plane"])
+        .write_stdin(plane_request(PLANE_BODY, &sig, "busy-1"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(75));
+    assert_eq!(parse_response(&out.stdout).status, 503);
+    holder.execute_batch("ROLLBACK").expect("unlock");
+    assert!(rows(&env).is_empty());
+}
