@@ -74,6 +74,18 @@ pub enum Command {
     Reap(cmd::reap::Args),
     /// One merge-lease pass: reclaim leases whose holder can no longer use them.
     ReclaimLeases(cmd::reclaim_leases::Args),
+    /// Verify one webhook delivery (HMAC over the raw body), store it once, answer at once.
+    ///
+    /// The body comes from --body-file or stdin, the headers from the options or, as
+    /// adnanh/webhook passes them, from ORCH_BODY_FILE, ORCH_EVENT, ORCH_DELIVERY and
+    /// ORCH_SIGNATURE; with --inetd, from one HTTP request on stdin. A delivery seen
+    /// before (same delivery id, or same body: Plane retries with a new id) is a
+    /// duplicate and is not stored again. Processing happens later (`orch reconcile`).
+    ///
+    /// Exit 0 when stored or a duplicate, 65 malformed or too large, 77 signature
+    /// rejected or no secret configured, 75 database busy; nothing is stored on failure.
+    #[command(visible_alias = "ingest")]
+    IngestWebhook(cmd::ingest_webhook::Args),
     /// Run the whole pipeline offline on the embedded defaults, from nothing to `done`.
     Demo(cmd::demo::Args),
     /// The scripted agent used by `orch demo` (reads ORCH_STAGE, ORCH_ARTIFACT_DIR, ...).

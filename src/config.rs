@@ -159,6 +159,11 @@ pub struct Config {
     /// Telegram chat that receives notifications.
     pub telegram_chat_id: String,
 
+    /// Largest webhook body `orch ingest-webhook` accepts, in bytes; a larger one is refused unread (exit 65, HTTP 413).
+    pub webhook_max_body_bytes: u64,
+    /// `orch ingest-webhook --inetd`: the whole request must arrive within this many seconds (else HTTP 408).
+    pub webhook_read_timeout_s: u64,
+
     /// Repositories orch works on, by name.
     pub repos: BTreeMap<String, RepoConfig>,
 }
@@ -240,6 +245,8 @@ impl Default for Config {
             gitea_url: String::new(),
             gitea_owner: String::new(),
             telegram_chat_id: String::new(),
+            webhook_max_body_bytes: 1024 * 1024,
+            webhook_read_timeout_s: 10,
             repos: BTreeMap::new(),
         }
     }
@@ -342,6 +349,12 @@ impl Config {
                 "reaper_max_running_s ({}) must exceed agent_timeout_s + agent_kill_grace_seconds ({agent_budget})",
                 self.reaper_max_running_s
             ));
+        }
+        if self.webhook_max_body_bytes == 0 {
+            return bad("webhook_max_body_bytes must be at least 1".into());
+        }
+        if self.webhook_read_timeout_s == 0 {
+            return bad("webhook_read_timeout_s must be at least 1".into());
         }
         if self.agent_cmd.trim().is_empty() {
             return bad("agent_cmd must not be empty".into());

@@ -74,9 +74,14 @@ impl OrchError {
 /// A database that stayed busy past the busy timeout is a temporary failure
 /// even when nobody wrapped it in [`OrchError::Temporary`].
 pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
+    ExitCode::from(exit_code_number(err))
+}
+
+/// [`exit_code_for`] as a number, for callers that map it further (HTTP statuses).
+pub fn exit_code_number(err: &anyhow::Error) -> u8 {
     // `downcast_ref` looks through every context layer, not just the outermost.
     if let Some(e) = err.downcast_ref::<OrchError>() {
-        return ExitCode::from(e.exit_code());
+        return e.exit_code();
     }
     for cause in err.chain() {
         if let Some(rusqlite::Error::SqliteFailure(e, _)) = cause.downcast_ref::<rusqlite::Error>()
@@ -85,8 +90,8 @@ pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
                 rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
             )
         {
-            return ExitCode::from(exit::TEMPORARY);
+            return exit::TEMPORARY;
         }
     }
-    ExitCode::from(exit::FAILURE)
+    exit::FAILURE
 }

@@ -4,10 +4,9 @@
 //! The binary (`src/main.rs`) is a thin shell over this library; the library
 //! is split the way the system is: [`storage`] (the database), [`queue`] (the
 //! job queue), [`liveness`] (owner locks), [`pipeline`] (stages and tasks),
-//! [`gates`] (the quality gates that read agents' artifacts), and [`cmd`]
-//! (one module per subcommand).
-//! [`runner`] (running agents in guarded process groups), and [`cmd`] (one
-//! module per subcommand).
+//! [`gates`] (the quality gates that read agents' artifacts), [`runner`]
+//! (running agents in guarded process groups), [`webhooks`] (the inbox of
+//! webhook deliveries), and [`cmd`] (one module per subcommand).
 
 pub mod backends;
 pub mod cli;
@@ -27,4 +26,5 @@ pub mod queue;
 pub mod runner;
 pub mod secrets;
 pub mod storage;
+pub mod webhooks;
 pub mod workspace;

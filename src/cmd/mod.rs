@@ -8,6 +8,7 @@ pub mod demo;
 pub mod demo_agent;
 pub mod finalize_deploy;
 pub mod generate;
+pub mod ingest_webhook;
 pub mod init;
 pub mod job;
 pub mod reap;
@@ -51,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Cancel(a) => cancel::run(&ctx, &a),
                 Command::FinalizeDeploy(a) => finalize_deploy::run(&ctx, &a),
                 Command::ReclaimLeases(a) => reclaim_leases::run(&ctx, &a),
+                Command::IngestWebhook(a) => ingest_webhook::run(&ctx, &a),
                 Command::Generate(_)
                 | Command::Debug(_)
                 | Command::DemoAgent(_)
