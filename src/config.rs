@@ -158,6 +158,13 @@ pub struct Config {
     pub gitea_owner: String,
     /// Telegram chat that receives notifications.
     pub telegram_chat_id: String,
+    /// Telegram Bot API base URL.
+    pub telegram_api_url: String,
+    /// Plane user id of orch's own API user: events it caused are ignored,
+    /// and a Confirm Deploy it set is refused.
+    pub plane_bot_user_id: String,
+    /// Timeout of one HTTP request to Plane, Gitea or Telegram, in seconds.
+    pub http_timeout_s: u64,
 
     /// Largest webhook body `orch ingest-webhook` accepts, in bytes; a larger one is refused unread (exit 65, HTTP 413).
     pub webhook_max_body_bytes: u64,
@@ -245,6 +252,9 @@ impl Default for Config {
             gitea_url: String::new(),
             gitea_owner: String::new(),
             telegram_chat_id: String::new(),
+            telegram_api_url: "https://api.telegram.org".to_owned(),
+            plane_bot_user_id: String::new(),
+            http_timeout_s: 30,
             webhook_max_body_bytes: 1024 * 1024,
             webhook_read_timeout_s: 10,
             repos: BTreeMap::new(),

@@ -89,6 +89,7 @@ pub struct Delivery {
 pub fn deliver(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Delivery> {
     let mut report = Delivery::default();
     let due: Vec<(i64, String)> = {
+        // Messages whose lease ran out (a deliverer died mid-send) are due again.
         let mut stmt = db.conn().prepare(
             "SELECT id, payload FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?1
              ORDER BY id LIMIT 500",
@@ -120,7 +121,13 @@ pub fn deliver(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Delivery> {
                         tx.query_row("SELECT attempts FROM outbox WHERE id = ?1", [id], |r| {
                             r.get(0)
                         })?;
-                    let dead = attempts >= MAX_ATTEMPTS;
+                    // A 4xx will not get better by retrying: dead at once.
+                    let dead = attempts >= MAX_ATTEMPTS
+                        || !crate::backends::http::is_retryable(&e)
+                            && e.chain().any(|c| {
+                                c.downcast_ref::<crate::backends::http::HttpError>()
+                                    .is_some()
+                            });
                     let delay = 30_i64.saturating_mul(1 << attempts.clamp(0, 10));
                     tx.execute(
                         "UPDATE outbox SET status = CASE WHEN ?3 THEN 'dead' ELSE status END,
@@ -143,38 +150,87 @@ pub fn deliver(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Delivery> {
 }
 
 /// Deliver one message; false if another process had it already.
+///
+/// Tracker messages always update the local tracker (what `orch task show`
+/// displays); with `tracker = "plane"` and a task that came from Plane they
+/// go to Plane too, first. Notifications go to Telegram with
+/// `notifier = "telegram"`, else to the log.
 fn deliver_one(ctx: &Ctx, db: &mut Db, id: i64, message: &Message) -> anyhow::Result<bool> {
     let t = now();
+    if !db.write(|tx| lease(tx, id, t))? {
+        return Ok(false);
+    }
     match message {
         Message::Comment {
             task_id,
             author,
             body,
-        } => db.write(|tx| {
-            if !lease(tx, id, t)? {
-                return Ok(false);
+        } => {
+            if let Some((client, project, issue)) = plane_target(ctx, db, *task_id)? {
+                let html = format!(
+                    "<p><b>{}</b>: {}</p>",
+                    tracker::plane::html_escape(author),
+                    tracker::plane::html_escape(body)
+                );
+                client.comment(&project, &issue, &html, &format!("orch-outbox-{id}"))?;
             }
-            tracker::local::comment(tx, *task_id, author, body, &format!("outbox-{id}"), t)?;
-            mark_delivered(tx, id, t)?;
-            Ok(true)
-        }),
-        Message::State { task_id, state } => db.write(|tx| {
-            if !lease(tx, id, t)? {
-                return Ok(false);
+            db.write(|tx| {
+                tracker::local::comment(tx, *task_id, author, body, &format!("outbox-{id}"), t)?;
+                mark_delivered(tx, id, t)
+            })?;
+        }
+        Message::State { task_id, state } => {
+            if let Some((client, project, issue)) = plane_target(ctx, db, *task_id)? {
+                let key = tracker::key_for_name(state)
+                    .ok_or_else(|| anyhow::anyhow!("no Plane key for the state {state:?}"))?;
+                let states = client.project_states(&project)?;
+                let Some(state_id) = states.get(key) else {
+                    anyhow::bail!("the Plane board of project {project} has no {state:?} state");
+                };
+                client.set_state(&project, &issue, state_id)?;
             }
-            tracker::local::set_state(tx, *task_id, state, t)?;
-            mark_delivered(tx, id, t)?;
-            Ok(true)
-        }),
+            db.write(|tx| {
+                tracker::local::set_state(tx, *task_id, state, t)?;
+                mark_delivered(tx, id, t)
+            })?;
+        }
         Message::Notify { text } => {
-            if !db.write(|tx| lease(tx, id, t))? {
-                return Ok(false);
+            if ctx.config.notifier == "telegram" {
+                let telegram = notifier::telegram::Telegram::from_config(
+                    &ctx.config,
+                    std::time::Duration::from_secs(ctx.config.http_timeout_s),
+                )?;
+                telegram.send(text)?;
+            } else {
+                notifier::log_notify(&ctx.state_dir, text, t)?;
             }
-            notifier::log_notify(&ctx.state_dir, text, t)?;
             db.write(|tx| mark_delivered(tx, id, t))?;
-            Ok(true)
         }
     }
+    Ok(true)
+}
+
+/// The Plane client and issue of a task, when its messages go to Plane.
+fn plane_target(
+    ctx: &Ctx,
+    db: &Db,
+    task_id: i64,
+) -> anyhow::Result<Option<(tracker::plane::PlaneClient, String, String)>> {
+    if ctx.config.tracker != "plane" {
+        return Ok(None);
+    }
+    let Some(task) = crate::pipeline::task::get(db.conn(), task_id)? else {
+        return Ok(None);
+    };
+    let (Some(project), Some(issue)) = (task.plane_project_id, task.plane_issue_id) else {
+        return Ok(None);
+    };
+    let issue = crate::pipeline::cancel::original(&issue);
+    let client = tracker::plane::PlaneClient::from_config(
+        &ctx.config,
+        std::time::Duration::from_secs(ctx.config.http_timeout_s),
+    )?;
+    Ok(Some((client, project, issue)))
 }
 
 /// Take a due message for 60 s and count the attempt; false if it is not due any more.

@@ -6,15 +6,9 @@
 use std::process::ExitCode;
 
 use crate::context::Ctx;
-use crate::error::{OrchError, exit};
-use crate::outbox;
+use crate::error::exit;
 use crate::output;
-use crate::pipeline::engine::{self, Committed};
-use crate::pipeline::evaluate::{self, Decision};
-use crate::pipeline::task;
-use crate::queue;
-use crate::storage;
-use crate::workspace::Workspace;
+use crate::pipeline::{advance, task};
 
 /// Arguments of `orch advance`.
 #[derive(Debug, clap::Args)]
@@ -38,14 +32,11 @@ pub struct Args {
 /// 3 when its gate keeps it where it is.
 pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     let mut db = ctx.open_db()?;
-    let now = storage::now();
     let t = task::require(db.conn(), args.task)?;
     let stage = t.stage();
     if stage.is_terminal() {
         return finish(
             args.json,
-            None,
-            None,
             &format!("task {} is {}; nothing to advance", t.id, t.stage),
         );
     }
@@ -63,120 +54,30 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         });
     }
     if args.approve {
-        db.write(|tx| {
-            crate::backends::tracker::local::set_state(
-                tx,
-                t.id,
-                crate::backends::tracker::state::APPROVED,
-                now,
-            )?;
-            tx.execute(
-                "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, reason, at)
-                 VALUES (?1, ?2, ?2, 'approve', 'approved by a human (orch advance --approve)', ?3)",
-                rusqlite::params![t.id, t.stage, now],
-            )?;
-            Ok(())
-        })?;
+        advance::record_approval(&mut db, t.id, "a human (orch advance --approve)")?;
     }
-    let active: Vec<_> = queue::for_task(db.conn(), t.id)?
-        .into_iter()
-        .filter(|j| j.status == "queued" || j.status == "running")
-        .collect();
-    if let Some(j) = active.first() {
-        return finish(
-            args.json,
-            None,
-            None,
-            &format!(
-                "task {} has job {} {} ({}); its gates are evaluated when that job ends",
-                t.id, j.id, j.status, j.agent
-            ),
-        );
-    }
-    let branch = t
-        .branch
-        .clone()
-        .ok_or_else(|| OrchError::Usage(format!("task {} has no branch", t.id)))?;
-    let ws = Workspace::new(&ctx.repos_dir(), &t.repo, ctx.config.repo(&t.repo)?)?;
-    let worktree = ws.prepare(&t.work_item_id, &branch)?;
-    let evaluation = evaluate::evaluate(ctx, db.conn(), &t, &worktree, None)?;
-    let transitions: i64 = db.conn().query_row(
-        "SELECT count(*) FROM task_transitions WHERE task_id = ?1",
-        [t.id],
-        |r| r.get(0),
-    )?;
-    let key = format!("task-{}-{}-{transitions}", t.id, t.stage);
-    let committed = db.write(|tx| {
-        engine::commit(
-            tx,
-            &ctx.config,
-            t.id,
-            stage,
-            None,
-            None,
-            &evaluation.decision,
-            &key,
-            storage::now(),
-        )
-    })?;
-    if let Err(e) = outbox::deliver(ctx, &mut db) {
-        log::warn!("delivering the outbox: {e:#}");
-    }
-    let moved = matches!(
-        (&evaluation.decision, &committed),
-        (
-            Decision::Advance { .. }
-                | Decision::Rollback { .. }
-                | Decision::AwaitConfirmDeploy { .. },
-            Committed::Applied { .. }
-        )
-    );
-    let line = match &evaluation.decision {
-        Decision::Advance { to } => format!("task {} advanced: {stage} → {to}", t.id),
-        Decision::Rollback { reason } => match &committed {
-            Committed::Applied {
-                escalated: true, ..
-            } => {
-                format!("task {} escalated to a human: {reason}", t.id)
-            }
-            _ => format!("task {} rolled back to development: {reason}", t.id),
-        },
-        Decision::AwaitHuman { reason } => format!("task {} waits: {reason}", t.id),
-        Decision::Retry { reason } | Decision::RetryLater { reason, .. } => {
-            format!("task {} stays on {stage}: {reason}", t.id)
-        }
-        Decision::Terminal => format!("task {} is {stage}; nothing to advance", t.id),
-        Decision::AwaitConfirmDeploy { staging_sha } => format!(
-            "task {} advanced: {stage} → deploy; staging verified {staging_sha}; waiting for Confirm Deploy (orch advance --task {} --confirm-deploy)",
-            t.id, t.id
-        ),
-    };
+    let result = advance::advance_task(ctx, &mut db, t.id)?;
     if args.json {
-        output::print_json(&serde_json::json!({
-            "task_id": t.id, "evaluation": evaluation, "committed": committed, "moved": moved
-        }))?;
+        output::print_json(&result)?;
     } else {
-        for g in &evaluation.gates {
-            println!("gate {} {}: {}", g.gate, g.verdict, g.reason);
+        if let Some(e) = &result.evaluation {
+            for g in &e.gates {
+                println!("gate {} {}: {}", g.gate, g.verdict, g.reason);
+            }
         }
-        println!("{line}");
+        println!("{}", result.note);
     }
-    Ok(if moved {
+    Ok(if result.moved {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(exit::NOTHING_TO_DO)
     })
 }
 
-fn finish(
-    json: bool,
-    evaluation: Option<&evaluate::Evaluation>,
-    committed: Option<&Committed>,
-    line: &str,
-) -> anyhow::Result<ExitCode> {
+fn finish(json: bool, line: &str) -> anyhow::Result<ExitCode> {
     if json {
         output::print_json(&serde_json::json!({
-            "evaluation": evaluation, "committed": committed, "moved": false, "note": line
+            "evaluation": null, "committed": null, "moved": false, "note": line
         }))?;
     } else {
         println!("{line}");

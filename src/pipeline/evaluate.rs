@@ -12,7 +12,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use serde::Serialize;
 
-use crate::backends::forge::{Forge as _, MergeRefused, Merged, local::LocalForge};
+use crate::backends::forge::{MergeRefused, Merged};
 use crate::backends::tracker;
 use crate::context::Ctx;
 use crate::gates::{self, Gate, GateResult, Verdict};
@@ -20,7 +20,6 @@ use crate::git::Git;
 use crate::pipeline::Stage;
 use crate::pipeline::task::Task;
 use crate::runner;
-use crate::workspace::Workspace;
 
 /// What should happen to a task after its gates were evaluated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -143,7 +142,7 @@ pub fn evaluate(
     match stage {
         Stage::Analysis => {
             require!(gates::check_analysis_complete(&artifacts));
-            let approved = check_analysis_approved(conn, task)?;
+            let approved = check_analysis_approved(ctx, conn, task)?;
             if !approved.passed() {
                 let reason = format!(
                     "analysis of {} is complete; waiting for the human \"Approved\" status (orch advance --task {} --approve)",
@@ -218,20 +217,31 @@ pub fn evaluate(
     Ok(Evaluation::new(results, Decision::Advance { to: next }))
 }
 
-/// `check_analysis_approved`: the human set the tracker state "Approved".
-fn check_analysis_approved(conn: &Connection, task: &Task) -> anyhow::Result<GateResult> {
-    let state = tracker::local::state(conn, task.id)?;
-    Ok(if state.as_deref() == Some(tracker::state::APPROVED) {
-        GateResult::pass(Gate::AnalysisApproved, "approved via status")
-    } else {
-        GateResult::fail(
-            Gate::AnalysisApproved,
-            format!(
-                "tracker state is {}, not \"Approved\"",
-                state.map_or_else(|| "unset".to_owned(), |s| format!("{s:?}"))
-            ),
-        )
-    })
+/// `check_analysis_approved`: the human set the tracker state "Approved"
+/// (in Plane, or recorded locally by `orch advance --approve`).
+fn check_analysis_approved(
+    ctx: &Ctx,
+    conn: &Connection,
+    task: &Task,
+) -> anyhow::Result<GateResult> {
+    let local = tracker::local::state(conn, task.id)?;
+    let remote = tracker::remote_state_key(ctx, task)?;
+    let state = local.clone();
+    Ok(
+        if local.as_deref() == Some(tracker::state::APPROVED)
+            || remote.as_deref() == Some(tracker::key::APPROVED)
+        {
+            GateResult::pass(Gate::AnalysisApproved, "approved via status")
+        } else {
+            GateResult::fail(
+                Gate::AnalysisApproved,
+                format!(
+                    "tracker state is {}, not \"Approved\"",
+                    state.map_or_else(|| "unset".to_owned(), |s| format!("{s:?}"))
+                ),
+            )
+        },
+    )
 }
 
 /// Run a shell command in the worktree through the process-group runner.
@@ -352,10 +362,6 @@ fn check_staging_image_fresh(
     )
 }
 
-fn workspace(ctx: &Ctx, task: &Task) -> anyhow::Result<Workspace> {
-    Workspace::new(&ctx.repos_dir(), &task.repo, ctx.config.repo(&task.repo)?)
-}
-
 /// Merge the tested head of the branch into the default branch (idempotent).
 fn merge(ctx: &Ctx, task: &Task, worktree: &Path) -> anyhow::Result<Result<Merged, Decision>> {
     let branch = task
@@ -365,7 +371,7 @@ fn merge(ctx: &Ctx, task: &Task, worktree: &Path) -> anyhow::Result<Result<Merge
     let head = Git::at(worktree)
         .rev("HEAD")?
         .ok_or_else(|| anyhow::anyhow!("worktree {} has no HEAD", worktree.display()))?;
-    let forge = LocalForge::new(workspace(ctx, task)?);
+    let forge = crate::backends::forge::for_repo(ctx, &task.repo)?;
     match forge.merge(branch, &head) {
         Ok(m) => Ok(Ok(m)),
         Err(e) => match e.downcast_ref::<MergeRefused>() {

@@ -5,6 +5,7 @@ pub mod stage;
 pub mod task;
 
 pub use stage::Stage;
+pub mod advance;
 pub mod brief;
 pub mod cancel;
 pub mod engine;

@@ -30,6 +30,8 @@ pub struct Task {
     pub plane_id: Option<String>,
     /// Plane issue UUID.
     pub plane_issue_id: Option<String>,
+    /// Plane project UUID.
+    pub plane_project_id: Option<String>,
     /// Task that must be `done` before this one's jobs run.
     pub depends_on: Option<i64>,
     /// Creation time (epoch seconds).
@@ -48,7 +50,7 @@ pub struct Task {
 
 const TASK_COLUMNS: &str = "id, work_item_id, title, description, repo, branch, stage, \
      plane_id, plane_issue_id, depends_on, created_at, updated_at, escalated_at, cancelled_at, \
-     cancel_requested_at, tracker_state";
+     cancel_requested_at, tracker_state, plane_project_id";
 
 impl Task {
     fn from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
@@ -69,6 +71,7 @@ impl Task {
             cancelled_at: r.get(13)?,
             cancel_requested_at: r.get(14)?,
             tracker_state: r.get(15)?,
+            plane_project_id: r.get(16)?,
         })
     }
 
@@ -95,6 +98,8 @@ pub struct NewTask {
     pub plane_id: Option<String>,
     /// Plane issue UUID.
     pub plane_issue_id: Option<String>,
+    /// Plane project UUID.
+    pub plane_project_id: Option<String>,
     /// Start the pipeline: move to `analysis` and enqueue the analyst.
     pub start: bool,
 }
@@ -150,8 +155,8 @@ pub fn create(conn: &Connection, config: &Config, new: &NewTask, now: i64) -> an
     };
     conn.execute(
         "INSERT INTO tasks (work_item_id, title, description, repo, branch, stage, plane_id,
-                            plane_issue_id, depends_on, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+                            plane_issue_id, depends_on, created_at, updated_at, plane_project_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
         params![
             work_item_id,
             new.title.trim(),
@@ -162,7 +167,8 @@ pub fn create(conn: &Connection, config: &Config, new: &NewTask, now: i64) -> an
             new.plane_id,
             new.plane_issue_id,
             new.depends_on,
-            now
+            now,
+            new.plane_project_id
         ],
     )?;
     let id = conn.last_insert_rowid();

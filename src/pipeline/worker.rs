@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use rusqlite::params;
 use serde::Serialize;
 
-use crate::backends::forge::{Forge as _, local::LocalForge};
+use crate::backends::forge;
 use crate::context::Ctx;
 use crate::crash;
 use crate::liveness::{self, WorkerLock};
@@ -489,7 +489,7 @@ fn push_and_finalize(
     let message = format!("{} {}: {}", job.agent, stage, task.work_item_id);
     if let Err(e) = ws
         .commit_and_push(worktree, &branch, &message)
-        .and_then(|_| LocalForge::new(ws.clone()).ensure_pr(&branch, &task.title))
+        .and_then(|_| forge::for_repo(ctx, &task.repo)?.ensure_pr(&branch, &task.title))
     {
         report.committed = fail_job(
             ctx,

@@ -68,8 +68,18 @@ pub fn check_branch(branch: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The forge of repository `repo` as configured (`forge = "local"`).
+/// The forge of repository `repo` as configured: `forge = "local"` (the
+/// repository's `remote` is a git repository) or `"gitea"` (the REST API;
+/// branches are still pushed with git to `remote`).
 pub fn for_repo(ctx: &crate::context::Ctx, repo: &str) -> anyhow::Result<Box<dyn Forge>> {
+    if ctx.config.forge == "gitea" {
+        let timeout = std::time::Duration::from_secs(ctx.config.http_timeout_s);
+        return Ok(Box::new(gitea::GiteaForge::from_config(
+            &ctx.config,
+            repo,
+            timeout,
+        )?));
+    }
     let ws = crate::workspace::Workspace::new(&ctx.repos_dir(), repo, ctx.config.repo(repo)?)?;
     Ok(Box::new(local::LocalForge::new(ws)))
 }

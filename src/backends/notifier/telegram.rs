@@ -100,7 +100,12 @@ impl Telegram {
                 crate::secrets::credential_name(TOKEN_SECRET)
             );
         };
-        Telegram::new(API_BASE, &token, &config.telegram_chat_id, timeout)
+        let base = if config.telegram_api_url.is_empty() {
+            API_BASE
+        } else {
+            config.telegram_api_url.as_str()
+        };
+        Telegram::new(base, &token, &config.telegram_chat_id, timeout)
     }
 
     /// Wait in place for a 429's `retry_after` only up to `max_wait` (and

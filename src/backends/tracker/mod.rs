@@ -82,3 +82,27 @@ pub fn key_for_name(name: &str) -> Option<&'static str> {
 pub fn name_for_key(key: &str) -> Option<&'static str> {
     BOARD_KEYS.iter().find(|(_, k)| *k == key).map(|(n, _)| *n)
 }
+
+/// The task's state key in Plane (`approved`, `needs_input`, …) when the
+/// tracker is Plane and the task came from a Plane issue; `None` otherwise.
+pub fn remote_state_key(
+    ctx: &crate::context::Ctx,
+    task: &crate::pipeline::task::Task,
+) -> anyhow::Result<Option<String>> {
+    if ctx.config.tracker != "plane" {
+        return Ok(None);
+    }
+    let (Some(project), Some(issue)) = (
+        task.plane_project_id.as_deref(),
+        task.plane_issue_id.as_deref(),
+    ) else {
+        return Ok(None);
+    };
+    let client = plane::PlaneClient::from_config(
+        &ctx.config,
+        std::time::Duration::from_secs(ctx.config.http_timeout_s),
+    )?;
+    let issue = client.get_issue(project, issue)?;
+    let states = client.project_states(project)?;
+    Ok(states.key_of(&issue.state_id).map(str::to_owned))
+}
