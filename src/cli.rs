@@ -72,6 +72,8 @@ pub enum Command {
     FinalizeDeploy(cmd::finalize_deploy::Args),
     /// One reaper pass: end the jobs of dead owners exactly once, stop runs past the backstop, reclaim leases.
     Reap(cmd::reap::Args),
+    /// One reconciler pass: pending webhooks, the outbox, stuck stages, the tracker poll.
+    Reconcile(cmd::reconcile::Args),
     /// One merge-lease pass: reclaim leases whose holder can no longer use them.
     ReclaimLeases(cmd::reclaim_leases::Args),
     /// Verify one webhook delivery (HMAC over the raw body), store it once, answer at once.

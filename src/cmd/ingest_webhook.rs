@@ -102,7 +102,20 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     } else {
         println!("{}", describe(stored));
     }
+    process_after_store(ctx);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Process what is pending once the delivery is safely stored and answered.
+/// A failure here is not the sender's problem: the delivery stays pending
+/// for `orch reconcile`, and the exit code still says "stored".
+fn process_after_store(ctx: &Ctx) {
+    let result = ctx
+        .open_db()
+        .and_then(|mut db| webhooks::route::process_pending(ctx, &mut db));
+    if let Err(e) = result {
+        log::warn!("processing webhook deliveries (left for orch reconcile): {e:#}");
+    }
 }
 
 /// `--inetd`: one request in, one response out; errors still reach `main`
@@ -145,6 +158,8 @@ fn run_inetd(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             let line = describe(stored);
             log::info!("{line}");
             http::respond(&mut out, 202, &line)?;
+            std::io::Write::flush(&mut out)?;
+            process_after_store(ctx);
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {

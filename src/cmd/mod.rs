@@ -13,6 +13,7 @@ pub mod init;
 pub mod job;
 pub mod reap;
 pub mod reclaim_leases;
+pub mod reconcile;
 pub mod run_agent;
 pub mod status;
 pub mod task;
@@ -49,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::RunAgent(a) => run_agent::run(&ctx, &a),
                 Command::Advance(a) => advance::run(&ctx, &a),
                 Command::Reap(a) => reap::run(&ctx, &a),
+                Command::Reconcile(a) => reconcile::run(&ctx, &a),
                 Command::Cancel(a) => cancel::run(&ctx, &a),
                 Command::FinalizeDeploy(a) => finalize_deploy::run(&ctx, &a),
                 Command::ReclaimLeases(a) => reclaim_leases::run(&ctx, &a),

@@ -283,6 +283,33 @@ fn check_ci_green(
     worktree: &Path,
 ) -> anyhow::Result<GateResult> {
     let repo = ctx.config.repo(&task.repo)?;
+    // With Gitea, CI reports on the pushed commit; without a status, fall back to local tests.
+    if ctx.config.forge == "gitea"
+        && let Some(head) = Git::at(worktree).rev("HEAD")?
+    {
+        use crate::backends::forge::gitea::{CiState, GiteaForge};
+        let forge = GiteaForge::from_config(
+            &ctx.config,
+            &task.repo,
+            Duration::from_secs(ctx.config.http_timeout_s),
+        )?;
+        match forge.commit_status(&head)? {
+            Some(CiState::Success) => {
+                record_tested(conn, task, worktree)?;
+                return Ok(GateResult::pass(
+                    Gate::CiGreen,
+                    format!("CI is green on {head}"),
+                ));
+            }
+            Some(state) => {
+                return Ok(GateResult::fail(
+                    Gate::CiGreen,
+                    format!("CI is {state:?} on {head}"),
+                ));
+            }
+            None => {}
+        }
+    }
     if repo.test_command.trim().is_empty() {
         return Ok(GateResult::fail(
             Gate::CiGreen,

@@ -12,5 +12,6 @@ pub mod engine;
 pub mod evaluate;
 pub mod lease;
 pub mod merge_gate;
+pub mod reconcile;
 pub mod self_deploy;
 pub mod worker;

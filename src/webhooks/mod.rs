@@ -10,6 +10,7 @@
 
 pub mod http;
 pub mod inbox;
+pub mod route;
 pub mod secret;
 pub mod signature;
 

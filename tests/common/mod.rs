@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake;
+
 use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;

@@ -115,6 +115,8 @@ pub struct Issue {
     pub sequence_id: Option<u64>,
     /// The UUID of its project.
     pub project_id: String,
+    /// Its description as plain text (`description_stripped`), if any.
+    pub description: String,
 }
 
 /// A Plane REST v1 client for one workspace.
@@ -233,7 +235,40 @@ impl PlaneClient {
             project_id: id_of(v.get("project"))
                 .or_else(|| id_of(v.get("project_id")))
                 .unwrap_or_else(|| project_id.to_owned()),
+            description: v
+                .get("description_stripped")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
         })
+    }
+
+    /// Every work item of a project (all pages): what `orch reconcile` polls
+    /// for issues whose webhook was lost.
+    pub fn list_issues(&self, project_id: &str) -> anyhow::Result<Vec<Issue>> {
+        let url = format!("{}/work-items/", self.project_url(project_id)?);
+        let rows = self.list_all(&url)?;
+        Ok(rows
+            .iter()
+            .filter_map(|v| {
+                Some(Issue {
+                    id: v.get("id")?.as_str()?.to_owned(),
+                    name: v
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    state_id: id_of(v.get("state")).unwrap_or_default(),
+                    sequence_id: v.get("sequence_id").and_then(Value::as_u64),
+                    project_id: project_id.to_owned(),
+                    description: v
+                        .get("description_stripped")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                })
+            })
+            .collect())
     }
 
     /// Move a work item to the state `state_id` (a UUID from [`States`]):

@@ -1,0 +1,195 @@
+//! The reconciler (`orch reconcile`): repair the drift between the source of
+//! truth and the task's stage that lost webhooks and crashes leave behind.
+//! One pass processes pending webhook deliveries, delivers the outbox,
+//! advances tasks whose gate is already green (skipping escalated, blocked,
+//! busy and terminal tasks, after a per-stage grace), and polls Plane for
+//! issues whose webhook never arrived. Every step is idempotent.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::backends::tracker::{self, key, plane::PlaneClient};
+use crate::context::Ctx;
+use crate::outbox;
+use crate::pipeline::{Stage, advance, task};
+use crate::queue;
+use crate::storage::{Db, counters, now};
+use crate::webhooks::route::{self, Routed};
+
+/// Grace before a task idle on a stage is re-evaluated, in seconds.
+pub const DEFAULT_GRACE_S: i64 = 300;
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Reconciled {
+    /// Webhook deliveries processed.
+    pub deliveries: route::Processed,
+    /// Outbox messages delivered, retrying, dead.
+    pub outbox: outbox::Delivery,
+    /// Tasks moved by a gate that was already green.
+    pub advanced: Vec<String>,
+    /// Tasks left alone, by reason.
+    pub skipped: BTreeMap<String, u32>,
+    /// What the tracker poll did.
+    pub polled: Vec<String>,
+}
+
+/// One reconcile pass.
+pub fn reconcile_once(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Reconciled> {
+    let mut out = Reconciled {
+        deliveries: route::process_pending(ctx, db)?,
+        outbox: outbox::deliver(ctx, db)?,
+        ..Reconciled::default()
+    };
+    if !ctx.config.reconcile_enabled {
+        out.skipped.insert("reconcile disabled".into(), 1);
+        return Ok(out);
+    }
+    stuck_stages(ctx, db, &mut out)?;
+    if ctx.config.tracker == "plane" {
+        poll_plane(ctx, db, &mut out)?;
+    }
+    // What the passes above queued for the tracker goes out now.
+    let more = outbox::deliver(ctx, db)?;
+    out.outbox.delivered += more.delivered;
+    out.outbox.retrying = more.retrying;
+    out.outbox.dead += more.dead;
+    Ok(out)
+}
+
+fn grace_for(ctx: &Ctx, stage: Stage) -> i64 {
+    serde_json::from_str::<BTreeMap<String, i64>>(&ctx.config.reconcile_grace_overrides_json)
+        .ok()
+        .and_then(|m| m.get(stage.as_str()).copied())
+        .unwrap_or(DEFAULT_GRACE_S)
+}
+
+fn skip(out: &mut Reconciled, why: &str) {
+    *out.skipped.entry(why.to_owned()).or_default() += 1;
+}
+
+/// F-1: a task idle on a stage whose gate is green is advanced.
+fn stuck_stages(ctx: &Ctx, db: &mut Db, out: &mut Reconciled) -> anyhow::Result<()> {
+    let t0 = now();
+    let tasks = task::list(db.conn(), None, None, 10_000)?;
+    for t in tasks {
+        let stage = t.stage();
+        if stage.is_terminal() {
+            skip(out, "terminal");
+            continue;
+        }
+        if stage == Stage::Created {
+            continue;
+        }
+        if t.escalated_at.is_some() {
+            skip(out, "escalated");
+            continue;
+        }
+        if queue::for_task(db.conn(), t.id)?
+            .iter()
+            .any(|j| j.status == "queued" || j.status == "running")
+        {
+            skip(out, "busy");
+            continue;
+        }
+        if t0 - t.updated_at < grace_for(ctx, stage) {
+            skip(out, "within grace");
+            continue;
+        }
+        if ctx.config.reconcile_skip_blocked_enabled {
+            let local = t.tracker_state.as_deref();
+            let blocked_locally = matches!(
+                local,
+                Some(tracker::state::BLOCKED | tracker::state::NEEDS_INPUT)
+            );
+            let blocked_remote = match tracker::remote_state_key(ctx, &t) {
+                Ok(k) => matches!(k.as_deref(), Some(key::BLOCKED | key::NEEDS_INPUT)),
+                Err(e) => {
+                    log::warn!("reading the tracker state of task {}: {e:#}", t.id);
+                    skip(out, "tracker unreachable");
+                    continue;
+                }
+            };
+            if blocked_locally || blocked_remote {
+                skip(out, "blocked or needs input");
+                continue;
+            }
+        }
+        match advance::advance_task(ctx, db, t.id) {
+            Ok(a) if a.moved => {
+                let moved = a.note.clone();
+                if ctx.config.reconcile_notify_unblock {
+                    db.write(|tx| {
+                        outbox::push(
+                            tx,
+                            &format!("reconcile-{}-{}", t.id, t.updated_at),
+                            &outbox::Message::Notify {
+                                text: format!("reconciler: {moved}"),
+                            },
+                            now(),
+                        )?;
+                        Ok(())
+                    })?;
+                }
+                out.advanced.push(a.note);
+            }
+            Ok(_) => skip(out, "gate not green"),
+            Err(e) => {
+                log::warn!("reconciling task {}: {e:#}", t.id);
+                skip(out, "error");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// F-2: replay the state of every Plane issue through the webhook handlers.
+fn poll_plane(ctx: &Ctx, db: &mut Db, out: &mut Reconciled) -> anyhow::Result<()> {
+    let client = PlaneClient::from_config(
+        &ctx.config,
+        std::time::Duration::from_secs(ctx.config.http_timeout_s),
+    )?;
+    let projects: Vec<(String, String)> = ctx
+        .config
+        .repos
+        .iter()
+        .filter(|(_, r)| !r.plane_project.is_empty())
+        .map(|(name, r)| (name.clone(), r.plane_project.clone()))
+        .collect();
+    for (repo, project) in projects {
+        let states = client.project_states(&project)?;
+        for issue in client.list_issues(&project)? {
+            let Some(state_key) = states.key_of(&issue.state_id).map(str::to_owned) else {
+                continue;
+            };
+            let existing = task::by_plane_id(db.conn(), &issue.id)?;
+            // A terminal task needs no Plane call and no action.
+            if existing.as_ref().is_some_and(|t| t.stage().is_terminal()) {
+                db.write(|tx| {
+                    counters::bump(tx, "reconcile_skipped_terminal_total", 1, None, now())?;
+                    Ok(())
+                })?;
+                continue;
+            }
+            // Only the states that start, stop or gate something are replayed;
+            // Confirm Deploy is never replayed (it must be a fresh human act).
+            let replay = match state_key.as_str() {
+                key::TO_ANALYSE | key::IN_PROGRESS => existing.is_none(),
+                key::STOP => existing.is_some(),
+                key::APPROVED => existing
+                    .as_ref()
+                    .is_some_and(|t| t.stage() == Stage::Analysis),
+                _ => false,
+            };
+            if !replay {
+                continue;
+            }
+            match route::act_on_state(ctx, db, &repo, &project, &issue, &state_key, false)? {
+                Routed::Acted(note) => out.polled.push(note),
+                Routed::Ignored(_) => {}
+            }
+        }
+    }
+    Ok(())
+}

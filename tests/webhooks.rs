@@ -1,0 +1,589 @@
+//! Webhook intake and routing end to end: signed deliveries through the real
+//! `orch ingest-webhook`, processed against a loopback fake of Plane (real
+//! payload shapes: the state is an object, one webhook per changed field) and
+//! Telegram, with real git and SQLite. Seed ORCH-059 routing and ORCH-090
+//! TC-01, TC-10, TC-11 as properties.
+
+mod common;
+
+use std::io::Write as _;
+use std::process::{Output, Stdio};
+
+use common::Env;
+use common::fake::{Fake, PROJECT, sign};
+
+const SECRET: &str = "s3cret";
+
+struct Setup {
+    env: Env,
+    fake: Fake,
+}
+
+fn setup(extra: &str) -> Setup {
+    let fake = Fake::start();
+    let env = Env::bare();
+    env.orch().args(["demo", "--setup-only"]).assert().success();
+    let path = env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config").replace(
+        "[repos.demo]",
+        &format!("[repos.demo]\nplane_project = \"{PROJECT}\""),
+    );
+    std::fs::write(
+        &path,
+        format!(
+            "tracker = \"plane\"\nplane_url = \"{}\"\nplane_workspace = \"ws\"\nplane_bot_user_id = \"orch-bot\"\ntelegram_api_url = \"{}\"\ntelegram_chat_id = \"42\"\n{extra}\n{config}",
+            fake.url, fake.url
+        ),
+    )
+    .expect("config");
+    Setup { env, fake }
+}
+
+impl Setup {
+    fn orch(&self, args: &[&str]) -> Output {
+        self.env
+            .orch_std()
+            .env("ORCH_PLANE_API_TOKEN", "plane-token")
+            .env("ORCH_TELEGRAM_BOT_TOKEN", "123:telegram-token")
+            .env("ORCH_PLANE_WEBHOOK_SECRET", SECRET)
+            .env("ORCH_GITEA_WEBHOOK_SECRET", SECRET)
+            .args(args)
+            .output()
+            .expect("run orch")
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.orch(args);
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Deliver `body` as Plane would (signed), returning the ingest's output.
+    fn deliver(&self, source: &str, event: &str, delivery: &str, body: &str) -> Output {
+        let mut child = self
+            .env
+            .orch_std()
+            .env("ORCH_PLANE_API_TOKEN", "plane-token")
+            .env("ORCH_TELEGRAM_BOT_TOKEN", "123:telegram-token")
+            .env("ORCH_PLANE_WEBHOOK_SECRET", SECRET)
+            .env("ORCH_GITEA_WEBHOOK_SECRET", SECRET)
+            .args([
+                "ingest-webhook",
+                "--source",
+                source,
+                "--event",
+                event,
+                "--delivery",
+                delivery,
+                "--signature",
+                &sign(SECRET, body),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ingest");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(body.as_bytes())
+            .expect("write body");
+        child.wait_with_output().expect("wait")
+    }
+
+    fn tasks(&self) -> Vec<serde_json::Value> {
+        self.json(&["task", "list", "--json"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn task(&self, id: i64) -> serde_json::Value {
+        self.json(&["task", "show", &id.to_string(), "--json"])
+    }
+
+    fn sql(&self, sql: &str) -> i64 {
+        self.env
+            .db()
+            .conn()
+            .query_row(sql, [], |r| r.get(0))
+            .expect(sql)
+    }
+}
+
+#[test]
+fn tc11_an_issue_moved_to_to_analyse_starts_the_pipeline_once() {
+    let s = setup("");
+    let item = s.fake.add_item("Greet people", 7, "To Analyse");
+    let body = s.fake.webhook(&item, "state", "alice");
+    let out = s.deliver("plane", "issue", "d-1", &body);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tasks = s.tasks();
+    assert_eq!(tasks.len(), 1);
+    let t = &tasks[0];
+    assert_eq!(t["work_item_id"], "DEMO-7");
+    assert_eq!(t["plane_issue_id"], item.as_str());
+    assert_eq!(t["plane_project_id"], PROJECT);
+    assert_eq!(t["stage"], "analysis");
+    // Plane retries with a new delivery id and the same body: one effect.
+    let again = s.deliver("plane", "issue", "d-2", &body);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("duplicate"));
+    // Another field of the same edit: a new delivery, still one task and one job.
+    let other = s.fake.webhook(&item, "priority", "alice");
+    assert!(s.deliver("plane", "issue", "d-3", &other).status.success());
+    assert_eq!(s.tasks().len(), 1);
+    assert_eq!(s.sql("SELECT count(*) FROM jobs"), 1);
+    assert_eq!(s.sql("SELECT count(*) FROM webhook_deliveries"), 2);
+}
+
+#[test]
+fn tc10_the_start_status_mid_pipeline_relaunches_nothing_and_tc11_resumes_an_idle_analysis() {
+    let s = setup("");
+    let item = s.fake.add_item("x", 8, "To Analyse");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-1",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    // Idle on analysis (its job was lost): the start status resumes it once.
+    s.env
+        .db()
+        .conn()
+        .execute("UPDATE jobs SET status = 'failed' WHERE id = 1", [])
+        .expect("fail");
+    s.fake.set_state(&item, "In Progress");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-2",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    assert_eq!(
+        s.sql("SELECT count(*) FROM jobs WHERE status = 'queued' AND agent = 'analyst'"),
+        1
+    );
+    s.fake.set_state(&item, "To Analyse");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-3",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    assert_eq!(
+        s.sql("SELECT count(*) FROM jobs WHERE status = 'queued'"),
+        1,
+        "no second analyst"
+    );
+    // Mid-pipeline: nothing is relaunched (the relaunch hole is closed).
+    s.env
+        .db()
+        .conn()
+        .execute_batch("UPDATE jobs SET status = 'done'; UPDATE tasks SET stage = 'development'")
+        .expect("mid-pipeline");
+    s.fake.set_state(&item, "In Progress");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-4",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    assert_eq!(
+        s.sql("SELECT count(*) FROM jobs WHERE status = 'queued'"),
+        0
+    );
+    let note: String = s
+        .env
+        .db()
+        .conn()
+        .query_row(
+            "SELECT error FROM webhook_deliveries ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("note");
+    assert!(note.contains("does not relaunch"), "{note}");
+}
+
+#[test]
+fn approved_on_analysis_advances_and_reports_back_to_plane_once() {
+    let s = setup("");
+    let item = s.fake.add_item("Greet", 9, "To Analyse");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-1",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    let run = s.orch(&["run-agent", "--next"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        s.fake.state_of(&item),
+        "In Review",
+        "orch asked for approval in Plane"
+    );
+    s.fake.set_state(&item, "Approved");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-2",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    assert_eq!(s.task(1)["task"]["stage"], "architecture");
+    let comments = s
+        .fake
+        .world()
+        .comments
+        .get(&item)
+        .cloned()
+        .unwrap_or_default();
+    assert!(!comments.is_empty());
+    for c in &comments {
+        assert_eq!(c["external_source"], "orch");
+        assert!(
+            c["external_id"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("orch-outbox-")
+        );
+    }
+    // A reconcile retry of everything posts nothing twice.
+    let before = comments.len();
+    s.env
+        .db()
+        .conn()
+        .execute(
+            "UPDATE outbox SET status = 'pending', next_attempt_at = 0",
+            [],
+        )
+        .expect("replay");
+    s.orch(&["reconcile"]);
+    assert_eq!(
+        s.fake.world().comments.get(&item).map_or(0, Vec::len),
+        before,
+        "a comment was posted twice"
+    );
+}
+
+#[test]
+fn events_caused_by_orchs_own_user_are_ignored() {
+    let s = setup("");
+    let item = s.fake.add_item("x", 10, "To Analyse");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-1",
+        &s.fake.webhook(&item, "state", "orch-bot"),
+    );
+    assert!(s.tasks().is_empty());
+    let note: String = s
+        .env
+        .db()
+        .conn()
+        .query_row("SELECT error FROM webhook_deliveries", [], |r| r.get(0))
+        .expect("note");
+    assert!(note.contains("own API user"), "{note}");
+}
+
+#[test]
+fn an_unknown_project_is_recorded_and_ignored() {
+    let s = setup("");
+    let item = s.fake.add_item("x", 11, "To Analyse");
+    let body = s
+        .fake
+        .webhook(&item, "state", "alice")
+        .replace(PROJECT, "99999999-0000-4000-8000-000000000000");
+    assert!(s.deliver("plane", "issue", "d-1", &body).status.success());
+    assert!(s.tasks().is_empty());
+    assert_eq!(
+        s.sql("SELECT count(*) FROM webhook_deliveries WHERE status = 'ignored'"),
+        1
+    );
+}
+
+#[test]
+fn tc01_stop_is_routed_to_cancel_and_approved_is_not() {
+    let s = setup("");
+    let item = s.fake.add_item("x", 12, "To Analyse");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-1",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    s.fake.set_state(&item, "STOP");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-2",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    assert_eq!(s.task(1)["task"]["stage"], "cancelled");
+    // A fresh "To Analyse" starts a new task for the same issue (keys were tombstoned).
+    s.fake.set_state(&item, "To Analyse");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-3",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    assert_eq!(s.tasks().len(), 2);
+}
+
+#[test]
+fn tc04_confirm_deploy_routes_to_phase_b_only_on_deploy() {
+    let s = setup("");
+    let item = s.fake.add_item("x", 13, "To Analyse");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-1",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    // Not on deploy: a stray Confirm Deploy perturbs nothing.
+    s.fake.set_state(&item, "Confirm Deploy");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-2",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    assert_eq!(s.task(1)["task"]["stage"], "analysis");
+    let note: String = s
+        .env
+        .db()
+        .conn()
+        .query_row(
+            "SELECT error FROM webhook_deliveries ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("note");
+    assert!(note.contains("no-op"), "{note}");
+}
+
+#[test]
+fn gitea_pr_merged_releases_the_lease() {
+    let s = setup("");
+    s.env
+        .orch()
+        .args([
+            "task",
+            "create",
+            "--repo",
+            "demo",
+            "--title",
+            "x",
+            "--no-start",
+        ])
+        .assert()
+        .success();
+    s.env
+        .db()
+        .conn()
+        .execute(
+            "INSERT INTO merge_leases (repo, task_id, branch, token, acquired_at) VALUES ('demo', 1, 'feature/DEMO-1-x', 't', 0)",
+            [],
+        )
+        .expect("lease");
+    let body = serde_json::json!({
+        "action": "closed",
+        "number": 3,
+        "pull_request": {"merged": true, "head": {"ref": "feature/DEMO-1-x"}, "base": {"ref": "main"}},
+        "repository": {"name": "demo", "full_name": "org/demo"}
+    })
+    .to_string();
+    let out = s.deliver("gitea", "pull_request", "g-1", &body);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.sql("SELECT count(*) FROM merge_leases"), 0);
+}
+
+#[test]
+fn reconcile_polls_plane_for_a_lost_webhook() {
+    let s = setup("");
+    s.fake.add_item("Never delivered", 14, "To Analyse");
+    s.fake.add_item("Still in backlog", 15, "Backlog");
+    let r = s.json(&["reconcile", "--json"]);
+    assert_eq!(r["polled"].as_array().map_or(0, Vec::len), 1, "{r}");
+    assert_eq!(s.tasks().len(), 1);
+    // Idempotent.
+    s.orch(&["reconcile"]);
+    assert_eq!(s.tasks().len(), 1);
+}
+
+#[test]
+fn notifications_go_to_telegram_once_and_survive_a_429() {
+    let s = setup("notifier = \"telegram\"");
+    s.fake.world().fail_next.push(("/sendMessage".into(), 429));
+    let item = s.fake.add_item("x", 16, "To Analyse");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-1",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    s.orch(&["run-agent", "--next"]);
+    // The first message met a 429 and waits; the next pass delivers it.
+    s.env
+        .db()
+        .conn()
+        .execute(
+            "UPDATE outbox SET next_attempt_at = 0 WHERE status = 'pending'",
+            [],
+        )
+        .expect("due");
+    s.orch(&["reconcile"]);
+    let sent = s.fake.world().telegram.clone();
+    assert!(!sent.is_empty());
+    let texts: Vec<String> = sent
+        .iter()
+        .map(|m| m["text"].as_str().unwrap_or("").to_owned())
+        .collect();
+    let mut unique = texts.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        texts.len(),
+        "a message was sent twice: {texts:?}"
+    );
+    assert!(
+        sent.iter()
+            .all(|m| m["parse_mode"] == "HTML" && m["chat_id"] == 42)
+    );
+    assert_eq!(
+        s.sql("SELECT count(*) FROM outbox WHERE status <> 'delivered'"),
+        0
+    );
+}
+
+#[test]
+fn a_plane_outage_leaves_messages_pending_then_dead_letters_a_4xx() {
+    let s = setup("");
+    let item = s.fake.add_item("x", 17, "To Analyse");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-1",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    s.fake.world().fail_next.push(("/comments".into(), 503));
+    s.orch(&["run-agent", "--next"]);
+    assert!(
+        s.sql("SELECT count(*) FROM outbox WHERE status = 'pending' AND last_error IS NOT NULL")
+            >= 1
+    );
+    s.env
+        .db()
+        .conn()
+        .execute("UPDATE outbox SET next_attempt_at = 0", [])
+        .expect("due");
+    s.orch(&["reconcile"]);
+    assert_eq!(
+        s.sql("SELECT count(*) FROM outbox WHERE status = 'pending'"),
+        0
+    );
+    // A permanent 4xx is dead-lettered at once and shown by status.
+    s.fake.world().fail_next.push(("/comments".into(), 403));
+    s.env
+        .db()
+        .conn()
+        .execute(
+            "INSERT INTO outbox (dedup_key, channel, task_id, payload, next_attempt_at, created_at)
+             VALUES ('manual', 'tracker', 1, '{\"kind\":\"comment\",\"task_id\":1,\"author\":\"orch\",\"body\":\"hi\"}', 0, 0)",
+            [],
+        )
+        .expect("row");
+    s.orch(&["reconcile"]);
+    assert_eq!(
+        s.sql("SELECT count(*) FROM outbox WHERE status = 'dead'"),
+        1
+    );
+    assert_eq!(s.json(&["status", "--json"])["outbox"]["dead"], 1);
+}
+
+#[test]
+fn hostile_bodies_never_panic_and_never_store() {
+    let s = setup("");
+    let mut bodies: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"{".to_vec(),
+        b"null".to_vec(),
+        b"[1,2,3]".to_vec(),
+        b"\"string\"".to_vec(),
+        vec![0xff, 0xfe, 0x00, 0x7b],
+        "{\"a\":".repeat(20_000).into_bytes(),
+        format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(),
+        b"{\"event\":\"issue\",\"data\":{\"id\":123}}".to_vec(),
+    ];
+    // Generated: truncations and byte flips of a real payload.
+    let real = s
+        .fake
+        .webhook(&s.fake.add_item("x", 18, "Backlog"), "state", "alice")
+        .into_bytes();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..40 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut b = real.clone();
+        if i % 2 == 0 {
+            b.truncate((seed as usize) % real.len());
+        } else {
+            let at = (seed as usize) % b.len();
+            b[at] ^= (seed >> 8) as u8 | 1;
+        }
+        bodies.push(b);
+    }
+    for (i, body) in bodies.iter().enumerate() {
+        let sig = {
+            use hmac::{KeyInit, Mac};
+            let mut mac =
+                hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
+            mac.update(body);
+            hex::encode(mac.finalize().into_bytes())
+        };
+        let mut child = s
+            .env
+            .orch_std()
+            .env("ORCH_PLANE_WEBHOOK_SECRET", SECRET)
+            .env("ORCH_PLANE_API_TOKEN", "plane-token")
+            .args([
+                "ingest-webhook",
+                "--source",
+                "plane",
+                "--delivery",
+                &format!("h-{i}"),
+                "--signature",
+                &sig,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let _ = child.stdin.take().expect("stdin").write_all(body);
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "body {i} panicked: {stderr}");
+        let code = out.status.code();
+        assert!(
+            matches!(code, Some(0 | 65)),
+            "body {i}: exit {code:?}: {stderr}"
+        );
+    }
+    // Only syntactically valid JSON objects were stored; none made a task.
+    assert!(s.tasks().is_empty());
+}
