@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::context::Ctx;
 use crate::error::{OrchError, exit, exit_code_number};
 use crate::output;
-use crate::storage;
+use crate::storage::{self, Db};
 use crate::webhooks::{self, Secret, Source, Stored, http};
 
 /// The longest event name or delivery id accepted.
@@ -86,7 +86,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     }
     let secret = secret_or_refuse(args.source, args.insecure_no_signature)?;
     let body = read_body(args.body_file.as_deref(), ctx.config.webhook_max_body_bytes)?;
-    let stored = ingest(
+    let (stored, mut db) = ingest(
         ctx,
         args.source,
         secret.as_ref(),
@@ -102,18 +102,18 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     } else {
         println!("{}", describe(stored));
     }
-    process_after_store(ctx);
+    process_after_store(ctx, stored, &mut db);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Process what is pending once the delivery is safely stored and answered.
 /// A failure here is not the sender's problem: the delivery stays pending
 /// for `orch reconcile`, and the exit code still says "stored".
-fn process_after_store(ctx: &Ctx) {
-    let result = ctx
-        .open_db()
-        .and_then(|mut db| webhooks::route::process_pending(ctx, &mut db));
-    if let Err(e) = result {
+fn process_after_store(ctx: &Ctx, stored: Stored, db: &mut Db) {
+    if !matches!(stored, Stored::New(_)) {
+        return;
+    }
+    if let Err(e) = webhooks::route::process_pending(ctx, db) {
         log::warn!("processing webhook deliveries (left for orch reconcile): {e:#}");
     }
 }
@@ -154,12 +154,12 @@ fn run_inetd(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         )
     });
     match result {
-        Ok(stored) => {
+        Ok((stored, mut db)) => {
             let line = describe(stored);
             log::info!("{line}");
             http::respond(&mut out, 202, &line)?;
             std::io::Write::flush(&mut out)?;
-            process_after_store(ctx);
+            process_after_store(ctx, stored, &mut db);
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
@@ -224,7 +224,7 @@ fn ingest(
     source: Source,
     secret: Option<&Secret>,
     d: &Incoming<'_>,
-) -> anyhow::Result<Stored> {
+) -> anyhow::Result<(Stored, Db)> {
     let event = header_value("event", d.event)?;
     let delivery = header_value("delivery id", d.delivery_id)?;
     if let Some(secret) = secret {
@@ -259,7 +259,7 @@ fn ingest(
     }
     let mut db = ctx.open_db()?;
     let now = storage::now();
-    db.write(|tx| {
+    let stored = db.write(|tx| {
         Ok(webhooks::store(
             tx,
             source.as_str(),
@@ -268,7 +268,8 @@ fn ingest(
             d.body,
             now,
         )?)
-    })
+    })?;
+    Ok((stored, db))
 }
 
 /// A header value: absent or empty is `None`; too long or with control characters is malformed.
