@@ -41,7 +41,10 @@ fn post(port: u16, path: &str, headers: &[(&str, String)], body: &str) -> (u16, 
         body.len()
     );
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        req.push_str(k);
+        req.push_str(": ");
+        req.push_str(v);
+        req.push_str("\r\n");
     }
     req.push_str("\r\n");
     req.push_str(body);
