@@ -17,7 +17,7 @@ pub const APPLICATION_ID: i32 = 0x6f72_6368;
 pub const JOB_STATUSES: &[&str] = &["queued", "running", "done", "failed", "cancelled"];
 
 /// The migrations, oldest first. Index + 1 is the `user_version` after it.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 const V1: &str = r"
 CREATE TABLE tasks (
@@ -202,4 +202,26 @@ CREATE TABLE deploys (
     exit_code            INTEGER,
     finished_at          INTEGER
 );
+";
+
+/// Operations: the post-deploy monitor's record per task, and cost budgets.
+const V3: &str = r"
+CREATE TABLE post_deploys (
+    task_id       INTEGER PRIMARY KEY REFERENCES tasks(id),
+    started_at    INTEGER NOT NULL,
+    window_s      INTEGER NOT NULL,
+    checks_total  INTEGER NOT NULL,
+    checks_done   INTEGER NOT NULL DEFAULT 0,
+    checks_failed INTEGER NOT NULL DEFAULT 0,
+    next_check_at INTEGER,
+    status        TEXT NOT NULL DEFAULT 'running' CHECK (status IN ('running','healthy','degraded')),
+    action_taken  TEXT,
+    finished_at   INTEGER,
+    last_error    TEXT
+);
+
+-- A task's cost cap in USD; NULL = the task_budget_usd setting.
+ALTER TABLE tasks ADD COLUMN budget_usd REAL;
+-- Why a task is blocked (e.g. over budget); NULL = not blocked.
+ALTER TABLE tasks ADD COLUMN blocked_reason TEXT;
 ";
