@@ -66,8 +66,13 @@ pub struct Config {
     pub agent_protocol: String,
     /// `--max-turns` handed to Claude Code (as `$ORCH_MAX_TURNS`).
     pub agent_max_turns: u32,
-    /// `--max-budget-usd` handed to Claude Code (as `$ORCH_MAX_BUDGET_USD`).
+    /// Per-run cost cap in USD, handed to Claude Code as `--max-budget-usd`
+    /// (`$ORCH_MAX_BUDGET_USD`, lowered to the task's remaining budget).
     pub agent_max_budget_usd: String,
+    /// Cost cap of one task in USD, across every stage and retry; 0 = no cap. A run
+    /// starts only when the remaining budget covers the per-run cap (below), so a
+    /// task stops before a run that could exceed it.
+    pub task_budget_usd: f64,
     /// Wall-clock limit of one test run by `check_ci_green`/`check_tests_local`, in seconds.
     pub test_timeout_s: u64,
     /// Command run in the worktree by `check_staging_image_fresh`; empty = the check passes as not configured.
@@ -211,6 +216,7 @@ impl Default for Config {
             agent_max_turns: 50,
             agent_max_budget_usd: "5".to_owned(),
             test_timeout_s: 900,
+            task_budget_usd: 20.0,
             staging_image_check_cmd: String::new(),
             agent_timeout_s: 3600,
             agent_stall_timeout_s: 900,
@@ -366,6 +372,15 @@ impl Config {
         if self.webhook_read_timeout_s == 0 {
             return bad("webhook_read_timeout_s must be at least 1".into());
         }
+        if self.run_budget_usd().is_none() {
+            return bad(format!(
+                "agent_max_budget_usd = {:?}: expected a positive number of USD",
+                self.agent_max_budget_usd
+            ));
+        }
+        if !self.task_budget_usd.is_finite() || self.task_budget_usd < 0.0 {
+            return bad("task_budget_usd must be a non-negative number (0 = no cap)".into());
+        }
         if self.agent_cmd.trim().is_empty() {
             return bad("agent_cmd must not be empty".into());
         }
@@ -424,6 +439,15 @@ impl Config {
                 format!("unknown repo {name:?} (declared: {})", known.join(", "))
             })
         })
+    }
+
+    /// The per-run cost cap in USD.
+    pub fn run_budget_usd(&self) -> Option<f64> {
+        self.agent_max_budget_usd
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite() && *x > 0.0)
     }
 
     /// The agent command for `stage`, and whether its outcome is read the Claude way.
@@ -504,6 +528,15 @@ fn apply_env_overrides(
                 _ => {
                     return Err(OrchError::Config(format!(
                         "{var}={raw:?}: expected a non-negative integer"
+                    ))
+                    .into());
+                }
+            },
+            toml::Value::Float(_) => match raw.trim().parse::<f64>() {
+                Ok(x) if x.is_finite() && x >= 0.0 => toml::Value::Float(x),
+                _ => {
+                    return Err(OrchError::Config(format!(
+                        "{var}={raw:?}: expected a non-negative number"
                     ))
                     .into());
                 }

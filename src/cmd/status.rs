@@ -73,6 +73,8 @@ pub struct Report {
     pub outbox: BTreeMap<String, i64>,
     /// STOP: whether it is on, its scope, and the cancelled tasks.
     pub stop: serde_json::Value,
+    /// Cost per active task and stage, and the total of every run.
+    pub costs: serde_json::Value,
 }
 
 /// Gather the report in one read snapshot.
@@ -100,6 +102,26 @@ pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
         [],
         |r| r.get(0),
     )?;
+    let active = crate::pipeline::task::list(db.conn(), None, None, 10_000)?
+        .into_iter()
+        .filter(|t| !t.stage().is_terminal())
+        .take(50);
+    let mut tasks_cost = Vec::new();
+    for t in active {
+        let l = crate::pipeline::budget::ledger(db.conn(), &ctx.config, &t)?;
+        tasks_cost.push(serde_json::json!({
+            "task_id": t.id, "work_item_id": t.work_item_id, "stage": t.stage,
+            "spent_usd": l.spent_usd, "unknown_runs": l.unknown_runs,
+            "budget_usd": l.budget_usd, "remaining_usd": l.remaining_usd,
+            "blocked": l.blocked_reason, "stages": l.stages,
+        }));
+    }
+    let total: f64 = db.conn().query_row(
+        "SELECT coalesce(sum(cost_usd), 0) FROM agent_runs",
+        [],
+        |r| r.get(0),
+    )?;
+    let costs = serde_json::json!({ "total_usd": total, "tasks": tasks_cost });
     let stop = serde_json::json!({
         "enabled": ctx.config.stop_status_enabled,
         "repos": crate::config::csv(&ctx.config.stop_status_repos),
@@ -187,6 +209,7 @@ pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
         merge_gate,
         outbox,
         stop,
+        costs,
     })
 }
 
@@ -282,6 +305,15 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             ),
         st["cancelled_count"],
         st["pending_requests"]
+    );
+    let costs = &report.costs;
+    let blocked = costs["tasks"].as_array().map_or(0, |ts| {
+        ts.iter().filter(|t| !t["blocked"].is_null()).count()
+    });
+    println!(
+        "cost       ${:.2} over every run; {} active task(s), {blocked} blocked over budget",
+        costs["total_usd"].as_f64().unwrap_or(0.0),
+        costs["tasks"].as_array().map_or(0, Vec::len)
     );
     let o = &report.outbox;
     println!(

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use crate::context::Ctx;
 use crate::output::{self, Table};
-use crate::pipeline::{Stage, task};
+use crate::pipeline::{Stage, budget, task};
 use crate::queue;
 use crate::storage;
 
@@ -15,8 +15,21 @@ pub enum Command {
     Create(CreateArgs),
     /// List tasks, newest first.
     List(ListArgs),
-    /// Show one task and its jobs.
+    /// Show one task: its jobs, history, comments and cost ledger.
     Show(ShowArgs),
+    /// Unblock a task stopped over budget, optionally raising its budget.
+    Resume(ResumeArgs),
+}
+
+/// Arguments of `orch task resume`.
+#[derive(Debug, clap::Args)]
+pub struct ResumeArgs {
+    /// The task.
+    #[arg(long)]
+    pub task: i64,
+    /// The task's new cost cap in USD (0 = no cap).
+    #[arg(long, value_name = "USD")]
+    pub budget: Option<f64>,
 }
 
 /// Arguments of `orch task create`.
@@ -128,17 +141,56 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                 print!("{}", t.render());
             }
         }
+        Command::Resume(a) => {
+            if a.budget.is_some_and(|b| !b.is_finite() || b < 0.0) {
+                return Err(crate::error::OrchError::Usage(
+                    "--budget must be a non-negative number of USD".into(),
+                )
+                .into());
+            }
+            let now = storage::now();
+            let note = db.write(|tx| {
+                let t = task::require(tx, a.task)?;
+                if t.blocked_reason.is_none() && a.budget.is_none() {
+                    return Ok(format!("task {} is not blocked; nothing to resume", t.id));
+                }
+                let mut probe = t.clone();
+                if let Some(b) = a.budget {
+                    probe.budget_usd = Some(b);
+                }
+                if let Some(still) = budget::refuse_run(tx, &ctx.config, &probe)? {
+                    return Err(crate::error::OrchError::Usage(format!(
+                        "task {} would still be {still}; raise it with --budget",
+                        t.id
+                    ))
+                    .into());
+                }
+                budget::resume(tx, &t, a.budget, now)?;
+                Ok(format!(
+                    "task {} resumed{}",
+                    t.id,
+                    a.budget
+                        .map_or_else(String::new, |b| format!(" with a budget of ${b:.2}"))
+                ))
+            })?;
+            if let Err(e) = crate::outbox::deliver(ctx, &mut db) {
+                log::warn!("delivering the outbox: {e:#}");
+            }
+            println!("{note}");
+        }
         Command::Show(a) => {
-            let (t, jobs, history, comments) = db.read(|tx| {
+            let (t, jobs, history, comments, ledger) = db.read(|tx| {
                 let t = task::require(tx, a.id)?;
                 let jobs = queue::for_task(tx, a.id)?;
                 let history = task::history(tx, a.id)?;
                 let comments = crate::backends::tracker::local::comments(tx, a.id)?;
-                Ok((t, jobs, history, comments))
+                let ledger = budget::ledger(tx, &ctx.config, &t)?;
+                Ok((t, jobs, history, comments, ledger))
             })?;
             if a.json {
                 output::print_json(&serde_json::json!({
-                    "task": t, "jobs": jobs, "history": history, "comments": comments
+                    "task": t, "jobs": jobs, "history": history, "comments": comments,
+                    "cost": ledger
                 }))?;
             } else {
                 let now = storage::now();
@@ -159,6 +211,44 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                     println!("escalated   {} (needs a human)", output::ago(Some(at), now));
                 }
                 println!("tracker     {}", output::opt(t.tracker_state.as_deref()));
+                if let Some(why) = &t.blocked_reason {
+                    println!("blocked     {why}");
+                }
+                println!(
+                    "cost        ${:.2} spent{}, budget {}",
+                    ledger.spent_usd,
+                    if ledger.unknown_runs > 0 {
+                        format!(" + {} run(s) of unknown cost", ledger.unknown_runs)
+                    } else {
+                        String::new()
+                    },
+                    ledger.budget_usd.map_or_else(
+                        || "none".to_owned(),
+                        |b| format!("${b:.2} (${:.2} left)", ledger.remaining_usd.unwrap_or(0.0))
+                    )
+                );
+                if !ledger.stages.is_empty() {
+                    println!("\ncost per stage");
+                    let mut table = Table::new(&[
+                        "STAGE",
+                        "RUNS",
+                        "COST",
+                        "UNKNOWN",
+                        "TOKENS IN",
+                        "TOKENS OUT",
+                    ]);
+                    for s in &ledger.stages {
+                        table.row(vec![
+                            s.stage.clone(),
+                            s.runs.to_string(),
+                            format!("${:.2}", s.cost_usd),
+                            s.unknown_runs.to_string(),
+                            s.input_tokens.to_string(),
+                            s.output_tokens.to_string(),
+                        ]);
+                    }
+                    print!("{}", table.render());
+                }
                 if !history.is_empty() {
                     println!("\nhistory");
                     let mut table = Table::new(&["WHEN", "KIND", "FROM", "TO", "REASON"]);

@@ -7,6 +7,7 @@ pub mod task;
 pub use stage::Stage;
 pub mod advance;
 pub mod brief;
+pub mod budget;
 pub mod cancel;
 pub mod engine;
 pub mod evaluate;

@@ -10,7 +10,7 @@ use crate::pipeline::Stage;
 use crate::queue::{self, NewJob};
 
 /// One row of the `tasks` table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Task {
     /// Task id.
     pub id: i64,
@@ -32,6 +32,10 @@ pub struct Task {
     pub plane_issue_id: Option<String>,
     /// Plane project UUID.
     pub plane_project_id: Option<String>,
+    /// The task's own cost cap in USD (else the `task_budget_usd` setting).
+    pub budget_usd: Option<f64>,
+    /// Why the task is blocked (over budget), if it is.
+    pub blocked_reason: Option<String>,
     /// Task that must be `done` before this one's jobs run.
     pub depends_on: Option<i64>,
     /// Creation time (epoch seconds).
@@ -50,7 +54,7 @@ pub struct Task {
 
 const TASK_COLUMNS: &str = "id, work_item_id, title, description, repo, branch, stage, \
      plane_id, plane_issue_id, depends_on, created_at, updated_at, escalated_at, cancelled_at, \
-     cancel_requested_at, tracker_state, plane_project_id";
+     cancel_requested_at, tracker_state, plane_project_id, budget_usd, blocked_reason";
 
 impl Task {
     fn from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
@@ -72,6 +76,8 @@ impl Task {
             cancel_requested_at: r.get(14)?,
             tracker_state: r.get(15)?,
             plane_project_id: r.get(16)?,
+            budget_usd: r.get(17)?,
+            blocked_reason: r.get(18)?,
         })
     }
 

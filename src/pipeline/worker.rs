@@ -19,7 +19,7 @@ use crate::outbox;
 use crate::pipeline::engine::{self, Committed, Fence};
 use crate::pipeline::evaluate::{self, Decision, Evaluation};
 use crate::pipeline::task::{self, Task};
-use crate::pipeline::{Stage, brief, self_deploy};
+use crate::pipeline::{Stage, brief, budget, self_deploy};
 use crate::queue::{Job, Outcome};
 use crate::runner::{self, claude};
 use crate::storage::{Db, now};
@@ -251,6 +251,26 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
         return Ok(report);
     }
 
+    // The budget is checked before every stage start and every retry.
+    if let Some(reason) = budget::refuse_run(db.conn(), &ctx.config, &task)? {
+        let blocked = db.write(|tx| {
+            let blocked = budget::block(tx, &task, &reason, now())?;
+            crate::queue::release_claim(tx, job.id, fence.token)?;
+            Ok(blocked)
+        })?;
+        log::warn!(
+            "task {task_id} {}: {reason}",
+            if blocked { "blocked" } else { "stays blocked" }
+        );
+        let mut report = RunReport::new(job, Committed::LostClaim);
+        report.run_verdict = format!("not started: {reason}");
+        report.committed = Committed::StageMoved {
+            job: None,
+            stage: task.stage.clone(),
+        };
+        return Ok(report);
+    }
+
     let repo = ctx.config.repo(&task.repo)?;
     let ws = Workspace::new(&ctx.repos_dir(), &task.repo, repo)?;
     let branch = task
@@ -284,6 +304,11 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
     )
     .with_context(|| format!("writing {}", task_file.display()))?;
     let log_path = run_dir.join("agent.log");
+    let cost_file = run_dir.join("cost.json");
+    let _ = std::fs::remove_file(&cost_file);
+    let ledger = budget::ledger(db.conn(), &ctx.config, &task)?;
+    let run_cap = ctx.config.run_budget_usd().unwrap_or(0.0);
+    let run_budget = ledger.remaining_usd.map_or(run_cap, |r| r.min(run_cap));
     let (command, claude_protocol) = ctx.config.agent_command(stage);
     let session_id = uuid_v4()?;
     let artifact_dir = crate::gates::artifact_dir(&worktree, &task.work_item_id);
@@ -327,10 +352,9 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
         ("ORCH_TASK_FILE", task_file.display().to_string()),
         ("ORCH_SESSION_ID", session_id),
         ("ORCH_MAX_TURNS", ctx.config.agent_max_turns.to_string()),
-        (
-            "ORCH_MAX_BUDGET_USD",
-            ctx.config.agent_max_budget_usd.clone(),
-        ),
+        // The per-run cap, lowered to what the task has left.
+        ("ORCH_MAX_BUDGET_USD", format!("{run_budget:.2}")),
+        ("ORCH_COST_FILE", cost_file.display().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -391,6 +415,20 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
         };
         (claude::parse_result(&log_text), v)
     };
+    // Cost: Claude's result event; else what the agent reported in
+    // $ORCH_COST_FILE; else zero for a plain command. A Claude run without a
+    // result event costs "unknown", never zero.
+    let reported = read_cost_file(&cost_file);
+    let (cost_usd, input_tokens, output_tokens) = match (&result, &reported) {
+        (Some(r), _) => (
+            r.total_cost_usd,
+            r.usage.input_tokens.map(|v| v as i64),
+            r.usage.output_tokens.map(|v| v as i64),
+        ),
+        (None, Some(c)) => (c.cost_usd, c.input_tokens, c.output_tokens),
+        (None, None) if claude_protocol => (None, None, None),
+        (None, None) => (Some(0.0), None, None),
+    };
     let outcome_text = match &verdict {
         claude::RunVerdict::Success => "success".to_owned(),
         claude::RunVerdict::Transient(r) => format!("transient: {r}"),
@@ -411,15 +449,9 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
                 timed_out,
                 outcome_text,
                 result.as_ref().map(|r| r.is_error),
-                result.as_ref().and_then(|r| r.total_cost_usd),
-                result
-                    .as_ref()
-                    .and_then(|r| r.usage.input_tokens)
-                    .map(|v| v as i64),
-                result
-                    .as_ref()
-                    .and_then(|r| r.usage.output_tokens)
-                    .map(|v| v as i64),
+                cost_usd,
+                input_tokens,
+                output_tokens,
                 result
                     .as_ref()
                     .and_then(|r| r.usage.cache_read_input_tokens)
@@ -443,7 +475,7 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
     report.timed_out = timed_out.map(str::to_owned);
     report.run_verdict = outcome_text;
     report.log_path = Some(log_path.display().to_string());
-    report.cost_usd = result.as_ref().and_then(|r| r.total_cost_usd);
+    report.cost_usd = cost_usd;
 
     match verdict {
         claude::RunVerdict::Success => {}
@@ -655,4 +687,34 @@ fn finalize(
     crash::point("finalize.committed");
     report.evaluation = Some(evaluation);
     Ok(())
+}
+
+/// What a non-Claude agent reported about its cost in `$ORCH_COST_FILE`:
+/// `{"cost_usd": 0.12, "input_tokens": 1000, "output_tokens": 200}`.
+#[derive(Debug, serde::Deserialize)]
+struct ReportedCost {
+    cost_usd: Option<f64>,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+}
+
+fn read_cost_file(path: &Path) -> Option<ReportedCost> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match serde_json::from_str::<ReportedCost>(&text) {
+        Ok(c) => Some(ReportedCost {
+            cost_usd: c.cost_usd.filter(|x| x.is_finite() && *x >= 0.0),
+            ..c
+        }),
+        Err(e) => {
+            log::warn!(
+                "{}: not a cost report ({e}); the run's cost is unknown",
+                path.display()
+            );
+            Some(ReportedCost {
+                cost_usd: None,
+                input_tokens: None,
+                output_tokens: None,
+            })
+        }
+    }
 }

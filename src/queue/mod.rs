@@ -193,6 +193,8 @@ const ELIGIBLE: &str = "
           SELECT 1 FROM jobs r WHERE r.status = 'running' AND r.repo = j.repo))
     AND (?1 = 0 OR coalesce(j.stage, '') NOT IN ('deploy-staging', 'deploy') OR NOT EXISTS (
           SELECT 1 FROM merge_leases l WHERE l.repo = j.repo AND l.task_id IS NOT j.task_id))
+    AND (j.task_id IS NULL OR NOT EXISTS (
+          SELECT 1 FROM tasks b WHERE b.id = j.task_id AND b.blocked_reason IS NOT NULL))
     AND (?2 = 0 OR j.task_id IS NULL OR (
           NOT EXISTS (SELECT 1 FROM jobs r WHERE r.status = 'running' AND r.task_id = j.task_id)
           AND NOT EXISTS (SELECT 1 FROM tasks t JOIN tasks d ON d.id = t.depends_on
@@ -263,6 +265,8 @@ pub enum Unclaimable {
         serial: i64,
         /// Jobs held by the task-dependency gate.
         task_deps: i64,
+        /// Jobs of tasks blocked over budget (until `orch task resume`).
+        blocked: i64,
     },
 }
 
@@ -285,9 +289,10 @@ impl std::fmt::Display for Unclaimable {
                 queued,
                 serial,
                 task_deps,
+                blocked,
             } => write!(
                 f,
-                "{queued} queued job(s) gated: {serial} by the serial gate (repository busy or merge lease held by another task), {task_deps} by the task-dependency gate"
+                "{queued} queued job(s) gated: {serial} by the serial gate (repository busy or merge lease held by another task), {task_deps} by the task-dependency gate, {blocked} of tasks blocked over budget"
             ),
         }
     }
@@ -337,12 +342,14 @@ pub fn diagnose(conn: &Connection, gates: Gates, now: i64) -> rusqlite::Result<U
             |r| r.get(0),
         )
     };
-    let serial_held = available - count_eligible(gates.serial, false)?;
-    let deps_held = available - count_eligible(false, gates.task_deps)?;
+    let open = count_eligible(false, false)?;
+    let serial_held = open - count_eligible(gates.serial, false)?;
+    let deps_held = open - count_eligible(false, gates.task_deps)?;
     Ok(Unclaimable::Gated {
         queued: available,
         serial: serial_held,
         task_deps: deps_held,
+        blocked: available - open,
     })
 }
 
@@ -717,5 +724,17 @@ pub fn cancel_claimed(
         "UPDATE jobs SET status = 'cancelled', finished_at = ?3
          WHERE id = ?1 AND status = 'running' AND claim_token = ?2",
         params![job_id, token, now],
+    )? == 1)
+}
+
+/// Give a claim back untouched: the job returns to `queued` without spending
+/// its attempt (the run never started), fenced by the claim token.
+pub fn release_claim(conn: &Connection, job_id: i64, token: &str) -> rusqlite::Result<bool> {
+    Ok(conn.execute(
+        &format!(
+            "UPDATE jobs SET status = 'queued', attempts = max(attempts - 1, 0), {CLEAR_OWNERSHIP}
+             WHERE id = ?1 AND status = 'running' AND claim_token = ?2"
+        ),
+        params![job_id, token],
     )? == 1)
 }

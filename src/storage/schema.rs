@@ -184,7 +184,7 @@ CREATE TABLE task_transitions (
     from_stage TEXT NOT NULL,
     to_stage   TEXT NOT NULL,
     kind       TEXT NOT NULL CHECK (kind IN
-               ('start','advance','rollback','escalate','approve','cancel')),
+               ('start','advance','rollback','escalate','approve','cancel','block','resume')),
     reason     TEXT NOT NULL DEFAULT '',
     job_id     INTEGER REFERENCES jobs(id),
     at         INTEGER NOT NULL

@@ -1,0 +1,238 @@
+//! What each task costs, and the cap on it. Every agent run records its cost
+//! and tokens (Claude Code's final `result` event; other agents may write
+//! `$ORCH_COST_FILE`, else their cost is zero). A task's ledger sums every
+//! stage and every retry. Before a run starts, the task's remaining budget
+//! must cover the per-run cap (`agent_max_budget_usd`, the most a run can
+//! cost); otherwise the task is blocked — its jobs are not claimed — with a
+//! tracker comment and a notification saying what was spent where, until an
+//! operator raises the budget with `orch task resume`.
+//!
+//! A run whose cost is unknown (a Claude run without a `result` event) is
+//! recorded as unknown, never as zero, and is charged at the per-run cap.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::outbox::{self, Message};
+use crate::pipeline::task::Task;
+use rusqlite::{Connection, params};
+
+/// The cost of one stage of a task.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageCost {
+    /// The stage.
+    pub stage: String,
+    /// Agent runs on it.
+    pub runs: i64,
+    /// Their known cost, in USD.
+    pub cost_usd: f64,
+    /// Runs whose cost is unknown.
+    pub unknown_runs: i64,
+    /// Input tokens.
+    pub input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+}
+
+/// A task's ledger.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ledger {
+    /// The cap in USD; `None` = no cap.
+    pub budget_usd: Option<f64>,
+    /// Known cost of every run.
+    pub spent_usd: f64,
+    /// Runs whose cost is unknown.
+    pub unknown_runs: i64,
+    /// What counts against the budget: known costs plus the per-run cap for
+    /// every unknown or unfinished run.
+    pub charged_usd: f64,
+    /// Budget left, if capped.
+    pub remaining_usd: Option<f64>,
+    /// Per stage, in pipeline order.
+    pub stages: Vec<StageCost>,
+    /// Why the task is blocked, if it is.
+    pub blocked_reason: Option<String>,
+}
+
+/// The cap of `task`: its own, else the setting; 0 means none.
+pub fn budget_of(config: &Config, task: &Task) -> Option<f64> {
+    let b = task.budget_usd.unwrap_or(config.task_budget_usd);
+    (b > 0.0).then_some(b)
+}
+
+/// The ledger of `task`.
+pub fn ledger(conn: &Connection, config: &Config, task: &Task) -> rusqlite::Result<Ledger> {
+    let cap = config.run_budget_usd().unwrap_or(0.0);
+    let mut stmt = conn.prepare(
+        "SELECT coalesce(stage, ''), count(*), coalesce(sum(cost_usd), 0),
+                sum(CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END),
+                coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0)
+         FROM agent_runs WHERE task_id = ?1 GROUP BY stage",
+    )?;
+    let mut stages: Vec<StageCost> = stmt
+        .query_map([task.id], |r| {
+            Ok(StageCost {
+                stage: r.get(0)?,
+                runs: r.get(1)?,
+                cost_usd: r.get(2)?,
+                unknown_runs: r.get(3)?,
+                input_tokens: r.get(4)?,
+                output_tokens: r.get(5)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let order = |s: &str| {
+        crate::pipeline::Stage::PIPELINE
+            .iter()
+            .position(|p| p.as_str() == s)
+            .unwrap_or(usize::MAX)
+    };
+    stages.sort_by_key(|s| order(&s.stage));
+    let spent: f64 = stages.iter().map(|s| s.cost_usd).sum();
+    let unknown: i64 = stages.iter().map(|s| s.unknown_runs).sum();
+    let charged = spent + unknown as f64 * cap;
+    let budget = budget_of(config, task);
+    Ok(Ledger {
+        budget_usd: budget,
+        spent_usd: spent,
+        unknown_runs: unknown,
+        charged_usd: charged,
+        remaining_usd: budget.map(|b| (b - charged).max(0.0)),
+        stages,
+        blocked_reason: task.blocked_reason.clone(),
+    })
+}
+
+/// Why the next run of `task` must not start, if it must not.
+pub fn refuse_run(
+    conn: &Connection,
+    config: &Config,
+    task: &Task,
+) -> rusqlite::Result<Option<String>> {
+    let l = ledger(conn, config, task)?;
+    let (Some(budget), Some(remaining)) = (l.budget_usd, l.remaining_usd) else {
+        return Ok(None);
+    };
+    let cap = config.run_budget_usd().unwrap_or(0.0);
+    if remaining + 1e-9 >= cap {
+        return Ok(None);
+    }
+    let per_stage: Vec<String> = l
+        .stages
+        .iter()
+        .map(|s| {
+            let unknown = if s.unknown_runs > 0 {
+                format!(" + {} unknown", s.unknown_runs)
+            } else {
+                String::new()
+            };
+            format!(
+                "{} ${:.2} in {} run(s){unknown}",
+                s.stage, s.cost_usd, s.runs
+            )
+        })
+        .collect();
+    Ok(Some(format!(
+        "over budget: ${:.2} charged of ${budget:.2} (remaining ${remaining:.2} does not cover the per-run cap ${cap:.2}); {}",
+        l.charged_usd,
+        if per_stage.is_empty() {
+            "no runs yet".to_owned()
+        } else {
+            per_stage.join(", ")
+        }
+    )))
+}
+
+/// Block `task` for `reason` inside the caller's transaction (once).
+pub fn block(conn: &Connection, task: &Task, reason: &str, now: i64) -> anyhow::Result<bool> {
+    let changed = conn.execute(
+        "UPDATE tasks SET blocked_reason = ?2, updated_at = ?3 WHERE id = ?1 AND blocked_reason IS NULL",
+        params![task.id, reason, now],
+    )? == 1;
+    if changed {
+        conn.execute(
+            "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, reason, at)
+             VALUES (?1, ?2, ?2, 'block', ?3, ?4)",
+            params![task.id, task.stage, reason, now],
+        )?;
+        let key = format!("budget-block-{}-{now}", task.id);
+        outbox::push(
+            conn,
+            &format!("{key}:state"),
+            &Message::State {
+                task_id: task.id,
+                state: crate::backends::tracker::state::BLOCKED.to_owned(),
+            },
+            now,
+        )?;
+        let body = format!(
+            "Blocked on {}: {reason}. Raise the budget and resume with `orch task resume --task {} --budget <USD>`.",
+            task.stage, task.id
+        );
+        outbox::push(
+            conn,
+            &format!("{key}:comment"),
+            &Message::Comment {
+                task_id: task.id,
+                author: "orch".into(),
+                body: body.clone(),
+            },
+            now,
+        )?;
+        outbox::push(
+            conn,
+            &format!("{key}:notify"),
+            &Message::Notify {
+                text: format!("{}: {body}", task.work_item_id),
+            },
+            now,
+        )?;
+    }
+    Ok(changed)
+}
+
+/// Unblock `task`, optionally with a new budget, inside the caller's transaction.
+pub fn resume(
+    conn: &Connection,
+    task: &Task,
+    budget_usd: Option<f64>,
+    now: i64,
+) -> anyhow::Result<()> {
+    if let Some(b) = budget_usd {
+        conn.execute(
+            "UPDATE tasks SET budget_usd = ?2 WHERE id = ?1",
+            params![task.id, b],
+        )?;
+    }
+    conn.execute(
+        "UPDATE tasks SET blocked_reason = NULL, updated_at = ?2 WHERE id = ?1",
+        params![task.id, now],
+    )?;
+    conn.execute(
+        "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, reason, at)
+         VALUES (?1, ?2, ?2, 'resume', ?3, ?4)",
+        params![
+            task.id,
+            task.stage,
+            budget_usd.map_or_else(
+                || "resumed".to_owned(),
+                |b| format!("resumed with a budget of ${b:.2}")
+            ),
+            now
+        ],
+    )?;
+    outbox::push(
+        conn,
+        &format!("budget-resume-{}-{now}", task.id),
+        &Message::Comment {
+            task_id: task.id,
+            author: "orch".into(),
+            body: format!(
+                "Resumed{}.",
+                budget_usd.map_or_else(String::new, |b| format!(" with a budget of ${b:.2}"))
+            ),
+        },
+        now,
+    )?;
+    Ok(())
+}
