@@ -102,37 +102,7 @@ fn drive_to(env: &Env, task: i64, stage: &str) {
 
 /// Put an unrelated commit on main of the forge, so feature branches fall behind.
 fn move_main(env: &Env, name: &str) {
-    let work = env.state().join(format!("main-mover-{name}"));
-    let forge = env.state().join("forge/demo.git");
-    let git = |dir: &Path, args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .current_dir(dir)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@t")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@t")
-            .args(args)
-            .output()
-            .expect("git");
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    git(
-        env.state(),
-        &[
-            "clone",
-            "--quiet",
-            &forge.to_string_lossy(),
-            &work.to_string_lossy(),
-        ],
-    );
-    std::fs::write(work.join(format!("{name}.md")), "another change on main\n").expect("write");
-    git(&work, &["add", "."]);
-    git(&work, &["commit", "--quiet", "-m", "another change"]);
-    git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+    common::push_to_main(env, name, &format!("{name}.md"), "another change on main\n");
 }
 
 fn sql_i64(env: &Env, sql: &str) -> i64 {
@@ -261,7 +231,7 @@ fn crash_and_recover(point: &str) {
         .run(["log", "--oneline", "main"])
         .expect("log");
     assert!(
-        main_log.contains("another change"),
+        main_log.contains("other on main"),
         "{point}: main lost a commit: {main_log}"
     );
 }
@@ -881,35 +851,8 @@ fn tc17_redrive_skips_the_retest_and_tc24_red_catch_up_leaves_main_green() {
     let main_before = orch::git::Git::at(env.state().join("forge/demo.git"))
         .rev("main")
         .expect("rev");
-    let work = env.state().join("breaker");
+    common::push_to_main(&env, "red", "tests/zz_red_test.sh", "exit 1\n");
     let forge = env.state().join("forge/demo.git");
-    let git = |dir: &Path, args: &[&str]| {
-        assert!(
-            std::process::Command::new("git")
-                .current_dir(dir)
-                .env("GIT_AUTHOR_NAME", "t")
-                .env("GIT_AUTHOR_EMAIL", "t@t")
-                .env("GIT_COMMITTER_NAME", "t")
-                .env("GIT_COMMITTER_EMAIL", "t@t")
-                .args(args)
-                .status()
-                .expect("git")
-                .success()
-        );
-    };
-    git(
-        env.state(),
-        &[
-            "clone",
-            "--quiet",
-            &forge.to_string_lossy(),
-            &work.to_string_lossy(),
-        ],
-    );
-    std::fs::write(work.join("tests/zz_red_test.sh"), "exit 1\n").expect("write");
-    git(&work, &["add", "."]);
-    git(&work, &["commit", "--quiet", "-m", "red"]);
-    git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
     let main_red = orch::git::Git::at(&forge).rev("main").expect("rev");
     assert_ne!(main_before, main_red);
     let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -218,35 +217,7 @@ fn a_main_that_moved_since_staging_is_refused_and_restaged() {
     let env = self_hosting();
     to_phase_a(&env);
     // Someone pushes to main after staging verified the branch.
-    let work = env.state().join("mover");
-    let forge = env.state().join("forge/demo.git");
-    let git = |dir: &Path, args: &[&str]| {
-        assert!(
-            std::process::Command::new("git")
-                .current_dir(dir)
-                .env("GIT_AUTHOR_NAME", "t")
-                .env("GIT_AUTHOR_EMAIL", "t@t")
-                .env("GIT_COMMITTER_NAME", "t")
-                .env("GIT_COMMITTER_EMAIL", "t@t")
-                .args(args)
-                .status()
-                .expect("git")
-                .success()
-        );
-    };
-    git(
-        env.state(),
-        &[
-            "clone",
-            "--quiet",
-            &forge.to_string_lossy(),
-            &work.to_string_lossy(),
-        ],
-    );
-    std::fs::write(work.join("other.md"), "x\n").expect("write");
-    git(&work, &["add", "."]);
-    git(&work, &["commit", "--quiet", "-m", "moved"]);
-    git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+    common::push_to_main(&env, "mover", "other.md", "x\n");
     let moved = main_head(&env);
     let v = json(&run(
         &env,

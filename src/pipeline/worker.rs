@@ -172,7 +172,15 @@ pub fn run_claimed(
     Ok(report)
 }
 
-fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Result<RunReport> {
+/// The task a claimed job works for, on the stage the job works on — or, when
+/// there is nothing left to do (no task, task cancelled, task moved on), the
+/// job's committed end.
+fn task_for(
+    ctx: &Ctx,
+    db: &mut Db,
+    fence: Fence<'_>,
+    job: &Job,
+) -> anyhow::Result<Result<(Task, Stage), Committed>> {
     let Some(task_id) = job.task_id else {
         let c = fail_job(
             ctx,
@@ -181,7 +189,7 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
             fence,
             &Outcome::Failed("job has no task".into()),
         )?;
-        return Ok(RunReport::new(job, c));
+        return Ok(Err(c));
     };
     let task = task::require(db.conn(), task_id)?;
     let stage: Stage = job
@@ -199,13 +207,10 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
                 now(),
             )?)
         })?;
-        return Ok(RunReport::new(
-            job,
-            Committed::StageMoved {
-                job: None,
-                stage: task.stage,
-            },
-        ));
+        return Ok(Err(Committed::StageMoved {
+            job: None,
+            stage: task.stage,
+        }));
     }
     if task.stage() != stage {
         // The task moved on (a human advanced it): this job has nothing left to do.
@@ -222,8 +227,17 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
                 now(),
             )
         })?;
-        return Ok(RunReport::new(job, c));
+        return Ok(Err(c));
     }
+    Ok(Ok((task, stage)))
+}
+
+fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Result<RunReport> {
+    let (task, stage) = match task_for(ctx, db, fence, job)? {
+        Ok(found) => found,
+        Err(c) => return Ok(RunReport::new(job, c)),
+    };
+    let task_id = task.id;
 
     // Reserved agents run deterministically, without an LLM process.
     if job.agent == self_deploy::FINALIZER_AGENT {
@@ -579,39 +593,14 @@ fn finish_adopted(
     let mut report = RunReport::new(job, Committed::LostClaim);
     report.run_id = job.run_id;
     "success".clone_into(&mut report.run_verdict);
-    let Some(task_id) = job.task_id else {
-        report.committed = fail_job(
-            ctx,
-            db,
-            job,
-            fence,
-            &Outcome::Failed("job has no task".into()),
-        )?;
-        return Ok(report);
+    let (task, stage) = match task_for(ctx, db, fence, job)? {
+        Ok(found) => found,
+        Err(c) => {
+            report.committed = c;
+            return Ok(report);
+        }
     };
-    let task = task::require(db.conn(), task_id)?;
-    let stage: Stage = job
-        .stage
-        .as_deref()
-        .unwrap_or(&task.stage)
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!(e))?;
-    if task.stage() != stage {
-        report.committed = db.write(|tx| {
-            engine::commit(
-                tx,
-                &ctx.config,
-                task_id,
-                stage,
-                Some(fence),
-                None,
-                &Decision::Terminal,
-                &format!("job-{}", job.id),
-                now(),
-            )
-        })?;
-        return Ok(report);
-    }
+    let task_id = task.id;
     let ws = Workspace::new(&ctx.repos_dir(), &task.repo, ctx.config.repo(&task.repo)?)?;
     let branch = task
         .branch

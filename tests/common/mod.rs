@@ -172,3 +172,46 @@ pub fn to_phase_a(env: &Env) {
             .to_owned()
     );
 }
+
+/// Push a commit that writes `path` (relative to the repository) to `main` of
+/// the demo forge, as another developer would; `label` names the scratch clone.
+pub fn push_to_main(env: &Env, label: &str, path: &str, content: &str) {
+    let work = env.state().join(format!("pusher-{label}"));
+    let forge = env.state().join("forge/demo.git");
+    let git = |dir: &Path, args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .args(args)
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(
+        env.state(),
+        &[
+            "clone",
+            "--quiet",
+            &forge.to_string_lossy(),
+            &work.to_string_lossy(),
+        ],
+    );
+    let file = work.join(path);
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent).expect("mkdir");
+    }
+    std::fs::write(&file, content).expect("write");
+    git(&work, &["add", "."]);
+    git(
+        &work,
+        &["commit", "--quiet", "-m", &format!("{label} on main")],
+    );
+    git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+}
