@@ -17,6 +17,21 @@ pub fn secret(name: &str) -> Option<String> {
     lookup(name, env.as_deref(), dir.as_deref().map(Path::new))
 }
 
+/// Where secret `name` comes from, without reading it into anything that
+/// could be printed: `Some("environment ORCH_…")`, `Some("credential file
+/// …")`, or `None` when it is set nowhere (for `orch doctor`).
+pub fn origin(name: &str) -> Option<String> {
+    let var = env_name(name);
+    if std::env::var(&var).is_ok_and(|v| !v.trim().is_empty()) {
+        return Some(format!("environment {var}"));
+    }
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+    let path = Path::new(&dir).join(credential_name(name));
+    secret(name)
+        .is_some()
+        .then(|| format!("credential file {}", path.display()))
+}
+
 /// The environment variable that holds secret `name`: `ORCH_<NAME_UPPER>`.
 pub fn env_name(name: &str) -> String {
     format!("ORCH_{}", name.to_ascii_uppercase())
