@@ -737,7 +737,7 @@ fn check_apis(r: &mut Report, config: &Config, creds: &Creds) {
                         ),
                         Ok(states) => r.ok(
                             &check,
-                            format!("project {project}: {} workflow states", states.len()),
+                            format!("project {project}: {} known workflow states", states.len()),
                         ),
                         Err(e) => r.fail(
                             &check,
