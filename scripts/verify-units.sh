@@ -23,6 +23,8 @@ if [[ -z $bin || ! -x $bin ]]; then
     echo "verify-units: no orch binary (build it first or pass its path)" >&2
     exit 2
 fi
+# ExecStart= needs an absolute path.
+bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
 if ! command -v systemd-analyze >/dev/null; then
     echo "verify-units: systemd-analyze not found; skipping" >&2
     exit 0

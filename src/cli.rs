@@ -60,6 +60,20 @@ pub enum Command {
     Init(cmd::init::Args),
     /// Show the queue: counts, running jobs and whether their owners live, recent jobs, counters.
     Status(cmd::status::Args),
+    /// Check the installation: config, state dir, database, tools, remotes, agent, credentials, APIs.
+    ///
+    /// One line per check, `ok`, `warn` or `fail`, with what to do about it.
+    /// Secrets are reported as present or absent and where they come from,
+    /// never by value or length. Exit 0 when nothing failed (warnings
+    /// allowed), 1 when any check failed.
+    Doctor(cmd::doctor::Args),
+    /// Print Prometheus metrics (text exposition format) for the node_exporter textfile collector.
+    ///
+    /// Jobs by status and agent, owner-dead running jobs, tasks by stage, every
+    /// persistent counter, leases, the outbox and webhook deliveries by status,
+    /// agent cost and tokens, runs by outcome, the reaper's last pass. With
+    /// --output the file is replaced atomically (temporary file + rename).
+    Metrics(cmd::metrics::Args),
     /// Claim the next eligible job (exit 3 when nothing is claimable, saying why).
     Claim(cmd::claim::Args),
     /// Take a lock, claim a job, run its agent in the task's worktree, and finalize it.

@@ -26,7 +26,9 @@ impl Git {
         &self.dir
     }
 
-    fn command<I, S>(&self, args: I) -> Command
+    /// The pinned `git` command with `args`, for callers that spawn it
+    /// themselves (e.g. to bound it with a timeout).
+    pub fn command<I, S>(&self, args: I) -> Command
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,

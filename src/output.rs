@@ -4,11 +4,38 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
+/// The log target of progress lines (agent started/ended, re-test, demo).
+///
+/// Progress is logged at info level under this target. When stderr is a
+/// terminal it is shown by default (a person is watching); under journald or
+/// in a pipe it needs `-v`, like any other info line, so timers stay quiet.
+pub const PROGRESS: &str = "orch::progress";
+
 /// Log to stderr at a level picked by `-v`/`-q`; `RUST_LOG` overrides.
 ///
-/// ureq is capped at info because it logs full URLs (with the Telegram bot
-/// token in the path) at trace.
+/// Every line is `orch: <level>: message`: no timestamps (journald stamps
+/// lines itself), no colours. ureq and its protocol crate are capped at warn
+/// even under `RUST_LOG=trace`, because at debug and trace they log full
+/// URLs (the Telegram bot token is in the path) and raw request headers
+/// (Plane's `X-API-Key`, Gitea's `Authorization`).
 pub fn init_logging(verbose: u8, quiet: bool) {
+    use std::io::IsTerminal as _;
+    let terminal = std::io::stderr().is_terminal();
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let default = default_filter(verbose, quiet, terminal && !journal);
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .filter_module("ureq", log::LevelFilter::Warn)
+        .filter_module("ureq_proto", log::LevelFilter::Warn)
+        .write_style(env_logger::WriteStyle::Never)
+        .format(|buf, record| {
+            let level = record.level().as_str().to_ascii_lowercase();
+            writeln!(buf, "orch: {level}: {}", record.args())
+        })
+        .init();
+}
+
+/// The filter used when `RUST_LOG` is not set.
+fn default_filter(verbose: u8, quiet: bool, show_progress: bool) -> String {
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -16,13 +43,17 @@ pub fn init_logging(verbose: u8, quiet: bool) {
         (false, 2) => "debug",
         (false, _) => "trace",
     };
-    let default = format!("{level},ureq=info,rustls=warn");
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .format(|buf, record| {
-            let level = record.level().as_str().to_ascii_lowercase();
-            writeln!(buf, "orch: {level}: {}", record.args())
-        })
-        .init();
+    let progress = if show_progress && !quiet && verbose == 0 {
+        format!(",{PROGRESS}=info")
+    } else {
+        String::new()
+    };
+    format!("{level},rustls=warn{progress}")
+}
+
+/// Log one progress line (see [`PROGRESS`]).
+pub fn progress(message: &str) {
+    log::info!(target: PROGRESS, "{message}");
 }
 
 /// Print `value` as pretty JSON on stdout.
@@ -113,6 +144,17 @@ mod tests {
         t.row(vec!["1".into(), "queued".into()]);
         t.row(vec!["100".into(), "done".into()]);
         assert_eq!(t.render(), "ID   STATUS\n1    queued\n100  done\n");
+    }
+
+    #[test]
+    fn progress_is_shown_on_a_terminal_only() {
+        assert_eq!(default_filter(0, false, false), "warn,rustls=warn");
+        assert_eq!(
+            default_filter(0, false, true),
+            "warn,rustls=warn,orch::progress=info"
+        );
+        assert_eq!(default_filter(0, true, true), "error,rustls=warn");
+        assert_eq!(default_filter(1, false, true), "info,rustls=warn");
     }
 
     #[test]

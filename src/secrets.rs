@@ -4,8 +4,11 @@
 //!
 //! A secret named `plane_api_token` is read from `ORCH_PLANE_API_TOKEN`, else
 //! from the file `$CREDENTIALS_DIRECTORY/plane-api-token` (what systemd's
-//! `LoadCredential=plane-api-token:…` provides). Values are trimmed; an empty
-//! value counts as absent. Nothing here logs a value or puts it in an error.
+//! `LoadCredential=plane-api-token:…` provides), else from
+//! `$CREDENTIALS_DIRECTORY/orch-plane-api-token` (what the shipped units'
+//! ID-only `LoadCredential=orch-plane-api-token` provides from
+//! `/etc/credstore/`). Values are trimmed; an empty value counts as absent.
+//! Nothing here logs a value or puts it in an error.
 
 use std::path::Path;
 
@@ -15,6 +18,22 @@ pub fn secret(name: &str) -> Option<String> {
     let env = std::env::var(env_name(name)).ok();
     let dir = std::env::var_os("CREDENTIALS_DIRECTORY");
     lookup(name, env.as_deref(), dir.as_deref().map(Path::new))
+}
+
+/// Where secret `name` comes from, without reading it into anything that
+/// could be printed: `Some("environment ORCH_…")`, `Some("credential file
+/// …")`, or `None` when it is set nowhere (for `orch doctor`).
+pub fn origin(name: &str) -> Option<String> {
+    let var = env_name(name);
+    if std::env::var(&var).is_ok_and(|v| !v.trim().is_empty()) {
+        return Some(format!("environment {var}"));
+    }
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+    credential_file_names(name)
+        .into_iter()
+        .map(|file| Path::new(&dir).join(file))
+        .find(|path| read_credential(path).is_some())
+        .map(|path| format!("credential file {}", path.display()))
 }
 
 /// The environment variable that holds secret `name`: `ORCH_<NAME_UPPER>`.
@@ -43,8 +62,20 @@ pub fn lookup(
     if dir.as_os_str().is_empty() {
         return None;
     }
-    let path = dir.join(credential_name(name));
-    match std::fs::read_to_string(&path) {
+    credential_file_names(name)
+        .into_iter()
+        .find_map(|file| read_credential(&dir.join(file)))
+}
+
+/// The credential file names tried for secret `name`, in order:
+/// `plane-api-token`, then `orch-plane-api-token`.
+pub fn credential_file_names(name: &str) -> [String; 2] {
+    let base = credential_name(name);
+    [base.clone(), format!("orch-{base}")]
+}
+
+fn read_credential(path: &Path) -> Option<String> {
+    match std::fs::read_to_string(path) {
         Ok(text) => {
             let v = text.trim();
             (!v.is_empty()).then(|| v.to_owned())
@@ -90,6 +121,17 @@ mod tests {
         assert_eq!(
             lookup("gitea_token", Some("   "), Some(dir.path())),
             Some("from-file".into())
+        );
+    }
+
+    #[test]
+    fn the_shipped_units_orch_prefixed_name_is_accepted() {
+        // systemd/orch-worker@.service: LoadCredential=orch-plane-api-token
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("orch-plane-api-token"), "tok\n").expect("write");
+        assert_eq!(
+            lookup("plane_api_token", None, Some(dir.path())),
+            Some("tok".into())
         );
     }
 

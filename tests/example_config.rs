@@ -1,5 +1,6 @@
 //! `examples/orch.toml` loads without error and names every setting, so it
-//! stays a complete, valid reference as settings are added.
+//! stays a complete, valid reference as settings are added; the full
+//! deployment example `examples/plane-gitea-telegram.toml` loads too.
 
 use std::path::Path;
 
@@ -21,6 +22,26 @@ fn example_config_is_valid() {
     assert!(
         out.status.success(),
         "examples/orch.toml is refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn full_deployment_example_is_valid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/plane-gitea-telegram.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orch"))
+        .arg("--state-dir")
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&example)
+        .arg("init")
+        .env_remove("ORCH_AGENT_CMD")
+        .output()
+        .expect("run orch init");
+    assert!(
+        out.status.success(),
+        "examples/plane-gitea-telegram.toml is refused: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -6,11 +6,13 @@ pub mod claim;
 pub mod debug;
 pub mod demo;
 pub mod demo_agent;
+pub mod doctor;
 pub mod finalize_deploy;
 pub mod generate;
 pub mod ingest_webhook;
 pub mod init;
 pub mod job;
+pub mod metrics;
 pub mod reap;
 pub mod reclaim_leases;
 pub mod reconcile;
@@ -30,6 +32,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate(c) => generate::run(c),
         Command::Debug(c) => debug::run(c),
         Command::DemoAgent(a) => demo_agent::run(&a),
+        // Doctor reports a broken config as a check instead of failing on it.
+        Command::Doctor(a) => doctor::run(&cli.global, &a),
         Command::Demo(a) => {
             // The demo never touches the default installation: without an
             // explicit state dir it works in ./orch-demo.
@@ -55,9 +59,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::FinalizeDeploy(a) => finalize_deploy::run(&ctx, &a),
                 Command::ReclaimLeases(a) => reclaim_leases::run(&ctx, &a),
                 Command::IngestWebhook(a) => ingest_webhook::run(&ctx, &a),
+                Command::Metrics(a) => metrics::run(&ctx, &a),
                 Command::Generate(_)
                 | Command::Debug(_)
                 | Command::DemoAgent(_)
+                | Command::Doctor(_)
                 | Command::Demo(_) => unreachable!("handled above"),
             }
         }

@@ -188,7 +188,23 @@ pub fn check(
         guard_program: std::env::current_exe()?,
     };
     bump(conn, "merge_gate_retests_total");
+    let retest_started = std::time::Instant::now();
+    crate::output::progress(&format!(
+        "task {}: merge gate re-test of {branch} started (timeout {}s)",
+        task.id,
+        timeout.as_secs()
+    ));
     let outcome = runner::run(&spec, |_| {})?;
+    crate::output::progress(&format!(
+        "task {}: merge gate re-test of {branch} ended after {:.1}s: {}",
+        task.id,
+        retest_started.elapsed().as_secs_f64(),
+        match classify_retest(&outcome) {
+            None => "green",
+            Some(RetestFailure::Timeout) => "timed out",
+            Some(_) => "red",
+        }
+    ));
     let what = if current {
         "re-test"
     } else {

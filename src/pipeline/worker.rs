@@ -386,6 +386,15 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
         tree_kill: ctx.config.subprocess_tree_kill_enabled,
         guard_program: std::env::current_exe().context("locating the orch binary")?,
     };
+    let agent_started = std::time::Instant::now();
+    crate::output::progress(&format!(
+        "job {}: {} agent started on stage {} of task {}",
+        job.id,
+        job.agent,
+        job.stage.as_deref().unwrap_or("-"),
+        job.task_id
+            .map_or_else(|| "-".to_owned(), |t| t.to_string())
+    ));
     let outcome = runner::run(&spec, |pid| {
         let res = db.write(|tx| {
             tx.execute(
@@ -448,6 +457,12 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
         claude::RunVerdict::Transient(r) => format!("transient: {r}"),
         claude::RunVerdict::Failure(r) => format!("failure: {r}"),
     };
+    crate::output::progress(&format!(
+        "job {}: {} agent ended after {:.1}s: {outcome_text}",
+        job.id,
+        job.agent,
+        agent_started.elapsed().as_secs_f64()
+    ));
     db.write(|tx| {
         tx.execute(
             "UPDATE agent_runs SET finished_at = ?2, exit_code = ?3, signal = ?4, timed_out = ?5,

@@ -198,6 +198,47 @@ impl Db {
     }
 }
 
+/// What `orch doctor` learns about a database file without changing it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Health {
+    /// `PRAGMA application_id` matches orch's.
+    pub is_orch: bool,
+    /// `PRAGMA user_version`.
+    pub schema_version: i64,
+    /// The schema version this binary writes.
+    pub latest_version: i64,
+    /// The rows of `PRAGMA quick_check` (`["ok"]` when healthy).
+    pub quick_check: Vec<String>,
+    /// `PRAGMA journal_mode` (`wal` expected).
+    pub journal_mode: String,
+}
+
+/// Inspect the database at `path` read-only: no migration, no write.
+pub fn health(path: &Path, busy_timeout: Duration) -> anyhow::Result<Health> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening database {} read-only", path.display()))?;
+    conn.busy_timeout(busy_timeout)?;
+    let app_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(not_a_database)?;
+    let schema_version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let journal_mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+    let mut stmt = conn.prepare("PRAGMA quick_check")?;
+    let quick_check = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Health {
+        is_orch: app_id == schema::APPLICATION_ID,
+        schema_version,
+        latest_version: schema::MIGRATIONS.len() as i64,
+        quick_check,
+        journal_mode: journal_mode.to_ascii_lowercase(),
+    })
+}
+
 fn is_busy(err: &anyhow::Error) -> bool {
     err.chain().any(|c| {
         matches!(

@@ -83,6 +83,27 @@ pub fn webhook_secret(
     Ok(None)
 }
 
+/// Where `source`'s secret comes from (the variable or the credential file),
+/// never its value; `None` when none is configured (for `orch doctor`).
+pub fn webhook_secret_origin(
+    source: Source,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<String>, OrchError> {
+    if webhook_secret(source, env)?.is_none() {
+        return Ok(None);
+    }
+    if env(env_var(source)).is_some_and(|v| !v.is_empty()) {
+        return Ok(Some(format!("environment {}", env_var(source))));
+    }
+    let dir = env("CREDENTIALS_DIRECTORY").unwrap_or_default();
+    let path = credential_names(source)
+        .into_iter()
+        .map(|name| Path::new(&dir).join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+        .unwrap_or_else(|| Path::new(&dir).to_path_buf());
+    Ok(Some(format!("credential file {}", path.display())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -179,6 +179,24 @@ impl GiteaForge {
         format!("{}{path}", self.repo_url)
     }
 
+    /// Whether the token can read the repository: `GET /repos/{owner}/{repo}`.
+    /// Returns the repository's full name and whether the token may push.
+    pub fn check_access(&self) -> anyhow::Result<(String, bool)> {
+        let reply = self.http.get(&self.repo_url)?.success()?;
+        let name = reply
+            .json
+            .get("full_name")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned();
+        let push = reply
+            .json
+            .pointer("/permissions/push")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        Ok((name, push))
+    }
+
     /// The pull request of `branch` into the default branch, open or not:
     /// `GET /pulls/{base}/{head}` (200, or 404 = none).
     pub fn find_pr(&self, branch: &str) -> anyhow::Result<Option<PullRequest>> {

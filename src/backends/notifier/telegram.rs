@@ -148,6 +148,28 @@ impl Telegram {
         Ok(total)
     }
 
+    /// The bot's username, from `getMe`: proves the token is valid and the
+    /// Bot API reachable, without sending anything.
+    pub fn get_me(&self) -> Result<String, HttpError> {
+        let url = self
+            .send_url
+            .strip_suffix("/sendMessage")
+            .map_or_else(|| self.send_url.clone(), |base| format!("{base}/getMe"));
+        let reply = self.http.get(&url)?.success()?;
+        if reply.json.get("ok").and_then(Value::as_bool) != Some(true) {
+            return Err(HttpError::Permanent {
+                status: reply.status,
+                message: format!("{}: {}", reply.request(), reply.api_message()),
+            });
+        }
+        Ok(reply
+            .json
+            .pointer("/result/username")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned())
+    }
+
     fn send_one(&self, html: &str) -> Result<(), HttpError> {
         let body = json!({
             "chat_id": self.chat_id,

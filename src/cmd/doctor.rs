@@ -1,0 +1,822 @@
+//! `orch doctor`: check an installation the way an operator would before
+//! trusting it, one line per check, each `ok`, `warn` or `fail` with what to
+//! do about it.
+//!
+//! It exists because orch has no daemon to complain at start-up: a missing
+//! token, an unreachable remote or a world-writable state directory would
+//! otherwise surface only when a timer's run fails in the journal. Doctor
+//! never changes anything (the database is opened read-only, probes of the
+//! state and lock directories create and remove a scratch file) and never
+//! prints a secret's value or length, only whether it is present and where it
+//! comes from.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::backends::forge::gitea::{self, GiteaForge};
+use crate::backends::notifier::telegram::{self, Telegram};
+use crate::backends::tracker::plane::{self, PlaneClient};
+use crate::cli::GlobalOpts;
+use crate::config::Config;
+use crate::context::{Ctx, resolve_state_dir};
+use crate::output;
+use crate::webhooks::Source;
+
+/// Arguments of `orch doctor`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Skip every check that needs the network: `git ls-remote` of remote
+    /// URLs (local paths are still checked) and the Plane, Gitea and Telegram
+    /// API probes.
+    #[arg(long)]
+    pub offline: bool,
+    /// Print the checks as JSON: `{"ok": bool, "failures": n, "warnings": n,
+    /// "checks": [{"check", "level", "message", "hint"}]}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How a check went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Fine.
+    Ok,
+    /// Works, but something is off or could not be checked.
+    Warn,
+    /// Broken: orch will fail because of this.
+    Fail,
+}
+
+impl Level {
+    fn as_str(self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Warn => "warn",
+            Level::Fail => "fail",
+        }
+    }
+}
+
+/// The result of one check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was checked, e.g. `database` or `credential plane_api_token`.
+    pub check: String,
+    /// The verdict.
+    pub level: Level,
+    /// What was found.
+    pub message: String,
+    /// What to do about it (warn and fail only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// The checks, in order.
+#[derive(Debug, Default)]
+struct Report {
+    checks: Vec<Check>,
+}
+
+impl Report {
+    fn push(&mut self, check: &str, level: Level, message: String, hint: Option<String>) {
+        self.checks.push(Check {
+            check: check.to_owned(),
+            level,
+            message,
+            hint,
+        });
+    }
+    fn ok(&mut self, check: &str, message: impl Into<String>) {
+        self.push(check, Level::Ok, message.into(), None);
+    }
+    fn warn(&mut self, check: &str, message: impl Into<String>, hint: impl Into<String>) {
+        self.push(check, Level::Warn, message.into(), Some(hint.into()));
+    }
+    fn fail(&mut self, check: &str, message: impl Into<String>, hint: impl Into<String>) {
+        self.push(check, Level::Fail, message.into(), Some(hint.into()));
+    }
+    fn count(&self, level: Level) -> usize {
+        self.checks.iter().filter(|c| c.level == level).count()
+    }
+}
+
+/// Free space under which the state directory gets a warning.
+const MIN_FREE_BYTES: u64 = 1 << 30;
+
+/// Run `orch doctor`. It resolves the state directory and config itself, so
+/// that a broken config is a `fail` line rather than the end of the run.
+pub fn run(global: &GlobalOpts, args: &Args) -> anyhow::Result<ExitCode> {
+    let env = |k: &str| std::env::var(k).ok();
+    let mut r = Report::default();
+    let state_dir = resolve_state_dir(global.state_dir.as_deref(), &env)?;
+    let config = match Config::load(global.config.as_deref(), &state_dir.join("orch.toml"), &env) {
+        Ok(config) => {
+            let origin = global.config.clone().unwrap_or(state_dir.join("orch.toml"));
+            let origin = if origin.exists() {
+                origin.display().to_string()
+            } else {
+                "defaults (no config file)".to_owned()
+            };
+            r.ok(
+                "config",
+                format!(
+                    "loaded and valid: {origin}; {} repositories; tracker {}, forge {}, notifier {}",
+                    config.repos.len(),
+                    config.tracker,
+                    config.forge,
+                    config.notifier
+                ),
+            );
+            if config.repos.is_empty() {
+                r.warn(
+                    "repos",
+                    "no repositories are declared",
+                    "add a [repos.<name>] table with a remote (docs/configuration.md)",
+                );
+            }
+            Some(config)
+        }
+        Err(e) => {
+            r.fail(
+                "config",
+                format!("{e:#}"),
+                "fix the file or the ORCH_* variable named above (docs/configuration.md)",
+            );
+            None
+        }
+    };
+    let ctx = Ctx {
+        state_dir: state_dir.clone(),
+        config: config.clone().unwrap_or_default(),
+    };
+    check_state_dir(&mut r, &state_dir);
+    check_database(&mut r, &ctx, config.is_some());
+    check_dir_writable(&mut r, "locks", &ctx.locks_dir());
+    check_tools(&mut r);
+    check_disk(&mut r, &state_dir);
+    if let Some(config) = &config {
+        check_repos(&mut r, config, args.offline);
+        check_agents(&mut r, config);
+        let creds = check_credentials(&mut r, config);
+        if args.offline {
+            if config.tracker == "plane" || config.forge == "gitea" || config.notifier == "telegram"
+            {
+                r.ok("remote APIs", "skipped (--offline)");
+            }
+        } else {
+            check_apis(&mut r, config, &creds);
+        }
+    }
+    let failures = r.count(Level::Fail);
+    let warnings = r.count(Level::Warn);
+    if args.json {
+        output::print_json(&serde_json::json!({
+            "ok": failures == 0,
+            "failures": failures,
+            "warnings": warnings,
+            "checks": r.checks,
+        }))?;
+    } else {
+        for c in &r.checks {
+            match &c.hint {
+                Some(hint) => println!(
+                    "{:<4}  {}: {} — {hint}",
+                    c.level.as_str(),
+                    c.check,
+                    c.message
+                ),
+                None => println!("{:<4}  {}: {}", c.level.as_str(), c.check, c.message),
+            }
+        }
+        println!(
+            "{} checks: {} ok, {warnings} warnings, {failures} failures",
+            r.checks.len(),
+            r.count(Level::Ok)
+        );
+    }
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn check_state_dir(r: &mut Report, dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) => {
+            r.fail(
+                "state dir",
+                format!("{}: {e}", dir.display()),
+                "run `orch init` (or pass the right --state-dir)",
+            );
+            return;
+        }
+    };
+    if !meta.is_dir() {
+        r.fail(
+            "state dir",
+            format!("{} is not a directory", dir.display()),
+            "point --state-dir / ORCH_STATE_DIR at a directory",
+        );
+        return;
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        r.fail(
+            "state dir",
+            format!("{} is world-writable (mode {mode:04o})", dir.display()),
+            format!(
+                "anyone could replace the database or lock files: chmod o-w {}",
+                dir.display()
+            ),
+        );
+        return;
+    }
+    match probe_writable(dir) {
+        Ok(()) => r.ok(
+            "state dir",
+            format!("{} (mode {mode:04o}, writable)", dir.display()),
+        ),
+        Err(e) => r.fail(
+            "state dir",
+            format!("{} is not writable by this user: {e}", dir.display()),
+            "run orch as the owner of the state dir (the orch user under systemd)",
+        ),
+    }
+}
+
+fn check_dir_writable(r: &mut Report, name: &str, dir: &Path) {
+    if !dir.is_dir() {
+        r.fail(
+            name,
+            format!("{} does not exist", dir.display()),
+            "run `orch init`",
+        );
+        return;
+    }
+    match probe_writable(dir) {
+        Ok(()) => r.ok(name, format!("{} writable", dir.display())),
+        Err(e) => r.fail(
+            name,
+            format!("{} is not writable: {e}", dir.display()),
+            "workers cannot take their owner lock; fix the directory's owner or mode",
+        ),
+    }
+}
+
+/// Create and remove a scratch file in `dir`.
+fn probe_writable(dir: &Path) -> std::io::Result<()> {
+    let path = dir.join(format!(".orch-doctor-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)
+}
+
+fn check_database(r: &mut Report, ctx: &Ctx, config_ok: bool) {
+    let path = ctx.db_path();
+    if !config_ok && !path.exists() {
+        r.warn(
+            "database",
+            format!("{} not found (config did not load)", path.display()),
+            "fix the config first",
+        );
+        return;
+    }
+    if !path.exists() {
+        r.fail(
+            "database",
+            format!("no database at {}", path.display()),
+            "run `orch init`",
+        );
+        return;
+    }
+    let h = match crate::storage::health(&path, ctx.busy_timeout()) {
+        Ok(h) => h,
+        Err(e) => {
+            r.fail(
+                "database",
+                format!("{e:#}"),
+                "restore the database from a backup, or move it away and run `orch init`",
+            );
+            return;
+        }
+    };
+    if !h.is_orch {
+        r.fail(
+            "database",
+            format!("{} is not an orch database", path.display()),
+            "point db_path at the orch database",
+        );
+        return;
+    }
+    match h.schema_version.cmp(&h.latest_version) {
+        std::cmp::Ordering::Equal => r.ok(
+            "database",
+            format!("{} (schema v{})", path.display(), h.schema_version),
+        ),
+        std::cmp::Ordering::Less => r.warn(
+            "database",
+            format!(
+                "schema v{} is older than this orch's v{}",
+                h.schema_version, h.latest_version
+            ),
+            "run `orch init` (any command migrates it forward)",
+        ),
+        std::cmp::Ordering::Greater => r.fail(
+            "database",
+            format!(
+                "schema v{} is newer than this orch understands (v{})",
+                h.schema_version, h.latest_version
+            ),
+            "upgrade orch",
+        ),
+    }
+    if h.quick_check == ["ok"] {
+        r.ok("database integrity", "PRAGMA quick_check: ok");
+    } else {
+        let first: Vec<&str> = h.quick_check.iter().take(3).map(String::as_str).collect();
+        r.fail(
+            "database integrity",
+            format!("PRAGMA quick_check: {}", first.join("; ")),
+            "stop the timers, back up the file, and restore or rebuild it (docs/operations.md)",
+        );
+    }
+    if h.journal_mode == "wal" {
+        r.ok("journal mode", "wal");
+    } else {
+        r.warn(
+            "journal mode",
+            format!("{} (not wal)", h.journal_mode),
+            "the database should be on a local file system; concurrent orch processes will block each other",
+        );
+    }
+}
+
+/// The full path of `program` on `PATH` (or `program` itself if it has a `/`
+/// and is executable).
+fn which(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| executable(p))
+}
+
+fn check_tools(r: &mut Report) {
+    for (tool, why) in [
+        ("git", "orch clones, branches, rebases and pushes with git"),
+        (
+            "setsid",
+            "the self-deploy hook is detached with setsid (util-linux)",
+        ),
+    ] {
+        match which(tool) {
+            Some(p) => r.ok(&format!("tool {tool}"), p.display().to_string()),
+            None => r.fail(
+                &format!("tool {tool}"),
+                format!("{tool} is not on PATH"),
+                format!("install it: {why}"),
+            ),
+        }
+    }
+}
+
+/// Available bytes on the file system of `dir`, from `df -Pk`.
+fn free_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let out = Command::new("df")
+        .arg("-Pk")
+        .arg("--")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "df: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    parse_df(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The "Available" column (KiB) of the last line of `df -Pk` output, in bytes.
+fn parse_df(text: &str) -> anyhow::Result<u64> {
+    let line = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("df printed no data line"))?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(3)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("cannot read df output {line:?}"))?;
+    Ok(kib * 1024)
+}
+
+fn check_disk(r: &mut Report, dir: &Path) {
+    if !dir.is_dir() {
+        return;
+    }
+    match free_bytes(dir) {
+        Ok(bytes) => {
+            let gib = bytes as f64 / f64::from(1u32 << 30);
+            if bytes < MIN_FREE_BYTES {
+                r.warn(
+                    "disk",
+                    format!("{gib:.2} GiB free under {}", dir.display()),
+                    "worktrees, agent logs and the WAL need room: free space or move the state dir",
+                );
+            } else {
+                r.ok("disk", format!("{gib:.1} GiB free under {}", dir.display()));
+            }
+        }
+        Err(e) => r.warn(
+            "disk",
+            format!("cannot tell free space: {e:#}"),
+            "check `df -h` by hand",
+        ),
+    }
+}
+
+/// Whether `remote` names a local path (checked even with --offline).
+fn is_local_remote(remote: &str) -> bool {
+    if remote.contains("://") {
+        return remote.starts_with("file://");
+    }
+    // scp-like `host:path` (but not `/a:b` or `./a:b`).
+    match remote.find(':') {
+        Some(colon) => remote[..colon].contains('/'),
+        None => true,
+    }
+}
+
+fn check_repos(r: &mut Report, config: &Config, offline: bool) {
+    let timeout = Duration::from_secs(config.http_timeout_s.clamp(1, 20));
+    for (name, repo) in &config.repos {
+        let check = format!("repo {name}");
+        let local = is_local_remote(&repo.remote);
+        if offline && !local {
+            r.ok(
+                &check,
+                format!("{} (not contacted: --offline)", repo.remote),
+            );
+            continue;
+        }
+        match ls_remote(&repo.remote, timeout) {
+            Ok(refs) => r.ok(&check, format!("{} reachable ({refs} refs)", repo.remote)),
+            Err(e) => r.fail(
+                &check,
+                format!("{}: {e:#}", repo.remote),
+                "check the remote URL, the network, and the orch user's git credentials (ssh key or credential helper)",
+            ),
+        }
+    }
+}
+
+/// `git ls-remote --heads -- <remote>` bounded by `timeout`; the number of refs.
+fn ls_remote(remote: &str, timeout: Duration) -> anyhow::Result<usize> {
+    let mut child = crate::git::Git::at(std::env::temp_dir())
+        .command(["ls-remote", "--heads", "--", remote])
+        .env(
+            "GIT_SSH_COMMAND",
+            "ssh -o BatchMode=yes -o ConnectTimeout=10",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("git ls-remote timed out after {}s", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+        anyhow::bail!("git ls-remote failed: {}", last.trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).lines().count())
+}
+
+/// The program an agent command runs: the first word that is not a variable
+/// assignment (and not `env`/`exec`), with shell quotes removed. `None` when
+/// the command starts with something else the shell interprets.
+pub fn agent_program(command: &str) -> Option<String> {
+    let mut words = shell_words(command).into_iter();
+    loop {
+        let w = words.next()?;
+        let is_assignment = w.split_once('=').is_some_and(|(k, _)| {
+            !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+        if is_assignment || w == "exec" || w == "env" || w == "command" {
+            continue;
+        }
+        if w.starts_with('-')
+            || w.contains('$')
+            || w.contains('`')
+            || [
+                "cd", ".", "source", "set", "export", "if", "for", "while", "case", "{", "(", "!",
+                "eval",
+            ]
+            .contains(&w.as_str())
+        {
+            return None;
+        }
+        return Some(w);
+    }
+}
+
+/// Split the start of a shell command into words, honouring `'…'`, `"…"`
+/// and `\`; stops at the first operator (`;`, `|`, `&`, `<`, `>`).
+fn shell_words(command: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = command.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                cur.extend(chars.by_ref().take_while(|&c| c != '\''));
+            }
+            '"' => {
+                in_word = true;
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => cur.extend(chars.next()),
+                        c => cur.push(c),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                cur.extend(chars.next());
+            }
+            ';' | '|' | '&' | '<' | '>' | '\n' => break,
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    words
+}
+
+fn check_agents(r: &mut Report, config: &Config) {
+    let mut commands: Vec<(String, &str)> = vec![("agent".to_owned(), config.agent_cmd.as_str())];
+    for (stage, cmd) in &config.agent_cmds {
+        commands.push((format!("agent {stage}"), cmd.as_str()));
+    }
+    let overridden = std::env::var_os("ORCH_AGENT_CMD").is_some();
+    for (check, command) in commands {
+        let from = if overridden && check == "agent" {
+            " (from ORCH_AGENT_CMD)"
+        } else {
+            ""
+        };
+        let Some(program) = agent_program(command) else {
+            r.ok(
+                &check,
+                format!("command starts with shell syntax; program not checked{from}"),
+            );
+            continue;
+        };
+        match which(&program) {
+            Some(p) => r.ok(&check, format!("{program} → {}{from}", p.display())),
+            None if program == "claude" => r.warn(
+                &check,
+                format!("claude is not on PATH{from}"),
+                "install Claude Code for the orch user (`npm install -g @anthropic-ai/claude-code`, then log in or set ANTHROPIC_API_KEY), or set agent_cmd",
+            ),
+            None => r.warn(
+                &check,
+                format!("{program} is not on PATH{from}"),
+                "every agent run will fail: install it or fix agent_cmd / [agent_cmds]",
+            ),
+        }
+    }
+}
+
+/// Which tokens were found, so the API checks skip the ones that are missing.
+#[derive(Debug, Default)]
+struct Creds {
+    plane: bool,
+    gitea: bool,
+    telegram: bool,
+}
+
+fn check_credentials(r: &mut Report, config: &Config) -> Creds {
+    let mut creds = Creds::default();
+    for (needed, secret, backend, found) in [
+        (
+            config.tracker == "plane",
+            plane::TOKEN_SECRET,
+            "tracker = \"plane\"",
+            &mut creds.plane,
+        ),
+        (
+            config.forge == "gitea",
+            gitea::TOKEN_SECRET,
+            "forge = \"gitea\"",
+            &mut creds.gitea,
+        ),
+        (
+            config.notifier == "telegram",
+            telegram::TOKEN_SECRET,
+            "notifier = \"telegram\"",
+            &mut creds.telegram,
+        ),
+    ] {
+        if !needed {
+            continue;
+        }
+        let check = format!("credential {secret}");
+        match crate::secrets::origin(secret) {
+            Some(origin) => {
+                *found = true;
+                r.ok(&check, format!("present ({origin})"));
+            }
+            None => r.fail(
+                &check,
+                format!("absent, and {backend} needs it"),
+                format!(
+                    "set {} or the systemd credential {} (LoadCredential=, see systemd/README.md)",
+                    crate::secrets::env_name(secret),
+                    crate::secrets::credential_name(secret)
+                ),
+            ),
+        }
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    for (needed, source) in [
+        (config.tracker == "plane", Source::Plane),
+        (config.forge == "gitea", Source::Gitea),
+    ] {
+        if !needed {
+            continue;
+        }
+        let var = crate::webhooks::secret::env_var(source);
+        let check = format!("webhook secret {}", source.as_str());
+        match crate::webhooks::secret::webhook_secret_origin(source, &env) {
+            Ok(Some(origin)) => r.ok(&check, format!("present ({origin})")),
+            Ok(None) => r.warn(
+                &check,
+                "absent: `orch ingest-webhook` refuses every delivery from this source (exit 77)",
+                format!(
+                    "set {var} or the credential {}-webhook-secret, or rely on `orch reconcile` polling",
+                    source.as_str()
+                ),
+            ),
+            Err(e) => r.fail(&check, e.to_string(), "fix the credential file's permissions"),
+        }
+    }
+    creds
+}
+
+fn check_apis(r: &mut Report, config: &Config, creds: &Creds) {
+    let timeout = Duration::from_secs(config.http_timeout_s.clamp(1, 20));
+    if config.tracker == "plane" && creds.plane {
+        match PlaneClient::from_config(config, timeout) {
+            Err(e) => r.fail(
+                "api plane",
+                format!("{e:#}"),
+                "set plane_url and plane_workspace",
+            ),
+            Ok(client) => {
+                let projects: Vec<(&String, &String)> = config
+                    .repos
+                    .iter()
+                    .filter(|(_, repo)| !repo.plane_project.is_empty())
+                    .map(|(name, repo)| (name, &repo.plane_project))
+                    .collect();
+                if projects.is_empty() {
+                    r.warn(
+                        "api plane",
+                        "no repository declares plane_project",
+                        "set [repos.<name>].plane_project to the Plane project id",
+                    );
+                }
+                for (name, project) in projects {
+                    let check = format!("api plane {name}");
+                    match client.project_states(project) {
+                        Ok(states) if states.is_empty() => r.warn(
+                            &check,
+                            format!("project {project} has no states"),
+                            "check the project id",
+                        ),
+                        Ok(states) => r.ok(
+                            &check,
+                            format!("project {project}: {} known workflow states", states.len()),
+                        ),
+                        Err(e) => r.fail(
+                            &check,
+                            format!("{e:#}"),
+                            "check plane_url, plane_workspace, the project id and the token's access",
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    if config.forge == "gitea" && creds.gitea {
+        for name in config.repos.keys() {
+            let check = format!("api gitea {name}");
+            match GiteaForge::from_config(config, name, timeout).and_then(|f| f.check_access()) {
+                Ok((full, true)) => r.ok(&check, format!("{full} readable and writable")),
+                Ok((full, false)) => r.fail(
+                    &check,
+                    format!("{full}: the token cannot push"),
+                    "give orch's Gitea user write access to the repository",
+                ),
+                Err(e) => r.fail(
+                    &check,
+                    format!("{e:#}"),
+                    "check gitea_url, gitea_owner, the repository name and the token",
+                ),
+            }
+        }
+    }
+    if config.notifier == "telegram" && creds.telegram {
+        match Telegram::from_config(config, timeout).and_then(|t| Ok(t.get_me()?)) {
+            Ok(user) => r.ok("api telegram", format!("bot @{user} (getMe)")),
+            Err(e) => r.fail(
+                "api telegram",
+                format!("{e:#}"),
+                "check telegram_api_url, telegram_chat_id and the bot token",
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_program_is_the_first_real_word() {
+        assert_eq!(
+            agent_program("claude -p --verbose < \"$ORCH_TASK_FILE\"").as_deref(),
+            Some("claude")
+        );
+        assert_eq!(
+            agent_program("'/opt/my orch/orch' demo-agent").as_deref(),
+            Some("/opt/my orch/orch")
+        );
+        assert_eq!(
+            agent_program("FOO=1 env BAR=2 exec codex run").as_deref(),
+            Some("codex")
+        );
+        assert_eq!(agent_program("cd sub && make"), None);
+        assert_eq!(agent_program("$AGENT"), None);
+        assert_eq!(agent_program(""), None);
+    }
+
+    #[test]
+    fn df_output_is_parsed() {
+        let text = "Filesystem     1024-blocks      Used Available Capacity Mounted on\n\
+                    /dev/vda1        61255492  20438680  37675428      36% /\n";
+        assert_eq!(parse_df(text).expect("parse"), 37_675_428 * 1024);
+        assert!(parse_df("Filesystem\n").is_err());
+    }
+
+    #[test]
+    fn local_remotes_are_recognised() {
+        assert!(is_local_remote("/srv/git/demo.git"));
+        assert!(is_local_remote("../demo.git"));
+        assert!(is_local_remote("file:///srv/git/demo.git"));
+        assert!(!is_local_remote("https://git.example.com/o/r.git"));
+        assert!(!is_local_remote("git@git.example.com:o/r.git"));
+        assert!(is_local_remote("./a:b"));
+    }
+}

@@ -1,0 +1,472 @@
+//! `orch metrics`: the database as Prometheus metrics, in the text exposition
+//! format, for node_exporter's textfile collector.
+//!
+//! orch has no daemon to scrape, so a timer (`systemd/orch-metrics.timer`)
+//! runs this command and writes a `.prom` file that node_exporter serves. The
+//! file is replaced atomically (temporary file in the same directory, fsync,
+//! rename), so the collector never reads half a file. Everything comes from
+//! one read snapshot of the database plus a lock probe per running job.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use rusqlite::Connection;
+
+use crate::context::Ctx;
+use crate::liveness::{self, Liveness};
+use crate::storage::{self, counters, schema};
+
+/// Arguments of `orch metrics`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Write the metrics to FILE (atomically: a temporary file in the same
+    /// directory, then rename) instead of stdout, e.g.
+    /// /var/lib/node_exporter/textfile_collector/orch.prom.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// The stages a task can be on, in pipeline order.
+const STAGES: &[&str] = &[
+    "created",
+    "analysis",
+    "architecture",
+    "development",
+    "review",
+    "testing",
+    "deploy-staging",
+    "deploy",
+    "done",
+    "cancelled",
+];
+
+/// One metric family being written: HELP and TYPE once, then its samples.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    /// Start family `name` (already prefixed) of `kind` (`gauge`, `counter`).
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let help = help.replace('\\', r"\\").replace('\n', r"\n");
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    /// One sample of the current family.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{k}=\"{}\"", escape_label(v));
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {}", format_value(value));
+    }
+
+    /// The exposition text.
+    pub fn finish(self) -> String {
+        self.text
+    }
+}
+
+/// Escape a label value: backslash, double quote and newline.
+pub fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str(r"\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str(r"\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_owned()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// A counter name from the `counters` table as a metric name: `orch_` +
+/// the name with anything outside `[a-zA-Z0-9_]` as `_`, ending in `_total`.
+pub fn counter_metric_name(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if clean.ends_with("_total") {
+        format!("orch_{clean}")
+    } else {
+        format!("orch_{clean}_total")
+    }
+}
+
+fn group_counts(
+    conn: &Connection,
+    sql: &str,
+    columns: usize,
+) -> rusqlite::Result<Vec<(Vec<String>, f64)>> {
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map([], |r| {
+        let mut labels = Vec::with_capacity(columns);
+        for i in 0..columns {
+            labels.push(r.get::<_, Option<String>>(i)?.unwrap_or_default());
+        }
+        Ok((labels, r.get::<_, Option<f64>>(columns)?.unwrap_or(0.0)))
+    })?;
+    rows.collect()
+}
+
+/// Render every metric from the database of `ctx`.
+pub fn render(ctx: &Ctx) -> anyhow::Result<String> {
+    let mut db = ctx.open_db()?;
+    let now = storage::now();
+    let snapshot = db.read(|tx| {
+        let jobs = group_counts(
+            tx,
+            "SELECT status, agent, count(*) FROM jobs GROUP BY status, agent ORDER BY status, agent",
+            2,
+        )?;
+        let running = crate::queue::running(tx)?;
+        let tasks = group_counts(tx, "SELECT stage, count(*) FROM tasks GROUP BY stage", 1)?;
+        let counters = counters::all(tx)?;
+        let leases = crate::pipeline::lease::all(tx)?;
+        let outbox = crate::outbox::counts(tx)?;
+        let oldest_pending: Option<i64> = tx.query_row(
+            "SELECT min(created_at) FROM outbox WHERE status = 'pending'",
+            [],
+            |r| r.get(0),
+        )?;
+        let deliveries = group_counts(
+            tx,
+            "SELECT source, status, count(*) FROM webhook_deliveries GROUP BY source, status ORDER BY source, status",
+            2,
+        )?;
+        let runs_from = "FROM agent_runs a LEFT JOIN jobs j ON j.id = a.job_id \
+                         LEFT JOIN tasks t ON t.id = a.task_id";
+        let cost = group_counts(
+            tx,
+            &format!(
+                "SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), sum(a.cost_usd) {runs_from} \
+                 GROUP BY 1, 2 ORDER BY 1, 2"
+            ),
+            2,
+        )?;
+        let tokens = group_counts(
+            tx,
+            &format!(
+                "SELECT repo, stage, kind, sum(n) FROM (\
+                   SELECT coalesce(j.repo, t.repo, '') AS repo, coalesce(a.stage, '') AS stage, 'input' AS kind, a.input_tokens AS n {runs_from} \
+                   UNION ALL SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), 'output', a.output_tokens {runs_from} \
+                   UNION ALL SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), 'cache_read', a.cache_read_tokens {runs_from} \
+                   UNION ALL SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), 'cache_creation', a.cache_creation_tokens {runs_from}) \
+                 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+            ),
+            3,
+        )?;
+        // The outcome text is "success", "transient: why" or "failure: why":
+        // only the kind is a label (the reason would explode cardinality).
+        let runs = group_counts(
+            tx,
+            &format!(
+                "SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), \
+                   CASE WHEN a.outcome IS NULL THEN 'unfinished' \
+                        WHEN instr(a.outcome, ':') > 0 THEN substr(a.outcome, 1, instr(a.outcome, ':') - 1) \
+                        ELSE a.outcome END, count(*) {runs_from} \
+                 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+            ),
+            3,
+        )?;
+        Ok((
+            jobs,
+            running,
+            tasks,
+            counters,
+            leases,
+            outbox,
+            oldest_pending,
+            deliveries,
+            cost,
+            tokens,
+            runs,
+        ))
+    })?;
+    let (
+        jobs,
+        running,
+        tasks,
+        counters,
+        leases,
+        outbox,
+        oldest_pending,
+        deliveries,
+        cost,
+        tokens,
+        runs,
+    ) = snapshot;
+
+    let mut e = Exposition::default();
+    e.family("orch_jobs", "gauge", "Jobs by status and agent.");
+    for (l, n) in &jobs {
+        e.sample("orch_jobs", &[("status", &l[0]), ("agent", &l[1])], *n);
+    }
+
+    let locks = ctx.locks_dir();
+    let dead = running
+        .iter()
+        .filter(|job| {
+            job.claim_token.as_deref().is_none_or(|token| {
+                liveness::probe(&locks, token).unwrap_or(Liveness::Dead) == Liveness::Dead
+            })
+        })
+        .count();
+    e.family(
+        "orch_running_jobs",
+        "gauge",
+        "Running jobs by owner liveness (owner lock held = alive); dead ones wait for `orch reap`.",
+    );
+    e.sample(
+        "orch_running_jobs",
+        &[("owner", "alive")],
+        (running.len() - dead) as f64,
+    );
+    e.sample("orch_running_jobs", &[("owner", "dead")], dead as f64);
+
+    e.family("orch_tasks", "gauge", "Tasks by pipeline stage.");
+    let by_stage: BTreeMap<&str, f64> = tasks.iter().map(|(l, n)| (l[0].as_str(), *n)).collect();
+    for stage in STAGES {
+        e.sample(
+            "orch_tasks",
+            &[("stage", stage)],
+            by_stage.get(stage).copied().unwrap_or(0.0),
+        );
+    }
+
+    for (name, c) in &counters {
+        let metric = counter_metric_name(name);
+        e.family(
+            &metric,
+            "counter",
+            &format!("Persistent counter {name} (the counters table, shown by `orch status`)."),
+        );
+        e.sample(&metric, &[], c.value as f64);
+    }
+
+    e.family(
+        "orch_merge_leases_held",
+        "gauge",
+        "Merge leases currently held.",
+    );
+    e.sample("orch_merge_leases_held", &[], leases.len() as f64);
+    e.family(
+        "orch_merge_lease_age_seconds",
+        "gauge",
+        "Age of each held merge lease, by repository.",
+    );
+    for lease in &leases {
+        e.sample(
+            "orch_merge_lease_age_seconds",
+            &[("repo", &lease.repo)],
+            (now - lease.acquired_at).max(0) as f64,
+        );
+    }
+
+    e.family(
+        "orch_outbox_messages",
+        "gauge",
+        "Outbox messages by status (pending = backlog, dead = gave up).",
+    );
+    for status in ["pending", "delivered", "dead"] {
+        e.sample(
+            "orch_outbox_messages",
+            &[("status", status)],
+            outbox.get(status).copied().unwrap_or(0) as f64,
+        );
+    }
+    e.family(
+        "orch_outbox_oldest_pending_age_seconds",
+        "gauge",
+        "Age of the oldest pending outbox message (0 when none is pending).",
+    );
+    e.sample(
+        "orch_outbox_oldest_pending_age_seconds",
+        &[],
+        oldest_pending.map_or(0, |t| (now - t).max(0)) as f64,
+    );
+
+    e.family(
+        "orch_webhook_deliveries",
+        "gauge",
+        "Stored webhook deliveries by source and status.",
+    );
+    for (l, n) in &deliveries {
+        e.sample(
+            "orch_webhook_deliveries",
+            &[("source", &l[0]), ("status", &l[1])],
+            *n,
+        );
+    }
+
+    e.family(
+        "orch_agent_cost_usd_total",
+        "counter",
+        "Agent run cost reported by the agent (Claude's total_cost_usd), by repository and stage.",
+    );
+    for (l, usd) in &cost {
+        e.sample(
+            "orch_agent_cost_usd_total",
+            &[("repo", &l[0]), ("stage", &l[1])],
+            *usd,
+        );
+    }
+    e.family(
+        "orch_agent_tokens_total",
+        "counter",
+        "Agent tokens by repository, stage and kind (input, output, cache_read, cache_creation).",
+    );
+    for (l, n) in &tokens {
+        e.sample(
+            "orch_agent_tokens_total",
+            &[("repo", &l[0]), ("stage", &l[1]), ("kind", &l[2])],
+            *n,
+        );
+    }
+    e.family(
+        "orch_agent_runs_total",
+        "counter",
+        "Agent runs by repository, stage and outcome (success, transient, failure, unfinished).",
+    );
+    for (l, n) in &runs {
+        e.sample(
+            "orch_agent_runs_total",
+            &[("repo", &l[0]), ("stage", &l[1]), ("outcome", &l[2])],
+            *n,
+        );
+    }
+
+    e.family(
+        "orch_reaper_last_pass_timestamp_seconds",
+        "gauge",
+        "When the reaper last ran (epoch seconds; 0 = never). Alert when time() minus this exceeds a few intervals.",
+    );
+    e.sample(
+        "orch_reaper_last_pass_timestamp_seconds",
+        &[],
+        counters
+            .get("reaper_passes_total")
+            .map_or(0, |c| c.updated_at) as f64,
+    );
+    e.family("orch_schema_version", "gauge", "Database schema version.");
+    e.sample("orch_schema_version", &[], schema::MIGRATIONS.len() as f64);
+    e.family(
+        "orch_metrics_generated_timestamp_seconds",
+        "gauge",
+        "When these metrics were generated (epoch seconds).",
+    );
+    e.sample("orch_metrics_generated_timestamp_seconds", &[], now as f64);
+    Ok(e.finish())
+}
+
+/// Replace `path` with `text` atomically: write a temporary file in the same
+/// directory, fsync it, rename it over `path`.
+pub fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} names no file", path.display()))?;
+    // A leading dot and no `.prom` suffix: the textfile collector ignores it.
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> anyhow::Result<()> {
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Run `orch metrics`.
+pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
+    let text = render(ctx)?;
+    match &args.output {
+        Some(path) => write_atomically(path, &text)?,
+        None => std::io::stdout().lock().write_all(text.as_bytes())?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(
+            escape_label(
+                r#"a"b\c
+d"#
+            ),
+            r#"a\"b\\c\nd"#
+        );
+        let mut e = Exposition::default();
+        e.family("orch_x", "gauge", "Help with \\ and\nnewline.");
+        e.sample("orch_x", &[("repo", "q\"r")], 1.5);
+        e.sample("orch_x", &[], 3.0);
+        assert_eq!(
+            e.finish(),
+            "# HELP orch_x Help with \\\\ and\\nnewline.\n# TYPE orch_x gauge\norch_x{repo=\"q\\\"r\"} 1.5\norch_x 3\n"
+        );
+    }
+
+    #[test]
+    fn counter_names_end_in_total() {
+        assert_eq!(counter_metric_name("reaped_total"), "orch_reaped_total");
+        assert_eq!(counter_metric_name("odd-name"), "orch_odd_name_total");
+    }
+
+    #[test]
+    fn writes_replace_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("orch.prom");
+        write_atomically(&path, "a 1\n").expect("write");
+        write_atomically(&path, "a 2\n").expect("write");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "a 2\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+}
