@@ -373,6 +373,27 @@ pub enum Outcome {
     Retry(String),
     /// A transient failure (e.g. API overloaded): back off, do not consume an attempt.
     Transient(String),
+    /// Not a failure: the job has more to do later (a post-deploy monitor
+    /// between checks). Back to `queued`, available at `until`; spends
+    /// neither an attempt nor the transient budget, so a long schedule is
+    /// never cut short by `max_transient_attempts`.
+    RetryAt {
+        /// Earliest next claim (epoch seconds).
+        until: i64,
+        /// Why it waits (kept in the job's `error` column for operators).
+        note: String,
+    },
+}
+
+impl Outcome {
+    /// The outcome's text (the error or note), empty for `Done`.
+    pub fn text(&self) -> &str {
+        match self {
+            Outcome::Failed(e) | Outcome::Retry(e) | Outcome::Transient(e) => e,
+            Outcome::RetryAt { note, .. } => note,
+            Outcome::Done => "",
+        }
+    }
 }
 
 /// What [`finish`] did.
@@ -457,6 +478,17 @@ pub fn finish(
         Outcome::Retry(e) | Outcome::Transient(e) => {
             (terminal("failed", Some(e))?, Finished::Failed)
         }
+        Outcome::RetryAt { until, note } => (
+            conn.execute(
+                &format!(
+                    "UPDATE jobs SET status = 'queued', error = ?3,
+                         attempts = max(attempts - 1, 0), available_at = ?4,
+                         {CLEAR_OWNERSHIP} {fence}"
+                ),
+                params![job_id, token, note, until],
+            )?,
+            Finished::Requeued,
+        ),
     };
     Ok(if changed.0 == 1 {
         changed.1
