@@ -510,3 +510,39 @@ fn a_monitor_killed_after_a_check_is_resumed_by_reap_without_double_counting() {
         1
     );
 }
+
+#[test]
+fn the_monitor_is_not_held_back_by_max_concurrency_or_the_serial_gate() {
+    let health = health_server(&[(200, 0)]);
+    let env = install(
+        "post_deploy_window_s = 2\npost_deploy_checks = 3\nmax_concurrency = 1",
+        &format!("health_url = \"{}\"", health.url),
+    );
+    to_done(&env, &[]);
+    // An agent of another task of the same repository runs for an hour.
+    let mut db = env.db();
+    db.write(|tx| {
+        let id = orch::queue::enqueue(
+            tx,
+            &orch::queue::NewJob {
+                agent: "developer",
+                repo: "demo",
+                task_id: None,
+                stage: None,
+                task_content: "",
+                max_attempts: 2,
+            },
+            orch::storage::now(),
+        )?;
+        tx.execute(
+            "UPDATE jobs SET status = 'running', claim_token = 'busy', started_at = ?2, attempts = 1 WHERE id = ?1",
+            rusqlite::params![id, orch::storage::now()],
+        )?;
+        Ok(())
+    })
+    .expect("a busy job");
+    drop(db);
+    monitor_to_end(&env);
+    assert_eq!(monitor(&env)["status"], "healthy");
+    assert_eq!(health.hits.load(Ordering::SeqCst), 3);
+}

@@ -46,7 +46,7 @@ use crate::storage::{Db, now};
 use crate::workspace::Workspace;
 
 /// The reserved agent that runs the post-deploy checks (no LLM).
-pub const MONITOR_AGENT: &str = "post-deploy-monitor";
+pub const MONITOR_AGENT: &str = queue::UNGATED_AGENT;
 
 /// The artifact the monitor writes.
 pub const LOG_FILE: &str = "16-post-deploy-log.md";
