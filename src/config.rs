@@ -130,8 +130,20 @@ pub struct Config {
     pub staging: bool,
     /// Roll a non-self-hosting deploy back automatically on post-deploy degradation.
     pub post_deploy_auto_rollback: bool,
-    /// Base URL probed by the post-deploy monitor.
+    /// Base URL of production: a repository's `health_url` that is a path
+    /// (starts with `/`) is resolved against it; also given to
+    /// `health_check_cmd` as `$ORCH_POST_DEPLOY_BASE_URL`.
     pub post_deploy_base_url: String,
+    /// Post-deploy monitor kill-switch: false arms no monitor after `done`.
+    pub post_deploy_enabled: bool,
+    /// How long production is watched after `done`, in seconds.
+    pub post_deploy_window_s: u64,
+    /// How many checks are spread over the window.
+    pub post_deploy_checks: u32,
+    /// Time limit of one probe (HTTP request or command), in seconds.
+    pub post_deploy_probe_timeout_s: u64,
+    /// Failed checks that make a deploy degraded (and end the window early).
+    pub post_deploy_max_failures: u32,
 
     /// Reconciler kill-switch.
     pub reconcile_enabled: bool,
@@ -194,6 +206,23 @@ pub struct RepoConfig {
     pub work_item_prefix: String,
     /// Plane project id whose issues belong to this repository.
     pub plane_project: String,
+    /// Post-deploy probe: a URL answered with 2xx when production is healthy;
+    /// a path (`/health`) is resolved against `post_deploy_base_url`. Empty = none.
+    pub health_url: String,
+    /// Post-deploy probe: a command (`sh -c`, in the task's worktree) that
+    /// exits 0 when production is healthy. Empty = none.
+    pub health_check_cmd: String,
+    /// Command run (`sh -c`, in the task's worktree) when a deploy of this
+    /// repository degrades and `post_deploy_auto_rollback` is on; never for
+    /// the self-hosting repository. Empty = alert only.
+    pub rollback_cmd: String,
+}
+
+impl RepoConfig {
+    /// Whether a post-deploy probe is configured (`health_url` or `health_check_cmd`).
+    pub fn has_post_deploy_probe(&self) -> bool {
+        !self.health_url.trim().is_empty() || !self.health_check_cmd.trim().is_empty()
+    }
 }
 
 impl Default for Config {
@@ -244,6 +273,11 @@ impl Default for Config {
             staging: false,
             post_deploy_auto_rollback: false,
             post_deploy_base_url: "http://localhost:8500".to_owned(),
+            post_deploy_enabled: true,
+            post_deploy_window_s: 900,
+            post_deploy_checks: 30,
+            post_deploy_probe_timeout_s: 10,
+            post_deploy_max_failures: 3,
             reconcile_enabled: true,
             reconcile_grace_overrides_json: String::new(),
             reconcile_notify_unblock: true,
@@ -419,11 +453,38 @@ impl Config {
                     ))
                 })?;
         }
+        if self.post_deploy_checks == 0 {
+            return bad("post_deploy_checks must be at least 1".into());
+        }
+        if self.post_deploy_probe_timeout_s == 0 {
+            return bad("post_deploy_probe_timeout_s must be at least 1".into());
+        }
+        if self.post_deploy_max_failures == 0 {
+            return bad("post_deploy_max_failures must be at least 1".into());
+        }
+        let base = self.post_deploy_base_url.trim();
+        if !base.is_empty() && !is_http_url(base) {
+            return bad(format!(
+                "post_deploy_base_url = {:?}: expected an http:// or https:// URL",
+                self.post_deploy_base_url
+            ));
+        }
         for (name, repo) in &self.repos {
             crate::names::validate_repo_name(name)
                 .map_err(|e| OrchError::Config(format!("[repos.{name}]: {e}")))?;
             if repo.remote.trim().is_empty() {
                 return bad(format!("[repos.{name}]: remote must be set"));
+            }
+            let url = repo.health_url.trim();
+            if !url.is_empty() && !url.starts_with('/') && !is_http_url(url) {
+                return bad(format!(
+                    "[repos.{name}]: health_url = {url:?}: expected an http(s):// URL or a path starting with /"
+                ));
+            }
+            if url.starts_with('/') && base.is_empty() {
+                return bad(format!(
+                    "[repos.{name}]: health_url = {url:?} is a path, but post_deploy_base_url is empty"
+                ));
             }
         }
         Ok(())
@@ -479,6 +540,23 @@ impl Config {
         }
     }
 
+    /// The URL the post-deploy monitor probes for `repo`: its `health_url`,
+    /// resolved against `post_deploy_base_url` when it is a path; `None`
+    /// when the repository has no `health_url`.
+    pub fn post_deploy_url(&self, repo: &RepoConfig) -> Option<String> {
+        let url = repo.health_url.trim();
+        if url.is_empty() {
+            None
+        } else if url.starts_with('/') {
+            Some(format!(
+                "{}{url}",
+                self.post_deploy_base_url.trim().trim_end_matches('/')
+            ))
+        } else {
+            Some(url.to_owned())
+        }
+    }
+
     /// Whether STOP applies to `repo` (kill-switch and `stop_status_repos`, empty = all).
     pub fn stop_applies(&self, repo: &str) -> bool {
         let scope = csv(&self.stop_status_repos);
@@ -494,6 +572,13 @@ pub fn csv(value: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+fn is_http_url(s: &str) -> bool {
+    let s = s.trim();
+    ["http://", "https://"]
+        .iter()
+        .any(|p| s.len() > p.len() && s[..p.len()].eq_ignore_ascii_case(p))
 }
 
 fn one_line(s: &str) -> String {
@@ -619,6 +704,45 @@ mod tests {
         c.merge_gate_repos = " enduro-trails , x".into();
         assert!(c.merge_gate_applies("enduro-trails"));
         assert!(!c.merge_gate_applies("orchestrator"));
+    }
+
+    #[test]
+    fn post_deploy_url_resolves_paths_against_the_base_url() {
+        let mut c = Config::default();
+        let mut r = RepoConfig::default();
+        assert!(!r.has_post_deploy_probe());
+        assert_eq!(c.post_deploy_url(&r), None);
+        r.health_url = "/health".into();
+        assert!(r.has_post_deploy_probe());
+        assert_eq!(
+            c.post_deploy_url(&r).as_deref(),
+            Some("http://localhost:8500/health")
+        );
+        c.post_deploy_base_url = "https://prod.example.com/".into();
+        assert_eq!(
+            c.post_deploy_url(&r).as_deref(),
+            Some("https://prod.example.com/health")
+        );
+        r.health_url = "http://10.0.0.1:9/ok".into();
+        assert_eq!(
+            c.post_deploy_url(&r).as_deref(),
+            Some("http://10.0.0.1:9/ok")
+        );
+        r.health_url = String::new();
+        r.health_check_cmd = "true".into();
+        assert!(r.has_post_deploy_probe());
+    }
+
+    #[test]
+    fn bad_post_deploy_settings_are_refused() {
+        let err = load_with("post_deploy_checks = 0\n", &[]).expect_err("zero");
+        assert!(err.to_string().contains("post_deploy_checks"), "{err}");
+        let err = load_with(
+            "[repos.x]\nremote = \"/r\"\nhealth_url = \"localhost/health\"\n",
+            &[],
+        )
+        .expect_err("no scheme");
+        assert!(err.to_string().contains("health_url"), "{err}");
     }
 
     #[test]

@@ -62,6 +62,14 @@ pub const POINTS: &[(&str, &str)] = &[
         "the deploy's outcome is committed; a deferred STOP is not yet applied",
     ),
     (
+        "monitor.checked",
+        "a post-deploy check is counted; the monitor job is not requeued or ended",
+    ),
+    (
+        "monitor.logged",
+        "the post-deploy verdict is recorded and 16-post-deploy-log.md pushed; the job is not ended",
+    ),
+    (
         "cancel.requested",
         "a cancel is recorded and the task's jobs cancelled; nothing torn down yet",
     ),

@@ -360,12 +360,98 @@ fn deploy_crash_and_recover(point: &str) {
     );
 }
 
+/// SIGKILL in the post-deploy monitor of a task that reached `done`, then
+/// `orch reap` and the normal workers: the monitor resumes from its recorded
+/// counters, every check is counted exactly once, and it ends once.
+fn monitor_crash_and_recover(point: &str) {
+    let env = install("post_deploy_window_s = 2\npost_deploy_checks = 3");
+    // A probe on the demo repo (the last table of the config) arms the monitor.
+    let path = env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(
+        &path,
+        format!(
+            "{config}\nhealth_check_cmd = \"echo probe >> {}/probe.count\"\n",
+            env.state().display()
+        ),
+    )
+    .expect("config");
+    let task = create_task(&env, "watch");
+    drive_to(&env, task, "done");
+    // Workers run as the timer would until one dies at the point.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "{point}: never reached");
+        let out = orch_out(&env, &[("ORCH_CRASH_AT", point)], &["run-agent", "--next"]);
+        if signal_of(&out) == Some(9) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let reap = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+    assert_eq!(reap["reaped"][0]["outcome"], "queued", "{point}: {reap}");
+    assert_recovered(&env, point);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sql_i64(
+        &env,
+        "SELECT count(*) FROM post_deploys WHERE finished_at IS NOT NULL",
+    ) == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{point}: the monitor never finished"
+        );
+        if orch_out(&env, &[], &["run-agent", "--next"]).status.code() == Some(3) {
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM post_deploys WHERE status = 'healthy' AND checks_done = 3 AND checks_failed = 0"
+        ),
+        1,
+        "{point}: counters"
+    );
+    assert_eq!(
+        sql_i64(&env, "SELECT count(*) FROM post_deploy_checks"),
+        3,
+        "{point}: a check was counted twice or lost"
+    );
+    let probes =
+        std::fs::read_to_string(env.state().join("probe.count")).map_or(0, |s| s.lines().count());
+    assert_eq!(probes, 3, "{point}: a probe ran twice");
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM jobs WHERE agent = 'post-deploy-monitor'"
+        ),
+        1,
+        "{point}: one monitor per task"
+    );
+    assert_eq!(
+        sql_i64(&env, "SELECT count(*) FROM jobs WHERE status <> 'done'"),
+        0,
+        "{point}: job left"
+    );
+    let log = std::fs::read_to_string(
+        env.state()
+            .join("repos/demo/worktrees/DEMO-1/docs/work-items/DEMO-1/16-post-deploy-log.md"),
+    )
+    .expect("post-deploy log");
+    assert!(
+        log.contains("post_deploy_status: HEALTHY"),
+        "{point}: {log}"
+    );
+}
+
 /// The scenario that reaches a crash point, by the point's family.
 fn recover_from(point: &str) {
     match point.split('.').next() {
         Some("claim" | "run" | "merge" | "finalize") => crash_and_recover(point),
         Some("cancel") => cancel_crash_and_recover(point),
         Some("deploy") => deploy_crash_and_recover(point),
+        Some("monitor") => monitor_crash_and_recover(point),
         _ => panic!("no crash scenario reaches {point}: add one to tests/crash_safety.rs"),
     }
 }

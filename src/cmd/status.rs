@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::context::Ctx;
 use crate::liveness::{self, Liveness};
 use crate::output::{self, Table};
+use crate::pipeline::post_deploy;
 use crate::queue::{self, Job};
 use crate::storage::{self, counters};
 
@@ -75,23 +76,27 @@ pub struct Report {
     pub stop: serde_json::Value,
     /// Cost per active task and stage, and the total of every run.
     pub costs: serde_json::Value,
+    /// The post-deploy monitor: settings, monitors watching, last results.
+    pub post_deploy: serde_json::Value,
 }
 
 /// Gather the report in one read snapshot.
 pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
     let mut db = ctx.open_db()?;
     let now = storage::now();
-    let (counts, running, recent, counters, leases, outbox, cancelled) = db.read(|tx| {
-        Ok((
-            queue::counts(tx)?,
-            queue::running(tx)?,
-            queue::list(tx, None, recent)?,
-            counters::all(tx)?,
-            crate::pipeline::lease::all(tx)?,
-            crate::outbox::counts(tx)?,
-            crate::pipeline::task::list(tx, Some("cancelled"), None, 10)?,
-        ))
-    })?;
+    let (counts, running, recent, counters, leases, outbox, cancelled, monitors) =
+        db.read(|tx| {
+            Ok((
+                queue::counts(tx)?,
+                queue::running(tx)?,
+                queue::list(tx, None, recent)?,
+                counters::all(tx)?,
+                crate::pipeline::lease::all(tx)?,
+                crate::outbox::counts(tx)?,
+                crate::pipeline::task::list(tx, Some("cancelled"), None, 10)?,
+                (post_deploy::running(tx)?, post_deploy::recent(tx, 5)?),
+            ))
+        })?;
     let cancelled_count: i64 = db.conn().query_row(
         "SELECT count(*) FROM tasks WHERE stage = 'cancelled'",
         [],
@@ -132,6 +137,21 @@ pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
         })).collect::<Vec<_>>(),
     });
     let c = &ctx.config;
+    let post_deploy = serde_json::json!({
+        "enabled": c.post_deploy_enabled,
+        "window_s": c.post_deploy_window_s,
+        "checks": c.post_deploy_checks,
+        "probe_timeout_s": c.post_deploy_probe_timeout_s,
+        "max_failures": c.post_deploy_max_failures,
+        "auto_rollback": c.post_deploy_auto_rollback,
+        "base_url": c.post_deploy_base_url,
+        "repos": c.repos.iter()
+            .filter(|(_, r)| r.has_post_deploy_probe())
+            .map(|(name, _)| name.clone())
+            .collect::<Vec<_>>(),
+        "running": monitors.0,
+        "recent": monitors.1,
+    });
     let counter = |name: &str| counters.get(name).map_or(0, |c| c.value);
     let reaper = serde_json::json!({
         "enabled": c.reaper_enabled,
@@ -210,6 +230,7 @@ pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
         outbox,
         stop,
         costs,
+        post_deploy,
     })
 }
 
@@ -314,6 +335,68 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         "cost       ${:.2} over every run; {} active task(s), {blocked} blocked over budget",
         costs["total_usd"].as_f64().unwrap_or(0.0),
         costs["tasks"].as_array().map_or(0, Vec::len)
+    );
+    let pd = &report.post_deploy;
+    let watching: Vec<String> = pd["running"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .map(|r| {
+                    format!(
+                        "task {} {}/{} checks, {} failed{}",
+                        r["task_id"],
+                        r["checks_done"],
+                        r["checks_total"],
+                        r["checks_failed"],
+                        r["next_check_at"]
+                            .as_i64()
+                            .map_or_else(String::new, |at| format!(
+                                ", next in {}",
+                                output::duration((at - now).max(0))
+                            ))
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let last: Vec<String> = pd["recent"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .map(|r| {
+                    format!(
+                        "task {} {} {} ({}/{} failed)",
+                        r["task_id"],
+                        r["status"].as_str().unwrap_or("?").to_uppercase(),
+                        r["action_taken"].as_str().unwrap_or("NONE"),
+                        r["checks_failed"],
+                        r["checks_done"]
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "post-deploy {}  window {}s, {} checks, max failures {}, auto-rollback {}; watching: {}; last: {}",
+        if pd["enabled"] == true { "on" } else { "OFF" },
+        pd["window_s"],
+        pd["checks"],
+        pd["max_failures"],
+        if pd["auto_rollback"] == true {
+            "on"
+        } else {
+            "off"
+        },
+        if watching.is_empty() {
+            "none".to_owned()
+        } else {
+            watching.join("; ")
+        },
+        if last.is_empty() {
+            "none".to_owned()
+        } else {
+            last.join("; ")
+        }
     );
     let o = &report.outbox;
     println!(

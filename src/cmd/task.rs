@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use crate::context::Ctx;
 use crate::output::{self, Table};
-use crate::pipeline::{Stage, budget, task};
+use crate::pipeline::{Stage, budget, post_deploy, task};
 use crate::queue;
 use crate::storage;
 
@@ -179,18 +179,26 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
             println!("{note}");
         }
         Command::Show(a) => {
-            let (t, jobs, history, comments, ledger) = db.read(|tx| {
+            let (t, jobs, history, comments, ledger, monitor, checks) = db.read(|tx| {
                 let t = task::require(tx, a.id)?;
                 let jobs = queue::for_task(tx, a.id)?;
                 let history = task::history(tx, a.id)?;
                 let comments = crate::backends::tracker::local::comments(tx, a.id)?;
                 let ledger = budget::ledger(tx, &ctx.config, &t)?;
-                Ok((t, jobs, history, comments, ledger))
+                let monitor = post_deploy::get(tx, a.id)?;
+                let checks = post_deploy::checks(tx, a.id)?;
+                Ok((t, jobs, history, comments, ledger, monitor, checks))
             })?;
             if a.json {
+                let monitor = monitor.map(|m| {
+                    let mut v = serde_json::to_value(&m).unwrap_or_default();
+                    v["checks"] = serde_json::to_value(&checks).unwrap_or_default();
+                    v
+                });
                 output::print_json(&serde_json::json!({
                     "task": t, "jobs": jobs, "history": history, "comments": comments,
-                    "cost": ledger
+                    "cost": ledger,
+                    "post_deploy": monitor
                 }))?;
             } else {
                 let now = storage::now();
@@ -262,6 +270,36 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                         ]);
                     }
                     print!("{}", table.render());
+                }
+                if let Some(m) = &monitor {
+                    println!("\npost-deploy monitor");
+                    println!(
+                        "  status {}, action {}, {}/{} checks, {} failed, window {}s, started {}{}",
+                        m.status.to_uppercase(),
+                        m.action_taken.as_deref().unwrap_or("-"),
+                        m.checks_done,
+                        m.checks_total,
+                        m.checks_failed,
+                        m.window_s,
+                        output::ago(Some(m.started_at), now),
+                        m.rollback_started_at.map_or_else(String::new, |_| format!(
+                            ", rollback exit {}",
+                            m.rollback_exit_code
+                                .map_or_else(|| "unknown".to_owned(), |c| c.to_string())
+                        ))
+                    );
+                    let mut table = Table::new(&["CHECK", "WHEN", "RESULT", "DETAIL"]);
+                    for c in &checks {
+                        table.row(vec![
+                            c.seq.to_string(),
+                            output::ago(Some(c.at), now),
+                            if c.ok { "healthy" } else { "FAILED" }.to_owned(),
+                            c.detail.clone(),
+                        ]);
+                    }
+                    if !table.is_empty() {
+                        print!("{}", table.render());
+                    }
                 }
                 println!("\njobs");
                 let mut table =

@@ -199,8 +199,12 @@ fn reap_job(
         .map(|id| task::get(db.conn(), id))
         .transpose()?
         .flatten();
+    // A post-deploy monitor works on a `done` task by design: it is resumed, not cancelled.
+    let monitor_of_done_task = job.agent == crate::pipeline::post_deploy::MONITOR_AGENT
+        && task.as_ref().is_some_and(|t| t.stage() == Stage::Done);
     if let Some(task) = &task
         && task.stage().is_terminal()
+        && !monitor_of_done_task
     {
         let won = db.write(|tx| Ok(queue::cancel_claimed(tx, job.id, &token, now())?))?;
         record(

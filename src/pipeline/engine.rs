@@ -185,10 +185,7 @@ pub fn commit(
             task.work_item_id,
             stage.agent().unwrap_or("stage"),
             job_id.unwrap_or(0),
-            match &outcome {
-                Outcome::Failed(e) | Outcome::Retry(e) | Outcome::Transient(e) => e.as_str(),
-                Outcome::Done => "",
-            }
+            outcome.text()
         );
         outbox::push(
             conn,
@@ -280,6 +277,10 @@ pub fn commit(
                 now,
             )?;
             next_job = enqueue_stage_job(conn, config, &task, *to, &task.description, now)?;
+            if *to == Stage::Done {
+                // Production is watched for a window after `done` (one monitor per task).
+                next_job = crate::pipeline::post_deploy::arm(conn, config, &task, now)?;
+            }
             let text = format!("{wi}: {stage} → {to}");
             outbox::push(
                 conn,

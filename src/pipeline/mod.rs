@@ -13,6 +13,7 @@ pub mod engine;
 pub mod evaluate;
 pub mod lease;
 pub mod merge_gate;
+pub mod post_deploy;
 pub mod reconcile;
 pub mod self_deploy;
 pub mod worker;

@@ -19,7 +19,7 @@ use crate::outbox;
 use crate::pipeline::engine::{self, Committed, Fence};
 use crate::pipeline::evaluate::{self, Decision, Evaluation};
 use crate::pipeline::task::{self, Task};
-use crate::pipeline::{Stage, brief, budget, self_deploy};
+use crate::pipeline::{Stage, brief, budget, post_deploy, self_deploy};
 use crate::queue::{Job, Outcome};
 use crate::runner::{self, claude};
 use crate::storage::{Db, now};
@@ -262,6 +262,29 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
                 &Outcome::Failed(format!("deploy finalizer: {}", finalized.note)),
             )?,
         };
+        return Ok(report);
+    }
+
+    if job.agent == post_deploy::MONITOR_AGENT {
+        let mut report = RunReport::new(job, Committed::LostClaim);
+        match post_deploy::run(ctx, db, &task, fence) {
+            Ok(m) => {
+                report.run_verdict = format!("post-deploy-monitor: {}", m.note);
+                report.committed = m.committed;
+            }
+            // orch could not run a check (git, the worktree, the runner):
+            // not production's fault; retry the job, counters are kept.
+            Err(e) => {
+                report.run_verdict = format!("post-deploy-monitor: error: {e:#}");
+                report.committed = fail_job(
+                    ctx,
+                    db,
+                    job,
+                    fence,
+                    &Outcome::Retry(format!("post-deploy monitor: {e:#}")),
+                )?;
+            }
+        }
         return Ok(report);
     }
 

@@ -149,6 +149,10 @@ pub fn enqueue(conn: &Connection, job: &NewJob<'_>, now: i64) -> rusqlite::Resul
     Ok(conn.last_insert_rowid())
 }
 
+/// The reserved agent that neither counts against nor waits for
+/// `max_concurrency` and the serial gate (`pipeline::post_deploy::MONITOR_AGENT`).
+pub const UNGATED_AGENT: &str = "post-deploy-monitor";
+
 /// The scheduling rules a claim respects (docs/queue.md defines them).
 #[derive(Debug, Clone, Copy)]
 pub struct Gates {
@@ -187,10 +191,15 @@ pub struct Claimer<'a> {
 /// The per-job eligibility rules, shared by the claim and by the diagnosis of
 /// why nothing was claimed, so the two can never disagree. `j` is the
 /// candidate; `?1` the serial flag, `?2` the dependency flag, `?3` now.
+///
+/// The post-deploy monitor ([`UNGATED_AGENT`]) is outside the serial gate and
+/// `max_concurrency`, both ways: it only probes production for a few seconds
+/// on a `done` task, and must not wait an agent's hour while its window runs.
 const ELIGIBLE: &str = "
     j.status = 'queued' AND j.available_at <= ?3
-    AND (?1 = 0 OR NOT EXISTS (
-          SELECT 1 FROM jobs r WHERE r.status = 'running' AND r.repo = j.repo))
+    AND (?1 = 0 OR j.agent = 'post-deploy-monitor' OR NOT EXISTS (
+          SELECT 1 FROM jobs r WHERE r.status = 'running' AND r.repo = j.repo
+                                 AND r.agent <> 'post-deploy-monitor'))
     AND (?1 = 0 OR coalesce(j.stage, '') NOT IN ('deploy-staging', 'deploy') OR NOT EXISTS (
           SELECT 1 FROM merge_leases l WHERE l.repo = j.repo AND l.task_id IS NOT j.task_id))
     AND (j.task_id IS NULL OR NOT EXISTS (
@@ -216,7 +225,8 @@ pub fn claim(
          WHERE id = (
              SELECT j.id FROM jobs j
              WHERE {ELIGIBLE}
-               AND (SELECT count(*) FROM jobs c WHERE c.status = 'running') < ?7
+               AND (j.agent = 'post-deploy-monitor' OR (SELECT count(*) FROM jobs c
+                    WHERE c.status = 'running' AND c.agent <> 'post-deploy-monitor') < ?7)
              ORDER BY j.id LIMIT 1)
            AND status = 'queued'
          RETURNING {JOB_COLUMNS}"
@@ -309,8 +319,8 @@ pub fn diagnose(conn: &Connection, gates: Gates, now: i64) -> rusqlite::Result<U
         return Ok(Unclaimable::Empty);
     }
     let running: i64 = conn.query_row(
-        "SELECT count(*) FROM jobs WHERE status = 'running'",
-        [],
+        "SELECT count(*) FROM jobs WHERE status = 'running' AND agent <> ?1",
+        [UNGATED_AGENT],
         |r| r.get(0),
     )?;
     if running >= i64::from(gates.max_concurrency) {
@@ -380,6 +390,27 @@ pub enum Outcome {
     Retry(String),
     /// A transient failure (e.g. API overloaded): back off, do not consume an attempt.
     Transient(String),
+    /// Not a failure: the job has more to do later (a post-deploy monitor
+    /// between checks). Back to `queued`, available at `until`; spends
+    /// neither an attempt nor the transient budget, so a long schedule is
+    /// never cut short by `max_transient_attempts`.
+    RetryAt {
+        /// Earliest next claim (epoch seconds).
+        until: i64,
+        /// Why it waits (kept in the job's `error` column for operators).
+        note: String,
+    },
+}
+
+impl Outcome {
+    /// The outcome's text (the error or note), empty for `Done`.
+    pub fn text(&self) -> &str {
+        match self {
+            Outcome::Failed(e) | Outcome::Retry(e) | Outcome::Transient(e) => e,
+            Outcome::RetryAt { note, .. } => note,
+            Outcome::Done => "",
+        }
+    }
 }
 
 /// What [`finish`] did.
@@ -464,6 +495,17 @@ pub fn finish(
         Outcome::Retry(e) | Outcome::Transient(e) => {
             (terminal("failed", Some(e))?, Finished::Failed)
         }
+        Outcome::RetryAt { until, note } => (
+            conn.execute(
+                &format!(
+                    "UPDATE jobs SET status = 'queued', error = ?3,
+                         attempts = max(attempts - 1, 0), available_at = ?4,
+                         {CLEAR_OWNERSHIP} {fence}"
+                ),
+                params![job_id, token, note, until],
+            )?,
+            Finished::Requeued,
+        ),
     };
     Ok(if changed.0 == 1 {
         changed.1
@@ -652,11 +694,11 @@ pub fn claim_by_id(
     match job.status.as_str() {
         "queued" => {
             let running: i64 = conn.query_row(
-                "SELECT count(*) FROM jobs WHERE status = 'running'",
-                [],
+                "SELECT count(*) FROM jobs WHERE status = 'running' AND agent <> ?1",
+                [UNGATED_AGENT],
                 |r| r.get(0),
             )?;
-            if running >= i64::from(max_concurrency) {
+            if job.agent != UNGATED_AGENT && running >= i64::from(max_concurrency) {
                 return Ok(ClaimById::Refused(format!(
                     "concurrency full: {running} running, max_concurrency {max_concurrency}"
                 )));

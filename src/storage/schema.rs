@@ -17,7 +17,7 @@ pub const APPLICATION_ID: i32 = 0x6f72_6368;
 pub const JOB_STATUSES: &[&str] = &["queued", "running", "done", "failed", "cancelled"];
 
 /// The migrations, oldest first. Index + 1 is the `user_version` after it.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 const V1: &str = r"
 CREATE TABLE tasks (
@@ -224,4 +224,24 @@ CREATE TABLE post_deploys (
 ALTER TABLE tasks ADD COLUMN budget_usd REAL;
 -- Why a task is blocked (e.g. over budget); NULL = not blocked.
 ALTER TABLE tasks ADD COLUMN blocked_reason TEXT;
+";
+
+/// The post-deploy monitor's audit trail: one row per check (the task's
+/// monitoring history, shown by `orch task show`), and the marker that makes
+/// an automatic rollback at-most-once across crashes.
+const V4: &str = r"
+CREATE TABLE post_deploy_checks (
+    task_id INTEGER NOT NULL REFERENCES tasks(id),
+    -- 1-based; a check is counted once: the key refuses a second row.
+    seq     INTEGER NOT NULL CHECK (seq >= 1),
+    at      INTEGER NOT NULL,
+    ok      INTEGER NOT NULL CHECK (ok IN (0, 1)),
+    detail  TEXT NOT NULL DEFAULT '',
+    job_id  INTEGER REFERENCES jobs(id),
+    PRIMARY KEY (task_id, seq)
+);
+
+-- Set before rollback_cmd starts (so it never starts twice), and its exit code after.
+ALTER TABLE post_deploys ADD COLUMN rollback_started_at INTEGER;
+ALTER TABLE post_deploys ADD COLUMN rollback_exit_code INTEGER;
 ";
