@@ -575,3 +575,68 @@ fn the_agent_gets_its_task_through_files_and_environment_only() {
         "task text reached a shell"
     );
 }
+
+#[test]
+fn agents_never_see_orchs_secrets() {
+    let env = demo_env();
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "x"])
+        .assert()
+        .success();
+    let seen = env.state().join("agent-env");
+    env.orch()
+        .env("ORCH_PLANE_API_TOKEN", "plane-secret-value")
+        .env("ORCH_GITEA_TOKEN", "gitea-secret-value")
+        .env("CREDENTIALS_DIRECTORY", "/run/credentials/orch")
+        .env("ORCH_AGENT_CMD", format!("env > {}", seen.display()))
+        .args(["run-agent", "--next"])
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(&seen).expect("agent env");
+    assert!(
+        text.contains("ORCH_TASK_ID=1"),
+        "the agent's own variables are there"
+    );
+    for secret in [
+        "plane-secret-value",
+        "gitea-secret-value",
+        "CREDENTIALS_DIRECTORY",
+    ] {
+        assert!(
+            !text.contains(secret),
+            "{secret} leaked into the agent's environment"
+        );
+    }
+}
+
+#[test]
+fn an_escalated_task_resumes_with_a_fresh_retry_count() {
+    let env = Env::bare();
+    env.orch()
+        .args(["demo", "--script", "review=request_changes*4"])
+        .assert()
+        .code(1);
+    assert!(env.json(&["task", "show", "1"])["task"]["escalated_at"].is_i64());
+    env.orch()
+        .args(["task", "resume", "--task", "1"])
+        .assert()
+        .success();
+    let shown = env.json(&["task", "show", "1"]);
+    assert!(shown["task"]["escalated_at"].is_null());
+    assert_eq!(shown["task"]["stage"], "review");
+    // The reviewer runs again (its 5th pass approves) and the task finishes.
+    for _ in 0..12 {
+        if env
+            .orch()
+            .args(["run-agent", "--next"])
+            .output()
+            .expect("run")
+            .status
+            .code()
+            == Some(3)
+        {
+            break;
+        }
+    }
+    assert_eq!(env.json(&["task", "show", "1"])["task"]["stage"], "done");
+}

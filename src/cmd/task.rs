@@ -17,7 +17,9 @@ pub enum Command {
     List(ListArgs),
     /// Show one task: its jobs, history, comments and cost ledger.
     Show(ShowArgs),
-    /// Unblock a task stopped over budget, optionally raising its budget.
+    /// Unblock a task stopped over budget (optionally raising its budget), or
+    /// resume an escalated one: its stage's agent runs again and the
+    /// developer-retry count starts afresh.
     Resume(ResumeArgs),
 }
 
@@ -151,8 +153,11 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
             let now = storage::now();
             let note = db.write(|tx| {
                 let t = task::require(tx, a.task)?;
-                if t.blocked_reason.is_none() && a.budget.is_none() {
-                    return Ok(format!("task {} is not blocked; nothing to resume", t.id));
+                if t.blocked_reason.is_none() && a.budget.is_none() && t.escalated_at.is_none() {
+                    return Ok(format!(
+                        "task {} is neither blocked nor escalated; nothing to resume",
+                        t.id
+                    ));
                 }
                 let mut probe = t.clone();
                 if let Some(b) = a.budget {
@@ -166,6 +171,26 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                     .into());
                 }
                 budget::resume(tx, &t, a.budget, now)?;
+                if t.escalated_at.is_some() {
+                    tx.execute("UPDATE tasks SET escalated_at = NULL WHERE id = ?1", [t.id])?;
+                    let active = queue::for_task(tx, t.id)?
+                        .iter()
+                        .any(|j| j.status == "queued" || j.status == "running");
+                    if let (false, Some(agent)) = (active, t.stage().agent()) {
+                        queue::enqueue(
+                            tx,
+                            &queue::NewJob {
+                                agent,
+                                repo: &t.repo,
+                                task_id: Some(t.id),
+                                stage: Some(t.stage.as_str()),
+                                task_content: &t.description,
+                                max_attempts: ctx.config.max_attempts,
+                            },
+                            now,
+                        )?;
+                    }
+                }
                 Ok(format!(
                     "task {} resumed{}",
                     t.id,

@@ -56,10 +56,13 @@ pub enum Committed {
     },
 }
 
-/// Rollbacks into development so far (the developer retry count).
+/// Rollbacks into development since the task was last resumed by a human
+/// (the developer retry count).
 pub fn developer_retry_count(conn: &Connection, task_id: i64) -> rusqlite::Result<i64> {
     conn.query_row(
-        "SELECT count(*) FROM task_transitions WHERE task_id = ?1 AND kind = 'rollback'",
+        "SELECT count(*) FROM task_transitions WHERE task_id = ?1 AND kind = 'rollback'
+           AND id > coalesce((SELECT max(id) FROM task_transitions
+                              WHERE task_id = ?1 AND kind = 'resume'), 0)",
         [task_id],
         |r| r.get(0),
     )

@@ -347,6 +347,11 @@ fn start_hook(
     }
     let wrapper = r#"echo $$ > "$ORCH_DEPLOY_DIR/started"; sh -c "$ORCH_DEPLOY_HOOK" > "$ORCH_DEPLOY_DIR/hook.log" 2>&1; code=$?; echo $code > "$ORCH_DEPLOY_DIR/result.tmp" && mv "$ORCH_DEPLOY_DIR/result.tmp" "$ORCH_DEPLOY_DIR/result""#;
     let mut cmd = std::process::Command::new("setsid");
+    for (name, _) in std::env::vars_os() {
+        if crate::runner::is_secret_var(&name.to_string_lossy()) {
+            cmd.env_remove(&name);
+        }
+    }
     cmd.arg("sh")
         .arg("-c")
         .arg(wrapper)

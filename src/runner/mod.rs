@@ -135,6 +135,15 @@ pub fn run(spec: &Spec, on_spawn: impl FnOnce(u32)) -> anyhow::Result<Outcome> {
         c.args(&spec.args);
         c
     };
+    // Secrets never reach what we run: agents, tests, probes and hooks get
+    // orch's environment minus tokens, webhook secrets and the systemd
+    // credential directory.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if is_secret_var(&name) {
+            command.env_remove(name.as_ref());
+        }
+    }
     command
         .current_dir(&spec.cwd)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -269,4 +278,30 @@ fn stop_child(child: &mut Child, grace: Duration) -> anyhow::Result<ExitStatus> 
     }
     let _ = kill(pid, Signal::SIGKILL);
     child.wait().context("reaping the command")
+}
+
+/// Whether an environment variable carries a secret orch must not pass on.
+pub fn is_secret_var(name: &str) -> bool {
+    name == "CREDENTIALS_DIRECTORY"
+        || (name.starts_with("ORCH_")
+            && (name.ends_with("_TOKEN") || name.ends_with("_SECRET") || name.contains("PASSWORD")))
+}
+
+#[cfg(test)]
+mod secret_env_tests {
+    #[test]
+    fn tokens_and_secrets_are_scrubbed() {
+        for v in [
+            "ORCH_PLANE_API_TOKEN",
+            "ORCH_GITEA_TOKEN",
+            "ORCH_TELEGRAM_BOT_TOKEN",
+            "ORCH_PLANE_WEBHOOK_SECRET",
+            "CREDENTIALS_DIRECTORY",
+        ] {
+            assert!(super::is_secret_var(v), "{v}");
+        }
+        for v in ["ORCH_TASK_ID", "ORCH_STATE_DIR", "PATH", "HOME"] {
+            assert!(!super::is_secret_var(v), "{v}");
+        }
+    }
 }
