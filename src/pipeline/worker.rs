@@ -232,6 +232,33 @@ fn task_for(
     Ok(Ok((task, stage)))
 }
 
+/// The task's workspace and prepared worktree — or, when git fails, the job
+/// ended for a retry with `what` and the error.
+fn worktree_for(
+    ctx: &Ctx,
+    db: &mut Db,
+    fence: Fence<'_>,
+    job: &Job,
+    task: &Task,
+    what: &str,
+) -> anyhow::Result<Result<(Workspace, std::path::PathBuf), Committed>> {
+    let ws = Workspace::new(&ctx.repos_dir(), &task.repo, ctx.config.repo(&task.repo)?)?;
+    let branch = task
+        .branch
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("task {} has no branch", task.id))?;
+    match ws.prepare(&task.work_item_id, &branch) {
+        Ok(worktree) => Ok(Ok((ws, worktree))),
+        Err(e) => Ok(Err(fail_job(
+            ctx,
+            db,
+            job,
+            fence,
+            &Outcome::Retry(format!("{what}: {e:#}")),
+        )?)),
+    }
+}
+
 fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Result<RunReport> {
     let (task, stage) = match task_for(ctx, db, fence, job)? {
         Ok(found) => found,
@@ -308,24 +335,10 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
         return Ok(report);
     }
 
-    let repo = ctx.config.repo(&task.repo)?;
-    let ws = Workspace::new(&ctx.repos_dir(), &task.repo, repo)?;
-    let branch = task
-        .branch
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("task {task_id} has no branch"))?;
-    let worktree = match ws.prepare(&task.work_item_id, &branch) {
-        Ok(p) => p,
-        Err(e) => {
-            let c = fail_job(
-                ctx,
-                db,
-                job,
-                fence,
-                &Outcome::Retry(format!("launch error: {e:#}")),
-            )?;
-            return Ok(RunReport::new(job, c));
-        }
+    let branch = task.branch.clone().unwrap_or_default();
+    let (ws, worktree) = match worktree_for(ctx, db, fence, job, &task, "launch error")? {
+        Ok(found) => found,
+        Err(c) => return Ok(RunReport::new(job, c)),
     };
     crash::point("run.worktree");
 
@@ -638,25 +651,14 @@ fn finish_adopted(
             return Ok(report);
         }
     };
-    let task_id = task.id;
-    let ws = Workspace::new(&ctx.repos_dir(), &task.repo, ctx.config.repo(&task.repo)?)?;
-    let branch = task
-        .branch
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("task {task_id} has no branch"))?;
-    let worktree = match ws.prepare(&task.work_item_id, &branch) {
-        Ok(p) => p,
-        Err(e) => {
-            report.committed = fail_job(
-                ctx,
-                db,
-                job,
-                fence,
-                &Outcome::Retry(format!("finishing an orphaned job: {e:#}")),
-            )?;
-            return Ok(report);
-        }
-    };
+    let (ws, worktree) =
+        match worktree_for(ctx, db, fence, job, &task, "finishing an orphaned job")? {
+            Ok(found) => found,
+            Err(c) => {
+                report.committed = c;
+                return Ok(report);
+            }
+        };
     push_and_finalize(
         ctx,
         db,
