@@ -113,6 +113,9 @@ pub enum Command {
     /// Inspect, enqueue and retry jobs.
     #[command(subcommand)]
     Job(cmd::job::Command),
+    /// List outbox messages (tracker comments, states, notifications) and retry dead ones.
+    #[command(subcommand)]
+    Outbox(cmd::outbox::Command),
     /// Generate man pages or shell completions.
     #[command(subcommand, hide = true)]
     Generate(cmd::generate::Command),

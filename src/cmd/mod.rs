@@ -13,6 +13,7 @@ pub mod ingest_webhook;
 pub mod init;
 pub mod job;
 pub mod metrics;
+pub mod outbox;
 pub mod reap;
 pub mod reclaim_leases;
 pub mod reconcile;
@@ -51,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Claim(a) => claim::run(&ctx, &a),
                 Command::Task(c) => task::run(&ctx, c),
                 Command::Job(c) => job::run(&ctx, c),
+                Command::Outbox(c) => outbox::run(&ctx, c),
                 Command::RunAgent(a) => run_agent::run(&ctx, &a),
                 Command::Advance(a) => advance::run(&ctx, &a),
                 Command::Reap(a) => reap::run(&ctx, &a),
