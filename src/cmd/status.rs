@@ -455,6 +455,50 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         print!("{}", indent(&t.render()));
     }
 
+    let costed: Vec<&serde_json::Value> = report.costs["tasks"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .filter(|t| t["stages"].as_array().is_some_and(|s| !s.is_empty()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !costed.is_empty() {
+        println!("\ncost of active tasks");
+        let mut t = Table::new(&["TASK", "STAGE", "SPENT", "BUDGET", "PER STAGE", "BLOCKED"]);
+        for task in costed.iter().take(20) {
+            let per_stage: Vec<String> = task["stages"]
+                .as_array()
+                .map(|ss| {
+                    ss.iter()
+                        .map(|s| {
+                            format!(
+                                "{} ${:.2}",
+                                s["stage"].as_str().unwrap_or("?"),
+                                s["cost_usd"].as_f64().unwrap_or(0.0)
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            t.row(vec![
+                task["task_id"].to_string(),
+                task["stage"].as_str().unwrap_or("?").to_owned(),
+                format!("${:.2}", task["spent_usd"].as_f64().unwrap_or(0.0)),
+                task["budget_usd"]
+                    .as_f64()
+                    .map_or_else(|| "none".to_owned(), |b| format!("${b:.2}")),
+                per_stage.join(", "),
+                if task["blocked"].is_null() {
+                    String::new()
+                } else {
+                    "yes".to_owned()
+                },
+            ]);
+        }
+        print!("{}", indent(&t.render()));
+    }
+
     println!("\ncounters");
     if report.counters.is_empty() {
         println!("  (none yet)");
