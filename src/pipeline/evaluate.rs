@@ -127,10 +127,9 @@ pub fn evaluate(
     macro_rules! require {
         ($result:expr) => {{
             let r: GateResult = $result;
-            let passed = r.passed();
+            let failed = (!r.passed()).then(|| from_failure(&r));
             results.push(r);
-            if !passed {
-                let d = from_failure(results.last().expect("just pushed"));
+            if let Some(d) = failed {
                 return Ok(Evaluation::new(results, d));
             }
         }};
