@@ -82,6 +82,14 @@ fn stuck_stages(ctx: &Ctx, db: &mut Db, out: &mut Reconciled) -> anyhow::Result<
         if stage == Stage::Created {
             continue;
         }
+        // Gates that run the test suite or the merge gate are never re-run
+        // from a timer: only a job (or a person) pays for them.
+        let expensive = matches!(stage, Stage::DeployStaging)
+            || (stage == Stage::Development && ctx.config.forge != "gitea");
+        if expensive {
+            skip(out, "gate runs commands");
+            continue;
+        }
         if t.escalated_at.is_some() {
             skip(out, "escalated");
             continue;
