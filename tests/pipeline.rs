@@ -640,3 +640,50 @@ fn an_escalated_task_resumes_with_a_fresh_retry_count() {
     }
     assert_eq!(env.json(&["task", "show", "1"])["task"]["stage"], "done");
 }
+
+/// Reconciler F-1: a task idle on a stage whose gate is already green (its
+/// advance was lost) is advanced by `orch reconcile` exactly once; an
+/// escalated or busy task is left alone.
+#[test]
+fn reconcile_advances_a_stuck_stage_once() {
+    let env = demo_env();
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "x"])
+        .assert()
+        .success();
+    env.orch().args(["run-agent", "--next"]).assert().success();
+    env.orch()
+        .args(["advance", "--task", "1", "--approve"])
+        .assert()
+        .success();
+    env.orch().args(["run-agent", "--next"]).assert().success();
+    // Lose the architecture → development advance: back on architecture, idle, long ago.
+    env.db()
+        .conn()
+        .execute_batch(
+            "DELETE FROM jobs WHERE agent = 'developer';
+             UPDATE tasks SET stage = 'architecture', updated_at = 0 WHERE id = 1;",
+        )
+        .expect("lose the advance");
+    let r = env.json(&["reconcile"]);
+    assert_eq!(r["advanced"].as_array().map_or(0, Vec::len), 1, "{r}");
+    let shown = env.json(&["task", "show", "1"]);
+    assert_eq!(shown["task"]["stage"], "development");
+    let developers = shown["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter(|j| j["agent"] == "developer")
+        .count();
+    assert_eq!(developers, 1);
+    // Again: nothing more happens (and the test suite is never run by a timer).
+    let r = env.json(&["reconcile"]);
+    assert!(r["advanced"].as_array().is_none_or(Vec::is_empty), "{r}");
+    assert_eq!(r["skipped"]["gate runs commands"], 1, "{r}");
+    let jobs = env.json(&["job", "list"]);
+    assert_eq!(
+        jobs.as_array().map_or(0, Vec::len),
+        3,
+        "no job was enqueued twice"
+    );
+}
