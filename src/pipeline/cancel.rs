@@ -20,7 +20,7 @@ use crate::context::Ctx;
 use crate::crash;
 use crate::liveness::{self, Liveness};
 use crate::outbox::{self, Message};
-use crate::pipeline::{Stage, lease, task};
+use crate::pipeline::{lease, task};
 use crate::queue;
 use crate::storage::{Db, counters, now};
 use crate::workspace::Workspace;
@@ -330,9 +330,4 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> 
         }
     }
     Ok(())
-}
-
-/// Whether STOP is on for tasks of `stage` at all (cancelled and done are final).
-pub fn is_cancellable(stage: Stage) -> bool {
-    !stage.is_terminal()
 }

@@ -33,7 +33,6 @@ use crate::backends::forge::{self, Merged};
 use crate::config::Config;
 use crate::context::Ctx;
 use crate::crash;
-use crate::git::Git;
 use crate::outbox::{self, Message};
 use crate::pipeline::engine::{self, Committed, Fence};
 use crate::pipeline::evaluate::Decision;
@@ -93,11 +92,6 @@ pub fn get(conn: &Connection, task_id: i64) -> rusqlite::Result<Option<Deploy>> 
 /// Whether phase B started the current deploy of `task_id`.
 pub fn initiated(conn: &Connection, task_id: i64) -> rusqlite::Result<bool> {
     Ok(get(conn, task_id)?.is_some_and(|d| d.initiated_at.is_some()))
-}
-
-/// Whether phase C already finished for the current deploy of `task_id`.
-pub fn finished(conn: &Connection, task_id: i64) -> rusqlite::Result<bool> {
-    Ok(get(conn, task_id)?.is_some_and(|d| d.finished_at.is_some()))
 }
 
 /// Phase A, inside the commit transaction: record the staging-verified commit
@@ -598,9 +592,4 @@ fn hook_alive(run_dir: &Path) -> bool {
             .next()
             .is_some_and(|r| r.trim_start().starts_with('Z'))
     })
-}
-
-/// Record that the worktree's HEAD is the verified staging commit (helper for tests and tools).
-pub fn head(worktree: &Path) -> anyhow::Result<Option<String>> {
-    Git::at(worktree).rev("HEAD")
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::{Connection, params};
 
 /// One counter: a running total, and optionally the JSON detail of its last event.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -33,16 +33,6 @@ pub fn bump(
         params![name, by, detail, now],
     )?;
     Ok(())
-}
-
-/// The current value of one counter (0 when never bumped).
-pub fn get(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
-    Ok(conn
-        .query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
-            r.get(0)
-        })
-        .optional()?
-        .unwrap_or(0))
 }
 
 /// Every counter, by name.
