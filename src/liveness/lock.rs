@@ -35,7 +35,7 @@ impl WorkerLock {
         std::fs::create_dir_all(locks_dir)
             .with_context(|| format!("creating lock directory {}", locks_dir.display()))?;
         loop {
-            let token = super::random_hex(TOKEN_LEN / 2).context("reading /dev/urandom")?;
+            let token = super::random_hex16().context("reading /dev/urandom")?;
             let path = lock_path(locks_dir, &token);
             let mut file = match OpenOptions::new()
                 .read(true)

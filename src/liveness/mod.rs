@@ -25,25 +25,29 @@ pub fn boot_id() -> String {
         .unwrap_or_default()
 }
 
-/// `n` random bytes from the kernel, as lowercase hex.
-pub fn random_hex(n: usize) -> std::io::Result<String> {
+/// `N` random bytes from the kernel.
+fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
     use std::io::Read as _;
-    let mut buf = vec![0u8; n];
+    let mut buf = [0u8; N];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(buf.iter().fold(String::with_capacity(2 * n), |mut s, b| {
-        use std::fmt::Write as _;
-        let _ = write!(s, "{b:02x}");
-        s
-    }))
+    Ok(buf)
 }
 
-/// A uniformly random number in `0.0..1.0` (for backoff jitter).
+/// 16 random bytes from the kernel, as 32 lowercase hex digits (a claim token, a UUID's bits).
+pub fn random_hex16() -> std::io::Result<String> {
+    Ok(random_bytes::<16>()?
+        .iter()
+        .fold(String::with_capacity(32), |mut s, b| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{b:02x}");
+            s
+        }))
+}
+
+/// A uniformly random number in `0.0..1.0` (for backoff jitter); 0.5 if the
+/// kernel's random source cannot be read.
 pub fn random_unit() -> f64 {
-    let mut bytes = [0u8; 8];
-    if let Ok(hex) = random_hex(8) {
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0);
-        }
-    }
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+    random_bytes::<8>().map_or(0.5, |b| {
+        (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+    })
 }

@@ -81,7 +81,7 @@ impl RunReport {
 
 /// A random RFC 4122 version-4 UUID (Claude Code session ids must be UUIDs).
 fn uuid_v4() -> anyhow::Result<String> {
-    let hex = liveness::random_hex(16)?;
+    let hex = liveness::random_hex16()?;
     let mut chars: Vec<char> = hex.chars().collect();
     chars[12] = '4';
     chars[16] = ['8', '9', 'a', 'b'][usize::from(chars[16].to_digit(16).unwrap_or(0) as u8 % 4)];

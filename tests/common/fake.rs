@@ -296,9 +296,9 @@ fn item_json(item: &Item) -> Value {
 }
 
 /// `hex(HMAC-SHA256(secret, body))`, as Plane and Gitea sign.
-pub fn sign(secret: &str, body: &str) -> String {
+pub fn sign(secret: &str, body: impl AsRef<[u8]>) -> String {
     use hmac::{KeyInit, Mac};
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
-    mac.update(body.as_bytes());
+    mac.update(body.as_ref());
     hex::encode(mac.finalize().into_bytes())
 }
