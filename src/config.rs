@@ -22,9 +22,30 @@ pub const DEFAULT_SELF_HOSTING_REPO: &str = "orchestrator";
 /// The default agent: Claude Code headless, streaming JSON events so the
 /// outcome is read from the final `result` event, with a turn and budget cap
 /// and a session id per run. The prompt is the task file, on stdin.
+///
+/// Permissions: in `-p` mode nobody can answer a prompt, so without a mode
+/// every Write, Edit and Bash call is refused and the run still "succeeds".
+/// `acceptEdits` lets the agent create and edit files inside its working
+/// directory (the task's worktree) and nowhere else; `--allowedTools Bash`
+/// lets it run commands (the tests). Unlike `bypassPermissions` this works
+/// as root without claiming to be in a sandbox. docs/claude-code.md says why.
 pub const DEFAULT_AGENT_CMD: &str = "claude -p --output-format stream-json --verbose \
+--permission-mode acceptEdits --allowedTools Bash \
 --max-turns \"$ORCH_MAX_TURNS\" --max-budget-usd \"$ORCH_MAX_BUDGET_USD\" \
 --session-id \"$ORCH_SESSION_ID\" < \"$ORCH_TASK_FILE\"";
+
+/// How a run's outcome is read (`agent_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentProtocol {
+    /// The final stream-json `result` event decides.
+    Claude,
+    /// The exit code decides.
+    ExitCode,
+    /// Claude when the run's output is a Claude Code stream (an `init` or
+    /// `result` event), else the exit code: decided by what the command
+    /// printed, not by how it is spelled.
+    Auto,
+}
 
 /// Everything `orch` can be configured with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,7 +83,8 @@ pub struct Config {
     /// Per-stage agent commands, e.g. `review = "…"`; a stage not listed uses `agent_cmd`.
     pub agent_cmds: BTreeMap<String, String>,
     /// How a run's outcome is read: `claude` (the final stream-json `result` event
-    /// decides), `exit-code`, or `auto` (claude when `agent_cmd` runs `claude`).
+    /// decides), `exit-code`, or `auto` (claude when the run printed a Claude Code
+    /// stream-json stream, whatever the command looks like).
     pub agent_protocol: String,
     /// `--max-turns` handed to Claude Code (as `$ORCH_MAX_TURNS`).
     pub agent_max_turns: u32,
@@ -511,18 +533,18 @@ impl Config {
             .filter(|x| x.is_finite() && *x > 0.0)
     }
 
-    /// The agent command for `stage`, and whether its outcome is read the Claude way.
-    pub fn agent_command(&self, stage: crate::pipeline::Stage) -> (&str, bool) {
+    /// The agent command for `stage`, and how its outcome is read.
+    pub fn agent_command(&self, stage: crate::pipeline::Stage) -> (&str, AgentProtocol) {
         let cmd = self
             .agent_cmds
             .get(stage.as_str())
             .map_or(self.agent_cmd.as_str(), String::as_str);
-        let claude = match self.agent_protocol.as_str() {
-            "claude" => true,
-            "exit-code" => false,
-            _ => cmd.trim_start().starts_with("claude"),
+        let protocol = match self.agent_protocol.as_str() {
+            "claude" => AgentProtocol::Claude,
+            "exit-code" => AgentProtocol::ExitCode,
+            _ => AgentProtocol::Auto,
         };
-        (cmd, claude)
+        (cmd, protocol)
     }
 
     /// Whether the merge gate applies to `repo` (`merge_gate_repos`, else the self-hosting repo).

@@ -11,6 +11,7 @@ pub mod budget;
 pub mod cancel;
 pub mod engine;
 pub mod evaluate;
+pub mod judge;
 pub mod lease;
 pub mod merge_gate;
 pub mod post_deploy;

@@ -19,9 +19,9 @@ use crate::outbox;
 use crate::pipeline::engine::{self, Committed, Fence};
 use crate::pipeline::evaluate::{self, Decision, Evaluation};
 use crate::pipeline::task::{self, Task};
-use crate::pipeline::{Stage, brief, budget, post_deploy, self_deploy};
+use crate::pipeline::{Stage, brief, budget, judge, post_deploy, self_deploy};
 use crate::queue::{Job, Outcome};
-use crate::runner::{self, claude};
+use crate::runner::{self, claude::RunVerdict};
 use crate::storage::{Db, now};
 use crate::workspace::Workspace;
 
@@ -359,7 +359,7 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
     let ledger = budget::ledger(db.conn(), &ctx.config, &task)?;
     let run_cap = ctx.config.run_budget_usd().unwrap_or(0.0);
     let run_budget = ledger.remaining_usd.map_or(run_cap, |r| r.min(run_cap));
-    let (command, claude_protocol) = ctx.config.agent_command(stage);
+    let (command, protocol) = ctx.config.agent_command(stage);
     let session_id = uuid_v4()?;
     let artifact_dir = crate::gates::artifact_dir(&worktree, &task.work_item_id);
 
@@ -445,54 +445,13 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
         }
     })?;
 
-    let log_text = std::fs::read(&log_path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    let judged = judge::judge(&ctx.config, protocol, &outcome, &log_path, &cost_file);
     let timed_out = outcome.timed_out.map(|t| match t {
         runner::Timeout::Wall => "wall",
         runner::Timeout::Stall => "stall",
     });
-    let (result, verdict) = if let Some(kind) = timed_out {
-        let limit = if kind == "wall" {
-            ctx.config.agent_timeout_s
-        } else {
-            ctx.config.agent_stall_timeout_s
-        };
-        (
-            claude::parse_result(&log_text),
-            claude::RunVerdict::Failure(format!("agent stopped: {kind} timeout after {limit}s")),
-        )
-    } else if claude_protocol {
-        claude::classify_log(outcome.exit_code, &log_text)
-    } else {
-        let v = match (outcome.exit_code, outcome.signal) {
-            (Some(0), _) => claude::RunVerdict::Success,
-            (Some(c), _) => claude::RunVerdict::Failure(format!("agent exited with code {c}")),
-            (None, s) => {
-                claude::RunVerdict::Failure(format!("agent killed by signal {}", s.unwrap_or(0)))
-            }
-        };
-        (claude::parse_result(&log_text), v)
-    };
-    // Cost: Claude's result event; else what the agent reported in
-    // $ORCH_COST_FILE; else zero for a plain command. A Claude run without a
-    // result event costs "unknown", never zero.
-    let reported = read_cost_file(&cost_file);
-    let (cost_usd, input_tokens, output_tokens) = match (&result, &reported) {
-        (Some(r), _) => (
-            r.total_cost_usd,
-            r.usage.input_tokens.map(|v| v as i64),
-            r.usage.output_tokens.map(|v| v as i64),
-        ),
-        (None, Some(c)) => (c.cost_usd, c.input_tokens, c.output_tokens),
-        (None, None) if claude_protocol => (None, None, None),
-        (None, None) => (Some(0.0), None, None),
-    };
-    let outcome_text = match &verdict {
-        claude::RunVerdict::Success => "success".to_owned(),
-        claude::RunVerdict::Transient(r) => format!("transient: {r}"),
-        claude::RunVerdict::Failure(r) => format!("failure: {r}"),
-    };
+    let (result, cost_usd) = (&judged.result, judged.cost_usd);
+    let outcome_text = judged.verdict.describe();
     crate::output::progress(&format!(
         "job {}: {} agent ended after {:.1}s: {outcome_text}",
         job.id,
@@ -515,8 +474,8 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
                 outcome_text,
                 result.as_ref().map(|r| r.is_error),
                 cost_usd,
-                input_tokens,
-                output_tokens,
+                judged.input_tokens,
+                judged.output_tokens,
                 result
                     .as_ref()
                     .and_then(|r| r.usage.cache_read_input_tokens)
@@ -542,16 +501,15 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
     report.log_path = Some(log_path.display().to_string());
     report.cost_usd = cost_usd;
 
-    match verdict {
-        claude::RunVerdict::Success => {}
-        claude::RunVerdict::Transient(r) => {
-            report.committed = fail_job(ctx, db, job, fence, &Outcome::Transient(r))?;
-            return Ok(report);
-        }
-        claude::RunVerdict::Failure(r) => {
-            report.committed = fail_job(ctx, db, job, fence, &Outcome::Retry(r))?;
-            return Ok(report);
-        }
+    let failed = match judged.verdict {
+        RunVerdict::Success => None,
+        RunVerdict::Transient(r) => Some(Outcome::Transient(r)),
+        RunVerdict::Failure(r) => Some(Outcome::Retry(r)),
+        RunVerdict::Permanent(r) => Some(Outcome::Failed(r)),
+    };
+    if let Some(outcome) = failed {
+        report.committed = fail_job(ctx, db, job, fence, &outcome)?;
+        return Ok(report);
     }
 
     push_and_finalize(
@@ -716,34 +674,4 @@ fn finalize(
     crash::point("finalize.committed");
     report.evaluation = Some(evaluation);
     Ok(())
-}
-
-/// What a non-Claude agent reported about its cost in `$ORCH_COST_FILE`:
-/// `{"cost_usd": 0.12, "input_tokens": 1000, "output_tokens": 200}`.
-#[derive(Debug, serde::Deserialize)]
-struct ReportedCost {
-    cost_usd: Option<f64>,
-    input_tokens: Option<i64>,
-    output_tokens: Option<i64>,
-}
-
-fn read_cost_file(path: &Path) -> Option<ReportedCost> {
-    let text = std::fs::read_to_string(path).ok()?;
-    match serde_json::from_str::<ReportedCost>(&text) {
-        Ok(c) => Some(ReportedCost {
-            cost_usd: c.cost_usd.filter(|x| x.is_finite() && *x >= 0.0),
-            ..c
-        }),
-        Err(e) => {
-            log::warn!(
-                "{}: not a cost report ({e}); the run's cost is unknown",
-                path.display()
-            );
-            Some(ReportedCost {
-                cost_usd: None,
-                input_tokens: None,
-                output_tokens: None,
-            })
-        }
-    }
 }

@@ -1,0 +1,133 @@
+//! How a finished agent run is judged, and what it cost.
+//!
+//! The runner says how the process ended; this module reads what the agent
+//! printed (once, in bounded memory) and decides whether the run did its
+//! work, and for the queue whether to back off, retry or give up. Whether the
+//! output is read the Claude Code way is decided by the output itself when
+//! `agent_protocol = "auto"`, so `/opt/claude/bin/claude …`, `env X=1 claude
+//! …` or a wrapper script are judged like `claude …`.
+
+use std::path::Path;
+
+use crate::config::{AgentProtocol, Config};
+use crate::runner::claude::{self, ClaudeResult, RunVerdict, StreamLog};
+use crate::runner::{Outcome, Timeout};
+
+/// The judgement of one run.
+#[derive(Debug)]
+pub struct Judged {
+    /// What the queue should do.
+    pub verdict: RunVerdict,
+    /// Whether the output was read as a Claude Code stream.
+    pub claude: bool,
+    /// The final `result` event, if there was one.
+    pub result: Option<ClaudeResult>,
+    /// Cost in USD; `None` is unknown (never silently zero).
+    pub cost_usd: Option<f64>,
+    /// Input tokens, when known.
+    pub input_tokens: Option<i64>,
+    /// Output tokens, when known.
+    pub output_tokens: Option<i64>,
+}
+
+/// Judge the run that ended with `outcome`, whose output is in `log_path`
+/// and whose self-reported cost (non-Claude agents) is in `cost_file`.
+pub fn judge(
+    config: &Config,
+    protocol: AgentProtocol,
+    outcome: &Outcome,
+    log_path: &Path,
+    cost_file: &Path,
+) -> Judged {
+    let log = StreamLog::read(log_path).unwrap_or_else(|e| {
+        log::warn!("reading the agent log {}: {e}", log_path.display());
+        StreamLog::default()
+    });
+    if log.overlong_lines > 0 {
+        log::info!(
+            "{}: {} line(s) over {} bytes were not parsed",
+            log_path.display(),
+            log.overlong_lines,
+            claude::stream::MAX_LINE
+        );
+    }
+    let claude = match protocol {
+        AgentProtocol::Claude => true,
+        AgentProtocol::ExitCode => false,
+        AgentProtocol::Auto => log.is_claude_stream(),
+    };
+    let verdict = match outcome.timed_out {
+        Some(kind) => {
+            let (name, limit) = match kind {
+                Timeout::Wall => ("wall", config.agent_timeout_s),
+                Timeout::Stall => ("stall", config.agent_stall_timeout_s),
+            };
+            RunVerdict::Failure(format!("agent stopped: {name} timeout after {limit}s"))
+        }
+        None if claude => claude::classify(outcome.exit_code, &log),
+        None => claude::classify_exit(outcome.exit_code, outcome.signal),
+    };
+    // Cost: Claude's result event; else what the agent reported in
+    // $ORCH_COST_FILE; else zero for a plain command. A Claude run without a
+    // result event costs "unknown", never zero.
+    let (cost_usd, input_tokens, output_tokens) = match (&log.result, read_cost_file(cost_file)) {
+        (Some(r), _) => (
+            r.total_cost_usd,
+            r.usage.input_tokens.map(|v| v as i64),
+            r.usage.output_tokens.map(|v| v as i64),
+        ),
+        (None, Some(c)) => (c.cost_usd, c.input_tokens, c.output_tokens),
+        (None, None) if claude => (None, None, None),
+        (None, None) => (Some(0.0), None, None),
+    };
+    Judged {
+        verdict,
+        claude,
+        result: log.result,
+        cost_usd,
+        input_tokens,
+        output_tokens,
+    }
+}
+
+/// What a non-Claude agent reported about its cost in `$ORCH_COST_FILE`:
+/// `{"cost_usd": 0.12, "input_tokens": 1000, "output_tokens": 200}`.
+#[derive(Debug, serde::Deserialize)]
+struct ReportedCost {
+    cost_usd: Option<f64>,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+}
+
+/// The largest cost file read; anything bigger is not a cost report.
+const MAX_COST_FILE: u64 = 64 * 1024;
+
+fn read_cost_file(path: &Path) -> Option<ReportedCost> {
+    let unknown = ReportedCost {
+        cost_usd: None,
+        input_tokens: None,
+        output_tokens: None,
+    };
+    let size = std::fs::metadata(path).ok()?.len();
+    if size > MAX_COST_FILE {
+        log::warn!(
+            "{}: {size} bytes is not a cost report; the run's cost is unknown",
+            path.display()
+        );
+        return Some(unknown);
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    match serde_json::from_str::<ReportedCost>(&text) {
+        Ok(c) => Some(ReportedCost {
+            cost_usd: c.cost_usd.filter(|x| x.is_finite() && *x >= 0.0),
+            ..c
+        }),
+        Err(e) => {
+            log::warn!(
+                "{}: not a cost report ({e}); the run's cost is unknown",
+                path.display()
+            );
+            Some(unknown)
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! The real Claude Code CLI as orch's agent, offline.
+//!
+//! Every test here runs the pinned `@anthropic-ai/claude-code` from npm (the
+//! binary `.ci/run` installs and names in `$ORCH_TEST_CLAUDE`) with orch's
+//! default agent command, against the loopback Messages API stand-in of
+//! `common::messages_api`. The stand-in plays the model: it answers each
+//! stage's prompt with the tool calls a model would make (Write the
+//! artifacts with their frontmatter, Bash to run the tests), or with the API
+//! errors and limits whose classification is under test. Where the machine
+//! allows it (root, or user namespaces), the whole pipeline runs in a network
+//! namespace with only loopback, and the test fails if anything tried to
+//! reach another address.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::Env;
+use common::messages_api::{self, Block, MessagesApi, Reply, Request};
+use serde_json::{Value, json};
+
+/// The stages' artifacts, as the demo agent writes them (the gates' contract).
+fn stage_writes(agent: &str, wi: &str) -> Vec<(String, String)> {
+    let dir = format!("docs/work-items/{wi}");
+    let files: Vec<(String, String)> = match agent {
+        "analyst" => vec![
+            (
+                format!("{dir}/01-brd.md"),
+                format!("---\ntype: brd\nwork_item_id: {wi}\n---\n# BRD\n\nGreet by name.\n"),
+            ),
+            (
+                format!("{dir}/02-trz.md"),
+                format!("---\ntype: trz\nwork_item_id: {wi}\n---\n# TRZ\n\n`src/greet.sh NAME`.\n"),
+            ),
+            (
+                format!("{dir}/03-acceptance-criteria.md"),
+                format!("---\ntype: acceptance-criteria\nwork_item_id: {wi}\n---\n- AC-1 greets\n"),
+            ),
+            (
+                format!("{dir}/04-test-plan.yaml"),
+                format!("work_item: {wi}\ntests:\n  - id: TC-01\n    expected: PASS\n"),
+            ),
+        ],
+        "architect" => vec![(
+            format!("{dir}/06-adr/ADR-001-shell.md"),
+            format!("---\ntype: adr\nstatus: accepted\nwork_item_id: {wi}\n---\n# ADR-001\n"),
+        )],
+        "developer" => vec![
+            (
+                "src/greet.sh".into(),
+                "#!/bin/sh\nprintf 'Hello, %s!\\n' \"${1:-world}\"\n".into(),
+            ),
+            (
+                "tests/greet_test.sh".into(),
+                "#!/bin/sh\nset -e\n[ \"$(sh src/greet.sh Ada)\" = \"Hello, Ada!\" ]\n".into(),
+            ),
+        ],
+        "reviewer" => vec![(
+            format!("{dir}/12-review.md"),
+            format!(
+                "---\ntype: review\nwork_item_id: {wi}\nverdict: APPROVED\nversion: 1\n---\nLGTM\n"
+            ),
+        )],
+        "tester" => vec![(
+            format!("{dir}/13-test-report.md"),
+            format!("---\ntype: test-report\nwork_item_id: {wi}\nresult: PASS\n---\nTC-01 PASS\n"),
+        )],
+        _ => vec![],
+    };
+    files
+}
+
+/// Which agent and work item a prompt is for: the task file starts with
+/// `# <agent>: <work item> — <title>`.
+fn agent_and_item(req: &Request) -> Option<(String, String)> {
+    let text = req.all_text();
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix("# ")?;
+        let (agent, tail) = rest.split_once(": ")?;
+        let (wi, _) = tail.split_once(" — ")?;
+        (!agent.contains(' ') && !wi.contains(' ')).then(|| (agent.to_owned(), wi.to_owned()))
+    })
+}
+
+/// A model that does each stage's work: Write its files (deploy stages write
+/// their log from the task text), run the tests with Bash in development,
+/// then say it is done. It gives up if a tool call was refused.
+fn stage_model(req: &Request) -> Reply {
+    if !req.has_tools() {
+        return Reply::Message(vec![Block::Text("Stage work".into())]);
+    }
+    let Some((agent, wi)) = agent_and_item(req) else {
+        return Reply::Message(vec![Block::Text("I cannot tell what to do.".into())]);
+    };
+    let cwd = req.working_dir().unwrap_or_default();
+    if req.last_tool_results().iter().any(|(_, err, _)| *err) {
+        return Reply::Message(vec![Block::Text("A tool call failed; stopping.".into())]);
+    }
+    let mut files = stage_writes(&agent, &wi);
+    let dir = format!("docs/work-items/{wi}");
+    match agent.as_str() {
+        "deployer" if req.all_text().contains("15-staging-log.md") => files.push((
+            format!("{dir}/15-staging-log.md"),
+            "---\nstaging_status: SUCCESS\ntimestamp: 2026-01-01T00:00:00Z\nbase_url: http://127.0.0.1:8501\n---\nok\n".into(),
+        )),
+        "deployer" => files.push((
+            format!("{dir}/14-deploy-log.md"),
+            format!("---\ndeploy_status: SUCCESS\nwork_item: {wi}\n---\nok\n"),
+        )),
+        _ => {}
+    }
+    match req.turn() {
+        1 => {
+            let mut blocks = vec![Block::Text(format!(
+                "I will write the {agent} deliverables."
+            ))];
+            blocks.extend(files.into_iter().map(|(path, content)| {
+                Block::Tool(
+                    "Write",
+                    json!({"file_path": format!("{cwd}/{path}"), "content": content}),
+                )
+            }));
+            Reply::Message(blocks)
+        }
+        2 if agent == "developer" => Reply::Message(vec![Block::Tool(
+            "Bash",
+            json!({"command": "sh ./test.sh", "description": "Run the test suite"}),
+        )]),
+        _ => Reply::Message(vec![Block::Text(format!("The {agent} stage is done."))]),
+    }
+}
+
+/// A network namespace with only loopback, held open by a sleeping process.
+struct NetNs {
+    holder: std::process::Child,
+}
+
+impl NetNs {
+    /// A new namespace, or `None` (with a loud message) where the machine
+    /// does not allow one.
+    fn new() -> Option<NetNs> {
+        use std::io::BufRead as _;
+        let mut holder = Command::new("unshare")
+            .args([
+                "--net",
+                "sh",
+                "-c",
+                "ip link set lo up && echo ready && exec sleep 3600",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut line = String::new();
+        let ready = holder
+            .stdout
+            .take()
+            .map(|out| std::io::BufReader::new(out).read_line(&mut line).is_ok())
+            .unwrap_or(false);
+        if !ready || line.trim() != "ready" {
+            let _ = holder.kill();
+            let _ = holder.wait();
+            eprintln!("\n*** NOT ISOLATED: no network namespace here (unshare --net failed) ***\n");
+            return None;
+        }
+        Some(NetNs { holder })
+    }
+
+    fn path(&self) -> String {
+        format!("/proc/{}/ns/net", self.holder.id())
+    }
+
+    /// A loopback listener inside the namespace: bound from a thread that
+    /// joined it, so the socket lives there.
+    fn listener(&self) -> std::net::TcpListener {
+        let path = self.path();
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open netns");
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind in netns")
+        })
+        .join()
+        .expect("listener thread")
+    }
+
+    /// Packets the namespace could not route anywhere (IPv4 and IPv6): any
+    /// attempt to reach a non-loopback address, DNS included, counts.
+    fn no_route_count(&self) -> u64 {
+        let pid = self.holder.id();
+        let snmp = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).expect("snmp");
+        let mut ip = snmp.lines().filter(|l| l.starts_with("Ip: "));
+        let names: Vec<&str> = ip.next().expect("Ip header").split_whitespace().collect();
+        let values: Vec<&str> = ip.next().expect("Ip values").split_whitespace().collect();
+        let v4: u64 = names
+            .iter()
+            .position(|n| *n == "OutNoRoutes")
+            .and_then(|i| values.get(i))
+            .and_then(|v| v.parse().ok())
+            .expect("OutNoRoutes");
+        let snmp6 = std::fs::read_to_string(format!("/proc/{pid}/net/snmp6")).unwrap_or_default();
+        let v6: u64 = snmp6
+            .lines()
+            .find_map(|l| l.strip_prefix("Ip6OutNoRoutes"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        v4 + v6
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// An installation whose agent is the real CLI with orch's default command:
+/// the demo forge and config, minus the demo agent.
+struct Rig {
+    env: Env,
+    api: MessagesApi,
+    claude: PathBuf,
+    netns: Option<NetNs>,
+}
+
+impl Rig {
+    fn new(model: impl messages_api::Model, extra_config: &str, isolate: bool) -> Option<Rig> {
+        let claude = messages_api::real_claude()?;
+        let env = Env::bare();
+        env.orch().args(["demo", "--setup-only"]).assert().success();
+        let path = env.state().join("orch.toml");
+        let config = std::fs::read_to_string(&path).expect("config");
+        let config: String = config
+            .lines()
+            .filter(|l| !l.starts_with("agent_cmd"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, format!("{extra_config}\n{config}")).expect("config");
+        let netns = if isolate { NetNs::new() } else { None };
+        let api = match &netns {
+            Some(ns) => MessagesApi::serve(ns.listener(), model),
+            None => MessagesApi::start(model),
+        };
+        Some(Rig {
+            env,
+            api,
+            claude,
+            netns,
+        })
+    }
+
+    /// `orch <args>` as the installation runs it, inside the namespace if any.
+    fn orch(&self, args: &[&str]) -> Output {
+        let bin = env!("CARGO_BIN_EXE_orch");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.path())).arg("--").arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let path = format!(
+            "{}:{}",
+            self.claude.parent().expect("bin dir").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        cmd.env_clear()
+            .env("PATH", path)
+            .env("ORCH_STATE_DIR", self.env.state())
+            .env("RUST_LOG", "warn")
+            .envs(messages_api::offline_env(
+                &self.api,
+                &self.env.state().join("home"),
+            ))
+            .args(args);
+        cmd.output().expect("run orch")
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.orch(&all);
+        assert!(
+            out.status.success(),
+            "orch {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+
+    fn sql(&self, sql: &str) -> Vec<Vec<Value>> {
+        let db = self.env.db();
+        let mut stmt = db.conn().prepare(sql).expect("prepare");
+        let n = stmt.column_count();
+        stmt.query_map([], |r| {
+            (0..n)
+                .map(|i| {
+                    Ok(match r.get_ref(i)? {
+                        rusqlite::types::ValueRef::Null => Value::Null,
+                        rusqlite::types::ValueRef::Integer(v) => json!(v),
+                        rusqlite::types::ValueRef::Real(v) => json!(v),
+                        rusqlite::types::ValueRef::Text(t) => json!(String::from_utf8_lossy(t)),
+                        rusqlite::types::ValueRef::Blob(_) => Value::Null,
+                    })
+                })
+                .collect()
+        })
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+    }
+
+    fn create_task(&self) {
+        let out = self.orch(&[
+            "task",
+            "create",
+            "--repo",
+            "demo",
+            "--title",
+            "Greet by name",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// One `orch run-agent --next`: its exit code and JSON report.
+    fn run_next(&self) -> (Option<i32>, Value) {
+        let out = self.orch(&["run-agent", "--next", "--json"]);
+        let report = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| json!({"stderr": String::from_utf8_lossy(&out.stderr)}));
+        (out.status.code(), report)
+    }
+
+    fn job(&self) -> Value {
+        let rows = self.sql(
+            "SELECT status, attempts, transient_attempts, available_at - strftime('%s','now'), error
+             FROM jobs ORDER BY id DESC LIMIT 1",
+        );
+        let r = &rows[0];
+        json!({"status": r[0], "attempts": r[1], "transient": r[2], "wait_s": r[3], "error": r[4]})
+    }
+
+    fn forge(&self) -> orch::git::Git {
+        orch::git::Git::at(&self.env.state().join("forge/demo.git"))
+    }
+}
+
+#[test]
+fn one_task_goes_from_created_to_done_with_the_real_cli_on_every_stage() {
+    let Some(rig) = Rig::new(stage_model, "", true) else {
+        return;
+    };
+    rig.create_task();
+    let mut stages = Vec::new();
+    for _ in 0..30 {
+        let task = rig.json(&["task", "show", "1"]);
+        let stage = task["task"]["stage"].as_str().unwrap_or("").to_owned();
+        if stage == "done" {
+            break;
+        }
+        stages.push(stage.clone());
+        let (code, report) = rig.run_next();
+        if code == Some(3) {
+            let out = rig.orch(&["advance", "--task", "1", "--approve"]);
+            assert!(
+                out.status.success(),
+                "approve: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        } else {
+            assert_eq!(report["run_verdict"], "success", "{stage}: {report:#}");
+        }
+    }
+    let task = rig.json(&["task", "show", "1"]);
+    assert_eq!(
+        task["task"]["stage"], "done",
+        "stages seen: {stages:?}\n{task:#}"
+    );
+
+    // Every stage ran the real CLI with the default command, and the ledger
+    // holds what the CLI reported: cost, tokens, turns.
+    let runs = rig.sql(
+        "SELECT stage, command, outcome, cost_usd, input_tokens, output_tokens, num_turns
+         FROM agent_runs ORDER BY id",
+    );
+    let ran: Vec<&str> = runs.iter().filter_map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        ran,
+        [
+            "analysis",
+            "architecture",
+            "development",
+            "review",
+            "testing",
+            "deploy-staging",
+            "deploy"
+        ]
+    );
+    for r in &runs {
+        assert_eq!(r[1], orch::config::DEFAULT_AGENT_CMD, "{r:?}");
+        assert_eq!(r[2], "success", "{r:?}");
+        assert!(
+            r[3].as_f64().is_some_and(|c| c > 0.0),
+            "cost recorded: {r:?}"
+        );
+        assert!(
+            r[4].as_i64()
+                .is_some_and(|t| t >= messages_api::INPUT_TOKENS as i64),
+            "{r:?}"
+        );
+        assert!(
+            r[5].as_i64()
+                .is_some_and(|t| t >= messages_api::OUTPUT_TOKENS as i64),
+            "{r:?}"
+        );
+        assert!(r[6].as_i64().is_some_and(|t| t >= 2), "{r:?}");
+    }
+    let total: f64 = runs.iter().filter_map(|r| r[3].as_f64()).sum();
+    let ledger = task["cost"]["spent_usd"].as_f64().expect("ledger total");
+    assert!(
+        (ledger - total).abs() < 1e-9,
+        "ledger {ledger} vs runs {total}"
+    );
+
+    // The change is on main, with its tests; the artifacts too.
+    let files = rig
+        .forge()
+        .run(["ls-tree", "-r", "--name-only", "main"])
+        .expect("ls-tree");
+    for f in [
+        "src/greet.sh",
+        "tests/greet_test.sh",
+        "12-review.md",
+        "15-staging-log.md",
+    ] {
+        assert!(files.contains(f), "{f} not on main: {files}");
+    }
+    // The CLI talked to the stand-in only: every request was a Messages
+    // call, and (isolated) nothing tried to leave loopback.
+    assert!(
+        rig.api.messages_calls() >= 14,
+        "{}",
+        rig.api.messages_calls()
+    );
+    if let Some(ns) = &rig.netns {
+        assert_eq!(
+            ns.no_route_count(),
+            0,
+            "something tried to reach a non-loopback address"
+        );
+    }
+}
