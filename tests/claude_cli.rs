@@ -156,8 +156,7 @@ impl NetNs {
         let ready = holder
             .stdout
             .take()
-            .map(|out| std::io::BufReader::new(out).read_line(&mut line).is_ok())
-            .unwrap_or(false);
+            .is_some_and(|out| std::io::BufReader::new(out).read_line(&mut line).is_ok());
         if !ready || line.trim() != "ready" {
             let _ = holder.kill();
             let _ = holder.wait();
@@ -231,11 +230,11 @@ impl Rig {
         env.orch().args(["demo", "--setup-only"]).assert().success();
         let path = env.state().join("orch.toml");
         let config = std::fs::read_to_string(&path).expect("config");
-        let config: String = config
+        let config: Vec<&str> = config
             .lines()
             .filter(|l| !l.starts_with("agent_cmd"))
-            .map(|l| format!("{l}\n"))
             .collect();
+        let config = config.join("\n");
         std::fs::write(&path, format!("{extra_config}\n{config}")).expect("config");
         let netns = if isolate { NetNs::new() } else { None };
         let api = match &netns {
@@ -298,11 +297,12 @@ impl Rig {
             (0..n)
                 .map(|i| {
                     Ok(match r.get_ref(i)? {
-                        rusqlite::types::ValueRef::Null => Value::Null,
                         rusqlite::types::ValueRef::Integer(v) => json!(v),
                         rusqlite::types::ValueRef::Real(v) => json!(v),
                         rusqlite::types::ValueRef::Text(t) => json!(String::from_utf8_lossy(t)),
-                        rusqlite::types::ValueRef::Blob(_) => Value::Null,
+                        rusqlite::types::ValueRef::Null | rusqlite::types::ValueRef::Blob(_) => {
+                            Value::Null
+                        }
                     })
                 })
                 .collect()
@@ -346,7 +346,7 @@ impl Rig {
     }
 
     fn forge(&self) -> orch::git::Git {
-        orch::git::Git::at(&self.env.state().join("forge/demo.git"))
+        orch::git::Git::at(self.env.state().join("forge/demo.git"))
     }
 }
 
@@ -454,4 +454,249 @@ fn one_task_goes_from_created_to_done_with_the_real_cli_on_every_stage() {
             "something tried to reach a non-loopback address"
         );
     }
+}
+
+/// A model that answers every agent turn with `reply` (side requests get text).
+fn always(reply: Reply) -> impl Fn(&Request) -> Reply + Send + Sync + 'static {
+    move |req: &Request| {
+        if req.has_tools() {
+            reply.clone()
+        } else {
+            Reply::Message(vec![Block::Text("title".into())])
+        }
+    }
+}
+
+/// One analysis run of a fresh task under `model`: the report, then the job.
+fn one_run(model: impl messages_api::Model, extra_config: &str) -> Option<(Rig, Value, Value)> {
+    let rig = Rig::new(model, extra_config, true)?;
+    rig.create_task();
+    let (code, report) = rig.run_next();
+    assert_eq!(code, Some(0), "{report:#}");
+    let job = rig.job();
+    Some((rig, report, job))
+}
+
+fn verdict(report: &Value) -> &str {
+    report["run_verdict"].as_str().unwrap_or("")
+}
+
+#[test]
+fn a_429_is_transient_whatever_its_message_and_however_claude_is_spelled() {
+    let Some(claude) = messages_api::real_claude() else {
+        return;
+    };
+    // An absolute path behind `env` with an assignment: still read the Claude
+    // way, because the output is a Claude stream.
+    let cmd = orch::config::DEFAULT_AGENT_CMD.replacen(
+        "claude",
+        &format!("env ORCH_SPELLING=1 {}", claude.display()),
+        1,
+    );
+    let config = format!(
+        "agent_cmd = {}",
+        serde_json::to_string(&cmd).expect("quote")
+    );
+    let model = always(Reply::Error(
+        429,
+        "rate_limit_error",
+        "Slow down, please".into(),
+    ));
+    let Some((_rig, report, job)) = one_run(model, &config) else {
+        return;
+    };
+    assert!(
+        verdict(&report).starts_with("transient: API error 429"),
+        "{report:#}"
+    );
+    assert_eq!(job["status"], "queued", "{job}");
+    assert_eq!(job["attempts"], 0, "no attempt spent: {job}");
+    assert_eq!(job["transient"], 1, "{job}");
+    assert!(
+        job["wait_s"].as_i64().is_some_and(|w| w > 0),
+        "backed off: {job}"
+    );
+}
+
+#[test]
+fn overload_server_errors_and_a_broken_stream_are_transient_with_growing_backoff() {
+    let replies = [
+        Reply::Error(529, "overloaded_error", "Overloaded".into()),
+        Reply::Error(500, "api_error", "Internal server error".into()),
+        Reply::StreamError("overloaded_error", "Overloaded".into()),
+    ];
+    let step = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&step);
+    let model = move |req: &Request| {
+        let i = seen.load(std::sync::atomic::Ordering::SeqCst);
+        always(replies[i.min(2)].clone())(req)
+    };
+    let Some(rig) = Rig::new(model, "transient_backoff_base_s = 10", true) else {
+        return;
+    };
+    rig.create_task();
+    let mut waits = Vec::new();
+    for (i, status) in ["529", "500", "529"].iter().enumerate() {
+        step.store(i, std::sync::atomic::Ordering::SeqCst);
+        let (_, report) = rig.run_next();
+        assert!(
+            verdict(&report).starts_with(&format!("transient: API error {status}")),
+            "case {i}: {report:#}"
+        );
+        let job = rig.job();
+        assert_eq!(job["attempts"], 0, "case {i}: {job}");
+        assert_eq!(job["transient"], i as i64 + 1, "case {i}: {job}");
+        waits.push(job["wait_s"].as_i64().unwrap_or(0));
+        rig.sql("UPDATE jobs SET available_at = 0");
+    }
+    // base 10 s, doubling, ±20 % jitter (docs/claude-code.md): 8–12, 16–24, 32–48
+    // (one second less when the clock ticked between the write and the read).
+    for (w, (lo, hi)) in waits.iter().zip([(7, 12), (15, 24), (31, 48)]) {
+        assert!((lo..=hi).contains(w), "backoff {waits:?}");
+    }
+}
+
+#[test]
+fn a_400_fails_the_job_for_good() {
+    let model = always(Reply::Error(
+        400,
+        "invalid_request_error",
+        "prompt is too long".into(),
+    ));
+    let Some((_rig, report, job)) = one_run(model, "") else {
+        return;
+    };
+    assert!(
+        verdict(&report).starts_with("permanent failure: API refused the request (400)"),
+        "{report:#}"
+    );
+    assert_eq!(job["status"], "failed", "{job}");
+}
+
+#[test]
+fn max_turns_and_max_budget_spend_an_attempt() {
+    // Every turn reads a file, so the turn limit is what ends the run.
+    let reader = |req: &Request| {
+        let cwd = req.working_dir().unwrap_or_default();
+        always(Reply::Message(vec![Block::Tool(
+            "Read",
+            json!({"file_path": format!("{cwd}/README.md")}),
+        )]))(req)
+    };
+    let Some((_rig, report, job)) = one_run(reader, "agent_max_turns = 2") else {
+        return;
+    };
+    assert!(
+        verdict(&report).starts_with("failure: the turn limit was reached"),
+        "{report:#}"
+    );
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64()),
+        (Some("queued"), Some(1)),
+        "{job}"
+    );
+
+    // One turn costs more than the run may spend.
+    let Some((rig, report, job)) = one_run(stage_model, "agent_max_budget_usd = \"0.005\"") else {
+        return;
+    };
+    assert!(
+        verdict(&report).starts_with("failure: the run's budget was spent"),
+        "{report:#}"
+    );
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64()),
+        (Some("queued"), Some(1)),
+        "{job}"
+    );
+    let cost = rig.sql("SELECT cost_usd FROM agent_runs");
+    assert!(
+        cost[0][0].as_f64().is_some_and(|c| c > 0.005),
+        "the cost is recorded: {cost:?}"
+    );
+}
+
+#[test]
+fn a_refused_write_outside_the_worktree_fails_the_run_and_writes_nothing_there() {
+    let outside = tempfile::tempdir().expect("tempdir");
+    let target = outside.path().join("escaped.md");
+    let escape = target.display().to_string();
+    let model = move |req: &Request| match stage_model(req) {
+        Reply::Message(mut blocks) if req.turn() == 1 && req.has_tools() => {
+            blocks.push(Block::Tool(
+                "Write",
+                json!({"file_path": escape, "content": "x"}),
+            ));
+            Reply::Message(blocks)
+        }
+        other => other,
+    };
+    let Some((_rig, report, job)) = one_run(model, "") else {
+        return;
+    };
+    assert!(
+        verdict(&report).starts_with("failure: 1 tool call(s) refused: Write"),
+        "{report:#}"
+    );
+    assert!(verdict(&report).contains("escaped.md"), "{report:#}");
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64()),
+        (Some("queued"), Some(1)),
+        "{job}"
+    );
+    assert!(!target.exists(), "the agent wrote outside its worktree");
+}
+
+#[test]
+fn a_command_without_write_permission_fails_at_once_instead_of_burning_attempts() {
+    // The command orch shipped before: no permission mode, so `-p` refuses
+    // every Write and Bash call and still reports success.
+    let old = "claude -p --output-format stream-json --verbose --max-turns \"$ORCH_MAX_TURNS\" \
+               --session-id \"$ORCH_SESSION_ID\" < \"$ORCH_TASK_FILE\"";
+    let config = format!("agent_cmd = {}", serde_json::to_string(old).expect("quote"));
+    let Some((rig, report, job)) = one_run(stage_model, &config) else {
+        return;
+    };
+    assert!(
+        verdict(&report).starts_with("permanent failure: 4 tool call(s) refused"),
+        "{report:#}"
+    );
+    assert!(
+        verdict(&report).contains("does not give the agent write permission"),
+        "{report:#}"
+    );
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64()),
+        (Some("failed"), Some(1)),
+        "{job}"
+    );
+    let brd = rig
+        .env
+        .state()
+        .join("repos/demo/worktrees/DEMO-1/docs/work-items/DEMO-1/01-brd.md");
+    assert!(!brd.exists());
+}
+
+#[test]
+fn a_stream_cut_by_the_network_backs_off() {
+    let Some((rig, report, job)) = one_run(always(Reply::CutStream), "") else {
+        return;
+    };
+    // The CLI retries, falls back to a non-streaming request, is cut again
+    // and reports an API error without an HTTP status: the network, so the
+    // job backs off without spending an attempt.
+    assert!(
+        verdict(&report).starts_with("transient: API unreachable"),
+        "{report:#}"
+    );
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64()),
+        (Some("queued"), Some(0)),
+        "{job}"
+    );
+    let cost = rig.sql("SELECT cost_usd FROM agent_runs");
+    assert!(
+        cost[0][0].is_f64() || cost[0][0].is_i64(),
+        "cost known from the result event: {cost:?}"
+    );
 }

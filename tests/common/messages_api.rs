@@ -266,36 +266,44 @@ fn handle(stream: TcpStream, model: &dyn Model, log: &Mutex<Vec<Request>>) -> st
         .and_then(Value::as_str)
         .unwrap_or("claude-sonnet-4-5")
         .to_owned();
+    let streaming = req.body.get("stream").and_then(Value::as_bool) == Some(true);
     match model.reply(&req) {
-        Reply::Error(status, kind, message) => {
-            let body =
-                json!({"type": "error", "error": {"type": kind, "message": message}}).to_string();
-            let reason = match status {
-                429 => "Too Many Requests",
-                500 => "Internal Server Error",
-                529 => "Overloaded",
-                401 => "Unauthorized",
-                _ => "Bad Request",
-            };
-            write!(
-                out,
-                "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nrequest-id: req_test\r\nretry-after: 0\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            )
-        }
-        Reply::Message(blocks) => {
+        Reply::Error(status, kind, message) => write_error(&mut out, status, kind, &message),
+        Reply::Message(blocks) if streaming => {
             out.write_all(SSE_HEAD)?;
             out.write_all(sse_message(&model_name, &blocks).as_bytes())?;
             out.flush()
         }
+        Reply::Message(blocks) => {
+            let body = whole_message(&model_name, &blocks).to_string();
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nrequest-id: req_test\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        }
         Reply::CutStream => {
-            out.write_all(SSE_HEAD)?;
-            let full = sse_message(&model_name, &[Block::Text("I will start by".into())]);
+            // Streaming or not, the connection drops before the answer is whole.
+            let full = if streaming {
+                out.write_all(SSE_HEAD)?;
+                sse_message(&model_name, &[Block::Text("I will start by".into())])
+            } else {
+                let body = whole_message(&model_name, &[Block::Text("I will".into())]).to_string();
+                write!(
+                    out,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                )?;
+                body
+            };
             let cut = full.find("content_block_stop").unwrap_or(full.len() / 2);
             out.write_all(&full.as_bytes()[..cut])?;
-            out.flush()?;
-            // Dropping the socket without the rest is the cut.
-            Ok(())
+            out.flush()
+        }
+        // The CLI falls back to a non-streaming request after a stream
+        // error; a busy API answers that one with its error status.
+        Reply::StreamError(kind, message) if !streaming => {
+            write_error(&mut out, 529, kind, &message)
         }
         Reply::StreamError(kind, message) => {
             out.write_all(SSE_HEAD)?;
@@ -307,6 +315,43 @@ fn handle(stream: TcpStream, model: &dyn Model, log: &Mutex<Vec<Request>>) -> st
             out.flush()
         }
     }
+}
+
+fn write_error(out: &mut TcpStream, status: u16, kind: &str, message: &str) -> std::io::Result<()> {
+    let body = json!({"type": "error", "error": {"type": kind, "message": message}}).to_string();
+    let reason = match status {
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        529 => "Overloaded",
+        401 => "Unauthorized",
+        _ => "Bad Request",
+    };
+    write!(
+        out,
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nrequest-id: req_test\r\nretry-after: 0\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A whole (non-streaming) message with `blocks`.
+fn whole_message(model: &str, blocks: &[Block]) -> Value {
+    let mut calls_tool = false;
+    let content: Vec<Value> = blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| match b {
+            Block::Text(t) => json!({"type": "text", "text": t}),
+            Block::Tool(name, input) => {
+                calls_tool = true;
+                json!({"type": "tool_use", "id": format!("toolu_whole_{i}"), "name": name, "input": input})
+            }
+        })
+        .collect();
+    json!({"id": "msg_whole", "type": "message", "role": "assistant", "model": model,
+           "content": content,
+           "stop_reason": if calls_tool { "tool_use" } else { "end_turn" }, "stop_sequence": null,
+           "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": OUTPUT_TOKENS,
+                     "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}})
 }
 
 const SSE_HEAD: &[u8] =

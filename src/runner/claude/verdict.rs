@@ -113,9 +113,9 @@ fn from_result(exit_code: Option<i32>, r: &ClaudeResult, mutating_calls: u64) ->
             "the run's budget was spent (${:.2})",
             r.total_cost_usd.unwrap_or(0.0)
         )),
-        _ if r.is_error && has_transient_words(r.result.as_deref().unwrap_or("")) => {
-            RunVerdict::Transient(format!("API busy (no status given){said}"))
-        }
+        // An API call that failed without an HTTP status: the connection
+        // was refused, reset or cut. The network, not the request.
+        "success" => RunVerdict::Transient(format!("API unreachable (no HTTP status){said}")),
         subtype => RunVerdict::Failure(format!(
             "result {}{}{said}",
             if subtype.is_empty() { "?" } else { subtype },
