@@ -700,3 +700,84 @@ fn a_stream_cut_by_the_network_backs_off() {
         "cost known from the result event: {cost:?}"
     );
 }
+
+#[test]
+fn doctor_checks_the_real_cli_its_version_and_that_the_command_may_write() {
+    let Some(rig) = Rig::new(stage_model, "", false) else {
+        return;
+    };
+    let doctor = |rig: &Rig| {
+        let out = rig.orch(&["doctor", "--offline", "--json"]);
+        let report: Value = serde_json::from_slice(&out.stdout).expect("doctor json");
+        let find = |name: &str| -> (String, String) {
+            let c = report["checks"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["check"] == name))
+                .unwrap_or_else(|| panic!("no {name} check: {report:#}"));
+            (
+                c["level"].as_str().unwrap_or("").to_owned(),
+                c["message"].as_str().unwrap_or("").to_owned(),
+            )
+        };
+        (
+            out.status.code(),
+            find("agent version"),
+            find("agent permissions"),
+        )
+    };
+    let (_, version, permissions) = doctor(&rig);
+    let installed = Command::new(&rig.claude)
+        .arg("--version")
+        .output()
+        .expect("claude --version");
+    let installed = String::from_utf8_lossy(&installed.stdout);
+    let number = installed.split_whitespace().next().expect("a version");
+    assert_eq!(version.0, "ok", "{version:?}");
+    assert!(version.1.contains(number), "{version:?} vs {installed}");
+    assert_eq!(permissions.0, "ok", "{permissions:?}");
+
+    // The command orch shipped before cannot write: doctor fails it.
+    let path = rig.env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    let old = "claude -p --output-format stream-json --verbose < \"$ORCH_TASK_FILE\"";
+    std::fs::write(
+        &path,
+        format!(
+            "agent_cmd = {}\n{config}",
+            serde_json::to_string(old).expect("q")
+        ),
+    )
+    .expect("config");
+    let (code, _, permissions) = doctor(&rig);
+    assert_eq!(permissions.0, "fail", "{permissions:?}");
+    assert!(permissions.1.contains("will be refused"), "{permissions:?}");
+    assert_ne!(code, Some(0));
+
+    // Bypassing permissions as root without IS_SANDBOX: the CLI would not start.
+    if nix::unistd::geteuid().is_root() {
+        let bypass = "claude -p --dangerously-skip-permissions < \"$ORCH_TASK_FILE\"";
+        std::fs::write(
+            &path,
+            format!(
+                "agent_cmd = {}\n{config}",
+                serde_json::to_string(bypass).expect("q")
+            ),
+        )
+        .expect("config");
+        let (_, _, permissions) = doctor(&rig);
+        assert_eq!(permissions.0, "fail", "{permissions:?}");
+        assert!(permissions.1.contains("IS_SANDBOX"), "{permissions:?}");
+        // And the real CLI agrees: it refuses to start.
+        let out = Command::new(&rig.claude)
+            .args(["-p", "--dangerously-skip-permissions", "hi"])
+            .env_clear()
+            .envs(messages_api::offline_env(
+                &rig.api,
+                &rig.env.state().join("home"),
+            ))
+            .output()
+            .expect("claude");
+        assert_eq!(out.status.code(), Some(1));
+        assert!(out.stdout.is_empty());
+    }
+}

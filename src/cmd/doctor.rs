@@ -613,7 +613,12 @@ fn check_agents(r: &mut Report, config: &Config) {
             continue;
         };
         match which(&program) {
-            Some(p) => r.ok(&check, format!("{program} → {}{from}", p.display())),
+            Some(p) => {
+                r.ok(&check, format!("{program} → {}{from}", p.display()));
+                if p.file_name().is_some_and(|n| n == "claude") {
+                    check_claude(r, &check, &p, command);
+                }
+            }
             None if program == "claude" => r.warn(
                 &check,
                 format!("claude is not on PATH{from}"),
@@ -625,6 +630,78 @@ fn check_agents(r: &mut Report, config: &Config) {
                 "every agent run will fail: install it or fix agent_cmd / [agent_cmds]",
             ),
         }
+    }
+}
+
+/// The Claude Code CLI behind an agent command: its version, and whether the
+/// command will let the agent write (see `runner::claude::permissions`).
+fn check_claude(r: &mut Report, check: &str, binary: &Path, command: &str) {
+    use crate::runner::claude::permissions::{self, Grant, MIN_VERSION, TESTED_VERSION};
+    let version_check = format!("{check} version");
+    match claude_version(binary) {
+        Ok(text) => match permissions::parse_version(&text) {
+            Some(v) if v >= MIN_VERSION => r.ok(
+                &version_check,
+                format!("Claude Code {}.{}.{} (tested: {TESTED_VERSION})", v.0, v.1, v.2),
+            ),
+            Some(v) => r.fail(
+                &version_check,
+                format!("Claude Code {}.{}.{} is older than {}.{}.{}", v.0, v.1, v.2, MIN_VERSION.0, MIN_VERSION.1, MIN_VERSION.2),
+                format!("its result events lack the fields orch judges runs by: install @anthropic-ai/claude-code@{TESTED_VERSION}"),
+            ),
+            None => r.warn(
+                &version_check,
+                format!("`claude --version` printed {:?}", text.trim()),
+                format!("expected e.g. \"{TESTED_VERSION} (Claude Code)\": is this Claude Code?"),
+            ),
+        },
+        Err(e) => r.fail(
+            &version_check,
+            format!("`{} --version` failed: {e}", binary.display()),
+            "reinstall Claude Code (npm install -g @anthropic-ai/claude-code); with --ignore-scripts the binary is a stub",
+        ),
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let grant = permissions::grant(
+        &shell_words(command),
+        home.as_deref(),
+        nix::unistd::geteuid().as_raw(),
+        std::env::var_os("IS_SANDBOX").is_some_and(|v| v == "1"),
+    );
+    let permission_check = format!("{check} permissions");
+    let hint = "use the default agent_cmd (--permission-mode acceptEdits --allowedTools Bash); docs/claude-code.md";
+    match grant {
+        Grant::Works(how) => r.ok(&permission_check, format!("the agent may write: {how}")),
+        Grant::EditsOnly(how) => r.warn(&permission_check, how, hint),
+        Grant::Refused(why) | Grant::WontStart(why) => r.fail(&permission_check, why, hint),
+    }
+}
+
+/// What `claude --version` prints, within 10 seconds.
+fn claude_version(binary: &Path) -> anyhow::Result<String> {
+    let mut child = Command::new(binary)
+        .arg("--version")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let mut out = String::new();
+            if let Some(mut stdout) = child.stdout.take() {
+                std::io::Read::read_to_string(&mut stdout, &mut out)?;
+            }
+            anyhow::ensure!(status.success(), "exit status {status}");
+            return Ok(out);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("no answer within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

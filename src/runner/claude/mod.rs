@@ -10,6 +10,7 @@
 //! how its command is spelled (see [`stream::StreamLog::is_claude_stream`]).
 //! docs/claude-code.md has the table of verdicts.
 
+pub mod permissions;
 pub mod stream;
 mod verdict;
 
