@@ -57,3 +57,35 @@ fn example_config_names_every_setting() {
         .collect();
     assert!(missing.is_empty(), "examples/orch.toml lacks {missing:?}");
 }
+
+/// Every Claude command in the examples lets the agent write in its worktree
+/// and run the tests, as root too (docs/claude-code.md): a copied example
+/// must not be one whose every tool call is refused.
+#[test]
+fn every_example_claude_command_may_write() {
+    use orch::runner::claude::permissions::{Grant, grant};
+    for file in ["examples/orch.toml", "examples/plane-gitea-telegram.toml"] {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
+            .expect("example");
+        let table: toml::Table = toml::from_str(&text).expect("TOML");
+        let mut commands: Vec<String> = table
+            .get("agent_cmd")
+            .and_then(toml::Value::as_str)
+            .map(str::to_owned)
+            .into_iter()
+            .collect();
+        if let Some(per_stage) = table.get("agent_cmds").and_then(toml::Value::as_table) {
+            commands.extend(
+                per_stage
+                    .values()
+                    .filter_map(|v| v.as_str().map(str::to_owned)),
+            );
+        }
+        assert!(!commands.is_empty(), "{file} has no agent command");
+        for cmd in commands.iter().filter(|c| c.starts_with("claude")) {
+            let words: Vec<String> = cmd.split_whitespace().map(str::to_owned).collect();
+            let g = grant(&words, None, 0, false);
+            assert!(matches!(g, Grant::Works(_)), "{file}: {cmd}: {g:?}");
+        }
+    }
+}
