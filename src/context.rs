@@ -2,7 +2,7 @@
 //! configuration, and a way to open the database.
 //!
 //! The state directory is `--state-dir` / `ORCH_STATE_DIR` (clap reads both),
-//! then systemd's `$STATE_DIRECTORY`, then the XDG state dir (DESIGN.md §2.10).
+//! then systemd's `$STATE_DIRECTORY`, then the XDG state dir (docs/architecture.md, decision 10).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

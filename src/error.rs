@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-/// Process exit codes users script against (DESIGN.md §4).
+/// Process exit codes users script against (docs/exit-codes.md).
 pub mod exit {
     /// The command did what it was asked.
     pub const OK: u8 = 0;

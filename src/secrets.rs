@@ -1,6 +1,6 @@
 //! Secrets (API tokens) come from the environment or from systemd
 //! credentials, never from the config file, so that the config can be shared
-//! and logged while the tokens stay out of it (DESIGN.md §2.10).
+//! and logged while the tokens stay out of it (docs/architecture.md, decision 10).
 //!
 //! A secret named `plane_api_token` is read from `ORCH_PLANE_API_TOKEN`, else
 //! from the file `$CREDENTIALS_DIRECTORY/plane-api-token` (what systemd's

@@ -1,5 +1,5 @@
 //! `orch ingest-webhook` (alias `orch ingest`): verify one webhook delivery,
-//! store it in the inbox once, answer at once (DESIGN.md §2.5). Processing
+//! store it in the inbox once, answer at once (docs/architecture.md, decision 5). Processing
 //! is not done here: `orch reconcile` and the tick read the pending rows.
 //!
 //! Two ways in. From a shim such as adnanh/webhook, the raw body comes as a

@@ -1,5 +1,5 @@
 //! The quality gates that decide whether a task may leave its stage
-//! (DESIGN.md §3): the seeds' twelve gate names, the three-way [`Verdict`],
+//! (docs/pipeline.md): the seeds' twelve gate names, the three-way [`Verdict`],
 //! and the gates that only read artifacts in `docs/work-items/<id>/`.
 //!
 //! Gates exist so that an agent's claim of "done" is checked against what it

@@ -1,4 +1,4 @@
-//! Liveness is a held file lock, not a pid (DESIGN.md §2.2).
+//! Liveness is a held file lock, not a pid (docs/architecture.md, decision 2).
 //!
 //! A worker takes an exclusive `flock` on a fresh lock file named after a
 //! random claim token *before* it claims a job, and writes that token into the

@@ -1,6 +1,6 @@
 //! Committing a decision: the job's outcome, the task's advance or rollback,
 //! the next job and the outbox rows, in ONE transaction fenced by the claim
-//! token and guarded by the task's stage (DESIGN.md §2.3).
+//! token and guarded by the task's stage (docs/architecture.md, decision 3).
 //!
 //! Whoever commits first wins. A finalizer whose claim was reaped, a reaper
 //! racing a live finalizer, or a human `orch advance` racing either: the loser

@@ -1,5 +1,5 @@
 //! Merge leases: one row per repository in `merge_leases`, so merges into
-//! `main` are serialised per repository (DESIGN.md §2.9).
+//! `main` are serialised per repository (docs/architecture.md, decision 9).
 //!
 //! A lease is acquired by the merge gate before it rebases and re-tests,
 //! idempotently for the same branch, and released in the same transaction

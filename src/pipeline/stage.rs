@@ -1,5 +1,5 @@
 //! The stages a task moves through and the agent that works on each
-//! (DESIGN.md §3). A task sits on the stage its current agent works in.
+//! (docs/pipeline.md). A task sits on the stage its current agent works in.
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,8 +1,8 @@
-//! The durable job queue (seed spec §3, §1.4).
+//! The durable job queue (docs/queue.md).
 //!
 //! Every function that changes a job takes the open write transaction, so the
 //! caller can commit the job's change together with the task's advance, the
-//! next job and the outbox rows (DESIGN.md §2.3). Every change to a claimed
+//! next job and the outbox rows (docs/architecture.md, decision 3). Every change to a claimed
 //! job is *fenced* by its claim token: `WHERE id = ? AND status = 'running'
 //! AND claim_token = ?`. Whoever commits first wins; the loser changes nothing
 //! and learns it from the return value.

@@ -1,5 +1,5 @@
 //! Run one command — an agent, a test suite — so that it cannot run forever
-//! and leaves nothing behind (DESIGN.md §2.7, seed spec §7).
+//! and leaves nothing behind (docs/architecture.md, decision 7).
 //!
 //! The command runs in a process group of its own under a *guardian* (see
 //! [`guardian`]): a wall-clock timeout and an optional stall timeout (no

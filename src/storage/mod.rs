@@ -1,5 +1,5 @@
 //! The state store: one SQLite file shared by every short-lived `orch`
-//! process (DESIGN.md §2.1).
+//! process (docs/architecture.md, decision 1).
 //!
 //! All access goes through [`Db`], which sets the connection up the same way
 //! every time (WAL, busy timeout, `synchronous=NORMAL`, foreign keys) and runs

@@ -1,4 +1,4 @@
-//! Webhooks are an inbox (DESIGN.md §2.5): `orch ingest-webhook` verifies a
+//! Webhooks are an inbox (docs/architecture.md, decision 5): `orch ingest-webhook` verifies a
 //! delivery's HMAC signature over the raw body, stores it once — deduplicated
 //! by delivery id and by content, because Plane makes a new delivery id on
 //! each retry — and answers at once. Processing happens later, from

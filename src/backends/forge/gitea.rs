@@ -1,7 +1,7 @@
 //! The remote forge: one repository on Gitea, through its API v1
 //! (`<gitea_url>/api/v1/repos/{owner}/{repo}`, header `Authorization: token …`).
 //!
-//! Every operation is safe to repeat after a crash (DESIGN.md §2.4):
+//! Every operation is safe to repeat after a crash (docs/architecture.md, decision 4):
 //! a pull request is found before it is created, and Gitea's 409 on creation
 //! ("an open PR for this head and base exists") means "found"; a merge checks
 //! "already merged?" first and is pinned to the tested commit with
