@@ -221,6 +221,8 @@ struct Rig {
     api: MessagesApi,
     claude: PathBuf,
     netns: Option<NetNs>,
+    /// Run orch (and so the agent) as this uid, like the shipped units' user.
+    user: Option<u32>,
 }
 
 impl Rig {
@@ -246,20 +248,66 @@ impl Rig {
             api,
             claude,
             netns,
+            user: None,
         })
+    }
+
+    /// From now on run orch as the unprivileged `uid`, owner of the state
+    /// directory (HOME included), as the shipped units run it as `orch`.
+    /// `None` (loudly) where that cannot be done: not root, or the binaries
+    /// are not reachable by that user.
+    fn as_user(mut self, uid: u32) -> Option<Rig> {
+        let reachable = |bin: &std::path::Path| {
+            Command::new("setpriv")
+                .args([
+                    format!("--reuid={uid}"),
+                    format!("--regid={uid}"),
+                    "--clear-groups".into(),
+                ])
+                .arg(bin)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !nix::unistd::geteuid().is_root()
+            || !reachable(std::path::Path::new(env!("CARGO_BIN_EXE_orch")))
+            || !reachable(&self.claude)
+        {
+            eprintln!("\n*** SKIPPED: cannot run orch and claude as uid {uid} here ***\n");
+            return None;
+        }
+        let chown = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{uid}:{uid}"))
+            .arg(self.env.state())
+            .status()
+            .expect("chown");
+        assert!(chown.success());
+        self.user = Some(uid);
+        Some(self)
     }
 
     /// `orch <args>` as the installation runs it, inside the namespace if any.
     fn orch(&self, args: &[&str]) -> Output {
-        let bin = env!("CARGO_BIN_EXE_orch");
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.path())).arg("--").arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
+        let mut argv: Vec<String> = Vec::new();
+        if let Some(ns) = &self.netns {
+            argv.extend([
+                "nsenter".into(),
+                format!("--net={}", ns.path()),
+                "--".into(),
+            ]);
+        }
+        if let Some(uid) = self.user {
+            argv.extend([
+                "setpriv".into(),
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".into(),
+            ]);
+        }
+        argv.push(env!("CARGO_BIN_EXE_orch").into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         let path = format!(
             "{}:{}",
             self.claude.parent().expect("bin dir").display(),
@@ -345,8 +393,20 @@ impl Rig {
         json!({"status": r[0], "attempts": r[1], "transient": r[2], "wait_s": r[3], "error": r[4]})
     }
 
-    fn forge(&self) -> orch::git::Git {
-        orch::git::Git::at(self.env.state().join("forge/demo.git"))
+    /// The files on `main` of the forge (read as whoever owns it).
+    fn files_on_main(&self) -> String {
+        let out = Command::new("git")
+            .args(["-c", "safe.directory=*", "-C"])
+            .arg(self.env.state().join("forge/demo.git"))
+            .args(["ls-tree", "-r", "--name-only", "main"])
+            .output()
+            .expect("git ls-tree");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
@@ -355,6 +415,28 @@ fn one_task_goes_from_created_to_done_with_the_real_cli_on_every_stage() {
     let Some(rig) = Rig::new(stage_model, "", true) else {
         return;
     };
+    drive_to_done(&rig);
+}
+
+#[test]
+fn the_default_command_works_for_an_unprivileged_user_like_the_shipped_units() {
+    // The shipped units run orch as the system user `orch`, whose home is the
+    // state directory; nobody (65534) stands in for it.
+    let Some(rig) = Rig::new(stage_model, "", true).and_then(|r| r.as_user(65534)) else {
+        return;
+    };
+    drive_to_done(&rig);
+    let brd = rig
+        .env
+        .state()
+        .join("repos/demo/worktrees/DEMO-1/docs/work-items/DEMO-1/01-brd.md");
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&brd).expect("brd"));
+    assert_eq!(owner, 65534, "the agent wrote as the unprivileged user");
+}
+
+/// Create a task and run it to `done` with `orch run-agent --next`, approving
+/// the analysis as a person would; then check the ledger and main.
+fn drive_to_done(rig: &Rig) {
     rig.create_task();
     let mut stages = Vec::new();
     for _ in 0..30 {
@@ -428,10 +510,7 @@ fn one_task_goes_from_created_to_done_with_the_real_cli_on_every_stage() {
     );
 
     // The change is on main, with its tests; the artifacts too.
-    let files = rig
-        .forge()
-        .run(["ls-tree", "-r", "--name-only", "main"])
-        .expect("ls-tree");
+    let files = rig.files_on_main();
     for f in [
         "src/greet.sh",
         "tests/greet_test.sh",
