@@ -256,7 +256,7 @@ impl Rig {
     /// directory (HOME included), as the shipped units run it as `orch`.
     /// `None` (loudly) where that cannot be done: not root, or the binaries
     /// are not reachable by that user.
-    fn as_user(mut self, uid: u32) -> Option<Rig> {
+    fn run_as(mut self, uid: u32) -> Option<Rig> {
         let reachable = |bin: &std::path::Path| {
             Command::new("setpriv")
                 .args([
@@ -422,7 +422,7 @@ fn one_task_goes_from_created_to_done_with_the_real_cli_on_every_stage() {
 fn the_default_command_works_for_an_unprivileged_user_like_the_shipped_units() {
     // The shipped units run orch as the system user `orch`, whose home is the
     // state directory; nobody (65534) stands in for it.
-    let Some(rig) = Rig::new(stage_model, "", true).and_then(|r| r.as_user(65534)) else {
+    let Some(rig) = Rig::new(stage_model, "", true).and_then(|r| r.run_as(65534)) else {
         return;
     };
     drive_to_done(&rig);
