@@ -232,9 +232,12 @@ impl Rig {
         env.orch().args(["demo", "--setup-only"]).assert().success();
         let path = env.state().join("orch.toml");
         let config = std::fs::read_to_string(&path).expect("config");
+        // The demo's agent and any key the test sets itself go.
+        let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_owned();
+        let overridden: Vec<String> = extra_config.lines().map(key).collect();
         let config: Vec<&str> = config
             .lines()
-            .filter(|l| !l.starts_with("agent_cmd"))
+            .filter(|l| !l.starts_with("agent_cmd") && !overridden.contains(&key(l)))
             .collect();
         let config = config.join("\n");
         std::fs::write(&path, format!("{extra_config}\n{config}")).expect("config");
@@ -859,4 +862,50 @@ fn doctor_checks_the_real_cli_its_version_and_that_the_command_may_write() {
         assert_eq!(out.status.code(), Some(1));
         assert!(out.stdout.is_empty());
     }
+}
+
+#[test]
+fn a_cli_killed_mid_stream_is_a_failure_of_unknown_cost_and_leaves_no_process() {
+    // The model hangs after the first bytes; the stall timeout stops the CLI.
+    let model = always(Reply::Stall(std::time::Duration::from_secs(60)));
+    let config = "agent_stall_timeout_s = 2\nagent_kill_grace_seconds = 1";
+    let Some((rig, report, job)) = one_run(model, config) else {
+        return;
+    };
+    assert!(
+        verdict(&report).starts_with("failure: agent stopped: stall timeout after 2s"),
+        "{report:#}"
+    );
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64()),
+        (Some("queued"), Some(1)),
+        "{job}"
+    );
+    let run = rig.sql("SELECT cost_usd, exit_code, signal FROM agent_runs");
+    assert_eq!(
+        run[0][0],
+        Value::Null,
+        "a Claude run without a result costs unknown: {run:?}"
+    );
+    // The CLI's whole process group is gone: no live member (a zombie is
+    // dead, waiting for init to reap it).
+    let pgid = rig.sql("SELECT pid FROM agent_runs")[0][0]
+        .as_i64()
+        .expect("pid");
+    let ps = Command::new("ps")
+        .args(["-eo", "pgid=,stat=,args="])
+        .output()
+        .expect("ps");
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    let live: Vec<&str> = ps
+        .lines()
+        .filter(|l| {
+            let mut f = l.split_whitespace();
+            f.next() == Some(pgid.to_string().as_str()) && !f.next().unwrap_or("Z").starts_with('Z')
+        })
+        .collect();
+    assert!(
+        live.is_empty(),
+        "the agent's process group {pgid} survived: {live:#?}"
+    );
 }

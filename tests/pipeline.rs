@@ -691,3 +691,67 @@ fn reconcile_advances_a_stuck_stage_once() {
         "no job was enqueued twice"
     );
 }
+
+/// Whatever an agent prints, orch's memory stays bounded: the log goes to a
+/// file and is read back once in fixed-size chunks, a line over 8 MiB is
+/// skipped unread. Here the agent prints one 160 MB line; orch's peak RSS
+/// (measured by a python3 parent with `getrusage(RUSAGE_CHILDREN)`, so only
+/// orch and its agent count) stays far below it.
+#[test]
+fn an_agent_printing_a_huge_line_does_not_grow_orchs_memory() {
+    if std::process::Command::new("python3")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        eprintln!("\n*** SKIPPED: python3 measures the peak RSS here and is not installed ***\n");
+        return;
+    }
+    let env = demo_env();
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "x"])
+        .assert()
+        .success();
+    let agent = "head -c 160000000 /dev/zero | tr '\\0' x; echo; echo '{\"type\":\"system\",\"subtype\":\"init\"}'; exit 0";
+    let measure = "import resource, subprocess, sys\n\
+                   r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)\n\
+                   print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)";
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            measure,
+            env!("CARGO_BIN_EXE_orch"),
+            "run-agent",
+            "--next",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", env.state())
+        .env("ORCH_STATE_DIR", env.state())
+        .env("ORCH_AGENT_CMD", agent)
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut fields = text.split_whitespace();
+    assert_eq!(
+        fields.next(),
+        Some("0"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peak_kib: u64 = fields.next().and_then(|v| v.parse().ok()).expect("maxrss");
+    assert!(
+        peak_kib < 64 * 1024,
+        "peak RSS {peak_kib} KiB for a 160 MB line"
+    );
+    // The run was judged (the init event after the huge line was seen: a
+    // Claude stream without a result event is a failure, not a success).
+    let job = env.json(&["job", "show", "1"]);
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no result event"),
+        "{job}"
+    );
+}

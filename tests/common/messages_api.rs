@@ -155,6 +155,9 @@ pub enum Reply {
     CutStream,
     /// An SSE `error` event in the middle of a stream.
     StreamError(&'static str, String),
+    /// Start a streamed message, then say nothing more for this long (a
+    /// model that hangs; the agent's stall timeout is what ends it).
+    Stall(std::time::Duration),
 }
 
 /// What decides the answers.
@@ -299,6 +302,15 @@ fn handle(stream: TcpStream, model: &dyn Model, log: &Mutex<Vec<Request>>) -> st
             let cut = full.find("content_block_stop").unwrap_or(full.len() / 2);
             out.write_all(&full.as_bytes()[..cut])?;
             out.flush()
+        }
+        Reply::Stall(pause) => {
+            out.write_all(SSE_HEAD)?;
+            let full = sse_message(&model_name, &[Block::Text("Thinking".into())]);
+            let cut = full.find("event: content_block_start").unwrap_or(0);
+            out.write_all(&full.as_bytes()[..cut])?;
+            out.flush()?;
+            std::thread::sleep(pause);
+            Ok(())
         }
         // The CLI falls back to a non-streaming request after a stream
         // error; a busy API answers that one with its error status.
