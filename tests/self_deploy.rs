@@ -248,23 +248,242 @@ fn a_main_that_moved_since_staging_is_refused_and_restaged() {
     );
 }
 
-#[test]
-fn stop_during_the_deploy_is_deferred_and_applied_by_the_finalizer() {
-    let env = self_hosting();
-    to_phase_a(&env);
+/// Press STOP during the production deploy (phase B done, hook running).
+fn stop_during_the_deploy(env: &Env) {
+    to_phase_a(env);
     env.orch()
         .args(["advance", "--task", "1", "--confirm-deploy"])
         .assert()
         .success();
-    let v = json(&run(&env, &[], &["cancel", "--task", "1", "--json"]));
+    let v = json(&run(env, &[], &["cancel", "--task", "1", "--json"]));
     assert_eq!(v["note"], "deferred-critical-window", "{v}");
-    assert_eq!(stage(&env), "deploy");
-    wait_for_hook(&env);
+    assert_eq!(stage(env), "deploy");
+    wait_for_hook(env);
     env.orch().args(["run-agent", "--next"]).assert().success();
+}
+
+fn outbox_count(env: &Env, key_like: &str) -> i64 {
+    env.db()
+        .conn()
+        .query_row(
+            "SELECT count(*) FROM outbox WHERE dedup_key LIKE ?1",
+            [key_like],
+            |r| r.get(0),
+        )
+        .expect("outbox")
+}
+
+#[test]
+fn a_deploy_that_succeeded_under_a_pending_stop_ends_done_and_says_the_stop_came_too_late() {
+    let env = self_hosting();
+    // A probe, so `done` arms the post-deploy monitor.
+    let path = env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, format!("{config}health_check_cmd = \"true\"\n")).expect("config");
+    stop_during_the_deploy(&env);
+    // Production runs the change: the task tells the truth.
+    assert_eq!(stage(&env), "done", "production runs the change");
+    assert_eq!(hook_runs(&env), 1);
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM jobs WHERE agent = 'post-deploy-monitor'"
+        ),
+        1,
+        "the monitor is armed"
+    );
+    let branch: String = env
+        .db()
+        .conn()
+        .query_row("SELECT branch FROM tasks WHERE id = 1", [], |r| r.get(0))
+        .expect("branch");
+    let heads = orch::git::Git::at(env.state().join("forge/demo.git"))
+        .run(["branch", "--list", &branch])
+        .expect("branches");
+    assert!(heads.contains(&branch), "the branch is kept: {heads}");
+    // The operator is told once; reap and reconcile change nothing after.
+    assert_eq!(outbox_count(&env, "stop-too-late-1:notify"), 1);
+    env.orch().arg("reap").assert().success();
+    env.orch().arg("reconcile").assert().success();
+    assert_eq!(stage(&env), "done");
+    assert_eq!(outbox_count(&env, "stop-too-late-1:%"), 2);
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM task_transitions WHERE kind = 'cancel'"
+        ),
+        0
+    );
+}
+
+#[test]
+fn a_deploy_that_failed_under_a_pending_stop_is_cancelled() {
+    let env = self_hosting();
+    std::fs::write(env.state().join("hook.exit"), "1").expect("hook exit");
+    stop_during_the_deploy(&env);
     assert_eq!(
         stage(&env),
         "cancelled",
         "the deferred STOP applied after the deploy"
+    );
+    assert_eq!(outbox_count(&env, "stop-too-late-%"), 0);
+}
+
+/// Make the merge gate's re-test wait on a marker, so a test can act while
+/// the deploy-staging job is inside its critical window.
+fn hold_the_retest(env: &Env) {
+    let path = env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    let held = format!(
+        "if [ -f {d}/hold ]; then touch {d}/in-retest; sleep 2; fi; sh ./test.sh",
+        d = env.state().display()
+    );
+    let config = config.replace(
+        "test_command = \"sh ./test.sh\"",
+        &format!(
+            "test_command = {}",
+            serde_json::to_string(&held).expect("quote")
+        ),
+    );
+    std::fs::write(&path, config).expect("config");
+}
+
+/// Run task 1 up to its deploy-staging job, then start that job in the
+/// background with the re-test held, press STOP while it is inside the
+/// merge gate, and return the worker's output once it ended.
+fn stop_inside_the_merge_gate(env: &Env, worker_env: &[(&str, &str)]) -> Output {
+    hold_the_retest(env);
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "self"])
+        .assert()
+        .success();
+    for _ in 0..20 {
+        if stage(env) == "deploy-staging" {
+            break;
+        }
+        if run(env, &[], &["run-agent", "--next"]).status.code() == Some(3) {
+            env.orch()
+                .args(["advance", "--task", "1", "--approve"])
+                .assert()
+                .success();
+        }
+    }
+    assert_eq!(stage(env), "deploy-staging");
+    // main moves, so the gate must rebase and re-test (a current branch
+    // that was tested already is merged without a re-test).
+    common::push_to_main(env, "mover", "other.md", "x\n");
+    std::fs::write(env.state().join("hold"), "").expect("hold");
+    let mut worker = env.orch_std();
+    for (k, v) in worker_env {
+        worker.env(k, v);
+    }
+    let worker = worker
+        .args(["run-agent", "--next", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("worker");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.state().join("in-retest").exists() {
+        assert!(Instant::now() < deadline, "the merge gate never re-tested");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let v = json(&run(env, &[], &["cancel", "--task", "1", "--json"]));
+    assert_eq!(v["note"], "deferred-critical-window", "{v}");
+    worker.wait_with_output().expect("worker")
+}
+
+#[test]
+fn a_stop_deferred_by_the_merge_gate_is_final_when_the_gate_passes() {
+    let env = self_hosting();
+    let out = stop_inside_the_merge_gate(&env, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The gate passed, and the worker leaving the window applied the STOP:
+    // no confirmation asked, no job enqueued after it, nothing deployed.
+    assert_eq!(stage(&env), "cancelled");
+    assert_eq!(
+        outbox_count(&env, "%:confirm%"),
+        0,
+        "nobody asked to confirm"
+    );
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"
+        ),
+        0
+    );
+    assert_eq!(hook_runs(&env), 0);
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM task_transitions WHERE kind = 'cancel'"
+        ),
+        1,
+        "cancelled exactly once"
+    );
+    // Later passes find nothing to do.
+    env.orch().arg("reap").assert().success();
+    env.orch().arg("reconcile").assert().success();
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM task_transitions WHERE kind = 'cancel'"
+        ),
+        1
+    );
+}
+
+#[test]
+fn confirm_deploy_is_refused_while_a_stop_is_pending_and_reap_applies_the_stop() {
+    let env = self_hosting();
+    // The worker dies right after committing the gate's pass: the task is
+    // parked on deploy with the STOP still pending — the window in which a
+    // Confirm Deploy used to be honoured.
+    let out = stop_inside_the_merge_gate(&env, &[("ORCH_CRASH_AT", "finalize.committed")]);
+    assert_eq!(out.status.code(), None, "killed at the crash point");
+    assert_eq!(stage(&env), "deploy");
+    let v = json(&run(
+        &env,
+        &[],
+        &["advance", "--task", "1", "--confirm-deploy", "--json"],
+    ));
+    assert_eq!(v["note"], "refused-stop-pending", "{v}");
+    assert_eq!(hook_runs(&env), 0, "nothing reached production");
+    let before = main_head(&env);
+    env.orch().arg("reap").assert().success();
+    assert_eq!(stage(&env), "cancelled");
+    assert_eq!(main_head(&env), before, "nothing merged");
+    assert_eq!(
+        sql_i64(&env, "SELECT count(*) FROM merge_leases"),
+        0,
+        "the lease is free"
+    );
+}
+
+#[test]
+fn main_moving_under_confirm_deploy_never_counts_as_a_developer_retry() {
+    let env = self_hosting();
+    to_phase_a(&env);
+    for i in 0..3 {
+        common::push_to_main(&env, &format!("mover{i}"), &format!("other{i}.md"), "x\n");
+        let v = json(&run(
+            &env,
+            &[],
+            &["advance", "--task", "1", "--confirm-deploy", "--json"],
+        ));
+        assert_eq!(v["note"], "refused-main-moved", "{v}");
+        env.orch().args(["run-agent", "--next"]).assert().success();
+        assert_eq!(stage(&env), "deploy", "re-staged and parked again");
+    }
+    let retries = orch::pipeline::engine::developer_retry_count(env.db().conn(), 1).expect("count");
+    assert_eq!(
+        retries, 0,
+        "three main-moved refusals are not developer retries"
     );
 }
 

@@ -237,10 +237,11 @@ pub fn cancel_task(
     }
     crash::point("cancel.torn_down");
 
-    // 4. Mark it, tombstone its keys, tell people once.
+    // 4. Mark it, tombstone its keys, tell people once: only the process
+    //    whose mark changed the row records and announces the cancel.
     db.write(|tx| {
         let suffix = format!("#cancelled-{task_id}");
-        tx.execute(
+        let marked = tx.execute(
             "UPDATE tasks SET stage = 'cancelled', cancelled_at = ?2, updated_at = ?2,
                  plane_id = CASE WHEN plane_id IS NULL OR instr(plane_id, '#cancelled-') > 0
                             THEN plane_id ELSE plane_id || ?3 END,
@@ -248,9 +249,12 @@ pub fn cancel_task(
                             THEN plane_issue_id ELSE plane_issue_id || ?3 END,
                  work_item_id = CASE WHEN instr(work_item_id, '#cancelled-') > 0
                             THEN work_item_id ELSE work_item_id || ?3 END
-             WHERE id = ?1 AND stage <> 'cancelled'",
+             WHERE id = ?1 AND stage NOT IN ('cancelled', 'done')",
             rusqlite::params![task_id, now(), suffix],
         )?;
+        if marked == 0 {
+            return Ok(());
+        }
         tx.execute(
             "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, reason, at)
              VALUES (?1, ?2, 'cancelled', 'cancel', ?3, ?4)",
@@ -288,7 +292,29 @@ pub fn cancel_task(
     })
 }
 
-/// Apply every pending cancel whose critical window has closed (run by `orch reap`).
+/// Apply `task_id`'s pending cancel if its critical window has closed. Called
+/// by every process that may be the one leaving the window — the worker after
+/// its commit, the deploy finalizer, `orch reap`, `orch reconcile` — so the
+/// first to see it closed applies it; the final mark happens exactly once.
+pub fn apply_pending_for(
+    ctx: &Ctx,
+    db: &mut Db,
+    task_id: i64,
+) -> anyhow::Result<Option<Cancelled>> {
+    let Some(t) = task::get(db.conn(), task_id)? else {
+        return Ok(None);
+    };
+    if t.cancel_requested_at.is_none()
+        || t.stage().is_terminal()
+        || critical_window(ctx, db, &t)?.is_some()
+    {
+        return Ok(None);
+    }
+    cancel_task(ctx, db, task_id, "pending STOP request", true).map(Some)
+}
+
+/// Apply every pending cancel whose critical window has closed (run by
+/// `orch reap` and `orch reconcile`).
 pub fn apply_pending(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Vec<(i64, Cancelled)>> {
     let pending: Vec<i64> = {
         let mut stmt = db.conn().prepare(
@@ -300,11 +326,8 @@ pub fn apply_pending(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Vec<(i64, Cancell
     };
     let mut out = Vec::new();
     for id in pending {
-        let Some(t) = task::get(db.conn(), id)? else {
-            continue;
-        };
-        if critical_window(ctx, db, &t)?.is_none() {
-            out.push((id, cancel_task(ctx, db, id, "pending STOP request", true)?));
+        if let Some(c) = apply_pending_for(ctx, db, id)? {
+            out.push((id, c));
         }
     }
     Ok(out)

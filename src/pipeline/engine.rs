@@ -57,10 +57,13 @@ pub enum Committed {
 }
 
 /// Rollbacks into development since the task was last resumed by a human
-/// (the developer retry count).
+/// (the developer retry count). Only those: a non-code event — main moving
+/// under a confirmed deploy, which sends the task back to deploy-staging —
+/// never feeds the developer-retry loop (the ORCH-110 lesson).
 pub fn developer_retry_count(conn: &Connection, task_id: i64) -> rusqlite::Result<i64> {
     conn.query_row(
         "SELECT count(*) FROM task_transitions WHERE task_id = ?1 AND kind = 'rollback'
+           AND to_stage = 'development'
            AND id > coalesce((SELECT max(id) FROM task_transitions
                               WHERE task_id = ?1 AND kind = 'resume'), 0)",
         [task_id],
@@ -110,6 +113,11 @@ fn enqueue_stage_job(
     let Some(agent) = stage.agent() else {
         return Ok(None);
     };
+    // A pending STOP is a fence: the task gets no new work; whoever leaves
+    // the critical window applies the cancel (`cancel::apply_pending_for`).
+    if task.cancel_requested_at.is_some() {
+        return Ok(None);
+    }
     queue::enqueue(
         conn,
         &NewJob {
@@ -228,7 +236,16 @@ pub fn commit(
                 job_id,
                 now,
             )?;
-            crate::pipeline::self_deploy::request_confirmation(conn, &task, staging_sha, key, now)?;
+            // Nobody is asked to confirm a deploy the operator has stopped.
+            if task.cancel_requested_at.is_none() {
+                crate::pipeline::self_deploy::request_confirmation(
+                    conn,
+                    &task,
+                    staging_sha,
+                    key,
+                    now,
+                )?;
+            }
         }
         Decision::AwaitHuman { reason } => {
             outbox::push(

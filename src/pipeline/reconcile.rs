@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::backends::tracker::{self, key, plane::PlaneClient};
 use crate::context::Ctx;
 use crate::outbox;
-use crate::pipeline::{Stage, advance, task};
+use crate::pipeline::{Stage, advance, cancel, task};
 use crate::queue;
 use crate::storage::{Db, counters, now};
 use crate::webhooks::route::{self, Routed};
@@ -33,6 +33,8 @@ pub struct Reconciled {
     pub skipped: BTreeMap<String, u32>,
     /// What the tracker poll did.
     pub polled: Vec<String>,
+    /// Tasks whose pending STOP was applied (its critical window had closed).
+    pub cancels_applied: Vec<i64>,
 }
 
 /// One reconcile pass.
@@ -46,6 +48,11 @@ pub fn reconcile_once(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Reconciled> {
         out.skipped.insert("reconcile disabled".into(), 1);
         return Ok(out);
     }
+    // Before anything advances a task: a STOP whose window closed is final.
+    out.cancels_applied = cancel::apply_pending(ctx, db)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     stuck_stages(ctx, db, &mut out)?;
     if ctx.config.tracker == "plane" {
         poll_plane(ctx, db, &mut out)?;

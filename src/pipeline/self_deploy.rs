@@ -180,6 +180,12 @@ pub fn confirm(
     if deploy.initiated_at.is_some() {
         return Ok(note("self-deploy-already-initiated"));
     }
+    // The operator's STOP outranks a confirmation: nothing reaches
+    // production once STOP was pressed (the pending cancel is applied by
+    // whoever runs next: the worker, `orch reap`, `orch reconcile`).
+    if t.cancel_requested_at.is_some() {
+        return Ok(note("refused-stop-pending"));
+    }
     let ask_again = |db: &mut Db, key: &str, body: String| -> anyhow::Result<()> {
         db.write(|tx| {
             outbox::push(
@@ -339,7 +345,11 @@ fn start_hook(
     if run_dir.join("started").exists() {
         return Ok(());
     }
-    let wrapper = r#"echo $$ > "$ORCH_DEPLOY_DIR/started"; sh -c "$ORCH_DEPLOY_HOOK" > "$ORCH_DEPLOY_DIR/hook.log" 2>&1; code=$?; echo $code > "$ORCH_DEPLOY_DIR/result.tmp" && mv "$ORCH_DEPLOY_DIR/result.tmp" "$ORCH_DEPLOY_DIR/result""#;
+    // Two processes can both find no `started` yet (Confirm Deploy's own
+    // start, and a finalizer run a moment later), so the wrapper itself
+    // decides who runs the hook: `mkdir` is atomic, the loser exits at once.
+    // The hook runs at most once per deploy, however often it is started.
+    let wrapper = r#"mkdir "$ORCH_DEPLOY_DIR/once" 2>/dev/null || exit 0; echo $$ > "$ORCH_DEPLOY_DIR/started"; sh -c "$ORCH_DEPLOY_HOOK" > "$ORCH_DEPLOY_DIR/hook.log" 2>&1; code=$?; echo $code > "$ORCH_DEPLOY_DIR/result.tmp" && mv "$ORCH_DEPLOY_DIR/result.tmp" "$ORCH_DEPLOY_DIR/result""#;
     let mut cmd = std::process::Command::new("setsid");
     for (name, _) in std::env::vars_os() {
         if crate::runner::is_secret_var(&name.to_string_lossy()) {
@@ -470,12 +480,15 @@ pub fn finalize(
         &branch,
         &format!("deploy-finalizer: {wi} {status}"),
     )?;
-    // A STOP that arrived during the irreversible step applies now, instead
-    // of the advance: the deploy's outcome is recorded, then the task is reset.
-    if task::require(db.conn(), task_id)?
+    // A STOP that arrived during the irreversible step. If the deploy
+    // failed, it applies now instead of the rollback: the outcome is
+    // recorded, then the task is reset. If it succeeded, production runs the
+    // change, so the task ends `done` (monitor armed) and the STOP is
+    // recorded as too late, below.
+    let stop_pending = task::require(db.conn(), task_id)?
         .cancel_requested_at
-        .is_some()
-    {
+        .is_some();
+    if stop_pending && code != Some(0) {
         let committed = db.write(|tx| {
             tx.execute(
                 "UPDATE deploys SET exit_code = ?2, finished_at = ?3 WHERE task_id = ?1",
@@ -535,13 +548,61 @@ pub fn finalize(
             params![task_id, code, now()],
         )?;
         retire_queued_finalizers(tx, task_id)?;
+        if stop_pending {
+            stop_arrived_too_late(tx, task_id)?;
+        }
         Ok(c)
     })?;
     crash::point("deploy.finalized");
+    if stop_pending {
+        // The deploy gate refused a successful hook: nothing is in production
+        // that the task still owes, so the STOP applies.
+        crate::pipeline::cancel::apply_pending_for(ctx, db, task_id)?;
+    }
     "finalized".clone_into(&mut out.note);
     out.committed = Some(committed);
     let _ = outbox::deliver(ctx, db);
     Ok(out)
+}
+
+/// The task reached `done` with a STOP pending: production runs the change,
+/// so the truth is `done`, and the operator is told once that the STOP came
+/// too late (the key makes it once, whoever finalizes).
+fn stop_arrived_too_late(conn: &Connection, task_id: i64) -> anyhow::Result<()> {
+    let t = task::require(conn, task_id)?;
+    if t.stage() != Stage::Done {
+        return Ok(());
+    }
+    let text = format!(
+        "{}: STOP arrived after the production deploy had started. The deploy succeeded and \
+         production runs the change, so the task is done, not cancelled; the post-deploy \
+         monitor watches it. Roll back by hand if the change must go.",
+        t.work_item_id
+    );
+    outbox::push(
+        conn,
+        &format!("stop-too-late-{task_id}:comment"),
+        &Message::Comment {
+            task_id,
+            author: "orch".to_owned(),
+            body: text.clone(),
+        },
+        now(),
+    )?;
+    outbox::push(
+        conn,
+        &format!("stop-too-late-{task_id}:notify"),
+        &Message::Notify { text },
+        now(),
+    )?;
+    crate::storage::counters::bump(
+        conn,
+        "stop_too_late_total",
+        1,
+        Some(&serde_json::json!({"task_id": task_id})),
+        now(),
+    )?;
+    Ok(())
 }
 
 /// A finalizer job still queued has nothing left to do once phase C ran by hand.
@@ -576,6 +637,10 @@ fn read_result(run_dir: &Path) -> Option<i64> {
         .and_then(|s| s.trim().parse().ok())
 }
 
+/// How long a wrapper that won the start (`once`) may take to write
+/// `started` before it is taken for dead (killed in between by a reboot).
+const START_GRACE: Duration = Duration::from_secs(60);
+
 /// Whether the hook wrapper still runs: its pid (from `started`) exists and
 /// is not a zombie. A reused pid can only make us wait longer, never lose a
 /// result, because the result file is checked first.
@@ -584,8 +649,13 @@ fn hook_alive(run_dir: &Path) -> bool {
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
     else {
-        // Not started yet (setsid is still forking): alive for now.
-        return true;
+        // Not started yet (setsid is still forking): alive for now, unless
+        // the winner of the start never got as far as `started`.
+        return std::fs::metadata(run_dir.join("once"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age < START_GRACE);
     };
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         !s.rsplit(')')

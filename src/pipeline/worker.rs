@@ -19,7 +19,7 @@ use crate::outbox;
 use crate::pipeline::engine::{self, Committed, Fence};
 use crate::pipeline::evaluate::{self, Decision, Evaluation};
 use crate::pipeline::task::{self, Task};
-use crate::pipeline::{Stage, brief, budget, judge, post_deploy, self_deploy};
+use crate::pipeline::{Stage, brief, budget, cancel, judge, post_deploy, self_deploy};
 use crate::queue::{Job, Outcome};
 use crate::runner::{self, claude::RunVerdict};
 use crate::storage::{Db, now};
@@ -165,11 +165,26 @@ pub fn run_claimed(
     };
     let mut report = run_inner(ctx, db, fence, job)?;
     report.duration_s = started.elapsed().as_secs_f64();
+    apply_pending_stop(ctx, db, job);
     // Delivery is best-effort here; `orch reconcile` retries what is left.
     if let Err(e) = outbox::deliver(ctx, db) {
         log::warn!("delivering the outbox: {e:#}");
     }
     Ok(report)
+}
+
+/// A STOP that arrived while this job was in a critical window (merging,
+/// deploying) applies as soon as the job has left it: now. If this process
+/// dies first, `orch reap` or `orch reconcile` applies it.
+fn apply_pending_stop(ctx: &Ctx, db: &mut Db, job: &Job) {
+    let Some(task_id) = job.task_id else {
+        return;
+    };
+    match cancel::apply_pending_for(ctx, db, task_id) {
+        Ok(Some(c)) => log::warn!("task {task_id}: pending STOP applied ({})", c.note),
+        Ok(None) => {}
+        Err(e) => log::warn!("task {task_id}: applying its pending STOP: {e:#}; reap retries"),
+    }
 }
 
 /// The task a claimed job works for, on the stage the job works on — or, when
@@ -587,6 +602,7 @@ pub fn finish_orphan(ctx: &Ctx, db: &mut Db, job: &Job) -> anyhow::Result<RunRep
     lock.release();
     let mut report = result?;
     report.duration_s = started.elapsed().as_secs_f64();
+    apply_pending_stop(ctx, db, job);
     if let Err(e) = outbox::deliver(ctx, db) {
         log::warn!("delivering the outbox: {e:#}");
     }

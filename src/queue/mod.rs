@@ -203,7 +203,9 @@ const ELIGIBLE: &str = "
     AND (?1 = 0 OR coalesce(j.stage, '') NOT IN ('deploy-staging', 'deploy') OR NOT EXISTS (
           SELECT 1 FROM merge_leases l WHERE l.repo = j.repo AND l.task_id IS NOT j.task_id))
     AND (j.task_id IS NULL OR NOT EXISTS (
-          SELECT 1 FROM tasks b WHERE b.id = j.task_id AND b.blocked_reason IS NOT NULL))
+          SELECT 1 FROM tasks b WHERE b.id = j.task_id AND (b.blocked_reason IS NOT NULL
+              OR (b.cancel_requested_at IS NOT NULL AND b.stage NOT IN ('done', 'cancelled')
+                  AND j.agent <> 'deploy-finalizer'))))
     AND (?2 = 0 OR j.task_id IS NULL OR (
           NOT EXISTS (SELECT 1 FROM jobs r WHERE r.status = 'running' AND r.task_id = j.task_id)
           AND NOT EXISTS (SELECT 1 FROM tasks t JOIN tasks d ON d.id = t.depends_on
