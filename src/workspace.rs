@@ -12,6 +12,7 @@ use anyhow::Context as _;
 
 use crate::config::RepoConfig;
 use crate::git::Git;
+use crate::git_locks;
 use crate::liveness::RepoLock;
 use crate::names;
 
@@ -56,7 +57,14 @@ impl Workspace {
         Ok(self.root.join("worktrees").join(work_item_id))
     }
 
-    /// Serialise git operations on this repository's clone.
+    /// Serialise git operations on this repository's clone and worktrees.
+    ///
+    /// Every git command orch runs on the repository holds it: [`Workspace::sync`]
+    /// and [`Workspace::prepare`] (fetch, worktree add), [`Workspace::remove`],
+    /// [`Workspace::commit_and_push`], the merge gate's fetch, rebase and push,
+    /// and the local forge's merge and branch deletion. Agents are the only
+    /// other git users, each inside its own task's worktree. Not re-entrant:
+    /// taking it twice in one process waits for ever.
     pub fn lock(&self) -> anyhow::Result<RepoLock> {
         RepoLock::acquire(&self.root.join(".lock"))
     }
@@ -97,6 +105,7 @@ impl Workspace {
         names::validate_branch(branch)?;
         let path = self.worktree_dir(work_item_id)?;
         let _lock = self.lock()?;
+        self.clear_stale_locks(&path);
         let clone = self.sync()?;
         let remote_branch = format!("origin/{branch}");
         if path.join(".git").exists() {
@@ -134,6 +143,39 @@ impl Workspace {
         Ok(path)
     }
 
+    /// Remove the git lock files a killed git left in the worktree at `path`
+    /// and in the clone, so the git commands that follow do not fail with
+    /// "File exists" (see [`crate::git_locks`] for why a removed lock is
+    /// proven stale). Call with [`Workspace::lock`] held, by the one process
+    /// that owns the task's worktree: the holder of its job's claim.
+    ///
+    /// The worktree's own locks (`<clone>/.git/worktrees/<name>/`) are
+    /// removed once nothing runs inside that worktree; the clone's (its index,
+    /// `HEAD`, `packed-refs`, every ref) once nothing runs anywhere in the
+    /// repository, since any worktree's git may take a shared ref's lock.
+    /// Best effort: a lock that cannot be proven stale is left, and the git
+    /// command that needs it fails as it would have.
+    fn clear_stale_locks(&self, path: &Path) {
+        if let Some(own) = self.worktree_git_dir(path) {
+            let locks = git_locks::find(&own);
+            git_locks::clear(&locks, &[path.to_path_buf(), own], git_locks::OCCUPANT_WAIT);
+        }
+        let shared = self.clone_dir().join(".git");
+        let locks = git_locks::find(&shared);
+        git_locks::clear(&locks, &[self.root.clone()], git_locks::OCCUPANT_WAIT);
+    }
+
+    /// The private git directory of the worktree at `path`
+    /// (`<clone>/.git/worktrees/<name>`), read from its `.git` file — only if
+    /// it really is inside the clone, since an agent can rewrite that file.
+    fn worktree_git_dir(&self, path: &Path) -> Option<PathBuf> {
+        let text = std::fs::read_to_string(path.join(".git")).ok()?;
+        let named = path.join(text.trim().strip_prefix("gitdir:")?.trim());
+        let dir = std::fs::canonicalize(named).ok()?;
+        let worktrees = std::fs::canonicalize(self.clone_dir().join(".git/worktrees")).ok()?;
+        (dir.starts_with(&worktrees) && dir != worktrees).then_some(dir)
+    }
+
     /// Commit everything in the worktree (if anything changed) and push the
     /// branch. Returns the pushed commit. Idempotent: pushing the same commit
     /// again is a no-op.
@@ -144,6 +186,7 @@ impl Workspace {
         message: &str,
     ) -> anyhow::Result<String> {
         names::validate_branch(branch)?;
+        let _lock = self.lock()?;
         let wt = Git::at(worktree);
         wt.run(["add", "--all"])?;
         let dirty = !wt.check(["diff", "--cached", "--quiet"])?;

@@ -996,3 +996,62 @@ fn retest_timeout_retries_in_place_without_rollback() {
     let notes = std::fs::read_to_string(env.state().join("notifications.log")).expect("notes");
     assert_eq!(notes.matches("failed for good").count(), 1, "{notes}");
 }
+
+/// The private git directory of the task's worktree (`<clone>/.git/worktrees/<name>`).
+fn worktree_git_dir(env: &Env) -> std::path::PathBuf {
+    let worktree = env.state().join("repos/demo/worktrees/DEMO-1");
+    let text = std::fs::read_to_string(worktree.join(".git")).expect(".git file");
+    let dir = text.trim().strip_prefix("gitdir:").expect("gitdir").trim();
+    worktree.join(dir)
+}
+
+/// Leave behind the lock files a git killed together with its worker leaves:
+/// the worktree's index and HEAD, and refs and the index of the clone.
+fn plant_stale_git_locks(env: &Env) {
+    let own = worktree_git_dir(env);
+    let clone = env.state().join("repos/demo/clone/.git");
+    let branch: String = env
+        .db()
+        .conn()
+        .query_row("SELECT branch FROM tasks WHERE id = 1", [], |r| r.get(0))
+        .expect("branch");
+    for lock in [
+        own.join("index.lock"),
+        own.join("HEAD.lock"),
+        clone.join("index.lock"),
+        clone.join("packed-refs.lock"),
+        clone.join(format!("refs/heads/{branch}.lock")),
+        clone.join("refs/remotes/origin/main.lock"),
+        clone.join(format!("refs/remotes/origin/{branch}.lock")),
+    ] {
+        std::fs::create_dir_all(lock.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&lock, "").expect("plant lock");
+    }
+}
+
+/// Issue #13 (1): a worker SIGKILLed together with its git children leaves
+/// git lock files in the task's worktree and the clone; the next worker that
+/// takes the worktree over removes them (nothing else runs there), instead of
+/// failing with "File exists" on every retry.
+#[test]
+fn stale_git_locks_of_a_killed_worker_do_not_fail_the_next_run() {
+    let env = install("");
+    let task = create_task(&env, "greet");
+    drive_to(&env, task, "architecture");
+    move_main(&env, "other");
+    plant_stale_git_locks(&env);
+    let out = orch_out(&env, &[], &["run-agent", "--next", "--json"]);
+    let v = json_of(&out);
+    assert!(
+        out.status.success(),
+        "run-agent failed: {v} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(v["committed"]["job"], "done", "{v}");
+    assert_eq!(stage_of(&env, task), "development");
+    assert!(
+        !worktree_git_dir(&env).join("index.lock").exists(),
+        "stale index.lock left"
+    );
+    assert_correct_end(&env, task, "stale git locks");
+}
