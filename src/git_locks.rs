@@ -185,14 +185,12 @@ mod tests {
             .spawn()
             .expect("spawn");
         let dirs = [dir.path().to_path_buf()];
-        assert!(clear(&[lock.clone()], &dirs, Duration::ZERO).is_empty());
+        let locks = std::slice::from_ref(&lock);
+        assert!(clear(locks, &dirs, Duration::ZERO).is_empty());
         assert!(lock.exists(), "a lock was removed under a live process");
         let _ = child.kill();
         let _ = child.wait();
-        assert_eq!(
-            clear(&[lock.clone()], &dirs, Duration::ZERO),
-            [lock.clone()]
-        );
+        assert_eq!(clear(locks, &dirs, Duration::ZERO), locks);
         assert!(!lock.exists());
     }
 }

@@ -196,23 +196,48 @@ fn crash_points() -> Vec<String> {
         .collect()
 }
 
-fn crash_and_recover(point: &str) {
+/// What a crash point kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kill {
+    /// The orch process alone (its agent's guardian then kills the agent).
+    Orch,
+    /// orch's whole process group, as `kill -9 -PGID` or systemd would: orch
+    /// is started as a group leader and its git children die with it. A git
+    /// killed mid-command leaves its lock files behind; those are planted
+    /// after the kill, so the recovery must clear them.
+    Group,
+}
+
+fn crash_and_recover(point: &str, kill: Kill) {
+    let context = format!("{point} ({kill:?})");
+    let point_env = [("ORCH_CRASH_AT", point)];
     let env = install("");
     let task = create_task(&env, "greet");
     drive_to(&env, task, "deploy-staging");
     // main moves on, so the merge gate must rebase, push and re-test.
     move_main(&env, "other");
-    let out = orch_out(
-        &env,
-        &[("ORCH_CRASH_AT", point)],
-        &["run-agent", "--next", "--json"],
-    );
+    let out = match kill {
+        Kill::Orch => orch_out(&env, &point_env, &["run-agent", "--next", "--json"]),
+        Kill::Group => {
+            let mut c = env.orch_std();
+            std::os::unix::process::CommandExt::process_group(&mut c, 0);
+            c.env("ORCH_CRASH_AT", point)
+                .env("ORCH_CRASH_KILL", "group")
+                .args(["run-agent", "--next", "--json"])
+                .output()
+                .expect("run orch")
+        }
+    };
     assert_eq!(
         signal_of(&out),
         Some(9),
-        "{point}: the crash point was never reached: {}",
+        "{context}: the crash point was never reached: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    if kill == Kill::Group {
+        plant_stale_git_locks(&env);
+    }
+    let point = context.as_str();
     let reap = orch_out(&env, &[], &["reap", "--json"]);
     assert!(
         reap.status.success(),
@@ -445,10 +470,16 @@ fn monitor_crash_and_recover(point: &str) {
     );
 }
 
-/// The scenario that reaches a crash point, by the point's family.
+/// The scenario that reaches a crash point, by the point's family. The
+/// points inside git work (`push.*`, `merge.*`) are also reached with the
+/// whole process group killed.
 fn recover_from(point: &str) {
     match point.split('.').next() {
-        Some("claim" | "run" | "merge" | "finalize") => crash_and_recover(point),
+        Some("claim" | "run" | "finalize") => crash_and_recover(point, Kill::Orch),
+        Some("push" | "merge") => {
+            crash_and_recover(point, Kill::Orch);
+            crash_and_recover(point, Kill::Group);
+        }
         Some("cancel") => cancel_crash_and_recover(point),
         Some("deploy") => deploy_crash_and_recover(point),
         Some("monitor") => monitor_crash_and_recover(point),
@@ -1054,4 +1085,29 @@ fn stale_git_locks_of_a_killed_worker_do_not_fail_the_next_run() {
         "stale index.lock left"
     );
     assert_correct_end(&env, task, "stale git locks");
+}
+
+/// Issue #13 (2): a rebase left in progress in the task's worktree (its
+/// process killed mid-way: HEAD detached, `rebase-merge/` present) is aborted
+/// by the next worker, whose merge gate then rebases cleanly — instead of
+/// reading "a rebase is already in progress" as a conflict and rolling back.
+#[test]
+fn a_rebase_left_in_progress_is_aborted_by_the_next_worker() {
+    let env = install("");
+    let task = create_task(&env, "greet");
+    drive_to(&env, task, "deploy-staging");
+    move_main(&env, "other");
+    let worktree = env.state().join("repos/demo/worktrees/DEMO-1");
+    let git = orch::git::Git::at(&worktree);
+    git.run(["fetch", "--quiet", "origin"]).expect("fetch");
+    // `--exec false` stops the rebase after its first commit, as a kill would.
+    let stopped = git
+        .output(["rebase", "--quiet", "--exec", "false", "origin/main"])
+        .expect("rebase");
+    assert!(!stopped.status.success(), "the rebase did not stop");
+    assert!(worktree_git_dir(&env).join("rebase-merge").exists());
+    let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
+    assert_eq!(stage_of(&env, task), "deploy", "{v}");
+    assert!(!worktree_git_dir(&env).join("rebase-merge").exists());
+    assert_correct_end(&env, task, "rebase left in progress");
 }

@@ -151,6 +151,7 @@ pub fn check(
                 Some(Decision::Rollback { reason }),
             ));
         }
+        crash::point("merge.rebased_local");
         let lease_spec = format!("--force-with-lease=refs/heads/{branch}:{expected}");
         let refspec = format!("HEAD:refs/heads/{branch}");
         if let Err(e) = wt.run(["push", "--quiet", &lease_spec, "origin", &refspec]) {
