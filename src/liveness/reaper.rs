@@ -15,7 +15,9 @@
 //!   fenced commit) as its owner would have; any other is requeued while
 //!   attempts remain, else failed with a notification. A job handed over by
 //!   `orch claim` (its owner exited cleanly before any agent started) gets
-//!   `reaper_start_grace_s` for a worker to take it over first.
+//!   `reaper_start_grace_s` for a worker to take it over first. A run the dead
+//!   owner never recorded the end of is settled first, its cost recovered
+//!   from its log ([`budget::recover_dead_run`]).
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +28,7 @@ use crate::liveness::{self, Liveness};
 use crate::outbox;
 use crate::pipeline::engine::{self, Committed, Fence};
 use crate::pipeline::evaluate::Decision;
-use crate::pipeline::{Stage, lease, task};
+use crate::pipeline::{Stage, budget, lease, task};
 use crate::queue::{self, Finished, Job, Outcome};
 use crate::storage::{Db, counters, now};
 
@@ -194,6 +196,11 @@ fn reap_job(
             return Ok(());
         }
     }
+    if let (Some(run_id), Some(r)) = (job.run_id, run)
+        && r.finished_at.is_none()
+    {
+        settle_dead_run(db, run_id)?;
+    }
     let task = job
         .task_id
         .map(|id| task::get(db.conn(), id))
@@ -256,6 +263,21 @@ fn reap_job(
             );
             end_unknown(ctx, db, pass, job, &token, &why)?;
         }
+    }
+    Ok(())
+}
+
+/// Record the end of a run whose worker died before recording it, with the
+/// cost recovered from the run's log (docs/costs.md): without this its cost
+/// stays unknown and is charged at the per-run cap, so a few crashes of orch
+/// would block a task that spent nothing.
+fn settle_dead_run(db: &mut Db, run_id: i64) -> anyhow::Result<()> {
+    // Files are read before the write transaction, which stays short.
+    let Some(dead) = budget::recover_dead_run(db.conn(), run_id)? else {
+        return Ok(());
+    };
+    if db.write(|tx| Ok(budget::record_dead_run(tx, run_id, &dead, now())?))? {
+        log::warn!("run {run_id}: {}", dead.outcome);
     }
     Ok(())
 }

@@ -721,13 +721,15 @@ fn finalize(
 /// What a non-Claude agent reported about its cost in `$ORCH_COST_FILE`:
 /// `{"cost_usd": 0.12, "input_tokens": 1000, "output_tokens": 200}`.
 #[derive(Debug, serde::Deserialize)]
-struct ReportedCost {
-    cost_usd: Option<f64>,
-    input_tokens: Option<i64>,
-    output_tokens: Option<i64>,
+pub(crate) struct ReportedCost {
+    pub(crate) cost_usd: Option<f64>,
+    pub(crate) input_tokens: Option<i64>,
+    pub(crate) output_tokens: Option<i64>,
 }
 
-fn read_cost_file(path: &Path) -> Option<ReportedCost> {
+/// The agent's cost report, if it wrote one (an unreadable one reports an
+/// unknown cost). Also read by the reaper for a run whose worker died.
+pub(crate) fn read_cost_file(path: &Path) -> Option<ReportedCost> {
     let text = std::fs::read_to_string(path).ok()?;
     match serde_json::from_str::<ReportedCost>(&text) {
         Ok(c) => Some(ReportedCost {
