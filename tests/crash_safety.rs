@@ -1111,3 +1111,97 @@ fn a_rebase_left_in_progress_is_aborted_by_the_next_worker() {
     assert!(!worktree_git_dir(&env).join("rebase-merge").exists());
     assert_correct_end(&env, task, "rebase left in progress");
 }
+
+/// Issue #13 (4): a task blocked over budget while it holds the merge lease
+/// (its re-test timed out and is retried in place) releases the lease in the
+/// blocking transaction, so another task merges meanwhile; resumed, it takes
+/// the lease again and finishes.
+#[test]
+fn a_task_blocked_over_budget_releases_its_merge_lease() {
+    let env = install(
+        "merge_retest_timeout_s = 1\ntransient_backoff_base_s = 1\ntransient_backoff_max_s = 1",
+    );
+    let first = create_task(&env, "greet");
+    drive_to(&env, first, "deploy-staging");
+    move_main(&env, "other");
+    let path = env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    let slow = config.replace(
+        "test_command = \"sh ./test.sh\"",
+        "test_command = \"sleep 5\"",
+    );
+    std::fs::write(&path, slow).expect("config");
+    let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
+    assert_eq!(
+        v["evaluation"]["decision"]["decision"], "retry_later",
+        "{v}"
+    );
+    assert_eq!(sql_i64(&env, "SELECT count(*) FROM merge_leases"), 1);
+    std::fs::write(&path, config).expect("config");
+    // The task can no longer afford a run: its next attempt blocks it.
+    env.db()
+        .conn()
+        .execute("UPDATE tasks SET budget_usd = 1 WHERE id = ?1", [first])
+        .expect("budget");
+    std::thread::sleep(Duration::from_millis(1500));
+    let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
+    assert!(
+        v["run_verdict"]
+            .as_str()
+            .is_some_and(|s| s.contains("over budget")),
+        "{v}"
+    );
+    assert_eq!(
+        sql_i64(&env, "SELECT count(*) FROM merge_leases"),
+        0,
+        "a blocked task kept its merge lease"
+    );
+    // Another task is not held up by it: it merges and finishes.
+    let second = create_task(&env, "other task");
+    drive_to(&env, second, "done");
+    env.orch()
+        .args([
+            "task",
+            "resume",
+            "--task",
+            &first.to_string(),
+            "--budget",
+            "40",
+        ])
+        .assert()
+        .success();
+    drive_to(&env, first, "done");
+    assert_eq!(sql_i64(&env, "SELECT count(*) FROM merge_leases"), 0);
+}
+
+/// Issue #13 (4): a task escalated to a human (its merge re-test went red
+/// after the last developer retry) releases its merge lease in the
+/// escalating transaction, and another task merges.
+#[test]
+fn an_escalated_task_releases_its_merge_lease() {
+    let env = install("");
+    let task = create_task(&env, "greet");
+    drive_to(&env, task, "deploy-staging");
+    common::push_to_main(&env, "red", "tests/zz_red_test.sh", "exit 1\n");
+    let db = env.db();
+    for _ in 0..3 {
+        db.conn()
+            .execute(
+                "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, reason, at)
+                 VALUES (?1, 'review', 'development', 'rollback', 'earlier', 0)",
+                [task],
+            )
+            .expect("rollback");
+    }
+    let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
+    assert_eq!(v["committed"]["escalated"], true, "{v}");
+    assert_eq!(
+        sql_i64(&env, "SELECT count(*) FROM merge_leases"),
+        0,
+        "an escalated task kept its merge lease"
+    );
+    // Fix main, and another task merges past the escalated one.
+    common::push_to_main(&env, "green", "tests/zz_red_test.sh", "exit 0\n");
+    let other = create_task(&env, "other task");
+    drive_to(&env, other, "done");
+}

@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::outbox::{self, Message};
+use crate::pipeline::lease;
 use crate::pipeline::task::Task;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
@@ -281,11 +282,18 @@ pub fn refuse_run(
 }
 
 /// Block `task` for `reason` inside the caller's transaction (once).
+///
+/// Its merge lease, if it holds one (blocked on deploy-staging between two
+/// attempts of the merge gate), is released in the same transaction: a
+/// blocked task waits for a person, possibly for days, and must not hold up
+/// every other task's merge meanwhile. The gate takes the lease again when
+/// the task is resumed.
 pub fn block(conn: &Connection, task: &Task, reason: &str, now: i64) -> anyhow::Result<bool> {
     let changed = conn.execute(
         "UPDATE tasks SET blocked_reason = ?2, updated_at = ?3 WHERE id = ?1 AND blocked_reason IS NULL",
         params![task.id, reason, now],
     )? == 1;
+    lease::release_for_task(conn, task.id)?;
     if changed {
         conn.execute(
             "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, reason, at)
