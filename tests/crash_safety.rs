@@ -542,7 +542,9 @@ fn a_clean_hand_over_from_orch_claim_gets_the_start_grace() {
 }
 
 /// Seed 001 TC-05/TC-06 and ORCH-113 TC-04: several reapers race over many
-/// dead owners whose agents exited 0; each advance happens exactly once.
+/// dead owners whose agents exited 0; each job is handed to a worker for
+/// finalization exactly once, the agents are not run again, and each advance
+/// happens exactly once.
 #[test]
 fn racing_reapers_advance_each_task_exactly_once() {
     const TASKS: i64 = 6;
@@ -575,6 +577,25 @@ fn racing_reapers_advance_each_task_exactly_once() {
     for mut r in reapers {
         assert!(r.wait().expect("wait").success());
     }
+    // The reapers finalized nothing themselves: every job waits for a worker.
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM jobs WHERE status = 'queued' AND finalize_run_id IS NOT NULL"
+        ),
+        TASKS
+    );
+    for _ in 0..TASKS {
+        env.orch().args(["run-agent", "--next"]).assert().success();
+    }
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM agent_runs WHERE agent = 'analyst'"
+        ),
+        TASKS,
+        "an analyst ran again"
+    );
     for task in 1..=TASKS {
         let shown = env.json(&["task", "show", &task.to_string()]);
         assert_eq!(shown["task"]["stage"], "architecture", "task {task}");
@@ -714,6 +735,10 @@ fn tc06_killswitch_off_reaps_past_the_grace_and_still_advances_once() {
     }
     worker.wait().expect("wait");
     assert!(reaped >= 1, "the switch-off grace rule never reaped");
+    // The reaped job waits for a worker to finalize it; the late owner's
+    // commit lost the fence.
+    assert_eq!(stage_of(&env, 1), "development");
+    env.orch().args(["run-agent", "--next"]).assert().success();
     let shown = env.json(&["task", "show", "1"]);
     assert_eq!(shown["task"]["stage"], "review");
     let advances = shown["history"]
@@ -957,6 +982,9 @@ fn tc17_redrive_skips_the_retest_and_tc24_red_catch_up_leaves_main_green() {
     };
     let before = retests(&env);
     orch_out(&env, &[], &["reap"]);
+    // The reap hands the finalization to a worker instead of doing it.
+    assert_eq!(stage_of(&env, task), "deploy-staging");
+    orch_out(&env, &[], &["run-agent", "--next"]);
     let shown = env.json(&["task", "show", "1"]);
     assert_eq!(shown["task"]["stage"], "deploy");
     assert_eq!(retests(&env), before, "the re-drive re-ran the re-test");
@@ -1204,4 +1232,104 @@ fn an_escalated_task_releases_its_merge_lease() {
     common::push_to_main(&env, "green", "tests/zz_red_test.sh", "exit 0\n");
     let other = create_task(&env, "other task");
     drive_to(&env, other, "done");
+}
+
+/// Issue #13 (5): `orch reap` does not finalize a dead owner's exit-0 job
+/// in-process — no rebase, push, re-test or merge — but requeues it as a
+/// finalize-only continuation; the next worker finalizes it without running
+/// the agent again, spending no extra attempt.
+#[test]
+fn reap_hands_an_exit_0_orphan_to_a_worker_without_finalizing_it() {
+    let env = install("");
+    let task = create_task(&env, "greet");
+    drive_to(&env, task, "deploy-staging");
+    move_main(&env, "other");
+    let out = orch_out(
+        &env,
+        &[("ORCH_CRASH_AT", "run.exited")],
+        &["run-agent", "--next"],
+    );
+    assert_eq!(signal_of(&out), Some(9));
+    let forge = orch::git::Git::at(env.state().join("forge/demo.git"));
+    let branch_before = forge.run(["show-ref"]).expect("refs");
+    let counter = |env: &Env, name: &str| {
+        sql_i64(
+            env,
+            &format!("SELECT coalesce(sum(value), 0) FROM counters WHERE name = '{name}'"),
+        )
+    };
+    let runs_before = sql_i64(&env, "SELECT count(*) FROM agent_runs");
+    let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+    assert_eq!(pass["reaped"][0]["outcome"], "queued", "{pass}");
+    assert_eq!(
+        counter(&env, "merge_gate_retests_total"),
+        0,
+        "reap re-tested"
+    );
+    assert_eq!(counter(&env, "merge_gate_rebases_total"), 0, "reap rebased");
+    assert_eq!(
+        forge.run(["show-ref"]).expect("refs"),
+        branch_before,
+        "reap pushed or merged"
+    );
+    assert_eq!(stage_of(&env, task), "deploy-staging");
+    let job = env.json(&["job", "show", "6"]);
+    assert_eq!(job["status"], "queued", "{job}");
+    assert_eq!(job["attempts"], 0, "{job}");
+    assert!(job["finalize_run_id"].is_i64(), "{job}");
+    // The next worker finalizes it: rebase, push, re-test, merge.
+    let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
+    assert_eq!(v["committed"]["stage"], "deploy", "{v}");
+    assert_eq!(
+        sql_i64(&env, "SELECT count(*) FROM agent_runs"),
+        runs_before,
+        "the agent ran again"
+    );
+    assert_eq!(env.json(&["job", "show", "6"])["attempts"], 1);
+    assert_correct_end(&env, task, "finalize-only continuation");
+}
+
+/// Issue #13 (5): a finalization whose worker is killed every time spends an
+/// attempt each time and ends — the job fails for good with one
+/// notification — instead of being re-adopted for ever.
+#[test]
+fn a_finalization_killed_every_time_spends_its_attempts_and_fails() {
+    let env = install("");
+    create_task(&env, "t");
+    let out = orch_out(
+        &env,
+        &[("ORCH_CRASH_AT", "run.exited")],
+        &["run-agent", "--next"],
+    );
+    assert_eq!(signal_of(&out), Some(9));
+    let mut outcomes = Vec::new();
+    for _ in 0..4 {
+        let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+        let outcome = pass["reaped"][0]["outcome"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        outcomes.push(outcome.clone());
+        if outcome != "queued" {
+            break;
+        }
+        let out = orch_out(
+            &env,
+            &[("ORCH_CRASH_AT", "finalize.pushed")],
+            &["run-agent", "--next"],
+        );
+        assert_eq!(signal_of(&out), Some(9), "{outcomes:?}");
+    }
+    // Continuation (attempt given back), one killed finalization requeued, the second fails.
+    assert_eq!(outcomes, ["queued", "queued", "failed"]);
+    let job = env.json(&["job", "show", "1"]);
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    assert_eq!(
+        sql_i64(&env, "SELECT count(*) FROM agent_runs"),
+        1,
+        "the agent ran again"
+    );
+    let notes = std::fs::read_to_string(env.state().join("notifications.log")).expect("notes");
+    assert_eq!(notes.matches("failed for good").count(), 1, "{notes}");
 }
