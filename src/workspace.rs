@@ -104,7 +104,7 @@ impl Workspace {
     /// A new branch starts from the remote default branch. An existing
     /// worktree is first cleared of what a killed git left (stale lock files,
     /// a rebase in progress), then reconciled with the remote branch by
-    /// [`Workspace::reconcile`].
+    /// [`reconcile`].
     pub fn prepare(&self, work_item_id: &str, branch: &str) -> anyhow::Result<PathBuf> {
         names::validate_branch(branch)?;
         let path = self.worktree_dir(work_item_id)?;

@@ -166,10 +166,15 @@ fn reap_job(
         let age = job.started_at.map_or(0, |s| t - s);
         let max = i64::try_from(ctx.config.reaper_max_running_s).unwrap_or(i64::MAX);
         let grace = i64::try_from(ctx.config.reaper_finalize_grace_s).unwrap_or(i64::MAX);
-        let finalizing_for = run
-            .filter(|r| r.exit_code.is_some())
-            .and_then(|r| r.finished_at)
-            .map(|f| t - f);
+        // A finalize-only continuation finalizes from its claim on; its
+        // agent exited long before, under an owner that died.
+        let finalizing_for = if job.finalize_run_id.is_some() {
+            job.started_at.map(|s| t - s)
+        } else {
+            run.filter(|r| r.exit_code.is_some())
+                .and_then(|r| r.finished_at)
+                .map(|f| t - f)
+        };
         if age >= max {
             if !backstop(ctx, job, &token)? {
                 pass.errors.push(format!(
