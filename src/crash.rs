@@ -4,6 +4,10 @@
 //!
 //! Inert unless `ORCH_CRASH_AT` names a point; `orch debug crash-points`
 //! lists every point so a test can enumerate them and none is forgotten.
+//! With `ORCH_CRASH_KILL=group` the SIGKILL goes to orch's whole process
+//! group — as systemd or an operator's `kill -9 -PGID` would, taking
+//! children with it — but only when orch leads its own group, so a test that
+//! forgets to start it that way never kills itself.
 
 use std::sync::OnceLock;
 
@@ -30,12 +34,24 @@ pub const POINTS: &[(&str, &str)] = &[
         "the agent exited and its outcome is recorded; nothing is committed or pushed",
     ),
     (
+        "push.staged",
+        "commit-and-push staged the worktree (git add); nothing committed",
+    ),
+    (
+        "push.committed",
+        "commit-and-push committed the worktree locally; nothing pushed",
+    ),
+    (
         "finalize.pushed",
         "the worktree is committed and pushed; gates not evaluated",
     ),
     (
         "merge.leased",
         "the merge gate holds the merge lease; nothing rebased or re-tested",
+    ),
+    (
+        "merge.rebased_local",
+        "the branch is rebased onto main in the worktree; the rebase is not pushed",
     ),
     (
         "merge.rebased",
@@ -88,6 +104,13 @@ pub fn point(name: &str) {
             POINTS.iter().any(|(p, _)| *p == name),
             "unregistered crash point {name}"
         );
+        let group = std::env::var("ORCH_CRASH_KILL").is_ok_and(|k| k == "group")
+            && nix::unistd::getpgrp() == nix::unistd::getpid();
+        if group {
+            log::warn!("ORCH_CRASH_AT={name}: killing my process group with SIGKILL");
+            let _ =
+                nix::sys::signal::killpg(nix::unistd::getpgrp(), nix::sys::signal::Signal::SIGKILL);
+        }
         log::warn!("ORCH_CRASH_AT={name}: killing myself with SIGKILL");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }

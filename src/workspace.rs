@@ -12,6 +12,7 @@ use anyhow::Context as _;
 
 use crate::config::RepoConfig;
 use crate::git::Git;
+use crate::git_locks;
 use crate::liveness::RepoLock;
 use crate::names;
 
@@ -56,7 +57,14 @@ impl Workspace {
         Ok(self.root.join("worktrees").join(work_item_id))
     }
 
-    /// Serialise git operations on this repository's clone.
+    /// Serialise git operations on this repository's clone and worktrees.
+    ///
+    /// Every git command orch runs on the repository holds it: [`Workspace::sync`]
+    /// and [`Workspace::prepare`] (fetch, worktree add), [`Workspace::remove`],
+    /// [`Workspace::commit_and_push`], the merge gate's fetch, rebase and push,
+    /// and the local forge's merge and branch deletion. Agents are the only
+    /// other git users, each inside its own task's worktree. Not re-entrant:
+    /// taking it twice in one process waits for ever.
     pub fn lock(&self) -> anyhow::Result<RepoLock> {
         RepoLock::acquire(&self.root.join(".lock"))
     }
@@ -88,28 +96,27 @@ impl Workspace {
         Ok(git)
     }
 
-    /// Make sure the worktree of `work_item_id` exists on `branch` and is up
-    /// to date with the remote branch if one exists; return its path.
+    /// Make sure the worktree of `work_item_id` exists on `branch`, is
+    /// consistent, and agrees with the remote branch if one exists; return
+    /// its path. Called by whoever takes the worktree over: the holder of the
+    /// task's job's claim.
     ///
     /// A new branch starts from the remote default branch. An existing
-    /// worktree keeps its local commits (they are pushed after every run).
+    /// worktree is first cleared of what a killed git left (stale lock files,
+    /// a rebase in progress), then reconciled with the remote branch by
+    /// [`reconcile`].
     pub fn prepare(&self, work_item_id: &str, branch: &str) -> anyhow::Result<PathBuf> {
         names::validate_branch(branch)?;
         let path = self.worktree_dir(work_item_id)?;
         let _lock = self.lock()?;
+        self.clear_stale_locks(&path);
         let clone = self.sync()?;
         let remote_branch = format!("origin/{branch}");
         if path.join(".git").exists() {
             let wt = Git::at(&path);
-            // Bring in commits pushed from elsewhere (e.g. a rebase by the merge gate).
-            if clone.rev(&remote_branch)?.is_some() {
-                let head = wt.rev("HEAD")?;
-                let remote = clone.rev(&remote_branch)?;
-                if head != remote
-                    && wt.check(["merge-base", "--is-ancestor", "HEAD", &remote_branch])?
-                {
-                    wt.run(["merge", "--ff-only", "--quiet", &remote_branch])?;
-                }
+            self.abort_interrupted_rebase(&path, &wt)?;
+            if let Some(remote) = clone.rev(&remote_branch)? {
+                reconcile(&wt, &remote_branch, &remote)?;
             }
             return Ok(path);
         }
@@ -134,6 +141,60 @@ impl Workspace {
         Ok(path)
     }
 
+    /// Remove the git lock files a killed git left in the worktree at `path`
+    /// and in the clone, so the git commands that follow do not fail with
+    /// "File exists" (see [`crate::git_locks`] for why a removed lock is
+    /// proven stale). Call with [`Workspace::lock`] held, by the one process
+    /// that owns the task's worktree: the holder of its job's claim.
+    ///
+    /// The worktree's own locks (`<clone>/.git/worktrees/<name>/`) are
+    /// removed once nothing runs inside that worktree; the clone's (its index,
+    /// `HEAD`, `packed-refs`, every ref) once nothing runs anywhere in the
+    /// repository, since any worktree's git may take a shared ref's lock.
+    /// Best effort: a lock that cannot be proven stale is left, and the git
+    /// command that needs it fails as it would have.
+    fn clear_stale_locks(&self, path: &Path) {
+        if let Some(own) = self.worktree_git_dir(path) {
+            let locks = git_locks::find(&own);
+            git_locks::clear(&locks, &[path.to_path_buf(), own], git_locks::OCCUPANT_WAIT);
+        }
+        let shared = self.clone_dir().join(".git");
+        let locks = git_locks::find(&shared);
+        git_locks::clear(
+            &locks,
+            std::slice::from_ref(&self.root),
+            git_locks::OCCUPANT_WAIT,
+        );
+    }
+
+    /// The private git directory of the worktree at `path`
+    /// (`<clone>/.git/worktrees/<name>`), read from its `.git` file — only if
+    /// it really is inside the clone, since an agent can rewrite that file.
+    fn worktree_git_dir(&self, path: &Path) -> Option<PathBuf> {
+        let text = std::fs::read_to_string(path.join(".git")).ok()?;
+        let named = path.join(text.trim().strip_prefix("gitdir:")?.trim());
+        let dir = std::fs::canonicalize(named).ok()?;
+        let worktrees = std::fs::canonicalize(self.clone_dir().join(".git/worktrees")).ok()?;
+        (dir.starts_with(&worktrees) && dir != worktrees).then_some(dir)
+    }
+
+    /// Abort a rebase a killed process left in progress in the worktree at
+    /// `path` (the merge gate's, or an agent's): it leaves HEAD detached
+    /// mid-way and makes every later rebase refuse to start. Aborting puts the
+    /// branch back where it was before the rebase; a rebase starts only from a
+    /// clean tree, so there is no work of a run to lose.
+    fn abort_interrupted_rebase(&self, path: &Path, wt: &Git) -> anyhow::Result<()> {
+        let Some(own) = self.worktree_git_dir(path) else {
+            return Ok(());
+        };
+        if own.join("rebase-merge").exists() || own.join("rebase-apply").exists() {
+            log::warn!("{}: aborting a rebase left in progress", path.display());
+            wt.run(["rebase", "--abort"])
+                .with_context(|| format!("aborting the rebase left in {}", path.display()))?;
+        }
+        Ok(())
+    }
+
     /// Commit everything in the worktree (if anything changed) and push the
     /// branch. Returns the pushed commit. Idempotent: pushing the same commit
     /// again is a no-op.
@@ -144,12 +205,15 @@ impl Workspace {
         message: &str,
     ) -> anyhow::Result<String> {
         names::validate_branch(branch)?;
+        let _lock = self.lock()?;
         let wt = Git::at(worktree);
         wt.run(["add", "--all"])?;
+        crate::crash::point("push.staged");
         let dirty = !wt.check(["diff", "--cached", "--quiet"])?;
         if dirty {
             wt.run(["commit", "--quiet", "--no-verify", "-m", message])?;
         }
+        crate::crash::point("push.committed");
         let refspec = format!("HEAD:refs/heads/{branch}");
         wt.run(["push", "--quiet", "origin", &refspec])
             .with_context(|| format!("pushing {branch}"))?;
@@ -173,4 +237,62 @@ impl Workspace {
         }
         Ok(())
     }
+}
+
+/// Reconcile the worktree's branch with the remote branch `remote_branch`
+/// (at commit `remote`). The remote branch is the truth for everything that
+/// was pushed: every run's result is pushed before it is decided on, so a
+/// commit that is only local was never the basis of a decision.
+///
+/// - behind (HEAD is an ancestor of the remote): fast-forward, bringing in
+///   commits pushed from elsewhere (the merge gate's rebase, a human);
+/// - ahead (the remote is an ancestor of HEAD): kept — the commits of a
+///   successful run whose worker died between commit and push; its finalizer
+///   (or the reaper adopting it) pushes them;
+/// - diverged (neither): the branch is reset to the remote. This is a rebase
+///   by the merge gate that was never pushed (killed between rebase and push,
+///   or the push was rejected); the gate rebases again. Without this every
+///   later push is rejected as non-fast-forward until the job fails for good.
+///
+/// Uncommitted changes are never discarded: they are the result of an agent
+/// that exited 0 and whose worker died before committing, which the reaper's
+/// adoption commits and pushes. The reset keeps them (`--keep`); only if they
+/// touch the very files the dropped commits changed are they moved to a
+/// stash, for a human, with a warning. The dropped commits stay reachable
+/// through the reflog.
+fn reconcile(wt: &Git, remote_branch: &str, remote: &str) -> anyhow::Result<()> {
+    let head = wt.rev("HEAD")?;
+    if head.as_deref() == Some(remote) {
+        return Ok(());
+    }
+    if wt.check(["merge-base", "--is-ancestor", "HEAD", remote_branch])? {
+        wt.run(["merge", "--ff-only", "--quiet", remote_branch])?;
+        return Ok(());
+    }
+    if wt.check(["merge-base", "--is-ancestor", remote_branch, "HEAD"])? {
+        return Ok(());
+    }
+    let head = head.unwrap_or_default();
+    log::warn!(
+        "{}: the local branch (at {head}) diverged from {remote_branch} (at {remote}): \
+         resetting it to {remote_branch}, the last pushed state",
+        wt.dir().display()
+    );
+    if wt.check(["reset", "--quiet", "--keep", remote_branch])? {
+        return Ok(());
+    }
+    wt.run([
+        "stash",
+        "push",
+        "--quiet",
+        "--include-untracked",
+        "-m",
+        &format!("orch: uncommitted changes on {head}, set aside to reset to {remote_branch}"),
+    ])?;
+    log::warn!(
+        "{}: uncommitted changes conflicted with the reset; they are in `git stash list`",
+        wt.dir().display()
+    );
+    wt.run(["reset", "--quiet", "--hard", remote_branch])?;
+    Ok(())
 }

@@ -219,3 +219,138 @@ fn a_claude_run_without_a_result_event_costs_unknown_not_zero() {
         .expect("run");
     assert_eq!(cost, Some(0.0));
 }
+
+/// A demo installation whose jobs may be attempted `max_attempts` times.
+fn patient(max_attempts: u32) -> Env {
+    let env = Env::bare();
+    env.orch().args(["demo", "--setup-only"]).assert().success();
+    let path = env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, format!("max_attempts = {max_attempts}\n{config}")).expect("config");
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "crashy"])
+        .assert()
+        .success();
+    env
+}
+
+/// Start a worker whose agent is `agent` (`protocol`: `exit-code` or
+/// `claude`), wait until the agent has written `started` to its log, SIGKILL
+/// the worker (its guardian then kills the agent's group) and reap.
+fn kill_worker_mid_run(env: &Env, agent: &str, protocol: &str) {
+    let last_run: i64 = env
+        .db()
+        .conn()
+        .query_row("SELECT coalesce(max(id), 0) FROM agent_runs", [], |r| {
+            r.get(0)
+        })
+        .expect("runs");
+    let mut worker = env
+        .orch_std()
+        .env("ORCH_AGENT_CMD", agent)
+        .env("ORCH_AGENT_PROTOCOL", protocol)
+        .args(["run-agent", "--next"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let log: Option<String> = env
+            .db()
+            .conn()
+            .query_row(
+                "SELECT output_path FROM agent_runs WHERE id > ?1",
+                [last_run],
+                |r| r.get(0),
+            )
+            .ok();
+        if log.is_some_and(|l| std::fs::read_to_string(l).is_ok_and(|t| t.contains("started"))) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never started: {}",
+            env.json(&["task", "show", "1"])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    worker.kill().expect("SIGKILL the worker");
+    worker.wait().expect("wait");
+    let pass = env.json(&["reap"]);
+    assert_eq!(pass["reaped"][0]["outcome"], "queued", "{pass}");
+}
+
+/// Issue #13 (3): runs cut off by orch's death are not charged at the
+/// per-run cap each. Five SIGKILLed runs of a plain command (which would have
+/// charged 5 × $5 against the $20 budget) cost nothing, the task is never
+/// blocked, and it finishes.
+#[test]
+fn killed_plain_command_runs_cost_nothing_and_never_block_the_task() {
+    let env = patient(10);
+    for _ in 0..5 {
+        kill_worker_mid_run(&env, "echo started; sleep 60", "exit-code");
+        let cost = env.json(&["task", "show", "1"])["cost"].clone();
+        assert_eq!(cost["unknown_runs"], 0, "{cost}");
+        assert_eq!(cost["remaining_usd"], 20.0, "{cost}");
+    }
+    let outcomes: Vec<String> = {
+        let db = env.db();
+        let mut stmt = db
+            .conn()
+            .prepare("SELECT outcome FROM agent_runs ORDER BY id")
+            .expect("sql");
+        stmt.query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    assert!(
+        outcomes.iter().all(|o| o.starts_with("orch-died: ")),
+        "{outcomes:?}"
+    );
+    drain(&env, "");
+    let shown = env.json(&["task", "show", "1"]);
+    assert_eq!(shown["task"]["stage"], "done", "{shown}");
+    assert!(
+        shown["history"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .all(|h| h["kind"] != "block"),
+        "the task was blocked: {shown}"
+    );
+}
+
+/// Issue #13 (3): a Claude run cut off by orch's death is settled from its
+/// log: with a `result` event its cost is known; without one it is unknown,
+/// and all such runs of a task together are charged the per-run cap once.
+#[test]
+fn killed_claude_runs_are_settled_from_their_logs_and_charged_once() {
+    let env = patient(10);
+    let init = r#"{"type":"system","subtype":"init","session_id":"s"}"#;
+    let result = r#"{"type":"result","subtype":"success","is_error":false,"total_cost_usd":0.5,"usage":{"input_tokens":7,"output_tokens":3}}"#;
+    for _ in 0..3 {
+        kill_worker_mid_run(
+            &env,
+            &format!("echo '{init}'; echo started; sleep 60"),
+            "claude",
+        );
+    }
+    let cost = env.json(&["task", "show", "1"])["cost"].clone();
+    assert_eq!(cost["unknown_runs"], 3, "{cost}");
+    assert_eq!(cost["orch_died_unknown_runs"], 3, "{cost}");
+    assert_eq!(
+        cost["charged_usd"], 5.0,
+        "charged once, not per run: {cost}"
+    );
+    kill_worker_mid_run(
+        &env,
+        &format!("echo '{init}'; echo '{result}'; echo started; sleep 60"),
+        "claude",
+    );
+    let cost = env.json(&["task", "show", "1"])["cost"].clone();
+    assert_eq!(cost["spent_usd"], 0.5, "{cost}");
+    assert_eq!(cost["charged_usd"], 5.5, "{cost}");
+    assert_eq!(cost["remaining_usd"], 14.5, "{cost}");
+}

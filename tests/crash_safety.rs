@@ -196,23 +196,48 @@ fn crash_points() -> Vec<String> {
         .collect()
 }
 
-fn crash_and_recover(point: &str) {
+/// What a crash point kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kill {
+    /// The orch process alone (its agent's guardian then kills the agent).
+    Orch,
+    /// orch's whole process group, as `kill -9 -PGID` or systemd would: orch
+    /// is started as a group leader and its git children die with it. A git
+    /// killed mid-command leaves its lock files behind; those are planted
+    /// after the kill, so the recovery must clear them.
+    Group,
+}
+
+fn crash_and_recover(point: &str, kill: Kill) {
+    let context = format!("{point} ({kill:?})");
+    let point_env = [("ORCH_CRASH_AT", point)];
     let env = install("");
     let task = create_task(&env, "greet");
     drive_to(&env, task, "deploy-staging");
     // main moves on, so the merge gate must rebase, push and re-test.
     move_main(&env, "other");
-    let out = orch_out(
-        &env,
-        &[("ORCH_CRASH_AT", point)],
-        &["run-agent", "--next", "--json"],
-    );
+    let out = match kill {
+        Kill::Orch => orch_out(&env, &point_env, &["run-agent", "--next", "--json"]),
+        Kill::Group => {
+            let mut c = env.orch_std();
+            std::os::unix::process::CommandExt::process_group(&mut c, 0);
+            c.env("ORCH_CRASH_AT", point)
+                .env("ORCH_CRASH_KILL", "group")
+                .args(["run-agent", "--next", "--json"])
+                .output()
+                .expect("run orch")
+        }
+    };
     assert_eq!(
         signal_of(&out),
         Some(9),
-        "{point}: the crash point was never reached: {}",
+        "{context}: the crash point was never reached: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    if kill == Kill::Group {
+        plant_stale_git_locks(&env);
+    }
+    let point = context.as_str();
     let reap = orch_out(&env, &[], &["reap", "--json"]);
     assert!(
         reap.status.success(),
@@ -445,10 +470,16 @@ fn monitor_crash_and_recover(point: &str) {
     );
 }
 
-/// The scenario that reaches a crash point, by the point's family.
+/// The scenario that reaches a crash point, by the point's family. The
+/// points inside git work (`push.*`, `merge.*`) are also reached with the
+/// whole process group killed.
 fn recover_from(point: &str) {
     match point.split('.').next() {
-        Some("claim" | "run" | "merge" | "finalize") => crash_and_recover(point),
+        Some("claim" | "run" | "finalize") => crash_and_recover(point, Kill::Orch),
+        Some("push" | "merge") => {
+            crash_and_recover(point, Kill::Orch);
+            crash_and_recover(point, Kill::Group);
+        }
         Some("cancel") => cancel_crash_and_recover(point),
         Some("deploy") => deploy_crash_and_recover(point),
         Some("monitor") => monitor_crash_and_recover(point),
@@ -511,7 +542,9 @@ fn a_clean_hand_over_from_orch_claim_gets_the_start_grace() {
 }
 
 /// Seed 001 TC-05/TC-06 and ORCH-113 TC-04: several reapers race over many
-/// dead owners whose agents exited 0; each advance happens exactly once.
+/// dead owners whose agents exited 0; each job is handed to a worker for
+/// finalization exactly once, the agents are not run again, and each advance
+/// happens exactly once.
 #[test]
 fn racing_reapers_advance_each_task_exactly_once() {
     const TASKS: i64 = 6;
@@ -544,6 +577,25 @@ fn racing_reapers_advance_each_task_exactly_once() {
     for mut r in reapers {
         assert!(r.wait().expect("wait").success());
     }
+    // The reapers finalized nothing themselves: every job waits for a worker.
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM jobs WHERE status = 'queued' AND finalize_run_id IS NOT NULL"
+        ),
+        TASKS
+    );
+    for _ in 0..TASKS {
+        env.orch().args(["run-agent", "--next"]).assert().success();
+    }
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM agent_runs WHERE agent = 'analyst'"
+        ),
+        TASKS,
+        "an analyst ran again"
+    );
     for task in 1..=TASKS {
         let shown = env.json(&["task", "show", &task.to_string()]);
         assert_eq!(shown["task"]["stage"], "architecture", "task {task}");
@@ -683,6 +735,10 @@ fn tc06_killswitch_off_reaps_past_the_grace_and_still_advances_once() {
     }
     worker.wait().expect("wait");
     assert!(reaped >= 1, "the switch-off grace rule never reaped");
+    // The reaped job waits for a worker to finalize it; the late owner's
+    // commit lost the fence.
+    assert_eq!(stage_of(&env, 1), "development");
+    env.orch().args(["run-agent", "--next"]).assert().success();
     let shown = env.json(&["task", "show", "1"]);
     assert_eq!(shown["task"]["stage"], "review");
     let advances = shown["history"]
@@ -926,6 +982,9 @@ fn tc17_redrive_skips_the_retest_and_tc24_red_catch_up_leaves_main_green() {
     };
     let before = retests(&env);
     orch_out(&env, &[], &["reap"]);
+    // The reap hands the finalization to a worker instead of doing it.
+    assert_eq!(stage_of(&env, task), "deploy-staging");
+    orch_out(&env, &[], &["run-agent", "--next"]);
     let shown = env.json(&["task", "show", "1"]);
     assert_eq!(shown["task"]["stage"], "deploy");
     assert_eq!(retests(&env), before, "the re-drive re-ran the re-test");
@@ -992,6 +1051,284 @@ fn retest_timeout_retries_in_place_without_rollback() {
             .expect("h")
             .iter()
             .all(|h| h["kind"] != "rollback")
+    );
+    let notes = std::fs::read_to_string(env.state().join("notifications.log")).expect("notes");
+    assert_eq!(notes.matches("failed for good").count(), 1, "{notes}");
+}
+
+/// The private git directory of the task's worktree (`<clone>/.git/worktrees/<name>`).
+fn worktree_git_dir(env: &Env) -> std::path::PathBuf {
+    let worktree = env.state().join("repos/demo/worktrees/DEMO-1");
+    let text = std::fs::read_to_string(worktree.join(".git")).expect(".git file");
+    let dir = text.trim().strip_prefix("gitdir:").expect("gitdir").trim();
+    worktree.join(dir)
+}
+
+/// Leave behind the lock files a git killed together with its worker leaves:
+/// the worktree's index and HEAD, and refs and the index of the clone.
+fn plant_stale_git_locks(env: &Env) {
+    let own = worktree_git_dir(env);
+    let clone = env.state().join("repos/demo/clone/.git");
+    let branch: String = env
+        .db()
+        .conn()
+        .query_row("SELECT branch FROM tasks WHERE id = 1", [], |r| r.get(0))
+        .expect("branch");
+    for lock in [
+        own.join("index.lock"),
+        own.join("HEAD.lock"),
+        clone.join("index.lock"),
+        clone.join("packed-refs.lock"),
+        clone.join(format!("refs/heads/{branch}.lock")),
+        clone.join("refs/remotes/origin/main.lock"),
+        clone.join(format!("refs/remotes/origin/{branch}.lock")),
+    ] {
+        std::fs::create_dir_all(lock.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&lock, "").expect("plant lock");
+    }
+}
+
+/// Issue #13 (1): a worker SIGKILLed together with its git children leaves
+/// git lock files in the task's worktree and the clone; the next worker that
+/// takes the worktree over removes them (nothing else runs there), instead of
+/// failing with "File exists" on every retry.
+#[test]
+fn stale_git_locks_of_a_killed_worker_do_not_fail_the_next_run() {
+    let env = install("");
+    let task = create_task(&env, "greet");
+    drive_to(&env, task, "architecture");
+    move_main(&env, "other");
+    plant_stale_git_locks(&env);
+    let out = orch_out(&env, &[], &["run-agent", "--next", "--json"]);
+    let v = json_of(&out);
+    assert!(
+        out.status.success(),
+        "run-agent failed: {v} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(v["committed"]["job"], "done", "{v}");
+    assert_eq!(stage_of(&env, task), "development");
+    assert!(
+        !worktree_git_dir(&env).join("index.lock").exists(),
+        "stale index.lock left"
+    );
+    assert_correct_end(&env, task, "stale git locks");
+}
+
+/// Issue #13 (2): a rebase left in progress in the task's worktree (its
+/// process killed mid-way: HEAD detached, `rebase-merge/` present) is aborted
+/// by the next worker, whose merge gate then rebases cleanly — instead of
+/// reading "a rebase is already in progress" as a conflict and rolling back.
+#[test]
+fn a_rebase_left_in_progress_is_aborted_by_the_next_worker() {
+    let env = install("");
+    let task = create_task(&env, "greet");
+    drive_to(&env, task, "deploy-staging");
+    move_main(&env, "other");
+    let worktree = env.state().join("repos/demo/worktrees/DEMO-1");
+    let git = orch::git::Git::at(&worktree);
+    git.run(["fetch", "--quiet", "origin"]).expect("fetch");
+    // `--exec false` stops the rebase after its first commit, as a kill would.
+    let stopped = git
+        .output(["rebase", "--quiet", "--exec", "false", "origin/main"])
+        .expect("rebase");
+    assert!(!stopped.status.success(), "the rebase did not stop");
+    assert!(worktree_git_dir(&env).join("rebase-merge").exists());
+    let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
+    assert_eq!(stage_of(&env, task), "deploy", "{v}");
+    assert!(!worktree_git_dir(&env).join("rebase-merge").exists());
+    assert_correct_end(&env, task, "rebase left in progress");
+}
+
+/// Issue #13 (4): a task blocked over budget while it holds the merge lease
+/// (its re-test timed out and is retried in place) releases the lease in the
+/// blocking transaction, so another task merges meanwhile; resumed, it takes
+/// the lease again and finishes.
+#[test]
+fn a_task_blocked_over_budget_releases_its_merge_lease() {
+    let env = install(
+        "merge_retest_timeout_s = 1\ntransient_backoff_base_s = 1\ntransient_backoff_max_s = 1",
+    );
+    let first = create_task(&env, "greet");
+    drive_to(&env, first, "deploy-staging");
+    move_main(&env, "other");
+    let path = env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    let slow = config.replace(
+        "test_command = \"sh ./test.sh\"",
+        "test_command = \"sleep 5\"",
+    );
+    std::fs::write(&path, slow).expect("config");
+    let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
+    assert_eq!(
+        v["evaluation"]["decision"]["decision"], "retry_later",
+        "{v}"
+    );
+    assert_eq!(sql_i64(&env, "SELECT count(*) FROM merge_leases"), 1);
+    std::fs::write(&path, config).expect("config");
+    // The task can no longer afford a run: its next attempt blocks it.
+    env.db()
+        .conn()
+        .execute("UPDATE tasks SET budget_usd = 1 WHERE id = ?1", [first])
+        .expect("budget");
+    std::thread::sleep(Duration::from_millis(1500));
+    let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
+    assert!(
+        v["run_verdict"]
+            .as_str()
+            .is_some_and(|s| s.contains("over budget")),
+        "{v}"
+    );
+    assert_eq!(
+        sql_i64(&env, "SELECT count(*) FROM merge_leases"),
+        0,
+        "a blocked task kept its merge lease"
+    );
+    // Another task is not held up by it: it merges and finishes.
+    let second = create_task(&env, "other task");
+    drive_to(&env, second, "done");
+    env.orch()
+        .args([
+            "task",
+            "resume",
+            "--task",
+            &first.to_string(),
+            "--budget",
+            "40",
+        ])
+        .assert()
+        .success();
+    drive_to(&env, first, "done");
+    assert_eq!(sql_i64(&env, "SELECT count(*) FROM merge_leases"), 0);
+}
+
+/// Issue #13 (4): a task escalated to a human (its merge re-test went red
+/// after the last developer retry) releases its merge lease in the
+/// escalating transaction, and another task merges.
+#[test]
+fn an_escalated_task_releases_its_merge_lease() {
+    let env = install("");
+    let task = create_task(&env, "greet");
+    drive_to(&env, task, "deploy-staging");
+    common::push_to_main(&env, "red", "tests/zz_red_test.sh", "exit 1\n");
+    let db = env.db();
+    for _ in 0..3 {
+        db.conn()
+            .execute(
+                "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, reason, at)
+                 VALUES (?1, 'review', 'development', 'rollback', 'earlier', 0)",
+                [task],
+            )
+            .expect("rollback");
+    }
+    let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
+    assert_eq!(v["committed"]["escalated"], true, "{v}");
+    assert_eq!(
+        sql_i64(&env, "SELECT count(*) FROM merge_leases"),
+        0,
+        "an escalated task kept its merge lease"
+    );
+    // Fix main, and another task merges past the escalated one.
+    common::push_to_main(&env, "green", "tests/zz_red_test.sh", "exit 0\n");
+    let other = create_task(&env, "other task");
+    drive_to(&env, other, "done");
+}
+
+/// Issue #13 (5): `orch reap` does not finalize a dead owner's exit-0 job
+/// in-process — no rebase, push, re-test or merge — but requeues it as a
+/// finalize-only continuation; the next worker finalizes it without running
+/// the agent again, spending no extra attempt.
+#[test]
+fn reap_hands_an_exit_0_orphan_to_a_worker_without_finalizing_it() {
+    let env = install("");
+    let task = create_task(&env, "greet");
+    drive_to(&env, task, "deploy-staging");
+    move_main(&env, "other");
+    let out = orch_out(
+        &env,
+        &[("ORCH_CRASH_AT", "run.exited")],
+        &["run-agent", "--next"],
+    );
+    assert_eq!(signal_of(&out), Some(9));
+    let forge = orch::git::Git::at(env.state().join("forge/demo.git"));
+    let branch_before = forge.run(["show-ref"]).expect("refs");
+    let counter = |env: &Env, name: &str| {
+        sql_i64(
+            env,
+            &format!("SELECT coalesce(sum(value), 0) FROM counters WHERE name = '{name}'"),
+        )
+    };
+    let runs_before = sql_i64(&env, "SELECT count(*) FROM agent_runs");
+    let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+    assert_eq!(pass["reaped"][0]["outcome"], "queued", "{pass}");
+    assert_eq!(
+        counter(&env, "merge_gate_retests_total"),
+        0,
+        "reap re-tested"
+    );
+    assert_eq!(counter(&env, "merge_gate_rebases_total"), 0, "reap rebased");
+    assert_eq!(
+        forge.run(["show-ref"]).expect("refs"),
+        branch_before,
+        "reap pushed or merged"
+    );
+    assert_eq!(stage_of(&env, task), "deploy-staging");
+    let job = env.json(&["job", "show", "6"]);
+    assert_eq!(job["status"], "queued", "{job}");
+    assert_eq!(job["attempts"], 0, "{job}");
+    assert!(job["finalize_run_id"].is_i64(), "{job}");
+    // The next worker finalizes it: rebase, push, re-test, merge.
+    let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
+    assert_eq!(v["committed"]["stage"], "deploy", "{v}");
+    assert_eq!(
+        sql_i64(&env, "SELECT count(*) FROM agent_runs"),
+        runs_before,
+        "the agent ran again"
+    );
+    assert_eq!(env.json(&["job", "show", "6"])["attempts"], 1);
+    assert_correct_end(&env, task, "finalize-only continuation");
+}
+
+/// Issue #13 (5): a finalization whose worker is killed every time spends an
+/// attempt each time and ends — the job fails for good with one
+/// notification — instead of being re-adopted for ever.
+#[test]
+fn a_finalization_killed_every_time_spends_its_attempts_and_fails() {
+    let env = install("");
+    create_task(&env, "t");
+    let out = orch_out(
+        &env,
+        &[("ORCH_CRASH_AT", "run.exited")],
+        &["run-agent", "--next"],
+    );
+    assert_eq!(signal_of(&out), Some(9));
+    let mut outcomes = Vec::new();
+    for _ in 0..4 {
+        let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+        let outcome = pass["reaped"][0]["outcome"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        outcomes.push(outcome.clone());
+        if outcome != "queued" {
+            break;
+        }
+        let out = orch_out(
+            &env,
+            &[("ORCH_CRASH_AT", "finalize.pushed")],
+            &["run-agent", "--next"],
+        );
+        assert_eq!(signal_of(&out), Some(9), "{outcomes:?}");
+    }
+    // Continuation (attempt given back), one killed finalization requeued, the second fails.
+    assert_eq!(outcomes, ["queued", "queued", "failed"]);
+    let job = env.json(&["job", "show", "1"]);
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    assert_eq!(
+        sql_i64(&env, "SELECT count(*) FROM agent_runs"),
+        1,
+        "the agent ran again"
     );
     let notes = std::fs::read_to_string(env.state().join("notifications.log")).expect("notes");
     assert_eq!(notes.matches("failed for good").count(), 1, "{notes}");

@@ -11,11 +11,15 @@
 //!   shows that pid holds the lock, so a reused pid is never signalled); its
 //!   guardian then kills the agent's group, and the job is reaped as dead.
 //! - **owner dead**: a job of a cancelled or finished task is cancelled; a job
-//!   whose agent exited successfully is adopted and finalized (push, gates, the
-//!   fenced commit) as its owner would have; any other is requeued while
-//!   attempts remain, else failed with a notification. A job handed over by
+//!   whose agent exited successfully is requeued as a finalize-only
+//!   continuation, for a worker to push and evaluate that run's result without
+//!   running the agent again (the reaper itself never runs tests, rebases,
+//!   pushes or merges); any other is requeued while attempts remain, else
+//!   failed with a notification. A job handed over by
 //!   `orch claim` (its owner exited cleanly before any agent started) gets
-//!   `reaper_start_grace_s` for a worker to take it over first.
+//!   `reaper_start_grace_s` for a worker to take it over first. A run the dead
+//!   owner never recorded the end of is settled first, its cost recovered
+//!   from its log ([`budget::recover_dead_run`]).
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +30,7 @@ use crate::liveness::{self, Liveness};
 use crate::outbox;
 use crate::pipeline::engine::{self, Committed, Fence};
 use crate::pipeline::evaluate::Decision;
-use crate::pipeline::{Stage, lease, task};
+use crate::pipeline::{Stage, budget, lease, task};
 use crate::queue::{self, Finished, Job, Outcome};
 use crate::storage::{Db, counters, now};
 
@@ -162,10 +166,15 @@ fn reap_job(
         let age = job.started_at.map_or(0, |s| t - s);
         let max = i64::try_from(ctx.config.reaper_max_running_s).unwrap_or(i64::MAX);
         let grace = i64::try_from(ctx.config.reaper_finalize_grace_s).unwrap_or(i64::MAX);
-        let finalizing_for = run
-            .filter(|r| r.exit_code.is_some())
-            .and_then(|r| r.finished_at)
-            .map(|f| t - f);
+        // A finalize-only continuation finalizes from its claim on; its
+        // agent exited long before, under an owner that died.
+        let finalizing_for = if job.finalize_run_id.is_some() {
+            job.started_at.map(|s| t - s)
+        } else {
+            run.filter(|r| r.exit_code.is_some())
+                .and_then(|r| r.finished_at)
+                .map(|f| t - f)
+        };
         if age >= max {
             if !backstop(ctx, job, &token)? {
                 pass.errors.push(format!(
@@ -194,6 +203,11 @@ fn reap_job(
             return Ok(());
         }
     }
+    if let (Some(run_id), Some(r)) = (job.run_id, run)
+        && r.finished_at.is_none()
+    {
+        settle_dead_run(db, run_id)?;
+    }
     let task = job
         .task_id
         .map(|id| task::get(db.conn(), id))
@@ -217,45 +231,87 @@ fn reap_job(
         return Ok(());
     }
     let reason = forced.clone().unwrap_or_else(|| "owner dead".to_owned());
-    match run {
-        None => {
-            // No agent was ever started. A clean hand-over (`orch claim`) removed
-            // its lock file: give a worker the start grace to take the job over.
-            let age = job.started_at.map_or(i64::MAX, |s| t - s);
-            let grace = i64::try_from(ctx.config.reaper_start_grace_s).unwrap_or(i64::MAX);
-            if !liveness::lock_file_exists(&locks, &token) && age < grace && reason == "owner dead"
-            {
-                pass.start_grace_defers += 1;
-                return Ok(());
-            }
-            let why = format!("reaped: {reason} before its agent started");
-            end_unknown(ctx, db, pass, job, &token, &why)?;
+    if run.is_none() {
+        // No agent was started in this claim. A clean hand-over (`orch claim`)
+        // removed its lock file: give a worker the start grace to take it over.
+        let age = job.started_at.map_or(i64::MAX, |s| t - s);
+        let grace = i64::try_from(ctx.config.reaper_start_grace_s).unwrap_or(i64::MAX);
+        if !liveness::lock_file_exists(&locks, &token) && age < grace && reason == "owner dead" {
+            pass.start_grace_defers += 1;
+            return Ok(());
         }
-        Some(r) if r.succeeded && r.exit_code == Some(0) => {
-            let report = crate::pipeline::worker::finish_orphan(ctx, db, job)?;
-            let outcome = match &report.committed {
-                Committed::LostClaim => "lost".to_owned(),
-                Committed::StageMoved { job: end, .. } | Committed::Applied { job: end, .. } => {
-                    finished_name(*end)
-                }
-            };
-            record(
-                db,
-                pass,
-                job,
-                &outcome,
-                &format!("{reason}; agent exit 0, finalized"),
-            )?;
-        }
-        Some(r) => {
-            let why = format!(
-                "reaped: {reason}, agent {} (run_id={})",
-                r.exit_code
-                    .map_or_else(|| "never reported".to_owned(), |c| format!("exit={c}")),
-                job.run_id.unwrap_or(0)
-            );
-            end_unknown(ctx, db, pass, job, &token, &why)?;
-        }
+    }
+    // The successful agent run left to finalize: a continuation's, or this claim's.
+    let succeeded = run
+        .filter(|r| r.succeeded && r.exit_code == Some(0))
+        .and(job.run_id);
+    if let Some(run_id) = job.finalize_run_id.or(succeeded) {
+        return hand_to_finalizer(ctx, db, pass, job, &token, run_id, &reason);
+    }
+    let why = match run {
+        None => format!("reaped: {reason} before its agent started"),
+        Some(r) => format!(
+            "reaped: {reason}, agent {} (run_id={})",
+            r.exit_code
+                .map_or_else(|| "never reported".to_owned(), |c| format!("exit={c}")),
+            job.run_id.unwrap_or(0)
+        ),
+    };
+    end_job(ctx, db, pass, job, &token, &Outcome::Retry(why))
+}
+
+/// Hand a dead owner's job whose agent run `run_id` succeeded to the next
+/// worker, as a finalize-only continuation (`queue::requeue_for_finalize`):
+/// the worker commits, pushes and evaluates that run's result without
+/// running the agent again. The reaper never finalizes in-process: that runs
+/// test suites, rebases, pushes and merges, and a reaper must stay a quick,
+/// bounded pass. A continuation whose own worker was killed spends an
+/// attempt; once they are spent the job fails for good, so a finalization
+/// that kills its worker every time (an OOM in the re-test, say) ends.
+fn hand_to_finalizer(
+    ctx: &Ctx,
+    db: &mut Db,
+    pass: &mut Pass,
+    job: &Job,
+    token: &str,
+    run_id: i64,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let continuation = job.finalize_run_id.is_some();
+    if continuation && job.attempts >= job.max_attempts {
+        let why = format!(
+            "reaped: {reason} while finalizing agent run {run_id}; all {} attempts are spent",
+            job.max_attempts
+        );
+        return end_job(ctx, db, pass, job, token, &Outcome::Failed(why));
+    }
+    let why = format!(
+        "reaped: {reason}; agent exit 0 (run_id={run_id}), queued for a worker to finalize"
+    );
+    let won = db.write(|tx| {
+        Ok(queue::requeue_for_finalize(
+            tx,
+            job.id,
+            token,
+            run_id,
+            !continuation,
+            &why,
+        )?)
+    })?;
+    record(db, pass, job, if won { "queued" } else { "lost" }, &why)
+}
+
+/// Record the end of a run whose worker died before recording it, with the
+/// cost recovered from the run's log (docs/costs.md): without this its cost
+/// stays unknown and is charged at the per-run cap, so a few crashes of orch
+/// would block a task that spent nothing.
+fn settle_dead_run(db: &mut Db, run_id: i64) -> anyhow::Result<()> {
+    // Files are read before the write transaction, which stays short.
+    let Some(dead) = budget::recover_dead_run(db.conn(), run_id)? else {
+        return Ok(());
+    };
+    if db.write(|tx| Ok(budget::record_dead_run(tx, run_id, &dead, now())?))? {
+        log::warn!("run {run_id}: {}", dead.outcome);
     }
     Ok(())
 }
@@ -270,16 +326,18 @@ fn finished_name(end: Option<Finished>) -> String {
     .to_owned()
 }
 
-/// Requeue while attempts remain, else fail with a notification — fenced by
-/// the dead owner's token, so only one reaper wins.
-fn end_unknown(
+/// End a dead owner's job with `outcome` (a retry: requeued while attempts
+/// remain, else failed with a notification) — fenced by the dead owner's
+/// token, so only one reaper wins.
+fn end_job(
     ctx: &Ctx,
     db: &mut Db,
     pass: &mut Pass,
     job: &Job,
     token: &str,
-    why: &str,
+    outcome: &Outcome,
 ) -> anyhow::Result<()> {
+    let why = outcome.text().to_owned();
     let fence = Fence {
         job_id: job.id,
         token,
@@ -289,7 +347,6 @@ fn end_unknown(
         .as_deref()
         .and_then(|s| s.parse().ok())
         .unwrap_or(Stage::Created);
-    let outcome = Outcome::Retry(why.to_owned());
     let committed = db.write(|tx| {
         if let Some(task_id) = job.task_id {
             return engine::commit(
@@ -298,7 +355,7 @@ fn end_unknown(
                 task_id,
                 stage,
                 Some(fence),
-                Some(&outcome),
+                Some(outcome),
                 &Decision::Terminal,
                 &format!("reap-{}-{}", job.id, job.attempts),
                 now(),
@@ -312,7 +369,7 @@ fn end_unknown(
             tx,
             job.id,
             token,
-            &outcome,
+            outcome,
             backoff,
             ctx.config.max_transient_attempts,
             now(),
@@ -334,7 +391,7 @@ fn end_unknown(
             finished_name(end)
         }
     };
-    record(db, pass, job, &outcome, why)
+    record(db, pass, job, &outcome, &why)
 }
 
 fn record(

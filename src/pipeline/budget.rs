@@ -7,15 +7,25 @@
 //! tracker comment and a notification saying what was spent where, until an
 //! operator raises the budget with `orch task resume`.
 //!
-//! A run whose cost is unknown (a Claude run without a `result` event) is
-//! recorded as unknown, never as zero, and is charged at the per-run cap.
+//! A run whose cost is unknown is recorded as unknown, never as zero. Who
+//! lost the figure decides how it is charged. An agent that ran to its end
+//! without reporting (a Claude run without a `result` event, an unreadable
+//! cost file) is charged at the per-run cap, every time. A run whose worker
+//! died before recording its end is settled by the reaper from what the run
+//! left behind ([`recover_dead_run`]): a plain command costs nothing, a
+//! Claude stream's cost is read from its `result` event; only a Claude stream
+//! cut off without one stays unknown, and all such runs of a task together
+//! are charged the per-run cap once — so a crashing orch never blocks a task
+//! by itself.
 
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::outbox::{self, Message};
 use crate::pipeline::task::Task;
-use rusqlite::{Connection, params};
+use crate::pipeline::{judge, lease};
+use crate::runner::claude::StreamLog;
+use rusqlite::{Connection, OptionalExtension as _, params};
 
 /// The cost of one stage of a task.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -28,6 +38,8 @@ pub struct StageCost {
     pub cost_usd: f64,
     /// Runs whose cost is unknown.
     pub unknown_runs: i64,
+    /// Of those, runs cut off by their worker's death ([`ORCH_DIED`]).
+    pub orch_died_unknown_runs: i64,
     /// Input tokens.
     pub input_tokens: i64,
     /// Output tokens.
@@ -43,8 +55,11 @@ pub struct Ledger {
     pub spent_usd: f64,
     /// Runs whose cost is unknown.
     pub unknown_runs: i64,
-    /// What counts against the budget: known costs plus the per-run cap for
-    /// every unknown or unfinished run.
+    /// Of those, Claude runs cut off by their worker's death ([`ORCH_DIED`]).
+    pub orch_died_unknown_runs: i64,
+    /// What counts against the budget: known costs, plus the per-run cap for
+    /// every other unknown or unfinished run, plus the per-run cap once if
+    /// any run was cut off by its worker's death with its cost unknown.
     pub charged_usd: f64,
     /// Budget left, if capped.
     pub remaining_usd: Option<f64>,
@@ -66,18 +81,20 @@ pub fn ledger(conn: &Connection, config: &Config, task: &Task) -> rusqlite::Resu
     let mut stmt = conn.prepare(
         "SELECT coalesce(stage, ''), count(*), coalesce(sum(cost_usd), 0),
                 sum(CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END),
+                sum(CASE WHEN cost_usd IS NULL AND outcome LIKE ?2 THEN 1 ELSE 0 END),
                 coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0)
          FROM agent_runs WHERE task_id = ?1 GROUP BY stage",
     )?;
     let mut stages: Vec<StageCost> = stmt
-        .query_map([task.id], |r| {
+        .query_map(params![task.id, format!("{ORCH_DIED}:%")], |r| {
             Ok(StageCost {
                 stage: r.get(0)?,
                 runs: r.get(1)?,
                 cost_usd: r.get(2)?,
                 unknown_runs: r.get(3)?,
-                input_tokens: r.get(4)?,
-                output_tokens: r.get(5)?,
+                orch_died_unknown_runs: r.get(4)?,
+                input_tokens: r.get(5)?,
+                output_tokens: r.get(6)?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -90,17 +107,107 @@ pub fn ledger(conn: &Connection, config: &Config, task: &Task) -> rusqlite::Resu
     stages.sort_by_key(|s| order(&s.stage));
     let spent: f64 = stages.iter().map(|s| s.cost_usd).sum();
     let unknown: i64 = stages.iter().map(|s| s.unknown_runs).sum();
-    let charged = spent + unknown as f64 * cap;
+    let orch_died: i64 = stages.iter().map(|s| s.orch_died_unknown_runs).sum();
+    // Runs cut off by orch's death are charged the cap once between them: a
+    // crash loop of orch must not turn into a budget block.
+    let charged_runs = (unknown - orch_died) + orch_died.min(1);
+    let charged = spent + charged_runs as f64 * cap;
     let budget = budget_of(config, task);
     Ok(Ledger {
         budget_usd: budget,
         spent_usd: spent,
         unknown_runs: unknown,
+        orch_died_unknown_runs: orch_died,
         charged_usd: charged,
         remaining_usd: budget.map(|b| (b - charged).max(0.0)),
         stages,
         blocked_reason: task.blocked_reason.clone(),
     })
+}
+
+/// The outcome of a run whose worker died before recording the run's end
+/// starts with this (`orch-died: …`); the reaper writes it.
+pub const ORCH_DIED: &str = "orch-died";
+
+/// The end of a run whose worker died, recovered from what the run left.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadRun {
+    /// What it cost, if that can be known.
+    pub cost_usd: Option<f64>,
+    /// Input tokens, if reported.
+    pub input_tokens: Option<i64>,
+    /// Output tokens, if reported.
+    pub output_tokens: Option<i64>,
+    /// The run's outcome: `orch-died: <how the cost was found>`.
+    pub outcome: String,
+}
+
+/// Recover the cost of run `run_id`, whose worker died before recording its
+/// end, from its log and its `$ORCH_COST_FILE` (`cost.json` next to the log),
+/// by the rules the worker itself applies:
+///
+/// 1. the log's last stream-json `result` event: its `total_cost_usd`;
+/// 2. else the cost file, if the agent wrote one;
+/// 3. else, if the log holds no Claude stream at all (no `system`/`init`
+///    event), the agent is a plain command: it costs 0;
+/// 4. else a Claude stream cut off without a result: unknown, charged by
+///    [`ledger`] at most once per task.
+///
+/// Reads files only; returns `None` if the run is already settled or gone.
+pub fn recover_dead_run(conn: &Connection, run_id: i64) -> anyhow::Result<Option<DeadRun>> {
+    let log: Option<Option<String>> = conn
+        .query_row(
+            "SELECT output_path FROM agent_runs WHERE id = ?1 AND finished_at IS NULL",
+            [run_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(log) = log else {
+        return Ok(None);
+    };
+    // Read in bounded memory, like the worker; a log that cannot be read is
+    // an empty one (then the cost file, else plain-command zero, decides).
+    let log_path = log.map(std::path::PathBuf::from);
+    let stream = log_path
+        .as_deref()
+        .map(|p| StreamLog::read(p).unwrap_or_default())
+        .unwrap_or_default();
+    let cost_file = log_path
+        .map(|p| p.with_file_name("cost.json"))
+        .unwrap_or_default();
+    let cost = judge::run_cost(&stream, &cost_file, stream.is_claude_stream());
+    Ok(Some(DeadRun {
+        cost_usd: cost.cost_usd,
+        input_tokens: cost.input_tokens,
+        output_tokens: cost.output_tokens,
+        outcome: format!(
+            "{ORCH_DIED}: its worker died before recording its end; cost from {}",
+            cost.source
+        ),
+    }))
+}
+
+/// Record the recovered end of a dead worker's run, once (a racing reaper
+/// finds it settled and changes nothing).
+pub fn record_dead_run(
+    conn: &Connection,
+    run_id: i64,
+    run: &DeadRun,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    Ok(conn.execute(
+        "UPDATE agent_runs SET finished_at = ?2, outcome = ?3, cost_usd = ?4,
+             input_tokens = ?5, output_tokens = ?6
+         WHERE id = ?1 AND finished_at IS NULL",
+        params![
+            run_id,
+            now,
+            run.outcome,
+            run.cost_usd,
+            run.input_tokens,
+            run.output_tokens
+        ],
+    )? == 1)
 }
 
 /// Why the next run of `task` must not start, if it must not.
@@ -144,11 +251,18 @@ pub fn refuse_run(
 }
 
 /// Block `task` for `reason` inside the caller's transaction (once).
+///
+/// Its merge lease, if it holds one (blocked on deploy-staging between two
+/// attempts of the merge gate), is released in the same transaction: a
+/// blocked task waits for a person, possibly for days, and must not hold up
+/// every other task's merge meanwhile. The gate takes the lease again when
+/// the task is resumed.
 pub fn block(conn: &Connection, task: &Task, reason: &str, now: i64) -> anyhow::Result<bool> {
     let changed = conn.execute(
         "UPDATE tasks SET blocked_reason = ?2, updated_at = ?3 WHERE id = ?1 AND blocked_reason IS NULL",
         params![task.id, reason, now],
     )? == 1;
+    lease::release_for_task(conn, task.id)?;
     if changed {
         conn.execute(
             "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, reason, at)

@@ -67,26 +67,61 @@ pub fn judge(
         None if claude => claude::classify(outcome.exit_code, &log),
         None => claude::classify_exit(outcome.exit_code, outcome.signal),
     };
-    // Cost: Claude's result event; else what the agent reported in
-    // $ORCH_COST_FILE; else zero for a plain command. A Claude run without a
-    // result event costs "unknown", never zero.
-    let (cost_usd, input_tokens, output_tokens) = match (&log.result, read_cost_file(cost_file)) {
-        (Some(r), _) => (
-            r.total_cost_usd,
-            r.usage.input_tokens.map(|v| v as i64),
-            r.usage.output_tokens.map(|v| v as i64),
-        ),
-        (None, Some(c)) => (c.cost_usd, c.input_tokens, c.output_tokens),
-        (None, None) if claude => (None, None, None),
-        (None, None) => (Some(0.0), None, None),
-    };
+    let cost = run_cost(&log, cost_file, claude);
     Judged {
         verdict,
         claude,
         result: log.result,
-        cost_usd,
-        input_tokens,
-        output_tokens,
+        cost_usd: cost.cost_usd,
+        input_tokens: cost.input_tokens,
+        output_tokens: cost.output_tokens,
+    }
+}
+
+/// What a run cost, and where that was read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunCost {
+    /// USD; `None` is unknown.
+    pub cost_usd: Option<f64>,
+    /// Input tokens, when reported.
+    pub input_tokens: Option<i64>,
+    /// Output tokens, when reported.
+    pub output_tokens: Option<i64>,
+    /// Where the figure came from, in words.
+    pub source: &'static str,
+}
+
+/// The one cost rule, for a finished run and for a run whose worker died
+/// (the reaper): Claude's `result` event; else what the agent reported in
+/// `$ORCH_COST_FILE`; else zero for a plain command. A Claude run without a
+/// result event costs "unknown", never zero.
+pub fn run_cost(log: &StreamLog, cost_file: &Path, claude: bool) -> RunCost {
+    let tokens = |v: Option<u64>| v.and_then(|t| i64::try_from(t).ok());
+    match (&log.result, read_cost_file(cost_file)) {
+        (Some(r), _) => RunCost {
+            cost_usd: r.total_cost_usd,
+            input_tokens: tokens(r.usage.input_tokens),
+            output_tokens: tokens(r.usage.output_tokens),
+            source: "the log's result event",
+        },
+        (None, Some(c)) => RunCost {
+            cost_usd: c.cost_usd,
+            input_tokens: c.input_tokens,
+            output_tokens: c.output_tokens,
+            source: "$ORCH_COST_FILE",
+        },
+        (None, None) if claude => RunCost {
+            cost_usd: None,
+            input_tokens: None,
+            output_tokens: None,
+            source: "a Claude stream without a result event: cost unknown",
+        },
+        (None, None) => RunCost {
+            cost_usd: Some(0.0),
+            input_tokens: None,
+            output_tokens: None,
+            source: "no Claude stream: a plain command, cost 0",
+        },
     }
 }
 

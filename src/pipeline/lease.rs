@@ -3,7 +3,7 @@
 //!
 //! A lease is acquired by the merge gate before it rebases and re-tests,
 //! idempotently for the same branch, and released in the same transaction
-//! that advances, rolls back, escalates or finishes its task. It is never
+//! that advances, rolls back, escalates, blocks or finishes its task. It is never
 //! taken from a holder that can still use it (merge in flight, or the task
 //! parked on `deploy`), and one `orch reclaim-leases` pass reclaims it as soon
 //! as its holder cannot (task terminal, rolled back or cancelled, merging job
@@ -176,6 +176,13 @@ pub fn unusable_because(
     if task.escalated_at.is_some() {
         return Ok(Some(format!(
             "holder task {} is escalated to a human",
+            task.id
+        )));
+    }
+    // Blocking releases the lease itself; this covers a lease taken before it did.
+    if task.blocked_reason.is_some() {
+        return Ok(Some(format!(
+            "holder task {} is blocked over budget",
             task.id
         )));
     }

@@ -102,6 +102,9 @@ pub fn check(
         }
     };
     let wt = Git::at(worktree);
+    // Held until the rebased branch is pushed (not during the re-test): every
+    // git orch runs on the repository holds it (see `Workspace::lock`).
+    let repo_lock = ws.lock()?;
     wt.run(["fetch", "--quiet", "origin"])?;
     let origin_base = format!("origin/{base}");
     let current = wt.check(["merge-base", "--is-ancestor", &origin_base, "HEAD"])?;
@@ -148,6 +151,7 @@ pub fn check(
                 Some(Decision::Rollback { reason }),
             ));
         }
+        crash::point("merge.rebased_local");
         let lease_spec = format!("--force-with-lease=refs/heads/{branch}:{expected}");
         let refspec = format!("HEAD:refs/heads/{branch}");
         if let Err(e) = wt.run(["push", "--quiet", &lease_spec, "origin", &refspec]) {
@@ -160,6 +164,7 @@ pub fn check(
         bump(conn, "merge_gate_rebases_total");
         crash::point("merge.rebased");
     }
+    drop(repo_lock);
     let repo = ctx.config.repo(&task.repo)?;
     if repo.test_command.trim().is_empty() {
         let reason = format!(

@@ -2,7 +2,9 @@
 //! worktree, run the agent in its own process group, record the run, then
 //! finalize — commit and push, evaluate the gates, and commit the outcome in
 //! one fenced transaction. The owner lock is held throughout, so the job is
-//! alive to everyone else exactly as long as this process is.
+//! alive to everyone else exactly as long as this process is. A job the
+//! reaper requeued as a finalize-only continuation (its agent succeeded, its
+//! worker died) skips the agent and is finalized as that worker would have.
 
 use std::path::Path;
 use std::time::Duration;
@@ -163,7 +165,10 @@ pub fn run_claimed(
         job_id: job.id,
         token: lock.token(),
     };
-    let mut report = run_inner(ctx, db, fence, job)?;
+    let mut report = match job.finalize_run_id {
+        Some(run_id) => finalize_only(ctx, db, fence, job, run_id)?,
+        None => run_inner(ctx, db, fence, job)?,
+    };
     report.duration_s = started.elapsed().as_secs_f64();
     apply_pending_stop(ctx, db, job);
     // Delivery is best-effort here; `orch reconcile` retries what is left.
@@ -574,50 +579,33 @@ fn push_and_finalize(
     finalize(ctx, db, fence, job, task, stage, worktree, report)
 }
 
-/// Finish the job of a dead owner whose agent exited successfully: adopt it
-/// with a fresh claim (fenced by the old token, so only one reaper wins),
-/// then push and finalize exactly as its owner would have. Nothing is run
-/// twice: the agent's work is already in the worktree.
-pub fn finish_orphan(ctx: &Ctx, db: &mut Db, job: &Job) -> anyhow::Result<RunReport> {
-    let started = std::time::Instant::now();
-    let old = job.claim_token.clone().unwrap_or_default();
-    let lock = WorkerLock::acquire(&ctx.locks_dir())?;
-    let boot_id = liveness::boot_id();
-    let adopted = db.write(|tx| {
-        Ok(tx.execute(
-            "UPDATE jobs SET claim_token = ?3, owner_pid = ?4, owner_boot_id = ?5
-             WHERE id = ?1 AND status = 'running' AND claim_token = ?2",
-            params![job.id, old, lock.token(), std::process::id(), boot_id],
-        )? == 1)
-    })?;
-    if !adopted {
-        lock.release();
-        return Ok(RunReport::new(job, Committed::LostClaim));
-    }
-    let fence = Fence {
-        job_id: job.id,
-        token: lock.token(),
-    };
-    let result = finish_adopted(ctx, db, fence, job);
-    lock.release();
-    let mut report = result?;
-    report.duration_s = started.elapsed().as_secs_f64();
-    apply_pending_stop(ctx, db, job);
-    if let Err(e) = outbox::deliver(ctx, db) {
-        log::warn!("delivering the outbox: {e:#}");
-    }
-    Ok(report)
-}
-
-fn finish_adopted(
+/// Finalize agent run `run_id` of a job whose previous owner died after the
+/// agent exited successfully (a continuation the reaper requeued, see
+/// [`crate::queue::requeue_for_finalize`]): commit and push the worktree and
+/// evaluate the gates exactly as that owner would have. The agent is not run
+/// again: its work is in the worktree, which [`Workspace::prepare`] keeps.
+fn finalize_only(
     ctx: &Ctx,
     db: &mut Db,
     fence: Fence<'_>,
     job: &Job,
+    run_id: i64,
 ) -> anyhow::Result<RunReport> {
     let mut report = RunReport::new(job, Committed::LostClaim);
-    report.run_id = job.run_id;
-    "success".clone_into(&mut report.run_verdict);
+    report.run_id = Some(run_id);
+    "success (finalized by a later worker)".clone_into(&mut report.run_verdict);
+    // Recorded, so that if this worker dies too the reaper sees which run it finalized.
+    if !db.write(|tx| {
+        Ok(crate::queue::set_run(
+            tx,
+            job.id,
+            fence.token,
+            run_id,
+            None,
+        )?)
+    })? {
+        return Ok(report);
+    }
     let (task, stage) = match task_for(ctx, db, fence, job)? {
         Ok(found) => found,
         Err(c) => {
@@ -625,14 +613,13 @@ fn finish_adopted(
             return Ok(report);
         }
     };
-    let (ws, worktree) =
-        match worktree_for(ctx, db, fence, job, &task, "finishing an orphaned job")? {
-            Ok(found) => found,
-            Err(c) => {
-                report.committed = c;
-                return Ok(report);
-            }
-        };
+    let (ws, worktree) = match worktree_for(ctx, db, fence, job, &task, "finalizing run")? {
+        Ok(found) => found,
+        Err(c) => {
+            report.committed = c;
+            return Ok(report);
+        }
+    };
     push_and_finalize(
         ctx,
         db,

@@ -22,9 +22,12 @@ pub use backoff::Backoff;
 
 use crate::storage::{counters, schema};
 
-/// SQL assignments that remove every trace of a run from a job row.
+/// SQL assignments that remove every trace of a run from a job row,
+/// including a pending finalize-only continuation ([`requeue_for_finalize`]):
+/// a job requeued any other way runs its agent again.
 pub const CLEAR_OWNERSHIP: &str = "run_id = NULL, pid = NULL, started_at = NULL, \
-     finished_at = NULL, claim_token = NULL, owner_pid = NULL, owner_boot_id = NULL";
+     finished_at = NULL, claim_token = NULL, owner_pid = NULL, owner_boot_id = NULL, \
+     finalize_run_id = NULL";
 
 /// One row of the `jobs` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -69,11 +72,15 @@ pub struct Job {
     pub finished_at: Option<i64>,
     /// Last error.
     pub error: Option<String>,
+    /// The successful agent run this job finalizes instead of running its
+    /// agent again (its worker died before finalizing it; see
+    /// [`requeue_for_finalize`]).
+    pub finalize_run_id: Option<i64>,
 }
 
 const JOB_COLUMNS: &str = "id, agent, repo, task_id, stage, status, attempts, max_attempts, \
      transient_attempts, available_at, task_content, claim_token, owner_pid, owner_boot_id, \
-     run_id, pid, created_at, started_at, finished_at, error";
+     run_id, pid, created_at, started_at, finished_at, error, finalize_run_id";
 
 impl Job {
     fn from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
@@ -98,6 +105,7 @@ impl Job {
             started_at: r.get(17)?,
             finished_at: r.get(18)?,
             error: r.get(19)?,
+            finalize_run_id: r.get(20)?,
         })
     }
 
@@ -768,6 +776,37 @@ pub fn cancel_claimed(
         "UPDATE jobs SET status = 'cancelled', finished_at = ?3
          WHERE id = ?1 AND status = 'running' AND claim_token = ?2",
         params![job_id, token, now],
+    )? == 1)
+}
+
+/// Requeue a claimed job whose agent run `run_id` succeeded but whose owner
+/// died before finalizing it, as a finalize-only continuation: the next
+/// worker that claims it commits, pushes and evaluates that run's result
+/// without running the agent again. Fenced by the dead owner's token.
+///
+/// Attempts: the first continuation of an agent run gives back the attempt
+/// its claim spent (`give_back`), so the continuation's claim re-spends it and
+/// a job whose worker died after a successful run costs what an uncrashed one
+/// does. A continuation whose own worker was killed is requeued without
+/// give-back: every killed finalization spends an attempt, and the caller
+/// fails the job once they are spent. Returns whether the fence held.
+pub fn requeue_for_finalize(
+    conn: &Connection,
+    job_id: i64,
+    token: &str,
+    run_id: i64,
+    give_back: bool,
+    note: &str,
+) -> rusqlite::Result<bool> {
+    // SQLite applies the rightmost assignment of a column: `finalize_run_id`
+    // is set after CLEAR_OWNERSHIP cleared it.
+    Ok(conn.execute(
+        &format!(
+            "UPDATE jobs SET status = 'queued', attempts = max(attempts - ?4, 0), error = ?5,
+                 {CLEAR_OWNERSHIP}, finalize_run_id = ?3
+             WHERE id = ?1 AND status = 'running' AND claim_token = ?2"
+        ),
+        params![job_id, token, run_id, i64::from(give_back), note],
     )? == 1)
 }
 

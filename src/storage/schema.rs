@@ -17,7 +17,7 @@ pub const APPLICATION_ID: i32 = 0x6f72_6368;
 pub const JOB_STATUSES: &[&str] = &["queued", "running", "done", "failed", "cancelled"];
 
 /// The migrations, oldest first. Index + 1 is the `user_version` after it.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 const V1: &str = r"
 CREATE TABLE tasks (
@@ -244,4 +244,13 @@ CREATE TABLE post_deploy_checks (
 -- Set before rollback_cmd starts (so it never starts twice), and its exit code after.
 ALTER TABLE post_deploys ADD COLUMN rollback_started_at INTEGER;
 ALTER TABLE post_deploys ADD COLUMN rollback_exit_code INTEGER;
+";
+
+/// Finalize-only continuations: a job whose agent succeeded but whose worker
+/// died is requeued for a worker to finalize that run (commit, push, gates)
+/// without running the agent again; `orch reap` never finalizes in-process.
+const V5: &str = r"
+-- The successful agent run this job finalizes instead of running its agent;
+-- NULL = a normal job. Set by the reaper, cleared with the job's ownership.
+ALTER TABLE jobs ADD COLUMN finalize_run_id INTEGER REFERENCES agent_runs(id);
 ";
