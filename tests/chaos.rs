@@ -111,24 +111,16 @@ fn reaped(child: &mut Option<Child>) -> bool {
     }
 }
 
+/// Every row of `sql`, each column as text.
 fn sql_rows(env: &Env, sql: &str) -> Vec<Vec<String>> {
-    let db = env.db();
-    let mut stmt = db.conn().prepare(sql).expect("prepare");
-    let n = stmt.column_count();
-    stmt.query_map([], |r| {
-        (0..n)
-            .map(|i| {
-                Ok(match r.get_ref(i)? {
-                    rusqlite::types::ValueRef::Integer(v) => v.to_string(),
-                    rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                    _ => String::new(),
-                })
-            })
-            .collect()
-    })
-    .expect("query")
-    .collect::<Result<_, _>>()
-    .expect("rows")
+    env.rows(sql)
+        .into_iter()
+        .map(|row| {
+            row.into_iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                .collect()
+        })
+        .collect()
 }
 
 /// Approve every analysis that waits for its human approval.

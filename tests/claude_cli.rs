@@ -341,26 +341,7 @@ impl Rig {
     }
 
     fn sql(&self, sql: &str) -> Vec<Vec<Value>> {
-        let db = self.env.db();
-        let mut stmt = db.conn().prepare(sql).expect("prepare");
-        let n = stmt.column_count();
-        stmt.query_map([], |r| {
-            (0..n)
-                .map(|i| {
-                    Ok(match r.get_ref(i)? {
-                        rusqlite::types::ValueRef::Integer(v) => json!(v),
-                        rusqlite::types::ValueRef::Real(v) => json!(v),
-                        rusqlite::types::ValueRef::Text(t) => json!(String::from_utf8_lossy(t)),
-                        rusqlite::types::ValueRef::Null | rusqlite::types::ValueRef::Blob(_) => {
-                            Value::Null
-                        }
-                    })
-                })
-                .collect()
-        })
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows")
+        self.env.rows(sql)
     }
 
     fn create_task(&self) {

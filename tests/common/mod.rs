@@ -84,6 +84,29 @@ impl Env {
         .expect("open db")
     }
 
+    /// Every row of `sql`, each column as JSON (NULL and blobs are `null`).
+    pub fn rows(&self, sql: &str) -> Vec<Vec<serde_json::Value>> {
+        use rusqlite::types::ValueRef;
+        let db = self.db();
+        let mut stmt = db.conn().prepare(sql).expect("prepare");
+        let n = stmt.column_count();
+        stmt.query_map([], |r| {
+            (0..n)
+                .map(|i| {
+                    Ok(match r.get_ref(i)? {
+                        ValueRef::Integer(v) => serde_json::json!(v),
+                        ValueRef::Real(v) => serde_json::json!(v),
+                        ValueRef::Text(t) => serde_json::json!(String::from_utf8_lossy(t)),
+                        ValueRef::Null | ValueRef::Blob(_) => serde_json::Value::Null,
+                    })
+                })
+                .collect()
+        })
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+    }
+
     /// Run `orch <args> --json` and parse stdout.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.orch().args(args).arg("--json").output().expect("run");
