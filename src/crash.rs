@@ -74,6 +74,10 @@ pub const POINTS: &[(&str, &str)] = &[
         "the deploy is recorded as initiated and its finalizer queued; the hook is not started",
     ),
     (
+        "deploy.hook_started",
+        "the deploy hook is started (detached); its pid is not recorded",
+    ),
+    (
         "deploy.finalized",
         "the deploy's outcome is committed; a deferred STOP is not yet applied",
     ),

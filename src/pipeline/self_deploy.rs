@@ -375,6 +375,7 @@ fn start_hook(
     let pid = child.id();
     // The hook is not our child to wait for: setsid forks it away.
     drop(child);
+    crash::point("deploy.hook_started");
     db.write(|tx| {
         tx.execute(
             "UPDATE deploys SET hook_pid = ?2 WHERE task_id = ?1",
