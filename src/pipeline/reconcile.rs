@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::backends::tracker::{self, key, plane::PlaneClient};
 use crate::context::Ctx;
 use crate::outbox;
-use crate::pipeline::{Stage, advance, cancel, task};
+use crate::pipeline::{Stage, advance, cancel, self_deploy, task};
 use crate::queue;
 use crate::storage::{Db, counters, now};
 use crate::webhooks::route::{self, Routed};
@@ -87,6 +87,11 @@ fn stuck_stages(ctx: &Ctx, db: &mut Db, out: &mut Reconciled) -> anyhow::Result<
             continue;
         }
         if stage == Stage::Created {
+            continue;
+        }
+        // Phase A asked for Confirm Deploy once; asking again on a timer is noise.
+        if self_deploy::awaiting_confirm(db.conn(), &ctx.config, &t)? {
+            skip(out, "awaiting Confirm Deploy");
             continue;
         }
         // Gates that run the test suite or the merge gate are never re-run
