@@ -1,8 +1,9 @@
 //! The reconciler (`orch reconcile`): repair the drift between the source of
 //! truth and the task's stage that lost webhooks and crashes leave behind.
 //! One pass processes pending webhook deliveries, delivers the outbox,
-//! advances tasks whose gate is already green (skipping escalated, blocked,
-//! busy and terminal tasks, after a per-stage grace), and polls Plane for
+//! advances tasks whose gate is already green (never analysis, the human's
+//! gate; skipping escalated, blocked, busy and terminal tasks, after a
+//! per-stage grace), and polls Plane for
 //! issues whose webhook never arrived. Every step is idempotent.
 
 use std::collections::BTreeMap;
@@ -87,6 +88,13 @@ fn stuck_stages(ctx: &Ctx, db: &mut Db, out: &mut Reconciled) -> anyhow::Result<
             continue;
         }
         if stage == Stage::Created {
+            continue;
+        }
+        // Analysis is the human's gate: re-posting the approval request would
+        // override the state a person set on the issue, and advancing it is
+        // the person's call ("Approved", replayed by the poll below).
+        if stage == Stage::Analysis {
+            skip(out, "analysis (human gate)");
             continue;
         }
         // Phase A asked for Confirm Deploy once; asking again on a timer is noise.
