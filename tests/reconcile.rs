@@ -134,3 +134,78 @@ fn the_reconciler_skips_escalated_blocked_busy_terminal_and_fresh_tasks() {
     assert_eq!(sql(&env, "SELECT count(*) FROM outbox"), rows);
     assert_eq!(stage(&env, 2), "review");
 }
+
+/// With Plane down, each step of a pass is best-effort: the poll's failure is
+/// collected in `errors` (exit 1, partial), a pending STOP is still applied,
+/// and the final outbox flush still delivers its notification.
+#[test]
+fn plane_down_is_a_partial_pass_and_the_final_flush_still_runs() {
+    // Port 9 (discard) on loopback: nothing listens, the connection is refused.
+    let env = install(
+        "tracker = \"plane\"\nplane_url = \"http://127.0.0.1:9\"\nplane_workspace = \"ws\"\nhttp_timeout_s = 2",
+    );
+    let path = env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path)
+        .expect("config")
+        .replace("[repos.demo]", "[repos.demo]\nplane_project = \"p-1\"");
+    std::fs::write(&path, config).expect("config");
+    env.orch()
+        .args([
+            "task",
+            "create",
+            "--repo",
+            "demo",
+            "--title",
+            "t",
+            "--no-start",
+        ])
+        .assert()
+        .success();
+    // A STOP recorded while its task was in a critical window, now closed.
+    exec(
+        &env,
+        "UPDATE tasks SET cancel_requested_at = 1 WHERE id = 1",
+    );
+    let out = env
+        .orch()
+        .env("ORCH_PLANE_API_TOKEN", "t")
+        .args(["reconcile", "--json"])
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let errors = r["errors"].as_array().cloned().unwrap_or_default();
+    assert!(
+        errors.iter().any(|e| e
+            .as_str()
+            .is_some_and(|e| e.starts_with("tracker poll of demo:"))),
+        "{r}"
+    );
+    assert_eq!(r["cancels_applied"][0], 1, "{r}");
+    assert_eq!(stage(&env, 1), "cancelled");
+    // The cancel's notification went out in the final flush, after the poll failed.
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM outbox WHERE channel = 'notifier' AND status = 'pending'"
+        ),
+        0,
+        "{r}"
+    );
+    let notes = std::fs::read_to_string(env.state().join("notifications.log")).unwrap_or_default();
+    assert!(notes.contains("cancel"), "{notes}");
+    // The failed pass is recorded with its errors.
+    let status = env.json(&["status"]);
+    assert_eq!(status["reconcile"]["passes_total"], 1, "{status}");
+    assert!(
+        status["reconcile"]["last_pass"]["errors"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty()),
+        "{status}"
+    );
+}
