@@ -170,3 +170,31 @@ fn reclaimed_on_acquire(serial: bool) {
         "{notes}"
     );
 }
+
+/// A config file of an earlier version that sets a removed setting still
+/// loads: one warning line per key, naming it and pointing at the docs.
+/// A key orch never knew is still refused (exit 78).
+#[test]
+fn a_removed_setting_loads_with_one_warning_and_a_typo_is_refused() {
+    let env = Env::bare();
+    env.write_config("staging = true\nreaper_interval_s = 30\nhost_repos_dir = \"/srv\"");
+    let out = env.orch().arg("init").output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in ["staging", "reaper_interval_s", "host_repos_dir"] {
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains(&format!("`{key}` was removed")))
+            .collect();
+        assert_eq!(lines.len(), 1, "{key}: {stderr}");
+        assert!(lines[0].contains("docs/configuration.md"), "{stderr}");
+    }
+    env.write_config("staging_enabled = true");
+    let out = env.orch().arg("status").output().expect("run");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("staging_enabled"));
+}

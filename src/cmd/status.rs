@@ -221,7 +221,6 @@ pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
         })());
         let reaper = serde_json::json!({
             "enabled": c.reaper_enabled,
-            "interval_s": c.reaper_interval_s,
             "max_running_s": c.reaper_max_running_s,
             "finalize_grace_s": c.reaper_finalize_grace_s,
             "start_grace_s": c.reaper_start_grace_s,
