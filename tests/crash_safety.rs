@@ -1293,8 +1293,10 @@ fn reap_hands_an_exit_0_orphan_to_a_worker_without_finalizing_it() {
 /// attempt each time and ends — the job fails for good with one
 /// notification — instead of being re-adopted for ever.
 #[test]
-fn a_finalization_killed_every_time_spends_its_attempts_and_fails() {
-    let env = install("");
+fn a_finalization_killed_every_time_ends_failed_after_its_worker_died_too_often() {
+    // Each death of a worker is an owner death: no attempt is spent, but it
+    // counts against max_transient_attempts, so a crash loop ends.
+    let env = install("max_transient_attempts = 2");
     create_task(&env, "t");
     let out = orch_out(
         &env,
@@ -1303,7 +1305,7 @@ fn a_finalization_killed_every_time_spends_its_attempts_and_fails() {
     );
     assert_eq!(signal_of(&out), Some(9));
     let mut outcomes = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..6 {
         let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
         let outcome = pass["reaped"][0]["outcome"]
             .as_str()
@@ -1320,11 +1322,16 @@ fn a_finalization_killed_every_time_spends_its_attempts_and_fails() {
         );
         assert_eq!(signal_of(&out), Some(9), "{outcomes:?}");
     }
-    // Continuation (attempt given back), one killed finalization requeued, the second fails.
-    assert_eq!(outcomes, ["queued", "queued", "failed"]);
+    // Continuation (attempt given back), two killed finalizations requeued
+    // (two owner deaths allowed), the third fails for good.
+    assert_eq!(outcomes, ["queued", "queued", "queued", "failed"]);
     let job = env.json(&["job", "show", "1"]);
     assert_eq!(job["status"], "failed", "{job}");
-    assert_eq!(job["attempts"], 2, "{job}");
+    assert_eq!(
+        job["attempts"], 1,
+        "no attempt spent on orch's deaths: {job}"
+    );
+    assert_eq!(job["transient_attempts"], 2, "{job}");
     assert_eq!(
         sql_i64(&env, "SELECT count(*) FROM agent_runs"),
         1,

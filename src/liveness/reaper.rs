@@ -257,7 +257,17 @@ fn reap_job(
             job.run_id.unwrap_or(0)
         ),
     };
-    end_job(ctx, db, pass, job, &token, &Outcome::Retry(why))
+    // Whose failure is it? A run its worker had already judged a failure,
+    // or a job stopped by the backstop, spends an attempt; an owner that died
+    // before its agent's run was judged is orch's crash, not the agent's
+    // (docs/crash-safety.md).
+    let agent_failed = run.is_some_and(|r| r.finished_at.is_some() && !r.succeeded);
+    let outcome = if forced.is_some() || agent_failed {
+        Outcome::Retry(why)
+    } else {
+        Outcome::OwnerDied(why)
+    };
+    end_job(ctx, db, pass, job, &token, &outcome)
 }
 
 /// Hand a dead owner's job whose agent run `run_id` succeeded to the next
@@ -278,10 +288,10 @@ fn hand_to_finalizer(
     reason: &str,
 ) -> anyhow::Result<()> {
     let continuation = job.finalize_run_id.is_some();
-    if continuation && job.attempts >= job.max_attempts {
+    if continuation && job.transient_attempts >= i64::from(ctx.config.max_transient_attempts) {
         let why = format!(
-            "reaped: {reason} while finalizing agent run {run_id}; all {} attempts are spent",
-            job.max_attempts
+            "reaped: {reason} while finalizing agent run {run_id}; its worker died {} times",
+            job.transient_attempts + 1
         );
         return end_job(ctx, db, pass, job, token, &Outcome::Failed(why));
     }
@@ -294,7 +304,7 @@ fn hand_to_finalizer(
             job.id,
             token,
             run_id,
-            !continuation,
+            continuation,
             &why,
         )?)
     })?;

@@ -400,6 +400,12 @@ pub enum Outcome {
     Retry(String),
     /// A transient failure (e.g. API overloaded): back off, do not consume an attempt.
     Transient(String),
+    /// The job's owner died (orch was killed: OOM, a cgroup kill, a power
+    /// cut) and its agent gave no verdict: that is not the agent failing.
+    /// Back to `queued` at once without spending an attempt; each death
+    /// counts against `max_transient_attempts`, so a job that kills its
+    /// worker every time still ends (failed).
+    OwnerDied(String),
     /// Not a failure: the job has more to do later (a post-deploy monitor
     /// between checks). Back to `queued`, available at `until`; spends
     /// neither an attempt nor the transient budget, so a long schedule is
@@ -416,7 +422,10 @@ impl Outcome {
     /// The outcome's text (the error or note), empty for `Done`.
     pub fn text(&self) -> &str {
         match self {
-            Outcome::Failed(e) | Outcome::Retry(e) | Outcome::Transient(e) => e,
+            Outcome::Failed(e)
+            | Outcome::Retry(e)
+            | Outcome::Transient(e)
+            | Outcome::OwnerDied(e) => e,
             Outcome::RetryAt { note, .. } => note,
             Outcome::Done => "",
         }
@@ -502,7 +511,19 @@ pub fn finish(
                 Finished::Requeued,
             )
         }
-        Outcome::Retry(e) | Outcome::Transient(e) => {
+        Outcome::OwnerDied(e) if transient < i64::from(max_transient_attempts) => (
+            conn.execute(
+                &format!(
+                    "UPDATE jobs SET status = 'queued', error = ?3,
+                         transient_attempts = transient_attempts + 1,
+                         attempts = max(attempts - 1, 0), available_at = 0,
+                         {CLEAR_OWNERSHIP} {fence}"
+                ),
+                params![job_id, token, e],
+            )?,
+            Finished::Requeued,
+        ),
+        Outcome::Retry(e) | Outcome::Transient(e) | Outcome::OwnerDied(e) => {
             (terminal("failed", Some(e))?, Finished::Failed)
         }
         Outcome::RetryAt { until, note } => (
@@ -795,18 +816,28 @@ pub fn requeue_for_finalize(
     job_id: i64,
     token: &str,
     run_id: i64,
-    give_back: bool,
+    death_of_a_continuation: bool,
     note: &str,
 ) -> rusqlite::Result<bool> {
-    // SQLite applies the rightmost assignment of a column: `finalize_run_id`
-    // is set after CLEAR_OWNERSHIP cleared it.
+    // The attempt is given back either way: the agent's run succeeded, and
+    // a finalizing worker's death is an owner death (`Outcome::OwnerDied`),
+    // counted in `transient_attempts`. SQLite applies the rightmost
+    // assignment of a column: `finalize_run_id` is set after CLEAR_OWNERSHIP
+    // cleared it.
     Ok(conn.execute(
         &format!(
-            "UPDATE jobs SET status = 'queued', attempts = max(attempts - ?4, 0), error = ?5,
+            "UPDATE jobs SET status = 'queued', attempts = max(attempts - 1, 0), error = ?5,
+                 transient_attempts = transient_attempts + ?4, available_at = 0,
                  {CLEAR_OWNERSHIP}, finalize_run_id = ?3
              WHERE id = ?1 AND status = 'running' AND claim_token = ?2"
         ),
-        params![job_id, token, run_id, i64::from(give_back), note],
+        params![
+            job_id,
+            token,
+            run_id,
+            i64::from(death_of_a_continuation),
+            note
+        ],
     )? == 1)
 }
 
