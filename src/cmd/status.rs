@@ -119,12 +119,12 @@ pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
     let c = &ctx.config;
     let locks = ctx.locks_dir();
     let mut errors = BTreeMap::new();
-    let e = &mut errors;
+    let errs = &mut errors;
     let report = db.read(|tx| {
-        let counts = block(e, "counts", queue::counts(tx).map_err(Into::into)).unwrap_or_default();
+        let counts = block(errs, "counts", queue::counts(tx).map_err(Into::into)).unwrap_or_default();
         let recent =
-            block(e, "recent", queue::list(tx, None, recent).map_err(Into::into)).unwrap_or_default();
-        let counters = block(e, "counters", counters::all(tx).map_err(Into::into));
+            block(errs, "recent", queue::list(tx, None, recent).map_err(Into::into)).unwrap_or_default();
+        let counters = block(errs, "counters", counters::all(tx).map_err(Into::into));
         let counter = |name: &str| {
             counters
                 .as_ref()
@@ -137,7 +137,7 @@ pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
                 .and_then(|cs| cs.get(name))
                 .and_then(|c| c.last.clone())
         };
-        let running = block(e, "running", queue::running(tx).map_err(Into::into))
+        let running = block(errs, "running", queue::running(tx).map_err(Into::into))
             .unwrap_or_default()
             .into_iter()
             .map(|job| {
@@ -157,8 +157,8 @@ pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
             })
             .collect();
         let outbox =
-            block(e, "outbox", crate::outbox::counts(tx).map_err(Into::into)).unwrap_or_default();
-        let stop = value_block(e, "stop", (|| {
+            block(errs, "outbox", crate::outbox::counts(tx).map_err(Into::into)).unwrap_or_default();
+        let stop = value_block(errs, "stop", (|| {
             let cancelled = crate::pipeline::task::list(tx, Some("cancelled"), None, 10)?;
             let cancelled_count: i64 = tx.query_row(
                 "SELECT count(*) FROM tasks WHERE stage = 'cancelled'",
@@ -180,7 +180,7 @@ pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
                 })).collect::<Vec<_>>(),
             }))
         })());
-        let costs = value_block(e, "costs", (|| {
+        let costs = value_block(errs, "costs", (|| {
             let active = crate::pipeline::task::list(tx, None, None, 10_000)?
                 .into_iter()
                 .filter(|t| !t.stage().is_terminal())
@@ -202,7 +202,7 @@ pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
             )?;
             Ok(serde_json::json!({ "total_usd": total, "tasks": tasks_cost }))
         })());
-        let post_deploy = value_block(e, "post_deploy", (|| {
+        let post_deploy = value_block(errs, "post_deploy", (|| {
             Ok(serde_json::json!({
                 "enabled": c.post_deploy_enabled,
                 "window_s": c.post_deploy_window_s,
@@ -240,7 +240,7 @@ pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
             "last_pass": last("reconcile_passes_total"),
             "skipped_terminal_total": counter("reconcile_skipped_terminal_total"),
         });
-        let merge_gate = value_block(e, "merge_gate", (|| {
+        let merge_gate = value_block(errs, "merge_gate", (|| {
             Ok(serde_json::json!({
                 "enabled": c.merge_gate_enabled,
                 "repos": c.merge_gate_scope(),
