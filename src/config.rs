@@ -55,8 +55,6 @@ pub struct Config {
     pub db_path: String,
     /// Root of the clone cache and the per-task worktrees; empty = `<state dir>/repos`.
     pub repos_dir: String,
-    /// Host-side path of `repos_dir`, for a deploy hook run outside a container; empty = same.
-    pub host_repos_dir: String,
     /// How long a process waits for the database write lock, in milliseconds.
     pub busy_timeout_ms: u64,
 
@@ -110,8 +108,6 @@ pub struct Config {
 
     /// Reaper kill-switch: false leaves running jobs alone (only lease and sanitize sweeps run).
     pub reaper_enabled: bool,
-    /// Period of the reaper timer, in seconds (used by the shipped systemd timer).
-    pub reaper_interval_s: u64,
     /// Backstop: a job running longer than this is stopped and reaped even if its owner lives.
     pub reaper_max_running_s: u64,
     /// Grace for a finalizer after its agent exited, in seconds.
@@ -137,8 +133,6 @@ pub struct Config {
     pub merge_retest_skip_when_current_enabled: bool,
     /// In-place retries of a re-test that timed out before one alert is sent.
     pub merge_infra_retry_max: u32,
-    /// Timeout of a coverage run, in seconds.
-    pub coverage_run_timeout_s: u64,
 
     /// Name of the self-hosting repository.
     pub self_hosting_repo: String,
@@ -146,10 +140,6 @@ pub struct Config {
     pub deploy_require_manual_approve: bool,
     /// Command that performs the self-hosting production deploy (run detached).
     pub deploy_hook_cmd: String,
-    /// Waive sandbox-only staging checks when every real check is green.
-    pub staging_infra_tolerance_enabled: bool,
-    /// This instance is the staging instance.
-    pub staging: bool,
     /// Roll a non-self-hosting deploy back automatically on post-deploy degradation.
     pub post_deploy_auto_rollback: bool,
     /// Base URL of production: a repository's `health_url` that is a path
@@ -252,7 +242,6 @@ impl Default for Config {
         Config {
             db_path: String::new(),
             repos_dir: String::new(),
-            host_repos_dir: String::new(),
             busy_timeout_ms: 10_000,
             max_concurrency: 1,
             max_attempts: 2,
@@ -274,7 +263,6 @@ impl Default for Config {
             agent_kill_grace_seconds: 10,
             subprocess_tree_kill_enabled: true,
             reaper_enabled: true,
-            reaper_interval_s: 60,
             reaper_max_running_s: 5400,
             reaper_finalize_grace_s: 300,
             reaper_start_grace_s: 30,
@@ -287,12 +275,9 @@ impl Default for Config {
             merge_retest_timeout_s: 900,
             merge_retest_skip_when_current_enabled: true,
             merge_infra_retry_max: 3,
-            coverage_run_timeout_s: 900,
             self_hosting_repo: DEFAULT_SELF_HOSTING_REPO.to_owned(),
             deploy_require_manual_approve: true,
             deploy_hook_cmd: String::new(),
-            staging_infra_tolerance_enabled: true,
-            staging: false,
             post_deploy_auto_rollback: false,
             post_deploy_base_url: "http://localhost:8500".to_owned(),
             post_deploy_enabled: true,
@@ -323,6 +308,33 @@ impl Default for Config {
         }
     }
 }
+
+/// Settings of earlier versions that no longer act, and why (docs/configuration.md,
+/// "Removed settings"). A config file that still sets one loads, with one
+/// warning line per key: an old file must not stop orch, and a key that is
+/// silently accepted would look like it still does something.
+pub const REMOVED_SETTINGS: &[(&str, &str)] = &[
+    (
+        "staging_infra_tolerance_enabled",
+        "orch reads the staging verdict from the deploy-staging artifact; waiving sandbox-only checks is the job of the staging check that writes it",
+    ),
+    (
+        "coverage_run_timeout_s",
+        "orch runs no coverage measurement",
+    ),
+    (
+        "staging",
+        "nothing in orch behaves differently on a staging instance (it is its own state directory and config)",
+    ),
+    (
+        "host_repos_dir",
+        "the deploy hook gets the task and commit as ORCH_* variables; a host path belongs in deploy_hook_cmd",
+    ),
+    (
+        "reaper_interval_s",
+        "orch reap runs from a timer; its period is the timer's (orch-reap.timer, OnUnitActiveSec)",
+    ),
+];
 
 /// Environment variables that look like settings but are not (they are read elsewhere).
 const NON_SETTING_VARS: &[&str] = &["ORCH_STATE_DIR", "ORCH_CONFIG"];
@@ -368,6 +380,13 @@ impl Config {
             .map_or_else(|| "defaults".to_owned(), |p| p.display().to_string());
         let mut table: toml::Table = toml::from_str(&text)
             .map_err(|e| OrchError::Config(format!("{origin}: {}", one_line(&e.to_string()))))?;
+        for (key, why) in REMOVED_SETTINGS {
+            if table.remove(*key).is_some() {
+                log::warn!(
+                    "{origin}: setting `{key}` was removed and is ignored: {why} (see docs/configuration.md, \"Removed settings\")"
+                );
+            }
+        }
         apply_env_overrides(&mut table, env)?;
         // ORCH_AGENT_CMD is the one command for every stage (tests and CI use it).
         if env("ORCH_AGENT_CMD").is_some() {
@@ -399,13 +418,12 @@ impl Config {
             ));
         }
         // The budget invariant of the seeds (ORCH-113 TC-07): the backstop must
-        // never fire while a legitimate finalization is still re-testing.
-        let budget = self.merge_retest_timeout_s
-            + self.coverage_run_timeout_s
-            + self.reaper_finalize_grace_s;
+        // never fire while a legitimate finalization is still re-testing (orch
+        // runs no coverage measurement, so the seeds' coverage term is gone).
+        let budget = self.merge_retest_timeout_s + self.reaper_finalize_grace_s;
         if self.reaper_max_running_s <= budget {
             return bad(format!(
-                "reaper_max_running_s ({}) must exceed merge_retest_timeout_s + coverage_run_timeout_s + reaper_finalize_grace_s ({budget})",
+                "reaper_max_running_s ({}) must exceed merge_retest_timeout_s + reaper_finalize_grace_s ({budget})",
                 self.reaper_max_running_s
             ));
         }
@@ -679,10 +697,7 @@ mod tests {
         assert_eq!(c.reaper_finalize_grace_s, 300);
         assert_eq!(c.reaper_max_running_s, 5400);
         assert_eq!(c.merge_retest_timeout_s, 900);
-        assert!(
-            c.reaper_max_running_s
-                > c.merge_retest_timeout_s + c.coverage_run_timeout_s + c.reaper_finalize_grace_s
-        );
+        assert!(c.reaper_max_running_s > c.merge_retest_timeout_s + c.reaper_finalize_grace_s);
         c.validate().expect("defaults are valid");
     }
 
@@ -710,6 +725,27 @@ mod tests {
     fn unknown_key_is_refused() {
         let err = load_with("max_concurency = 3\n", &[]).expect_err("typo");
         assert!(err.to_string().contains("max_concurency"), "{err}");
+    }
+
+    #[test]
+    fn removed_settings_load_and_act_on_nothing() {
+        let text: String = REMOVED_SETTINGS
+            .iter()
+            .map(|(k, _)| match *k {
+                "staging" | "staging_infra_tolerance_enabled" => format!("{k} = true\n"),
+                "host_repos_dir" => format!("{k} = \"/srv/repos\"\n"),
+                _ => format!("{k} = 1\n"),
+            })
+            .collect();
+        let c = load_with(&text, &[]).expect("an old config still loads");
+        let defaults = toml::Table::try_from(Config::default()).expect("defaults");
+        for (k, _) in REMOVED_SETTINGS {
+            assert!(
+                !defaults.contains_key(*k),
+                "{k} is both removed and a setting"
+            );
+        }
+        c.validate().expect("valid");
     }
 
     #[test]

@@ -36,3 +36,25 @@ fn configuration_doc_names_every_repo_setting() {
         "docs/configuration.md lacks repo keys {missing:?}"
     );
 }
+
+/// The settings tables list only settings that act: a removed setting is
+/// named only in the "Removed settings" section, which explains each one.
+#[test]
+fn configuration_doc_lists_only_settings_that_act() {
+    let text = doc();
+    let (settings, removed) = text
+        .split_once("## Removed settings")
+        .expect("a \"Removed settings\" section");
+    let removed = removed.split("\n## ").next().unwrap_or("");
+    for (key, _) in orch::config::REMOVED_SETTINGS {
+        let named = format!("`{key}`");
+        assert!(
+            !settings.contains(&format!("| {named} |")),
+            "docs/configuration.md still lists the removed {named} as a setting"
+        );
+        assert!(
+            removed.contains(&format!("| {named} |")),
+            "docs/configuration.md does not say why {named} was removed"
+        );
+    }
+}

@@ -763,7 +763,7 @@ fn tc06_killswitch_off_reaps_past_the_grace_and_still_advances_once() {
 fn tc04_backstop_stops_a_live_owner_past_the_ceiling() {
     let env = install(
         "reaper_max_running_s = 4\nagent_timeout_s = 1\nagent_kill_grace_seconds = 1\n\
-         merge_retest_timeout_s = 1\ncoverage_run_timeout_s = 1\nreaper_finalize_grace_s = 1",
+         merge_retest_timeout_s = 1\nreaper_finalize_grace_s = 1",
     );
     create_task(&env, "t");
     let pidfile = env.state().join("hung.pid");

@@ -89,3 +89,20 @@ fn every_example_claude_command_may_write() {
         }
     }
 }
+
+/// The example lists only settings that act: every top-level key is a setting
+/// of `Config` (a removed one would load with a warning, and mislead).
+#[test]
+fn example_config_names_only_settings_that_act() {
+    let text = std::fs::read_to_string(example()).expect("examples/orch.toml");
+    let example: toml::Table = toml::from_str(&text).expect("example is TOML");
+    let defaults = toml::Table::try_from(orch::config::Config::default()).expect("defaults");
+    let extra: Vec<&String> = example
+        .keys()
+        .filter(|k| !defaults.contains_key(*k))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "examples/orch.toml names non-settings {extra:?}"
+    );
+}

@@ -130,6 +130,69 @@ fn tc07_approved_on_deploy_is_a_logged_noop() {
     assert_eq!(hook_runs(&env), 0);
 }
 
+fn outbox_rows(env: &Env) -> i64 {
+    sql_i64(env, "SELECT count(*) FROM outbox")
+}
+
+/// Prepend top-level settings to the installation's config.
+fn prepend_config(env: &Env, extra: &str) {
+    let path = env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, format!("{extra}\n{config}")).expect("config");
+}
+
+/// Issue #14: on a task parked awaiting Confirm Deploy, `orch advance`
+/// (plain or `--approve`) is the same logged no-op as the "Approved"
+/// webhook: no state change, no comment, no notification, however often.
+#[test]
+fn advance_and_approve_on_a_parked_deploy_post_nothing() {
+    let env = self_hosting();
+    to_phase_a(&env);
+    let rows = outbox_rows(&env);
+    let transitions = sql_i64(&env, "SELECT count(*) FROM task_transitions");
+    for args in [
+        &["advance", "--task", "1"][..],
+        &["advance", "--task", "1", "--approve"][..],
+        &["advance", "--task", "1"][..],
+    ] {
+        let o = run(&env, &[], args);
+        assert_eq!(o.status.code(), Some(3), "{args:?}");
+        let said = String::from_utf8_lossy(&o.stdout);
+        assert!(said.contains("approved-on-deploy-noop"), "{args:?}: {said}");
+    }
+    assert_eq!(outbox_rows(&env), rows, "tracker or notifier traffic");
+    assert_eq!(
+        sql_i64(&env, "SELECT count(*) FROM task_transitions"),
+        transitions,
+        "\"Approved\" was recorded on deploy"
+    );
+    assert_eq!(
+        env.json(&["task", "show", "1"])["task"]["tracker_state"],
+        "In Review"
+    );
+    assert_eq!(stage(&env), "deploy");
+    assert_eq!(hook_runs(&env), 0);
+}
+
+/// Issue #14: the reconciler leaves a task parked awaiting Confirm Deploy
+/// alone, pass after pass, even past its grace.
+#[test]
+fn the_reconciler_posts_nothing_for_a_parked_deploy() {
+    let env = self_hosting();
+    prepend_config(&env, "reconcile_grace_overrides_json = '{\"deploy\": 0}'");
+    to_phase_a(&env);
+    let rows = outbox_rows(&env);
+    for _ in 0..3 {
+        let o = run(&env, &[], &["reconcile", "--json"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r = json(&o);
+        assert_eq!(r["skipped"]["awaiting Confirm Deploy"], 1, "{r}");
+        assert!(r["advanced"].as_array().is_some_and(Vec::is_empty), "{r}");
+    }
+    assert_eq!(outbox_rows(&env), rows, "tracker or notifier traffic");
+    assert_eq!(stage(&env), "deploy");
+}
+
 #[test]
 fn phase_b_merges_and_starts_the_hook_once_and_phase_c_finishes() {
     let env = self_hosting();

@@ -371,6 +371,64 @@ fn tc04_confirm_deploy_routes_to_phase_b_only_on_deploy() {
     assert!(note.contains("no-op"), "{note}");
 }
 
+/// Issue #14: "Approved" on a task parked awaiting Confirm Deploy is a
+/// logged no-op through the webhook and the reconciler's poll: nothing is
+/// posted to Plane or the notifier, and nothing deploys.
+#[test]
+fn approved_on_a_parked_deploy_posts_nothing() {
+    let hook = "echo run >> hook.count";
+    let s = setup(&format!(
+        "self_hosting_repo = \"demo\"\nmerge_gate_repos = \"demo\"\ndeploy_hook_cmd = \"{hook}\"\nreconcile_grace_overrides_json = '{{\"deploy\": 0}}'"
+    ));
+    let item = s.fake.add_item("self", 16, "To Analyse");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-1",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    for _ in 0..20 {
+        if s.task(1)["task"]["stage"] == "deploy" {
+            break;
+        }
+        if s.orch(&["run-agent", "--next"]).status.code() == Some(3) {
+            s.orch(&["advance", "--task", "1", "--approve"]);
+        }
+    }
+    assert_eq!(s.task(1)["task"]["stage"], "deploy");
+    let rows = s.sql("SELECT count(*) FROM outbox");
+    let comments = s.fake.world().comments.get(&item).map_or(0, Vec::len);
+    s.fake.set_state(&item, "Approved");
+    for n in 0..2 {
+        s.deliver(
+            "plane",
+            "issue",
+            &format!("d-approved-{n}"),
+            &s.fake.webhook(&item, "state", "alice"),
+        );
+    }
+    let r = s.json(&["reconcile", "--json"]);
+    assert_eq!(r["skipped"]["awaiting Confirm Deploy"], 1, "{r}");
+    assert_eq!(
+        s.sql(
+            "SELECT count(*) FROM webhook_deliveries WHERE error LIKE '%approved-on-deploy-noop%'"
+        ),
+        2
+    );
+    assert_eq!(s.sql("SELECT count(*) FROM outbox"), rows, "traffic queued");
+    assert_eq!(
+        s.fake.world().comments.get(&item).map_or(0, Vec::len),
+        comments,
+        "a comment was posted"
+    );
+    assert_eq!(
+        s.fake.state_of(&item),
+        "Approved",
+        "the human's state was overridden"
+    );
+    assert_eq!(s.task(1)["task"]["stage"], "deploy");
+}
+
 #[test]
 fn gitea_pr_merged_releases_the_lease() {
     let s = setup("");

@@ -54,7 +54,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         });
     }
     if args.approve {
-        advance::record_approval(&mut db, t.id, "a human (orch advance --approve)")?;
+        advance::record_approval(ctx, &mut db, t.id, "a human (orch advance --approve)")?;
     }
     let result = advance::advance_task(ctx, &mut db, t.id)?;
     if args.json {

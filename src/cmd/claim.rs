@@ -50,6 +50,13 @@ pub fn claim_with(
         boot_id: &boot_id,
     };
     let now = storage::now();
+    // With the proactive reclaim off, an expired lease is reclaimed lazily here.
+    crate::pipeline::lease::reclaim_expired_before_claim(
+        db.conn(),
+        &ctx.config,
+        &ctx.locks_dir(),
+        now,
+    );
     crash::point("claim.locked");
     let claimed = db.write(|tx| Ok(queue::claim(tx, claimer, gates, now)?))?;
     match claimed {

@@ -16,10 +16,11 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Run `orch reconcile`.
+/// Run `orch reconcile`. Exit 0, or 1 when a step failed (the others ran;
+/// `errors` says which).
 pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     let mut db = ctx.open_db()?;
-    let r = reconcile::reconcile_once(ctx, &mut db)?;
+    let r = reconcile::reconcile_once(ctx, &mut db);
     if args.json {
         output::print_json(&r)?;
     } else {
@@ -47,6 +48,14 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             let skipped: Vec<String> = r.skipped.iter().map(|(k, v)| format!("{k} {v}")).collect();
             println!("  skipped: {}", skipped.join(", "));
         }
+        for e in &r.errors {
+            println!("  error: {e}");
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    // Partial: a step failed, every other step ran (docs/exit-codes.md).
+    Ok(if r.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

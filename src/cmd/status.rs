@@ -1,5 +1,7 @@
 //! `orch status`: what the queue is doing, whether each running job's owner
-//! is alive (by its lock, not its pid), and the persistent counters.
+//! is alive (by its lock, not its pid), and the persistent counters. It is
+//! what an operator reads when something is wrong, so each block is read on
+//! its own: one that fails shows its error and the rest still prints.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -68,6 +70,8 @@ pub struct Report {
     pub counters: BTreeMap<String, counters::Counter>,
     /// The reaper's settings and its last pass.
     pub reaper: serde_json::Value,
+    /// The reconciler: whether it is on, its passes, what the last one did.
+    pub reconcile: serde_json::Value,
     /// Merge leases held, and the merge gate's scope.
     pub merge_gate: serde_json::Value,
     /// Outbox messages per status (`pending`, `delivered`, `dead`).
@@ -78,169 +82,241 @@ pub struct Report {
     pub costs: serde_json::Value,
     /// The post-deploy monitor: settings, monitors watching, last results.
     pub post_deploy: serde_json::Value,
+    /// Blocks that could not be read, by name (each shown as `{"error": ...}`
+    /// or empty); every other block is complete.
+    pub errors: BTreeMap<String, String>,
 }
 
-/// Gather the report in one read snapshot.
+/// One block's value, or its error: a block that cannot be read is shown as
+/// `{"error": ...}` (and listed in `errors`), never hides the others.
+fn block<T>(errors: &mut BTreeMap<String, String>, name: &str, r: anyhow::Result<T>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            log::warn!("orch status: reading the {name} block: {e:#}");
+            errors.insert(name.to_owned(), format!("{e:#}"));
+            None
+        }
+    }
+}
+
+fn value_block(
+    errors: &mut BTreeMap<String, String>,
+    name: &str,
+    r: anyhow::Result<serde_json::Value>,
+) -> serde_json::Value {
+    block(errors, name, r).unwrap_or_else(
+        || serde_json::json!({ "error": errors.get(name).cloned().unwrap_or_default() }),
+    )
+}
+
+/// Gather the report in one read snapshot. Only opening the database can
+/// fail the whole report; every block after that is best-effort.
 pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
     let mut db = ctx.open_db()?;
+    let database = db.path().display().to_string();
     let now = storage::now();
-    let (counts, running, recent, counters, leases, outbox, cancelled, monitors) =
-        db.read(|tx| {
-            Ok((
-                queue::counts(tx)?,
-                queue::running(tx)?,
-                queue::list(tx, None, recent)?,
-                counters::all(tx)?,
-                crate::pipeline::lease::all(tx)?,
-                crate::outbox::counts(tx)?,
-                crate::pipeline::task::list(tx, Some("cancelled"), None, 10)?,
-                (post_deploy::running(tx)?, post_deploy::recent(tx, 5)?),
-            ))
-        })?;
-    let cancelled_count: i64 = db.conn().query_row(
-        "SELECT count(*) FROM tasks WHERE stage = 'cancelled'",
-        [],
-        |r| r.get(0),
-    )?;
-    let pending_cancels: i64 = db.conn().query_row(
-        "SELECT count(*) FROM tasks WHERE cancel_requested_at IS NOT NULL AND stage NOT IN ('cancelled', 'done')",
-        [],
-        |r| r.get(0),
-    )?;
-    let active = crate::pipeline::task::list(db.conn(), None, None, 10_000)?
-        .into_iter()
-        .filter(|t| !t.stage().is_terminal())
-        .take(50);
-    let mut tasks_cost = Vec::new();
-    for t in active {
-        let l = crate::pipeline::budget::ledger(db.conn(), &ctx.config, &t)?;
-        tasks_cost.push(serde_json::json!({
-            "task_id": t.id, "work_item_id": t.work_item_id, "stage": t.stage,
-            "spent_usd": l.spent_usd, "unknown_runs": l.unknown_runs,
-            "budget_usd": l.budget_usd, "remaining_usd": l.remaining_usd,
-            "blocked": l.blocked_reason, "stages": l.stages,
-        }));
-    }
-    let total: f64 = db.conn().query_row(
-        "SELECT coalesce(sum(cost_usd), 0) FROM agent_runs",
-        [],
-        |r| r.get(0),
-    )?;
-    let costs = serde_json::json!({ "total_usd": total, "tasks": tasks_cost });
-    let stop = serde_json::json!({
-        "enabled": ctx.config.stop_status_enabled,
-        "repos": crate::config::csv(&ctx.config.stop_status_repos),
-        "cancelled_count": cancelled_count,
-        "pending_requests": pending_cancels,
-        "recent": cancelled.iter().map(|t| serde_json::json!({
-            "task_id": t.id, "work_item_id": t.work_item_id, "repo": t.repo, "cancelled_at": t.cancelled_at
-        })).collect::<Vec<_>>(),
-    });
     let c = &ctx.config;
-    let post_deploy = serde_json::json!({
-        "enabled": c.post_deploy_enabled,
-        "window_s": c.post_deploy_window_s,
-        "checks": c.post_deploy_checks,
-        "probe_timeout_s": c.post_deploy_probe_timeout_s,
-        "max_failures": c.post_deploy_max_failures,
-        "auto_rollback": c.post_deploy_auto_rollback,
-        "base_url": c.post_deploy_base_url,
-        "repos": c.repos.iter()
-            .filter(|(_, r)| r.has_post_deploy_probe())
-            .map(|(name, _)| name.clone())
-            .collect::<Vec<_>>(),
-        "running": monitors.0,
-        "recent": monitors.1,
-    });
-    let counter = |name: &str| counters.get(name).map_or(0, |c| c.value);
-    let reaper = serde_json::json!({
-        "enabled": c.reaper_enabled,
-        "interval_s": c.reaper_interval_s,
-        "max_running_s": c.reaper_max_running_s,
-        "finalize_grace_s": c.reaper_finalize_grace_s,
-        "start_grace_s": c.reaper_start_grace_s,
-        "finalizer_liveness_enabled": c.reaper_finalizer_liveness_enabled,
-        "impossible_queued_sanitize_enabled": c.impossible_queued_sanitize_enabled,
-        "passes_total": counter("reaper_passes_total"),
-        "last_pass": counters.get("reaper_passes_total").and_then(|c| c.last.clone()),
-        "reaped_total": counter("reaped_total"),
-        "last_reaped": counters.get("reaped_total").and_then(|c| c.last.clone()),
-        "finalizer_defers_total": counter("finalizer_defers_total"),
-        "backstop_total": counter("reaper_backstop_total"),
-        "impossible_queued_total": counter("impossible_queued_total"),
-    });
-    let merge_gate = serde_json::json!({
-        "enabled": c.merge_gate_enabled,
-        "repos": c.merge_gate_scope(),
-        "lease_reclaim_enabled": c.lease_reclaim_enabled,
-        "lease_ttl_s": c.merge_lock_timeout_s,
-        "leases": leases,
-        "lease_reclaimed_total": counter("lease_reclaimed_total"),
-        "retests_total": counter("merge_gate_retests_total"),
-        "rebases_total": counter("merge_gate_rebases_total"),
-        "retest_timeouts_total": counter("merge_gate_retest_timeouts_total"),
-        "red_total": counter("merge_gate_red_total"),
-        "lock_busy_total": counter("merge_gate_lock_busy_total"),
-    });
     let locks = ctx.locks_dir();
-    let running = running
-        .into_iter()
-        .map(|job| {
-            let owner = match job.claim_token.as_deref() {
-                Some(token) => liveness::probe(&locks, token).unwrap_or_else(|e| {
-                    log::warn!("probing the owner lock of job {}: {e}", job.id);
-                    Liveness::Dead
-                }),
-                None => Liveness::Dead,
-            };
-            let running_for_s = job.started_at.map_or(0, |t| now - t);
-            RunningJob {
-                job,
-                owner,
-                running_for_s,
+    let mut errors = BTreeMap::new();
+    let errs = &mut errors;
+    let report = db.read(|tx| {
+        let counts = block(errs, "counts", queue::counts(tx).map_err(Into::into)).unwrap_or_default();
+        let recent =
+            block(errs, "recent", queue::list(tx, None, recent).map_err(Into::into)).unwrap_or_default();
+        let counters = block(errs, "counters", counters::all(tx).map_err(Into::into));
+        let counter = |name: &str| {
+            counters
+                .as_ref()
+                .and_then(|cs| cs.get(name))
+                .map_or(0, |c| c.value)
+        };
+        let last = |name: &str| {
+            counters
+                .as_ref()
+                .and_then(|cs| cs.get(name))
+                .and_then(|c| c.last.clone())
+        };
+        let running = block(errs, "running", queue::running(tx).map_err(Into::into))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|job| {
+                let owner = match job.claim_token.as_deref() {
+                    Some(token) => liveness::probe(&locks, token).unwrap_or_else(|e| {
+                        log::warn!("probing the owner lock of job {}: {e}", job.id);
+                        Liveness::Dead
+                    }),
+                    None => Liveness::Dead,
+                };
+                let running_for_s = job.started_at.map_or(0, |t| now - t);
+                RunningJob {
+                    job,
+                    owner,
+                    running_for_s,
+                }
+            })
+            .collect();
+        let outbox =
+            block(errs, "outbox", crate::outbox::counts(tx).map_err(Into::into)).unwrap_or_default();
+        let stop = value_block(errs, "stop", (|| {
+            let cancelled = crate::pipeline::task::list(tx, Some("cancelled"), None, 10)?;
+            let cancelled_count: i64 = tx.query_row(
+                "SELECT count(*) FROM tasks WHERE stage = 'cancelled'",
+                [],
+                |r| r.get(0),
+            )?;
+            let pending_cancels: i64 = tx.query_row(
+                "SELECT count(*) FROM tasks WHERE cancel_requested_at IS NOT NULL AND stage NOT IN ('cancelled', 'done')",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(serde_json::json!({
+                "enabled": c.stop_status_enabled,
+                "repos": crate::config::csv(&c.stop_status_repos),
+                "cancelled_count": cancelled_count,
+                "pending_requests": pending_cancels,
+                "recent": cancelled.iter().map(|t| serde_json::json!({
+                    "task_id": t.id, "work_item_id": t.work_item_id, "repo": t.repo, "cancelled_at": t.cancelled_at
+                })).collect::<Vec<_>>(),
+            }))
+        })());
+        let costs = value_block(errs, "costs", (|| {
+            let active = crate::pipeline::task::list(tx, None, None, 10_000)?
+                .into_iter()
+                .filter(|t| !t.stage().is_terminal())
+                .take(50);
+            let mut tasks_cost = Vec::new();
+            for t in active {
+                let l = crate::pipeline::budget::ledger(tx, c, &t)?;
+                tasks_cost.push(serde_json::json!({
+                    "task_id": t.id, "work_item_id": t.work_item_id, "stage": t.stage,
+                    "spent_usd": l.spent_usd, "unknown_runs": l.unknown_runs,
+                    "budget_usd": l.budget_usd, "remaining_usd": l.remaining_usd,
+                    "blocked": l.blocked_reason, "stages": l.stages,
+                }));
             }
+            let total: f64 = tx.query_row(
+                "SELECT coalesce(sum(cost_usd), 0) FROM agent_runs",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(serde_json::json!({ "total_usd": total, "tasks": tasks_cost }))
+        })());
+        let post_deploy = value_block(errs, "post_deploy", (|| {
+            Ok(serde_json::json!({
+                "enabled": c.post_deploy_enabled,
+                "window_s": c.post_deploy_window_s,
+                "checks": c.post_deploy_checks,
+                "probe_timeout_s": c.post_deploy_probe_timeout_s,
+                "max_failures": c.post_deploy_max_failures,
+                "auto_rollback": c.post_deploy_auto_rollback,
+                "base_url": c.post_deploy_base_url,
+                "repos": c.repos.iter()
+                    .filter(|(_, r)| r.has_post_deploy_probe())
+                    .map(|(name, _)| name.clone())
+                    .collect::<Vec<_>>(),
+                "running": post_deploy::running(tx)?,
+                "recent": post_deploy::recent(tx, 5)?,
+            }))
+        })());
+        let reaper = serde_json::json!({
+            "enabled": c.reaper_enabled,
+            "max_running_s": c.reaper_max_running_s,
+            "finalize_grace_s": c.reaper_finalize_grace_s,
+            "start_grace_s": c.reaper_start_grace_s,
+            "finalizer_liveness_enabled": c.reaper_finalizer_liveness_enabled,
+            "impossible_queued_sanitize_enabled": c.impossible_queued_sanitize_enabled,
+            "passes_total": counter("reaper_passes_total"),
+            "last_pass": last("reaper_passes_total"),
+            "reaped_total": counter("reaped_total"),
+            "last_reaped": last("reaped_total"),
+            "finalizer_defers_total": counter("finalizer_defers_total"),
+            "backstop_total": counter("reaper_backstop_total"),
+            "impossible_queued_total": counter("impossible_queued_total"),
+        });
+        let reconcile = serde_json::json!({
+            "enabled": c.reconcile_enabled,
+            "passes_total": counter("reconcile_passes_total"),
+            "last_pass": last("reconcile_passes_total"),
+            "skipped_terminal_total": counter("reconcile_skipped_terminal_total"),
+        });
+        let merge_gate = value_block(errs, "merge_gate", (|| {
+            Ok(serde_json::json!({
+                "enabled": c.merge_gate_enabled,
+                "repos": c.merge_gate_scope(),
+                "lease_reclaim_enabled": c.lease_reclaim_enabled,
+                "lease_ttl_s": c.merge_lock_timeout_s,
+                "leases": crate::pipeline::lease::all(tx)?,
+                "lease_reclaimed_total": counter("lease_reclaimed_total"),
+                "retests_total": counter("merge_gate_retests_total"),
+                "rebases_total": counter("merge_gate_rebases_total"),
+                "retest_timeouts_total": counter("merge_gate_retest_timeouts_total"),
+                "red_total": counter("merge_gate_red_total"),
+                "lock_busy_total": counter("merge_gate_lock_busy_total"),
+            }))
+        })());
+        let mut gates = BTreeMap::new();
+        gates.insert(
+            "serial_gate",
+            GateStatus {
+                enabled: c.serial_gate_enabled,
+            },
+        );
+        gates.insert(
+            "task_deps",
+            GateStatus {
+                enabled: c.task_deps_enabled,
+            },
+        );
+        Ok(Report {
+            schema: 1,
+            state_dir: ctx.state_dir.display().to_string(),
+            database: database.clone(),
+            now,
+            counts,
+            max_concurrency: c.max_concurrency,
+            gates,
+            running,
+            recent,
+            counters: counters.unwrap_or_default(),
+            reaper,
+            reconcile,
+            merge_gate,
+            outbox,
+            stop,
+            costs,
+            post_deploy,
+            errors: BTreeMap::new(),
         })
-        .collect();
-    let mut gates = BTreeMap::new();
-    gates.insert(
-        "serial_gate",
-        GateStatus {
-            enabled: ctx.config.serial_gate_enabled,
-        },
-    );
-    gates.insert(
-        "task_deps",
-        GateStatus {
-            enabled: ctx.config.task_deps_enabled,
-        },
-    );
-    Ok(Report {
-        schema: 1,
-        state_dir: ctx.state_dir.display().to_string(),
-        database: db.path().display().to_string(),
-        now,
-        counts,
-        max_concurrency: ctx.config.max_concurrency,
-        gates,
-        running,
-        recent,
-        counters,
-        reaper,
-        merge_gate,
-        outbox,
-        stop,
-        costs,
-        post_deploy,
-    })
+    });
+    let mut report = report?;
+    report.errors = errors;
+    Ok(report)
 }
 
-/// Run `orch status`.
+/// Run `orch status`. Exit 0, or 1 when a block could not be read (the
+/// others were printed).
 pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     let report = report(ctx, args.recent)?;
+    // Partial: a block could not be read; the others are shown (docs/exit-codes.md).
+    let code = if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
     if args.json {
         output::print_json(&report)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
+    let failed = |name: &str, label: &str| -> bool {
+        match report.errors.get(name) {
+            Some(e) => {
+                println!("{label:<10} ERROR: {e}");
+                true
+            }
+            None => false,
+        }
+    };
     let now = report.now;
     let counts: Vec<String> = report
         .counts
@@ -273,6 +349,23 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             None => ", never ran".to_owned(),
         }
     );
+    let rc = &report.reconcile;
+    println!(
+        "reconcile  {}  passes {}{}",
+        if rc["enabled"] == true { "on" } else { "OFF" },
+        rc["passes_total"],
+        match rc["last_pass"]["at"].as_i64() {
+            Some(at) => format!(
+                ", last pass {}: {} advanced, {} replayed from the tracker, {} STOP(s) applied, {} error(s)",
+                output::ago(Some(at), now),
+                rc["last_pass"]["advanced"],
+                rc["last_pass"]["polled"],
+                rc["last_pass"]["cancels_applied"],
+                rc["last_pass"]["errors"].as_array().map_or(0, Vec::len)
+            ),
+            None => ", never ran".to_owned(),
+        }
+    );
     let m = &report.merge_gate;
     let leases: Vec<String> = m["leases"]
         .as_array()
@@ -288,54 +381,60 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
                 .collect()
         })
         .unwrap_or_default();
-    println!(
-        "merge gate {}  repos {}, leases held: {}, reclaimed {}, re-tests {} (timeouts {}, red {})",
-        if m["enabled"] == true { "on" } else { "OFF" },
-        m["repos"]
-            .as_array()
-            .map(|a| a
-                .iter()
-                .filter_map(|v| v.as_str())
-                .collect::<Vec<_>>()
-                .join(","))
-            .unwrap_or_default(),
-        if leases.is_empty() {
-            "none".to_owned()
-        } else {
-            leases.join("; ")
-        },
-        m["lease_reclaimed_total"],
-        m["retests_total"],
-        m["retest_timeouts_total"],
-        m["red_total"]
-    );
-    let st = &report.stop;
-    println!(
-        "stop       {}  repos {}, cancelled {}, pending requests {}",
-        if st["enabled"] == true { "on" } else { "OFF" },
-        st["repos"]
-            .as_array()
-            .filter(|a| !a.is_empty())
-            .map_or_else(
-                || "all".to_owned(),
-                |a| a
+    if !failed("merge_gate", "merge gate") {
+        println!(
+            "merge gate {}  repos {}, leases held: {}, reclaimed {}, re-tests {} (timeouts {}, red {})",
+            if m["enabled"] == true { "on" } else { "OFF" },
+            m["repos"]
+                .as_array()
+                .map(|a| a
                     .iter()
                     .filter_map(|v| v.as_str())
                     .collect::<Vec<_>>()
-                    .join(",")
-            ),
-        st["cancelled_count"],
-        st["pending_requests"]
-    );
+                    .join(","))
+                .unwrap_or_default(),
+            if leases.is_empty() {
+                "none".to_owned()
+            } else {
+                leases.join("; ")
+            },
+            m["lease_reclaimed_total"],
+            m["retests_total"],
+            m["retest_timeouts_total"],
+            m["red_total"]
+        );
+    }
+    let st = &report.stop;
+    if !failed("stop", "stop") {
+        println!(
+            "stop       {}  repos {}, cancelled {}, pending requests {}",
+            if st["enabled"] == true { "on" } else { "OFF" },
+            st["repos"]
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .map_or_else(
+                    || "all".to_owned(),
+                    |a| a
+                        .iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            st["cancelled_count"],
+            st["pending_requests"]
+        );
+    }
     let costs = &report.costs;
     let blocked = costs["tasks"].as_array().map_or(0, |ts| {
         ts.iter().filter(|t| !t["blocked"].is_null()).count()
     });
-    println!(
-        "cost       ${:.2} over every run; {} active task(s), {blocked} blocked over budget",
-        costs["total_usd"].as_f64().unwrap_or(0.0),
-        costs["tasks"].as_array().map_or(0, Vec::len)
-    );
+    if !failed("costs", "cost") {
+        println!(
+            "cost       ${:.2} over every run; {} active task(s), {blocked} blocked over budget",
+            costs["total_usd"].as_f64().unwrap_or(0.0),
+            costs["tasks"].as_array().map_or(0, Vec::len)
+        );
+    }
     let pd = &report.post_deploy;
     let watching: Vec<String> = pd["running"]
         .as_array()
@@ -376,35 +475,42 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
                 .collect()
         })
         .unwrap_or_default();
-    println!(
-        "post-deploy {}  window {}s, {} checks, max failures {}, auto-rollback {}; watching: {}; last: {}",
-        if pd["enabled"] == true { "on" } else { "OFF" },
-        pd["window_s"],
-        pd["checks"],
-        pd["max_failures"],
-        if pd["auto_rollback"] == true {
-            "on"
-        } else {
-            "off"
-        },
-        if watching.is_empty() {
-            "none".to_owned()
-        } else {
-            watching.join("; ")
-        },
-        if last.is_empty() {
-            "none".to_owned()
-        } else {
-            last.join("; ")
-        }
-    );
+    if !failed("post_deploy", "post-deploy") {
+        println!(
+            "post-deploy {}  window {}s, {} checks, max failures {}, auto-rollback {}; watching: {}; last: {}",
+            if pd["enabled"] == true { "on" } else { "OFF" },
+            pd["window_s"],
+            pd["checks"],
+            pd["max_failures"],
+            if pd["auto_rollback"] == true {
+                "on"
+            } else {
+                "off"
+            },
+            if watching.is_empty() {
+                "none".to_owned()
+            } else {
+                watching.join("; ")
+            },
+            if last.is_empty() {
+                "none".to_owned()
+            } else {
+                last.join("; ")
+            }
+        );
+    }
     let o = &report.outbox;
-    println!(
-        "outbox     pending {}, delivered {}, dead {}",
-        o.get("pending").copied().unwrap_or(0),
-        o.get("delivered").copied().unwrap_or(0),
-        o.get("dead").copied().unwrap_or(0)
-    );
+    if !failed("outbox", "outbox") {
+        println!(
+            "outbox     pending {}, delivered {}, dead {}",
+            o.get("pending").copied().unwrap_or(0),
+            o.get("delivered").copied().unwrap_or(0),
+            o.get("dead").copied().unwrap_or(0)
+        );
+    }
+    for name in ["counts", "running", "recent", "counters"] {
+        failed(name, name);
+    }
 
     println!("\nrunning");
     if report.running.is_empty() {
@@ -514,7 +620,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         }
         print!("{}", indent(&t.render()));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 fn indent(s: &str) -> String {

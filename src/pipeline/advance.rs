@@ -11,7 +11,7 @@ use crate::error::OrchError;
 use crate::outbox;
 use crate::pipeline::engine::{self, Committed};
 use crate::pipeline::evaluate::{self, Decision, Evaluation};
-use crate::pipeline::task;
+use crate::pipeline::{self_deploy, task};
 use crate::queue;
 use crate::storage::{Db, now};
 use crate::workspace::Workspace;
@@ -31,9 +31,14 @@ pub struct Advanced {
     pub note: String,
 }
 
-/// Record the human "Approved" status in the local tracker.
-pub fn record_approval(db: &mut Db, task_id: i64, by: &str) -> anyhow::Result<()> {
+/// Record the human "Approved" status in the local tracker. On a task parked
+/// awaiting Confirm Deploy it records nothing ("Approved" does not deploy).
+pub fn record_approval(ctx: &Ctx, db: &mut Db, task_id: i64, by: &str) -> anyhow::Result<()> {
     let t = task::require(db.conn(), task_id)?;
+    if self_deploy::awaiting_confirm(db.conn(), &ctx.config, &t)? {
+        log::info!("task {task_id}: \"Approved\" by {by} on deploy: approved-on-deploy-noop");
+        return Ok(());
+    }
     db.write(|tx| {
         tracker::local::set_state(tx, t.id, tracker::state::APPROVED, now())?;
         tx.execute(
@@ -68,6 +73,25 @@ pub fn advance_task(ctx: &Ctx, db: &mut Db, task_id: i64) -> anyhow::Result<Adva
             "task {task_id} has job {} {} ({}); its gates are evaluated when that job ends",
             j.id, j.status, j.agent
         );
+        return Ok(out);
+    }
+    // Parked awaiting Confirm Deploy: phase A already asked the human once.
+    // Committing `AwaitHuman` again would post "In Review", a comment and a
+    // notification on every `orch advance` and every reconcile pass.
+    if self_deploy::awaiting_confirm(db.conn(), &ctx.config, &t)? {
+        log::info!(
+            "task {task_id}: approved-on-deploy-noop (awaiting Confirm Deploy; nothing posted)"
+        );
+        out.note = format!(
+            "task {task_id} waits on deploy for \"Confirm Deploy\": {}",
+            self_deploy::APPROVED_ON_DEPLOY_NOOP
+        );
+        out.evaluation = Some(Evaluation::new(
+            Vec::new(),
+            Decision::AwaitHuman {
+                reason: self_deploy::APPROVED_ON_DEPLOY_NOOP.to_owned(),
+            },
+        ));
         return Ok(out);
     }
     let branch = t

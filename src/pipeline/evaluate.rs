@@ -78,7 +78,7 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
-    fn new(gates: Vec<GateResult>, decision: Decision) -> Evaluation {
+    pub(crate) fn new(gates: Vec<GateResult>, decision: Decision) -> Evaluation {
         Evaluation {
             gates,
             decision,
@@ -203,7 +203,7 @@ pub fn evaluate(
                 return Ok(Evaluation::new(
                     Vec::new(),
                     Decision::AwaitHuman {
-                        reason: "approved-on-deploy-noop: the production deploy of the self-hosting repo starts only with the \"Confirm Deploy\" status (orch advance --task N --confirm-deploy); \"Approved\" does not deploy".to_owned(),
+                        reason: crate::pipeline::self_deploy::APPROVED_ON_DEPLOY_NOOP.to_owned(),
                     },
                 ));
             }

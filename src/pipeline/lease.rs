@@ -253,28 +253,7 @@ pub fn reclaim_pass(
             let Some(why) = unusable_because(tx, config, locks_dir, &current, now)? else {
                 return Ok(None);
             };
-            release(tx, &current.repo, &current.branch)?;
-            let detail =
-                serde_json::json!({ "repo": current.repo, "branch": current.branch, "why": why });
-            counters::bump(tx, "lease_reclaimed_total", 1, Some(&detail), now)?;
-            outbox::push(
-                tx,
-                &format!(
-                    "lease-reclaim-{}-{}-{}",
-                    current.repo, current.branch, current.acquired_at
-                ),
-                &Message::Notify {
-                    text: format!(
-                        "merge lease for {} reclaimed ({why}, holder={})",
-                        current.repo, current.branch
-                    ),
-                },
-                now,
-            )?;
-            Ok(Some(Reclaimed {
-                lease: current,
-                why,
-            }))
+            Ok(Some(reclaim_row(tx, current, why, now)?))
         })?;
         if let Some(r) = reclaimed {
             log::warn!(
@@ -287,4 +266,113 @@ pub fn reclaim_pass(
         }
     }
     Ok(out)
+}
+
+/// Release `current` (judged unusable for `why`), count it and notify, inside
+/// the caller's write transaction.
+fn reclaim_row(
+    conn: &Connection,
+    current: Lease,
+    why: String,
+    now: i64,
+) -> anyhow::Result<Reclaimed> {
+    release(conn, &current.repo, &current.branch)?;
+    let detail = serde_json::json!({ "repo": current.repo, "branch": current.branch, "why": why });
+    counters::bump(conn, "lease_reclaimed_total", 1, Some(&detail), now)?;
+    outbox::push(
+        conn,
+        &format!(
+            "lease-reclaim-{}-{}-{}",
+            current.repo, current.branch, current.acquired_at
+        ),
+        &Message::Notify {
+            text: format!(
+                "merge lease for {} reclaimed ({why}, holder={})",
+                current.repo, current.branch
+            ),
+        },
+        now,
+    )?;
+    Ok(Reclaimed {
+        lease: current,
+        why,
+    })
+}
+
+/// The lazy reclaim on acquire, the only reclaim left when
+/// `lease_reclaim_enabled = false` (the seed kept it under its kill-switch):
+/// an acquirer refused by `lease` takes it over once it is older than
+/// `merge_lock_timeout_s` — and, as everywhere here, only if its holder can no
+/// longer use it, so a live merge or a task parked on `deploy` keeps it.
+/// Returns what was reclaimed; the caller then acquires again.
+pub fn reclaim_expired_on_acquire(
+    conn: &Connection,
+    config: &Config,
+    locks_dir: &std::path::Path,
+    lease: &Lease,
+    now: i64,
+) -> anyhow::Result<Option<Reclaimed>> {
+    let ttl = i64::try_from(config.merge_lock_timeout_s).unwrap_or(i64::MAX);
+    if now - lease.acquired_at < ttl {
+        return Ok(None);
+    }
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    // Re-read under the write lock: the holder may have released or re-acquired.
+    if get(&tx, &lease.repo)?.as_ref() != Some(lease) {
+        return Ok(None);
+    }
+    let Some(why) = unusable_because(&tx, config, locks_dir, lease, now)? else {
+        return Ok(None);
+    };
+    let age = now - lease.acquired_at;
+    let r = reclaim_row(
+        &tx,
+        lease.clone(),
+        format!("on acquire, age {age}s >= merge_lock_timeout_s: {why}"),
+        now,
+    )?;
+    tx.commit()?;
+    log::warn!(
+        "reclaimed the merge lease of {} from {} on acquire: {}",
+        r.lease.repo,
+        r.lease.branch,
+        r.why
+    );
+    Ok(Some(r))
+}
+
+/// The lazy reclaim before a claim, with `lease_reclaim_enabled = false`: the
+/// serial gate keeps another task's `deploy-staging`/`deploy` jobs from being
+/// claimed while a lease is held, so the claim is where the next acquirer
+/// waits; every expired lease whose holder cannot use it is reclaimed there
+/// (see [`reclaim_expired_on_acquire`]). Best-effort: an error is logged and
+/// the claim goes on (the lease then stays, as with the switch off before).
+pub fn reclaim_expired_before_claim(
+    conn: &Connection,
+    config: &Config,
+    locks_dir: &std::path::Path,
+    now: i64,
+) -> Vec<Reclaimed> {
+    if config.lease_reclaim_enabled {
+        return Vec::new();
+    }
+    let leases = match all(conn) {
+        Ok(l) => l,
+        Err(e) => {
+            log::warn!("reading the merge leases before a claim: {e}");
+            return Vec::new();
+        }
+    };
+    leases
+        .iter()
+        .filter_map(
+            |l| match reclaim_expired_on_acquire(conn, config, locks_dir, l, now) {
+                Ok(r) => r,
+                Err(e) => {
+                    log::warn!("reclaiming the expired merge lease of {}: {e:#}", l.repo);
+                    None
+                }
+            },
+        )
+        .collect()
 }

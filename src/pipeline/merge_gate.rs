@@ -10,6 +10,10 @@
 //! the bound is spent); a `red` re-test or a rebase `conflict` releases the
 //! lease and rolls the task back to development; `lock-busy` (another task
 //! merges) waits without spending an attempt; anything else retries.
+//!
+//! Off (`merge_gate_enabled = false`) or for a repository outside
+//! `merge_gate_repos`, the gate passes and touches nothing: the switch must
+//! restore the behaviour without it, not a half of it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -70,15 +74,40 @@ pub fn check(
     let ws = Workspace::new(&ctx.repos_dir(), &task.repo, ctx.config.repo(&task.repo)?)?;
     let base = ws.default_branch().to_owned();
     let branch = task.branch.clone().unwrap_or_default();
-    let leased = ctx.config.merge_gate_applies(&task.repo);
-    if leased {
+    // Off (`merge_gate_enabled = false`) or out of scope (`merge_gate_repos`):
+    // no lease, no rebase, no push, no re-test. The forge's merge still
+    // refuses a branch that is behind (back to development) or that moved.
+    if !ctx.config.merge_gate_applies(&task.repo) {
+        let why = if ctx.config.merge_gate_enabled {
+            format!("{} is not in merge_gate_repos", task.repo)
+        } else {
+            "merge_gate_enabled = false".to_owned()
+        };
+        return Ok((
+            GateResult::pass(
+                gate,
+                format!("merge gate off ({why}): no rebase, no re-test"),
+            ),
+            None,
+        ));
+    }
+    {
         let holder = Holder {
             task_id: task.id,
             branch: &branch,
             work_item_id: &task.work_item_id,
             job_id,
         };
-        if let Acquired::Busy(other) = lease::acquire(conn, &task.repo, holder, now())? {
+        let mut acquired = lease::acquire(conn, &task.repo, holder, now())?;
+        // With the proactive reclaim off, an expired lease is taken over here.
+        if let Acquired::Busy(other) = &acquired
+            && !ctx.config.lease_reclaim_enabled
+            && lease::reclaim_expired_on_acquire(conn, &ctx.config, &ctx.locks_dir(), other, now())?
+                .is_some()
+        {
+            acquired = lease::acquire(conn, &task.repo, holder, now())?;
+        }
+        if let Acquired::Busy(other) = acquired {
             bump(conn, "merge_gate_lock_busy_total");
             let reason = format!(
                 "merge lease of {} held by task {} ({}): waiting (lock-busy)",
@@ -97,7 +126,7 @@ pub fn check(
         crash::point("merge.leased");
     }
     let release = || {
-        if leased && let Err(e) = lease::release(conn, &task.repo, &branch) {
+        if let Err(e) = lease::release(conn, &task.repo, &branch) {
             log::warn!("releasing the merge lease of {}: {e}", task.repo);
         }
     };

@@ -1,8 +1,9 @@
 //! The reconciler (`orch reconcile`): repair the drift between the source of
 //! truth and the task's stage that lost webhooks and crashes leave behind.
 //! One pass processes pending webhook deliveries, delivers the outbox,
-//! advances tasks whose gate is already green (skipping escalated, blocked,
-//! busy and terminal tasks, after a per-stage grace), and polls Plane for
+//! advances tasks whose gate is already green (never analysis, the human's
+//! gate; skipping escalated, blocked, busy and terminal tasks, after a
+//! per-stage grace), and polls Plane for
 //! issues whose webhook never arrived. Every step is idempotent.
 
 use std::collections::BTreeMap;
@@ -12,7 +13,7 @@ use serde::Serialize;
 use crate::backends::tracker::{self, key, plane::PlaneClient};
 use crate::context::Ctx;
 use crate::outbox;
-use crate::pipeline::{Stage, advance, cancel, task};
+use crate::pipeline::{Stage, advance, cancel, self_deploy, task};
 use crate::queue;
 use crate::storage::{Db, counters, now};
 use crate::webhooks::route::{self, Routed};
@@ -35,34 +36,76 @@ pub struct Reconciled {
     pub polled: Vec<String>,
     /// Tasks whose pending STOP was applied (its critical window had closed).
     pub cancels_applied: Vec<i64>,
+    /// The steps that failed (`step: error`); every other step still ran.
+    pub errors: Vec<String>,
 }
 
-/// One reconcile pass.
-pub fn reconcile_once(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Reconciled> {
-    let mut out = Reconciled {
-        deliveries: route::process_pending(ctx, db)?,
-        outbox: outbox::deliver(ctx, db)?,
-        ..Reconciled::default()
-    };
-    if !ctx.config.reconcile_enabled {
+/// One reconcile pass. Never raises past a step: each step (deliveries,
+/// outbox, pending STOPs, stuck stages, the tracker poll, the final outbox
+/// flush) is isolated, its error is collected in `errors`, and the next step
+/// still runs — a Plane outage must not keep a STOP's notification, queued
+/// by an earlier step, from going out. The pass is recorded in the counter
+/// `reconcile_passes_total` (its `last` detail is what `orch status` shows).
+pub fn reconcile_once(ctx: &Ctx, db: &mut Db) -> Reconciled {
+    let t0 = now();
+    let mut out = Reconciled::default();
+    match route::process_pending(ctx, db) {
+        Ok(d) => out.deliveries = d,
+        Err(e) => step_failed(&mut out, "webhook deliveries", &e),
+    }
+    match outbox::deliver(ctx, db) {
+        Ok(d) => out.outbox = d,
+        Err(e) => step_failed(&mut out, "outbox", &e),
+    }
+    if ctx.config.reconcile_enabled {
+        // Before anything advances a task: a STOP whose window closed is final.
+        match cancel::apply_pending(ctx, db) {
+            Ok(applied) => out.cancels_applied = applied.into_iter().map(|(id, _)| id).collect(),
+            Err(e) => step_failed(&mut out, "pending STOPs", &e),
+        }
+        if let Err(e) = stuck_stages(ctx, db, &mut out) {
+            step_failed(&mut out, "stuck stages", &e);
+        }
+        if ctx.config.tracker == "plane"
+            && let Err(e) = poll_plane(ctx, db, &mut out)
+        {
+            step_failed(&mut out, "tracker poll", &e);
+        }
+    } else {
         out.skipped.insert("reconcile disabled".into(), 1);
-        return Ok(out);
     }
-    // Before anything advances a task: a STOP whose window closed is final.
-    out.cancels_applied = cancel::apply_pending(ctx, db)?
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    stuck_stages(ctx, db, &mut out)?;
-    if ctx.config.tracker == "plane" {
-        poll_plane(ctx, db, &mut out)?;
+    // What the steps above queued for the tracker goes out now, whatever failed.
+    match outbox::deliver(ctx, db) {
+        Ok(more) => {
+            out.outbox.delivered += more.delivered;
+            out.outbox.retrying = more.retrying;
+            out.outbox.dead += more.dead;
+        }
+        Err(e) => step_failed(&mut out, "final outbox flush", &e),
     }
-    // What the passes above queued for the tracker goes out now.
-    let more = outbox::deliver(ctx, db)?;
-    out.outbox.delivered += more.delivered;
-    out.outbox.retrying = more.retrying;
-    out.outbox.dead += more.dead;
-    Ok(out)
+    let detail = serde_json::json!({
+        "at": t0,
+        "deliveries_acted": out.deliveries.acted,
+        "deliveries_failed": out.deliveries.failed,
+        "outbox_delivered": out.outbox.delivered,
+        "advanced": out.advanced.len(),
+        "polled": out.polled.len(),
+        "cancels_applied": out.cancels_applied.len(),
+        "skipped": out.skipped,
+        "errors": out.errors,
+    });
+    if let Err(e) = db.write(|tx| {
+        counters::bump(tx, "reconcile_passes_total", 1, Some(&detail), now())?;
+        Ok(())
+    }) {
+        step_failed(&mut out, "recording the pass", &e);
+    }
+    out
+}
+
+fn step_failed(out: &mut Reconciled, step: &str, e: &anyhow::Error) {
+    log::warn!("reconcile: {step}: {e:#}");
+    out.errors.push(format!("{step}: {e:#}"));
 }
 
 fn grace_for(ctx: &Ctx, stage: Stage) -> i64 {
@@ -87,6 +130,18 @@ fn stuck_stages(ctx: &Ctx, db: &mut Db, out: &mut Reconciled) -> anyhow::Result<
             continue;
         }
         if stage == Stage::Created {
+            continue;
+        }
+        // Analysis is the human's gate: re-posting the approval request would
+        // override the state a person set on the issue, and advancing it is
+        // the person's call ("Approved", replayed by the poll below).
+        if stage == Stage::Analysis {
+            skip(out, "analysis (human gate)");
+            continue;
+        }
+        // Phase A asked for Confirm Deploy once; asking again on a timer is noise.
+        if self_deploy::awaiting_confirm(db.conn(), &ctx.config, &t)? {
+            skip(out, "awaiting Confirm Deploy");
             continue;
         }
         // Gates that run the test suite or the merge gate are never re-run
@@ -173,37 +228,52 @@ fn poll_plane(ctx: &Ctx, db: &mut Db, out: &mut Reconciled) -> anyhow::Result<()
         .map(|(name, r)| (name.clone(), r.plane_project.clone()))
         .collect();
     for (repo, project) in projects {
-        let states = client.project_states(&project)?;
-        for issue in client.list_issues(&project)? {
-            let Some(state_key) = states.key_of(&issue.state_id).map(str::to_owned) else {
-                continue;
-            };
-            let existing = task::by_plane_id(db.conn(), &issue.id)?;
-            // A terminal task needs no Plane call and no action.
-            if existing.as_ref().is_some_and(|t| t.stage().is_terminal()) {
-                db.write(|tx| {
-                    counters::bump(tx, "reconcile_skipped_terminal_total", 1, None, now())?;
-                    Ok(())
-                })?;
-                continue;
-            }
-            // Only the states that start, stop or gate something are replayed;
-            // Confirm Deploy is never replayed (it must be a fresh human act).
-            let replay = match state_key.as_str() {
-                key::TO_ANALYSE | key::IN_PROGRESS => existing.is_none(),
-                key::STOP => existing.is_some(),
-                key::APPROVED => existing
-                    .as_ref()
-                    .is_some_and(|t| t.stage() == Stage::Analysis),
-                _ => false,
-            };
-            if !replay {
-                continue;
-            }
-            match route::act_on_state(ctx, db, &repo, &project, &issue, &state_key, false)? {
-                Routed::Acted(note) => out.polled.push(note),
-                Routed::Ignored(_) => {}
-            }
+        // One project's failure (an unknown project, a 500) never hides the others.
+        if let Err(e) = poll_project(ctx, db, out, &client, &repo, &project) {
+            step_failed(out, &format!("tracker poll of {repo}"), &e);
+        }
+    }
+    Ok(())
+}
+
+fn poll_project(
+    ctx: &Ctx,
+    db: &mut Db,
+    out: &mut Reconciled,
+    client: &PlaneClient,
+    repo: &str,
+    project: &str,
+) -> anyhow::Result<()> {
+    let states = client.project_states(project)?;
+    for issue in client.list_issues(project)? {
+        let Some(state_key) = states.key_of(&issue.state_id).map(str::to_owned) else {
+            continue;
+        };
+        let existing = task::by_plane_id(db.conn(), &issue.id)?;
+        // A terminal task needs no Plane call and no action.
+        if existing.as_ref().is_some_and(|t| t.stage().is_terminal()) {
+            db.write(|tx| {
+                counters::bump(tx, "reconcile_skipped_terminal_total", 1, None, now())?;
+                Ok(())
+            })?;
+            continue;
+        }
+        // Only the states that start, stop or gate something are replayed;
+        // Confirm Deploy is never replayed (it must be a fresh human act).
+        let replay = match state_key.as_str() {
+            key::TO_ANALYSE | key::IN_PROGRESS => existing.is_none(),
+            key::STOP => existing.is_some(),
+            key::APPROVED => existing
+                .as_ref()
+                .is_some_and(|t| t.stage() == Stage::Analysis),
+            _ => false,
+        };
+        if !replay {
+            continue;
+        }
+        match route::act_on_state(ctx, db, repo, project, &issue, &state_key, false)? {
+            Routed::Acted(note) => out.polled.push(note),
+            Routed::Ignored(_) => {}
         }
     }
     Ok(())

@@ -94,6 +94,22 @@ pub fn initiated(conn: &Connection, task_id: i64) -> rusqlite::Result<bool> {
     Ok(get(conn, task_id)?.is_some_and(|d| d.initiated_at.is_some()))
 }
 
+/// What every path that is not Confirm Deploy says to a task parked on
+/// `deploy` awaiting it ("Approved", `orch advance`, the reconciler).
+pub const APPROVED_ON_DEPLOY_NOOP: &str = "approved-on-deploy-noop: the production deploy of the self-hosting repo starts only with the \"Confirm Deploy\" status (orch advance --task N --confirm-deploy); \"Approved\" does not deploy";
+
+/// Whether `task` is parked on `deploy` awaiting Confirm Deploy (phase A done,
+/// phase B not started). Such a task was already asked once, in phase A; any
+/// other path that reaches it is a logged no-op with no tracker or notifier
+/// traffic, so a timer or a repeated click cannot flood the issue.
+pub fn awaiting_confirm(
+    conn: &Connection,
+    config: &Config,
+    task: &task::Task,
+) -> rusqlite::Result<bool> {
+    Ok(task.stage() == Stage::Deploy && applies(config, &task.repo) && !initiated(conn, task.id)?)
+}
+
 /// Phase A, inside the commit transaction: record the staging-verified commit
 /// and ask for Confirm Deploy. The caller moved the task to `deploy`.
 pub fn request_confirmation(

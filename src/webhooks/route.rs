@@ -216,7 +216,7 @@ pub fn act_on_state(
         },
         key::APPROVED => match existing {
             Some(t) if t.stage() == Stage::Analysis => {
-                advance::record_approval(db, t.id, "Plane \"Approved\" status")?;
+                advance::record_approval(ctx, db, t.id, "Plane \"Approved\" status")?;
                 let a = advance::advance_task(ctx, db, t.id)?;
                 Ok(Routed::Acted(a.note))
             }
