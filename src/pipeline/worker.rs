@@ -6,7 +6,7 @@
 //! reaper requeued as a finalize-only continuation (its agent succeeded, its
 //! worker died) skips the agent and is finalized as that worker would have.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -261,7 +261,7 @@ fn worktree_for(
     job: &Job,
     task: &Task,
     what: &str,
-) -> anyhow::Result<Result<(Workspace, std::path::PathBuf), Committed>> {
+) -> anyhow::Result<Result<(Workspace, PathBuf), Committed>> {
     let ws = Workspace::new(&ctx.repos_dir(), &task.repo, ctx.config.repo(&task.repo)?)?;
     let branch = task
         .branch
@@ -284,13 +284,56 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
         Ok(found) => found,
         Err(c) => return Ok(RunReport::new(job, c)),
     };
-    let task_id = task.id;
+    if let Some(report) = run_reserved(ctx, db, fence, job, &task)? {
+        return Ok(report);
+    }
+    if let Some(report) = refuse_over_budget(ctx, db, fence, job, &task)? {
+        return Ok(report);
+    }
+    let (ws, worktree) = match worktree_for(ctx, db, fence, job, &task, "launch error")? {
+        Ok(found) => found,
+        Err(c) => return Ok(RunReport::new(job, c)),
+    };
+    crash::point("run.worktree");
 
-    // Reserved agents run deterministically, without an LLM process.
+    let (mut report, verdict) = run_agent(ctx, db, fence, job, &task, stage, &worktree)?;
+    let failed = match verdict {
+        RunVerdict::Success => None,
+        RunVerdict::Transient(r) => Some(Outcome::Transient(r)),
+        RunVerdict::Failure(r) => Some(Outcome::Retry(r)),
+        RunVerdict::Permanent(r) => Some(Outcome::Failed(r)),
+    };
+    if let Some(outcome) = failed {
+        report.committed = fail_job(ctx, db, job, fence, &outcome)?;
+        return Ok(report);
+    }
+    push_and_finalize(
+        ctx,
+        db,
+        fence,
+        job,
+        &task,
+        stage,
+        &ws,
+        &worktree,
+        &mut report,
+    )?;
+    Ok(report)
+}
+
+/// The reserved agents, which run deterministically without an LLM process:
+/// the deploy finalizer and the post-deploy monitor. `None` for any other.
+fn run_reserved(
+    ctx: &Ctx,
+    db: &mut Db,
+    fence: Fence<'_>,
+    job: &Job,
+    task: &Task,
+) -> anyhow::Result<Option<RunReport>> {
+    let mut report = RunReport::new(job, Committed::LostClaim);
     if job.agent == self_deploy::FINALIZER_AGENT {
         let wait = Duration::from_secs(ctx.config.agent_timeout_s);
-        let finalized = self_deploy::finalize(ctx, db, task_id, Some(fence), wait)?;
-        let mut report = RunReport::new(job, Committed::LostClaim);
+        let finalized = self_deploy::finalize(ctx, db, task.id, Some(fence), wait)?;
         report.run_verdict = format!("deploy-finalizer: {}", finalized.note);
         report.committed = match finalized.committed {
             Some(c) => c,
@@ -309,12 +352,10 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
                 &Outcome::Failed(format!("deploy finalizer: {}", finalized.note)),
             )?,
         };
-        return Ok(report);
+        return Ok(Some(report));
     }
-
     if job.agent == post_deploy::MONITOR_AGENT {
-        let mut report = RunReport::new(job, Committed::LostClaim);
-        match post_deploy::run(ctx, db, &task, fence) {
+        match post_deploy::run(ctx, db, task, fence) {
             Ok(m) => {
                 report.run_verdict = format!("post-deploy-monitor: {}", m.note);
                 report.committed = m.committed;
@@ -332,99 +373,111 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
                 )?;
             }
         }
-        return Ok(report);
+        return Ok(Some(report));
     }
+    Ok(None)
+}
 
-    // The budget is checked before every stage start and every retry.
-    if let Some(reason) = budget::refuse_run(db.conn(), &ctx.config, &task)? {
-        let blocked = db.write(|tx| {
-            let blocked = budget::block(tx, &task, &reason, now())?;
-            crate::queue::release_claim(tx, job.id, fence.token)?;
-            Ok(blocked)
-        })?;
-        log::warn!(
-            "task {task_id} {}: {reason}",
-            if blocked { "blocked" } else { "stays blocked" }
-        );
-        let mut report = RunReport::new(job, Committed::LostClaim);
-        report.run_verdict = format!("not started: {reason}");
-        report.committed = Committed::StageMoved {
-            job: None,
-            stage: task.stage.clone(),
-        };
-        return Ok(report);
-    }
-
-    let branch = task.branch.clone().unwrap_or_default();
-    let (ws, worktree) = match worktree_for(ctx, db, fence, job, &task, "launch error")? {
-        Ok(found) => found,
-        Err(c) => return Ok(RunReport::new(job, c)),
+/// The budget is checked before every stage start and every retry: a task
+/// that cannot afford its next run is blocked and the claim given back.
+fn refuse_over_budget(
+    ctx: &Ctx,
+    db: &mut Db,
+    fence: Fence<'_>,
+    job: &Job,
+    task: &Task,
+) -> anyhow::Result<Option<RunReport>> {
+    let Some(reason) = budget::refuse_run(db.conn(), &ctx.config, task)? else {
+        return Ok(None);
     };
-    crash::point("run.worktree");
+    let blocked = db.write(|tx| {
+        let blocked = budget::block(tx, task, &reason, now())?;
+        crate::queue::release_claim(tx, job.id, fence.token)?;
+        Ok(blocked)
+    })?;
+    log::warn!(
+        "task {} {}: {reason}",
+        task.id,
+        if blocked { "blocked" } else { "stays blocked" }
+    );
+    let mut report = RunReport::new(job, Committed::LostClaim);
+    report.run_verdict = format!("not started: {reason}");
+    report.committed = Committed::StageMoved {
+        job: None,
+        stage: task.stage.clone(),
+    };
+    Ok(Some(report))
+}
 
-    let run_dir = ctx
-        .state_dir
-        .join("runs")
-        .join(format!("job-{}-{}", job.id, job.attempts));
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    let task_file = run_dir.join("task.md");
-    std::fs::write(
-        &task_file,
-        brief::task_file(&task, stage, &job.agent, &job.task_content),
-    )
-    .with_context(|| format!("writing {}", task_file.display()))?;
-    let log_path = run_dir.join("agent.log");
-    let cost_file = run_dir.join("cost.json");
-    let _ = std::fs::remove_file(&cost_file);
-    let ledger = budget::ledger(db.conn(), &ctx.config, &task)?;
-    let run_cap = ctx.config.run_budget_usd().unwrap_or(0.0);
-    let run_budget = ledger.remaining_usd.map_or(run_cap, |r| r.min(run_cap));
+/// Where one run keeps its files: `<state>/runs/job-<id>-<attempt>/`.
+struct RunFiles {
+    task_file: PathBuf,
+    log: PathBuf,
+    cost_file: PathBuf,
+}
+
+impl RunFiles {
+    fn create(ctx: &Ctx, job: &Job, task: &Task, stage: Stage) -> anyhow::Result<RunFiles> {
+        let dir = ctx
+            .state_dir
+            .join("runs")
+            .join(format!("job-{}-{}", job.id, job.attempts));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let files = RunFiles {
+            task_file: dir.join("task.md"),
+            log: dir.join("agent.log"),
+            cost_file: dir.join("cost.json"),
+        };
+        std::fs::write(
+            &files.task_file,
+            brief::task_file(task, stage, &job.agent, &job.task_content),
+        )
+        .with_context(|| format!("writing {}", files.task_file.display()))?;
+        // A cost report left by an earlier run of this attempt is not this run's.
+        let _ = std::fs::remove_file(&files.cost_file);
+        Ok(files)
+    }
+}
+
+/// Run the stage's agent in `worktree` and record the run from start to
+/// end; the report so far and the verdict on the run.
+fn run_agent(
+    ctx: &Ctx,
+    db: &mut Db,
+    fence: Fence<'_>,
+    job: &Job,
+    task: &Task,
+    stage: Stage,
+    worktree: &Path,
+) -> anyhow::Result<(RunReport, RunVerdict)> {
+    let files = RunFiles::create(ctx, job, task, stage)?;
     let (command, protocol) = ctx.config.agent_command(stage);
     let session_id = uuid_v4()?;
-    let artifact_dir = crate::gates::artifact_dir(&worktree, &task.work_item_id);
-
-    let t0 = now();
-    let run_id = db.write(|tx| {
-        tx.execute(
-            "INSERT INTO agent_runs (job_id, task_id, agent, stage, command, started_at, output_path, session_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                job.id,
-                task_id,
-                job.agent,
-                stage.as_str(),
-                command,
-                t0,
-                log_path.display().to_string(),
-                session_id
-            ],
-        )?;
-        let run_id = tx.last_insert_rowid();
-        if !crate::queue::set_run(tx, job.id, fence.token, run_id, None)? {
-            anyhow::bail!("job {} is no longer ours (claim lost before the agent started)", job.id);
-        }
-        Ok(run_id)
-    })?;
+    // The per-run cap, lowered to what the task has left (read before this
+    // run is recorded: an unfinished run is charged the cap).
+    let ledger = budget::ledger(db.conn(), &ctx.config, task)?;
+    let run_cap = ctx.config.run_budget_usd().unwrap_or(0.0);
+    let run_budget = ledger.remaining_usd.map_or(run_cap, |r| r.min(run_cap));
+    let run_id = record_run_start(db, fence, job, task, stage, command, &files, &session_id)?;
     crash::point("run.recorded");
-
+    let artifact_dir = crate::gates::artifact_dir(worktree, &task.work_item_id);
     let env: Vec<(String, String)> = [
-        ("ORCH_TASK_ID", task_id.to_string()),
+        ("ORCH_TASK_ID", task.id.to_string()),
         ("ORCH_JOB_ID", job.id.to_string()),
         ("ORCH_RUN_ID", run_id.to_string()),
         ("ORCH_ATTEMPT", job.attempts.to_string()),
         ("ORCH_STAGE", stage.as_str().to_owned()),
         ("ORCH_AGENT", job.agent.clone()),
         ("ORCH_REPO", task.repo.clone()),
-        ("ORCH_BRANCH", branch.clone()),
+        ("ORCH_BRANCH", task.branch.clone().unwrap_or_default()),
         ("ORCH_WORK_ITEM", task.work_item_id.clone()),
         ("ORCH_WORKTREE", worktree.display().to_string()),
         ("ORCH_ARTIFACT_DIR", artifact_dir.display().to_string()),
-        ("ORCH_TASK_FILE", task_file.display().to_string()),
+        ("ORCH_TASK_FILE", files.task_file.display().to_string()),
         ("ORCH_SESSION_ID", session_id),
         ("ORCH_MAX_TURNS", ctx.config.agent_max_turns.to_string()),
-        // The per-run cap, lowered to what the task has left.
         ("ORCH_MAX_BUDGET_USD", format!("{run_budget:.2}")),
-        ("ORCH_COST_FILE", cost_file.display().to_string()),
+        ("ORCH_COST_FILE", files.cost_file.display().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -432,9 +485,9 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
     let spec = runner::Spec {
         program: "sh".to_owned(),
         args: vec!["-c".to_owned(), command.to_owned()],
-        cwd: worktree.clone(),
+        cwd: worktree.to_path_buf(),
         env,
-        log_path: log_path.clone(),
+        log_path: files.log.clone(),
         wall_timeout: Duration::from_secs(ctx.config.agent_timeout_s),
         stall_timeout: (ctx.config.agent_stall_timeout_s > 0)
             .then(|| Duration::from_secs(ctx.config.agent_stall_timeout_s)),
@@ -444,12 +497,8 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
     };
     let agent_started = std::time::Instant::now();
     crate::output::progress(&format!(
-        "job {}: {} agent started on stage {} of task {}",
-        job.id,
-        job.agent,
-        job.stage.as_deref().unwrap_or("-"),
-        job.task_id
-            .map_or_else(|| "-".to_owned(), |t| t.to_string())
+        "job {}: {} agent started on stage {stage} of task {}",
+        job.id, job.agent, task.id
     ));
     let outcome = runner::run(&spec, |pid| {
         let res = db.write(|tx| {
@@ -465,12 +514,13 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
         }
     })?;
 
-    let judged = judge::judge(&ctx.config, protocol, &outcome, &log_path, &cost_file);
-    let timed_out = outcome.timed_out.map(|t| match t {
-        runner::Timeout::Wall => "wall",
-        runner::Timeout::Stall => "stall",
-    });
-    let (result, cost_usd) = (&judged.result, judged.cost_usd);
+    let judged = judge::judge(
+        &ctx.config,
+        protocol,
+        &outcome,
+        &files.log,
+        &files.cost_file,
+    );
     let outcome_text = judged.verdict.describe();
     crate::output::progress(&format!(
         "job {}: {} agent ended after {:.1}s: {outcome_text}",
@@ -478,6 +528,70 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
         job.agent,
         agent_started.elapsed().as_secs_f64()
     ));
+    let timed_out = outcome.timed_out.map(|t| match t {
+        runner::Timeout::Wall => "wall",
+        runner::Timeout::Stall => "stall",
+    });
+    record_run_end(db, run_id, &outcome, timed_out, &outcome_text, &judged)?;
+    crash::point("run.exited");
+
+    let mut report = RunReport::new(job, Committed::LostClaim);
+    report.run_id = Some(run_id);
+    report.exit_code = outcome.exit_code;
+    report.signal = outcome.signal;
+    report.timed_out = timed_out.map(str::to_owned);
+    report.run_verdict = outcome_text;
+    report.log_path = Some(files.log.display().to_string());
+    report.cost_usd = judged.cost_usd;
+    Ok((report, judged.verdict))
+}
+
+/// Record a run about to start and tie it to the job, fenced by the claim.
+#[allow(clippy::too_many_arguments)]
+fn record_run_start(
+    db: &mut Db,
+    fence: Fence<'_>,
+    job: &Job,
+    task: &Task,
+    stage: Stage,
+    command: &str,
+    files: &RunFiles,
+    session_id: &str,
+) -> anyhow::Result<i64> {
+    db.write(|tx| {
+        tx.execute(
+            "INSERT INTO agent_runs (job_id, task_id, agent, stage, command, started_at, output_path, session_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                job.id,
+                task.id,
+                job.agent,
+                stage.as_str(),
+                command,
+                now(),
+                files.log.display().to_string(),
+                session_id
+            ],
+        )?;
+        let run_id = tx.last_insert_rowid();
+        if !crate::queue::set_run(tx, job.id, fence.token, run_id, None)? {
+            anyhow::bail!("job {} is no longer ours (claim lost before the agent started)", job.id);
+        }
+        Ok(run_id)
+    })
+}
+
+/// Record how a run ended: exit, verdict, cost and usage.
+fn record_run_end(
+    db: &mut Db,
+    run_id: i64,
+    outcome: &runner::Outcome,
+    timed_out: Option<&str>,
+    outcome_text: &str,
+    judged: &judge::Judged,
+) -> anyhow::Result<()> {
+    let result = judged.result.as_ref();
+    let tokens = |v: Option<u64>| v.and_then(|t| i64::try_from(t).ok());
     db.write(|tx| {
         tx.execute(
             "UPDATE agent_runs SET finished_at = ?2, exit_code = ?3, signal = ?4, timed_out = ?5,
@@ -492,58 +606,18 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
                 outcome.signal,
                 timed_out,
                 outcome_text,
-                result.as_ref().map(|r| r.is_error),
-                cost_usd,
+                result.map(|r| r.is_error),
+                judged.cost_usd,
                 judged.input_tokens,
                 judged.output_tokens,
-                result
-                    .as_ref()
-                    .and_then(|r| r.usage.cache_read_input_tokens)
-                    .map(|v| v as i64),
-                result
-                    .as_ref()
-                    .and_then(|r| r.usage.cache_creation_input_tokens)
-                    .map(|v| v as i64),
-                result.as_ref().and_then(|r| r.num_turns).map(|v| v as i64),
-                result.as_ref().and_then(|r| r.session_id.clone()),
+                result.and_then(|r| tokens(r.usage.cache_read_input_tokens)),
+                result.and_then(|r| tokens(r.usage.cache_creation_input_tokens)),
+                result.and_then(|r| tokens(r.num_turns)),
+                result.and_then(|r| r.session_id.clone()),
             ],
         )?;
         Ok(())
-    })?;
-    crash::point("run.exited");
-
-    let mut report = RunReport::new(job, Committed::LostClaim);
-    report.run_id = Some(run_id);
-    report.exit_code = outcome.exit_code;
-    report.signal = outcome.signal;
-    report.timed_out = timed_out.map(str::to_owned);
-    report.run_verdict = outcome_text;
-    report.log_path = Some(log_path.display().to_string());
-    report.cost_usd = cost_usd;
-
-    let failed = match judged.verdict {
-        RunVerdict::Success => None,
-        RunVerdict::Transient(r) => Some(Outcome::Transient(r)),
-        RunVerdict::Failure(r) => Some(Outcome::Retry(r)),
-        RunVerdict::Permanent(r) => Some(Outcome::Failed(r)),
-    };
-    if let Some(outcome) = failed {
-        report.committed = fail_job(ctx, db, job, fence, &outcome)?;
-        return Ok(report);
-    }
-
-    push_and_finalize(
-        ctx,
-        db,
-        fence,
-        job,
-        &task,
-        stage,
-        &ws,
-        &worktree,
-        &mut report,
-    )?;
-    Ok(report)
+    })
 }
 
 /// After a successful run: commit and push the worktree, make sure the PR
