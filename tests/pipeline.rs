@@ -755,3 +755,50 @@ fn an_agent_printing_a_huge_line_does_not_grow_orchs_memory() {
         "{job}"
     );
 }
+
+/// An agent knows where its cost report and its log live and can replace
+/// them: with a FIFO nobody writes (a naive read hangs the worker), with a
+/// symlink to /dev/zero (a naive read never ends). orch reads only regular
+/// files there, so each run is judged and the worker ends at once.
+#[test]
+fn an_agent_that_plants_a_fifo_or_dev_zero_for_its_files_cannot_hang_or_grow_orch() {
+    let dir = "$(dirname \"$ORCH_COST_FILE\")";
+    for (what, agent) in [
+        ("fifo cost file", "mkfifo \"$ORCH_COST_FILE\"".to_owned()),
+        (
+            "dev/zero cost file",
+            "ln -s /dev/zero \"$ORCH_COST_FILE\"".to_owned(),
+        ),
+        (
+            "fifo log",
+            format!("rm -f {dir}/agent.log; mkfifo {dir}/agent.log"),
+        ),
+        (
+            "dev/zero log",
+            format!("rm -f {dir}/agent.log; ln -s /dev/zero {dir}/agent.log"),
+        ),
+    ] {
+        let env = demo_env();
+        env.orch()
+            .args(["task", "create", "--repo", "demo", "--title", "x"])
+            .assert()
+            .success();
+        let mut worker = env
+            .orch_std()
+            .env("ORCH_AGENT_CMD", format!("{agent}; exit 0"))
+            .args(["run-agent", "--next", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        wait_for(what, Duration::from_secs(20), || {
+            matches!(worker.try_wait(), Ok(Some(_)))
+        });
+        let out = worker.wait_with_output().expect("output");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(report["run_verdict"], "success", "{what}: {report}");
+        assert_eq!(
+            report["cost_usd"], 0.0,
+            "{what}: no report is a plain command's zero"
+        );
+    }
+}

@@ -143,15 +143,19 @@ fn read_cost_file(path: &Path) -> Option<ReportedCost> {
         input_tokens: None,
         output_tokens: None,
     };
-    let size = std::fs::metadata(path).ok()?.len();
-    if size > MAX_COST_FILE {
+    // Missing: no report. Not a regular file (a FIFO, /dev/zero, a symlink
+    // planted by the agent): no report either, and nothing is read.
+    let file = crate::runner::untrusted::open_regular(path).ok()??;
+    let mut text = String::new();
+    let read =
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_COST_FILE + 1), &mut text);
+    if read.is_err() || text.len() as u64 > MAX_COST_FILE {
         log::warn!(
-            "{}: {size} bytes is not a cost report; the run's cost is unknown",
+            "{}: not a cost report (unreadable or over {MAX_COST_FILE} bytes); the run's cost is unknown",
             path.display()
         );
         return Some(unknown);
     }
-    let text = std::fs::read_to_string(path).ok()?;
     match serde_json::from_str::<ReportedCost>(&text) {
         Ok(c) => Some(ReportedCost {
             cost_usd: c.cost_usd.filter(|x| x.is_finite() && *x >= 0.0),

@@ -52,12 +52,12 @@ impl StreamLog {
         self.init_seen || self.result.is_some()
     }
 
-    /// Read `path` once. A missing log is an empty one.
+    /// Read `path` once. A missing log is an empty one, and so is one the
+    /// agent replaced by something that is not a regular file.
     pub fn read(path: &Path) -> std::io::Result<StreamLog> {
-        match std::fs::File::open(path) {
-            Ok(file) => StreamLog::scan(file),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StreamLog::default()),
-            Err(e) => Err(e),
+        match crate::runner::untrusted::open_regular(path)? {
+            Some(file) => StreamLog::scan(file),
+            None => Ok(StreamLog::default()),
         }
     }
 
