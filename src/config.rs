@@ -103,6 +103,9 @@ pub struct Config {
     pub agent_stall_timeout_s: u64,
     /// Grace between SIGTERM and SIGKILL of an agent's process group, in seconds.
     pub agent_kill_grace_seconds: u64,
+    /// Bytes a command's log (agent, test suite, probe) may hold before it is
+    /// moved to `<log>.1` and restarted; about twice this is kept. 0 = no cap.
+    pub log_max_bytes: u64,
     /// Stop whole process groups (tree kill); false kills only the direct child.
     pub subprocess_tree_kill_enabled: bool,
 
@@ -261,6 +264,7 @@ impl Default for Config {
             agent_timeout_s: 3600,
             agent_stall_timeout_s: 900,
             agent_kill_grace_seconds: 10,
+            log_max_bytes: 64 * 1024 * 1024,
             subprocess_tree_kill_enabled: true,
             reaper_enabled: true,
             reaper_max_running_s: 5400,

@@ -802,3 +802,48 @@ fn an_agent_that_plants_a_fifo_or_dev_zero_for_its_files_cannot_hang_or_grow_orc
         );
     }
 }
+
+/// The disk an agent can fill with output is bounded too: past
+/// `log_max_bytes` the log moves to `agent.log.1` and starts again, and the
+/// end of the output — where the verdict is read — stays in `agent.log`.
+#[test]
+fn an_agent_log_is_rotated_at_its_cap_and_the_verdict_still_read() {
+    let env = demo_env();
+    let path = env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, format!("log_max_bytes = 1048576\n{config}")).expect("config");
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "x"])
+        .assert()
+        .success();
+    // 20 MB of lines, then a Claude stream that ends in a success result.
+    let event = r#"{"type":"result","subtype":"success","is_error":false,"total_cost_usd":0.25,"result":"ok"}"#;
+    let agent = format!(
+        "echo '{{\"type\":\"system\",\"subtype\":\"init\"}}'; yes 'a line of agent chatter' | head -c 20000000; echo; echo '{event}'; exit 0"
+    );
+    let out = env
+        .orch()
+        .env("ORCH_AGENT_CMD", agent)
+        .args(["run-agent", "--next", "--json"])
+        .output()
+        .expect("run");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["run_verdict"], "success", "{report}");
+    assert_eq!(report["cost_usd"], 0.25, "{report}");
+    let log = std::path::PathBuf::from(report["log_path"].as_str().expect("log path"));
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let rotated = log.with_file_name("agent.log.1");
+    assert!(size(&rotated) > 0, "the full log was moved aside");
+    assert!(
+        size(&log) + size(&rotated) <= 3 * 1024 * 1024,
+        "kept {} + {} bytes of 20 MB",
+        size(&log),
+        size(&rotated)
+    );
+    let head = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        head.starts_with("orch: the output before this line"),
+        "{}",
+        &head[..80.min(head.len())]
+    );
+}

@@ -86,6 +86,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
                 cwd: std::env::current_dir()?,
                 env: Vec::new(),
                 log_path: log,
+                log_max_bytes: 0,
                 wall_timeout: timeout_s,
                 stall_timeout: stall_s,
                 kill_grace: grace_s,

@@ -265,6 +265,7 @@ fn run_check_command(
             ("ORCH_REPO".to_owned(), task.repo.clone()),
         ],
         log_path: log_path.clone(),
+        log_max_bytes: ctx.config.log_max_bytes,
         wall_timeout: timeout,
         stall_timeout: None,
         kill_grace: Duration::from_secs(ctx.config.agent_kill_grace_seconds),

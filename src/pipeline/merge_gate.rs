@@ -215,6 +215,7 @@ pub fn check(
         cwd: worktree.to_path_buf(),
         env: vec![("ORCH_TASK_ID".to_owned(), task.id.to_string())],
         log_path: log_path.clone(),
+        log_max_bytes: ctx.config.log_max_bytes,
         wall_timeout: timeout,
         stall_timeout: None,
         kill_grace: Duration::from_secs(ctx.config.agent_kill_grace_seconds),

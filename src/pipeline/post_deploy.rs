@@ -603,6 +603,7 @@ fn command_spec(
         cwd: cwd.to_path_buf(),
         env,
         log_path: dir.join(log_name),
+        log_max_bytes: ctx.config.log_max_bytes,
         wall_timeout: timeout,
         stall_timeout: None,
         kill_grace: Duration::from_secs(ctx.config.agent_kill_grace_seconds.min(5)),

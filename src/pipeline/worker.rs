@@ -488,6 +488,7 @@ fn run_agent(
         cwd: worktree.to_path_buf(),
         env,
         log_path: files.log.clone(),
+        log_max_bytes: ctx.config.log_max_bytes,
         wall_timeout: Duration::from_secs(ctx.config.agent_timeout_s),
         stall_timeout: (ctx.config.agent_stall_timeout_s > 0)
             .then(|| Duration::from_secs(ctx.config.agent_stall_timeout_s)),

@@ -60,6 +60,9 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     /// File the output of the whole group (stdout and stderr) is appended to.
     pub log_path: PathBuf,
+    /// Once the log holds this many bytes it is moved to `<log>.1` and a new
+    /// one started, so at most about twice this is kept (0 = no cap).
+    pub log_max_bytes: u64,
     /// Stop the command after this long.
     pub wall_timeout: Duration,
     /// Stop the command when it has printed nothing for this long.
@@ -168,7 +171,7 @@ pub fn run(spec: &Spec, on_spawn: impl FnOnce(u32)) -> anyhow::Result<Outcome> {
     if let Some(err) = child.stderr.take() {
         sources.push(Box::new(err));
     }
-    let pump = Pump::start(log, sources);
+    let pump = Pump::start(log, &spec.log_path, spec.log_max_bytes, sources);
     on_spawn(pid);
 
     let timed_out = match watch(&mut child, spec, started, &pump) {
