@@ -30,6 +30,10 @@ pub const POINTS: &[(&str, &str)] = &[
         "the agent run is recorded; the agent is not started",
     ),
     (
+        "run.ended",
+        "the agent has ended; its outcome is not judged or recorded",
+    ),
+    (
         "run.exited",
         "the agent exited and its outcome is recorded; nothing is committed or pushed",
     ),

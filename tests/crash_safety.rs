@@ -1340,3 +1340,56 @@ fn a_finalization_killed_every_time_ends_failed_after_its_worker_died_too_often(
     let notes = std::fs::read_to_string(env.state().join("notifications.log")).expect("notes");
     assert_eq!(notes.matches("failed for good").count(), 1, "{notes}");
 }
+
+/// orch killed in the instant between its Claude agent's exit and recording
+/// the run: the log ends in the CLI's success result, so the run did its
+/// work. The reaper settles the run from the log (success, its cost) and
+/// hands the job to a worker to finalize; the agent is not run — and paid —
+/// again.
+#[test]
+fn a_claude_run_that_succeeded_before_orch_died_is_finalized_not_rerun() {
+    let env = install("");
+    create_task(&env, "t");
+    let init = r#"{"type":"system","subtype":"init","session_id":"s"}"#;
+    let result = r#"{"type":"result","subtype":"success","is_error":false,"total_cost_usd":0.3,"result":"done"}"#;
+    let agent = format!(
+        "'{}' demo-agent && echo '{init}' && echo '{result}'",
+        env!("CARGO_BIN_EXE_orch")
+    );
+    let out = orch_out(
+        &env,
+        &[("ORCH_AGENT_CMD", &agent), ("ORCH_CRASH_AT", "run.ended")],
+        &["run-agent", "--next"],
+    );
+    assert_eq!(signal_of(&out), Some(9), "never reached run.ended");
+    let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+    assert_eq!(pass["reaped"][0]["outcome"], "queued", "{pass}");
+    let (outcome, cost): (String, f64) = env
+        .db()
+        .conn()
+        .query_row("SELECT outcome, cost_usd FROM agent_runs", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .expect("run");
+    assert_eq!((outcome.as_str(), cost), ("success", 0.3));
+    // The next worker finalizes without an agent (an agent now would fail).
+    let out = orch_out(
+        &env,
+        &[("ORCH_AGENT_CMD", "exit 1")],
+        &["run-agent", "--next", "--json"],
+    );
+    let report = json_of(&out);
+    assert!(
+        report["run_verdict"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("success"),
+        "{report}"
+    );
+    assert_eq!(
+        sql_i64(&env, "SELECT count(*) FROM agent_runs"),
+        1,
+        "the agent ran again"
+    );
+    assert_eq!(env.json(&["job", "show", "1"])["status"], "done");
+}

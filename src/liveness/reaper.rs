@@ -203,11 +203,12 @@ fn reap_job(
             return Ok(());
         }
     }
-    if let (Some(run_id), Some(r)) = (job.run_id, run)
-        && r.finished_at.is_none()
-    {
-        settle_dead_run(db, run_id)?;
-    }
+    // A run its dead worker never recorded is settled from its log first;
+    // a log that ends in Claude's success result means the agent did its work.
+    let settled_success = match (job.run_id, run) {
+        (Some(run_id), Some(r)) if r.finished_at.is_none() => settle_dead_run(db, run_id)?,
+        _ => false,
+    };
     let task = job
         .task_id
         .map(|id| task::get(db.conn(), id))
@@ -243,7 +244,7 @@ fn reap_job(
     }
     // The successful agent run left to finalize: a continuation's, or this claim's.
     let succeeded = run
-        .filter(|r| r.succeeded && r.exit_code == Some(0))
+        .filter(|r| settled_success || (r.succeeded && r.exit_code == Some(0)))
         .and(job.run_id);
     if let Some(run_id) = job.finalize_run_id.or(succeeded) {
         return hand_to_finalizer(ctx, db, pass, job, &token, run_id, &reason);
@@ -315,15 +316,15 @@ fn hand_to_finalizer(
 /// cost recovered from the run's log (docs/costs.md): without this its cost
 /// stays unknown and is charged at the per-run cap, so a few crashes of orch
 /// would block a task that spent nothing.
-fn settle_dead_run(db: &mut Db, run_id: i64) -> anyhow::Result<()> {
+fn settle_dead_run(db: &mut Db, run_id: i64) -> anyhow::Result<bool> {
     // Files are read before the write transaction, which stays short.
     let Some(dead) = budget::recover_dead_run(db.conn(), run_id)? else {
-        return Ok(());
+        return Ok(false);
     };
     if db.write(|tx| Ok(budget::record_dead_run(tx, run_id, &dead, now())?))? {
         log::warn!("run {run_id}: {}", dead.outcome);
     }
-    Ok(())
+    Ok(dead.succeeded)
 }
 
 fn finished_name(end: Option<Finished>) -> String {

@@ -138,8 +138,12 @@ pub struct DeadRun {
     pub input_tokens: Option<i64>,
     /// Output tokens, if reported.
     pub output_tokens: Option<i64>,
-    /// The run's outcome: `orch-died: <how the cost was found>`.
+    /// The run's outcome: `success` when the log ends in Claude Code's
+    /// success result (the CLI prints it as its last act, so the run did its
+    /// work), else `orch-died: <how the cost was found>`.
     pub outcome: String,
+    /// Whether the log shows the run succeeded (see `outcome`).
+    pub succeeded: bool,
 }
 
 /// Recover the cost of run `run_id`, whose worker died before recording its
@@ -176,14 +180,22 @@ pub fn recover_dead_run(conn: &Connection, run_id: i64) -> anyhow::Result<Option
         .map(|p| p.with_file_name("cost.json"))
         .unwrap_or_default();
     let cost = judge::run_cost(&stream, &cost_file, stream.is_claude_stream());
+    // Its exit code was never seen; a success result is the CLI's last act.
+    let succeeded =
+        stream.is_claude_stream() && crate::runner::claude::classify(Some(0), &stream).is_success();
     Ok(Some(DeadRun {
         cost_usd: cost.cost_usd,
         input_tokens: cost.input_tokens,
         output_tokens: cost.output_tokens,
-        outcome: format!(
-            "{ORCH_DIED}: its worker died before recording its end; cost from {}",
-            cost.source
-        ),
+        outcome: if succeeded {
+            "success".to_owned()
+        } else {
+            format!(
+                "{ORCH_DIED}: its worker died before recording its end; cost from {}",
+                cost.source
+            )
+        },
+        succeeded,
     }))
 }
 
@@ -197,7 +209,8 @@ pub fn record_dead_run(
 ) -> rusqlite::Result<bool> {
     Ok(conn.execute(
         "UPDATE agent_runs SET finished_at = ?2, outcome = ?3, cost_usd = ?4,
-             input_tokens = ?5, output_tokens = ?6
+             input_tokens = ?5, output_tokens = ?6,
+             exit_code = CASE WHEN ?7 THEN 0 ELSE exit_code END
          WHERE id = ?1 AND finished_at IS NULL",
         params![
             run_id,
@@ -205,7 +218,8 @@ pub fn record_dead_run(
             run.outcome,
             run.cost_usd,
             run.input_tokens,
-            run.output_tokens
+            run.output_tokens,
+            run.succeeded
         ],
     )? == 1)
 }

@@ -514,6 +514,7 @@ fn run_agent(
             log::warn!("recording the agent pid {pid}: {e:#}");
         }
     })?;
+    crash::point("run.ended");
 
     let judged = judge::judge(
         &ctx.config,
