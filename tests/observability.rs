@@ -151,3 +151,51 @@ fn status_reports_the_last_reconcile_pass() {
         "{text}"
     );
 }
+
+/// The steps after the job loop are best-effort too: a pending STOP that
+/// cannot be applied for one task does not keep the others' from applying,
+/// nor the lease sweep and the pass record from running.
+#[test]
+fn a_failing_pending_stop_does_not_stop_the_rest_of_the_reap_pass() {
+    let env = Env::new();
+    for title in ["a", "b"] {
+        env.orch()
+            .args([
+                "task",
+                "create",
+                "--repo",
+                "demo",
+                "--title",
+                title,
+                "--no-start",
+            ])
+            .assert()
+            .success();
+    }
+    exec(&env, "UPDATE tasks SET cancel_requested_at = 1");
+    exec(
+        &env,
+        "CREATE TRIGGER injected BEFORE UPDATE ON tasks WHEN old.id = 1 BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
+    );
+    let out = env.orch().args(["reap", "--json"]).output().expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pass: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(pass["cancels_applied"], serde_json::json!([2]), "{pass}");
+    let errors = pass["errors"].as_array().cloned().unwrap_or_default();
+    assert!(
+        errors.iter().any(|e| e
+            .as_str()
+            .is_some_and(|e| e.starts_with("task 1:") && e.contains("injected fault"))),
+        "{pass}"
+    );
+    assert_eq!(
+        env.json(&["status"])["reaper"]["passes_total"],
+        1,
+        "the pass was recorded"
+    );
+}

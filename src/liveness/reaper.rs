@@ -114,18 +114,45 @@ pub fn reap_once(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Pass> {
             }
         }
     }
+    // Each step below is best-effort: its failure is recorded in the pass
+    // and the steps after it still run (the next pass retries).
+    let step = |what: &str, pass: &mut Pass, e: anyhow::Error| {
+        log::warn!("reap: {what}: {e:#}");
+        pass.errors.push(format!("{what}: {e:#}"));
+    };
     // STOP requests interrupted by a crash, or deferred until a critical window closed.
-    for (task_id, c) in crate::pipeline::cancel::apply_pending(ctx, db)? {
-        log::warn!("applied the pending cancel of task {task_id}: {}", c.note);
-        pass.cancels_applied.push(task_id);
+    match crate::pipeline::cancel::apply_pending(ctx, db) {
+        Ok(pending) => {
+            for (task_id, c) in pending.applied {
+                log::warn!("applied the pending cancel of task {task_id}: {}", c.note);
+                pass.cancels_applied.push(task_id);
+            }
+            pass.errors.extend(pending.errors);
+        }
+        Err(e) => step("pending cancels", &mut pass, e),
     }
-    if ctx.config.impossible_queued_sanitize_enabled && queue::any_impossible_queued(db.conn())? {
-        pass.impossible_queued_healed = db
-            .write(|tx| Ok(queue::sanitize_impossible_queued(tx, now())?))?
-            .len();
+    if ctx.config.impossible_queued_sanitize_enabled {
+        let healed = queue::any_impossible_queued(db.conn())
+            .map_err(anyhow::Error::from)
+            .and_then(|any| {
+                if any {
+                    Ok(db
+                        .write(|tx| Ok(queue::sanitize_impossible_queued(tx, now())?))?
+                        .len())
+                } else {
+                    Ok(0)
+                }
+            });
+        match healed {
+            Ok(n) => pass.impossible_queued_healed = n,
+            Err(e) => step("impossible-queued sweep", &mut pass, e),
+        }
     }
-    pass.leases_reclaimed = lease::reclaim_pass(db, &ctx.config, &ctx.locks_dir(), now())?;
-    db.write(|tx| {
+    match lease::reclaim_pass(db, &ctx.config, &ctx.locks_dir(), now()) {
+        Ok(reclaimed) => pass.leases_reclaimed = reclaimed,
+        Err(e) => step("lease reclaim", &mut pass, e),
+    }
+    let recorded = db.write(|tx| {
         let detail = serde_json::json!({
             "at": t0,
             "running": pass.running,
@@ -143,7 +170,10 @@ pub fn reap_once(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Pass> {
             }
         }
         Ok(())
-    })?;
+    });
+    if let Err(e) = recorded {
+        step("recording the pass", &mut pass, e);
+    }
     if let Err(e) = outbox::deliver(ctx, db) {
         log::warn!("delivering the outbox: {e:#}");
     }

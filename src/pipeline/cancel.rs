@@ -313,9 +313,19 @@ pub fn apply_pending_for(
     cancel_task(ctx, db, task_id, "pending STOP request", true).map(Some)
 }
 
+/// What [`apply_pending`] did: the cancels applied, and the tasks whose
+/// cancel failed (the next pass retries them; one never stops the others).
+#[derive(Debug, Default)]
+pub struct PendingApplied {
+    /// Tasks cancelled, with what the cancel did.
+    pub applied: Vec<(i64, Cancelled)>,
+    /// `task <id>: <error>` for each task whose cancel failed.
+    pub errors: Vec<String>,
+}
+
 /// Apply every pending cancel whose critical window has closed (run by
 /// `orch reap` and `orch reconcile`).
-pub fn apply_pending(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Vec<(i64, Cancelled)>> {
+pub fn apply_pending(ctx: &Ctx, db: &mut Db) -> anyhow::Result<PendingApplied> {
     let pending: Vec<i64> = {
         let mut stmt = db.conn().prepare(
             "SELECT id FROM tasks WHERE cancel_requested_at IS NOT NULL
@@ -324,10 +334,15 @@ pub fn apply_pending(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Vec<(i64, Cancell
         let rows = stmt.query_map([], |r| r.get(0))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
-    let mut out = Vec::new();
+    let mut out = PendingApplied::default();
     for id in pending {
-        if let Some(c) = apply_pending_for(ctx, db, id)? {
-            out.push((id, c));
+        match apply_pending_for(ctx, db, id) {
+            Ok(Some(c)) => out.applied.push((id, c)),
+            Ok(None) => {}
+            Err(e) => {
+                log::warn!("applying the pending cancel of task {id}: {e:#}");
+                out.errors.push(format!("task {id}: {e:#}"));
+            }
         }
     }
     Ok(out)

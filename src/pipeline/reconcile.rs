@@ -60,7 +60,12 @@ pub fn reconcile_once(ctx: &Ctx, db: &mut Db) -> Reconciled {
     if ctx.config.reconcile_enabled {
         // Before anything advances a task: a STOP whose window closed is final.
         match cancel::apply_pending(ctx, db) {
-            Ok(applied) => out.cancels_applied = applied.into_iter().map(|(id, _)| id).collect(),
+            Ok(pending) => {
+                out.cancels_applied = pending.applied.into_iter().map(|(id, _)| id).collect();
+                for e in pending.errors {
+                    step_failed(&mut out, "pending STOP", &anyhow::anyhow!(e));
+                }
+            }
             Err(e) => step_failed(&mut out, "pending STOPs", &e),
         }
         if let Err(e) = stuck_stages(ctx, db, &mut out) {
