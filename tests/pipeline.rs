@@ -287,8 +287,8 @@ fn a_failing_agent_is_retried_then_fails_with_a_notification() {
     assert_eq!(job["attempts"], 2);
     let notes = std::fs::read_to_string(env.state().join("notifications.log")).expect("log");
     assert!(notes.contains("failed for good"), "{notes}");
-    let log =
-        std::fs::read_to_string(env.state().join("runs/job-1-2/agent.log")).expect("per-run log");
+    let log = std::fs::read_to_string(env.state().join("runs/job-1-run2/agent.log"))
+        .expect("per-run log");
     assert!(log.contains("broken"));
 }
 

@@ -409,7 +409,10 @@ fn refuse_over_budget(
     Ok(Some(report))
 }
 
-/// Where one run keeps its files: `<state>/runs/job-<id>-<attempt>/`.
+/// Where one run keeps its files: `<state>/runs/job-<id>-run<n>/`, `n`
+/// counting the job's runs. Never shared with an earlier run: an attempt
+/// given back after a crash repeats the attempt number, and an old log would
+/// otherwise be judged as this run's.
 struct RunFiles {
     task_file: PathBuf,
     log: PathBuf,
@@ -417,11 +420,26 @@ struct RunFiles {
 }
 
 impl RunFiles {
-    fn create(ctx: &Ctx, job: &Job, task: &Task, stage: Stage) -> anyhow::Result<RunFiles> {
+    fn create(
+        ctx: &Ctx,
+        db: &Db,
+        job: &Job,
+        task: &Task,
+        stage: Stage,
+    ) -> anyhow::Result<RunFiles> {
+        let earlier: i64 = db.conn().query_row(
+            "SELECT count(*) FROM agent_runs WHERE job_id = ?1",
+            [job.id],
+            |r| r.get(0),
+        )?;
         let dir = ctx
             .state_dir
             .join("runs")
-            .join(format!("job-{}-{}", job.id, job.attempts));
+            .join(format!("job-{}-run{}", job.id, earlier + 1));
+        // Left by a run that died before it was recorded: not this run's.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let files = RunFiles {
             task_file: dir.join("task.md"),
@@ -433,8 +451,6 @@ impl RunFiles {
             brief::task_file(task, stage, &job.agent, &job.task_content),
         )
         .with_context(|| format!("writing {}", files.task_file.display()))?;
-        // A cost report left by an earlier run of this attempt is not this run's.
-        let _ = std::fs::remove_file(&files.cost_file);
         Ok(files)
     }
 }
@@ -450,7 +466,7 @@ fn run_agent(
     stage: Stage,
     worktree: &Path,
 ) -> anyhow::Result<(RunReport, RunVerdict)> {
-    let files = RunFiles::create(ctx, job, task, stage)?;
+    let files = RunFiles::create(ctx, db, job, task, stage)?;
     let (command, protocol) = ctx.config.agent_command(stage);
     let session_id = uuid_v4()?;
     // The per-run cap, lowered to what the task has left (read before this
