@@ -1015,6 +1015,88 @@ fn tc17_redrive_skips_the_retest_and_tc24_red_catch_up_leaves_main_green() {
     );
 }
 
+/// Seed ORCH-065 TC-17 with its switch off: `merge_retest_skip_when_current_enabled
+/// = false` makes the re-drive re-test a branch that is already caught up
+/// (the switch is what buys the skip above).
+#[test]
+fn orch065_tc17_skip_when_current_switch_off_retests_the_caught_up_branch() {
+    let env = install("merge_retest_skip_when_current_enabled = false");
+    let task = create_task(&env, "t");
+    drive_to(&env, task, "deploy-staging");
+    move_main(&env, "first");
+    let out = orch_out(
+        &env,
+        &[("ORCH_CRASH_AT", "finalize.evaluated")],
+        &["run-agent", "--next"],
+    );
+    assert_eq!(signal_of(&out), Some(9));
+    let retests = |env: &Env| {
+        sql_i64(
+            env,
+            "SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'merge_gate_retests_total'",
+        )
+    };
+    let before = retests(&env);
+    orch_out(&env, &[], &["reap"]);
+    orch_out(&env, &[], &["run-agent", "--next"]);
+    assert_eq!(stage_of(&env, task), "deploy");
+    assert_eq!(
+        retests(&env),
+        before + 1,
+        "with the switch off the caught-up branch must be re-tested"
+    );
+}
+
+/// The merge gate's rebase conflict (seed ORCH-065 merge gate, red catch-up
+/// family): main gained a conflicting change, so the rebase is aborted, the
+/// lease released and the task rolled back to development; main is untouched.
+#[test]
+fn orch065_merge_gate_rebase_conflict_rolls_back_and_releases_the_lease() {
+    let env = install("");
+    let task = create_task(&env, "t");
+    drive_to(&env, task, "deploy-staging");
+    // The feature adds src/greet.sh; main adds a different one: add/add conflict.
+    common::push_to_main(&env, "conflict", "src/greet.sh", "echo conflicting\n");
+    let forge = env.state().join("forge/demo.git");
+    let main_before = orch::git::Git::at(&forge).rev("main").expect("rev");
+    let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
+    assert_eq!(v["evaluation"]["decision"]["decision"], "rollback", "{v}");
+    assert!(
+        v["evaluation"]["decision"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("conflict rebasing"),
+        "{v}"
+    );
+    assert_eq!(stage_of(&env, task), "development");
+    assert_eq!(
+        sql_i64(&env, "SELECT count(*) FROM merge_leases"),
+        0,
+        "lease kept"
+    );
+    assert_eq!(
+        orch::git::Git::at(&forge).rev("main").expect("rev"),
+        main_before,
+        "main moved"
+    );
+    // No rebase was left half-done in the task's worktree (the developer reuses it).
+    if env
+        .state()
+        .join("repos/demo/worktrees/DEMO-1/.git")
+        .exists()
+    {
+        let git_dir = worktree_git_dir(&env);
+        assert!(
+            !git_dir.join("rebase-merge").exists(),
+            "rebase left in progress"
+        );
+        assert!(
+            !git_dir.join("rebase-apply").exists(),
+            "rebase left in progress"
+        );
+    }
+}
+
 /// An infrastructure timeout of the re-test retries in place: no rollback,
 /// no developer retry, and one alert when the bound is spent.
 #[test]
