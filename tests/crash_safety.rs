@@ -713,6 +713,92 @@ fn tc05_orch111_no_false_rollback_a_live_finalizer_is_deferred() {
     assert!(status["counters"].get("reaped_total").is_none());
 }
 
+/// Seed ORCH-113 TC-01/TC-02/TC-04 on deploy-staging: a worker finalizing
+/// past every grace (its staging check is slow) holds its lock, so pass
+/// after pass of `orch reap` defers it — nothing reaped, no advance by a
+/// non-owner, each pass counted — and the owner advances exactly once, with
+/// no rollback (no developer retry).
+#[test]
+fn orch113_tc01_tc02_a_live_deploy_staging_finalizer_is_deferred_every_pass() {
+    let env = install("reaper_finalize_grace_s = 0\nstaging_image_check_cmd = \"sleep 3\"");
+    let task = create_task(&env, "t");
+    drive_to(&env, task, "deploy-staging");
+    let mut worker = env
+        .orch_std()
+        .args(["run-agent", "--next"])
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let (mut passes, mut defers) = (0, 0);
+    while worker.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "worker never finished");
+        let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+        assert!(
+            pass["reaped"].as_array().is_none_or(Vec::is_empty),
+            "live finalizer reaped: {pass}"
+        );
+        let deferred = pass["finalizer_defers"].as_i64().unwrap_or(0);
+        if deferred > 0 {
+            // While it is deferred the non-owner never moved the task.
+            passes += 1;
+            let stage = stage_of(&env, task);
+            assert!(
+                stage == "deploy-staging" || worker.try_wait().expect("try_wait").is_some(),
+                "a non-owner advanced to {stage}"
+            );
+        }
+        defers += deferred;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(worker.wait().expect("wait").success());
+    assert!(passes >= 3, "only {passes} passes saw the finalizer");
+    assert_eq!(defers, passes, "one deferral per pass");
+    let shown = env.json(&["task", "show", &task.to_string()]);
+    assert_eq!(shown["task"]["stage"], "deploy");
+    let history = shown["history"].as_array().expect("history");
+    assert_eq!(
+        history
+            .iter()
+            .filter(|h| h["kind"] == "advance" && h["from_stage"] == "deploy-staging")
+            .count(),
+        1,
+        "advanced more than once"
+    );
+    assert!(
+        history.iter().all(|h| h["kind"] != "rollback"),
+        "false rollback"
+    );
+}
+
+/// Seed ORCH-113 TC-06 (within grace): with the liveness switch off only the
+/// finalize grace protects a finalizer; inside it (default 300 s) the job is
+/// neither reaped nor counted as a deferral, and the owner advances once.
+#[test]
+fn orch113_tc06_within_grace_a_finalizer_is_neither_reaped_nor_deferred() {
+    let env = slow_finalizer_env("reaper_finalizer_liveness_enabled = false");
+    let mut worker = env
+        .orch_std()
+        .args(["run-agent", "--next"])
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut passes = 0;
+    while worker.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "worker never finished");
+        let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+        assert!(
+            pass["reaped"].as_array().is_none_or(Vec::is_empty),
+            "reaped within the grace: {pass}"
+        );
+        assert_eq!(pass["finalizer_defers"].as_i64().unwrap_or(0), 0, "{pass}");
+        passes += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(worker.wait().expect("wait").success());
+    assert!(passes >= 3, "only {passes} passes ran");
+    assert_eq!(stage_of(&env, 1), "review");
+}
+
 /// ORCH-113 TC-06: with the finalizer-liveness kill-switch off, the seeds'
 /// plain grace rule returns — and the claim fence still allows one advance.
 #[test]
@@ -932,6 +1018,8 @@ fn tc10_15_leases_are_reclaimed_exactly_when_their_holder_cannot_use_them() {
             .as_array()
             .map_or(0, Vec::len)
     };
+    // No lease at all: the pass is a no-op (seed TC-14 no file, TC-21 callable).
+    assert_eq!(reclaimed(&env), 0);
     // Parked on deploy (awaiting Confirm Deploy): kept, however old.
     set_stage(&env, "deploy");
     lease(&env, 0);

@@ -718,6 +718,25 @@ fn gitea_pr_merged_releases_the_lease() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(s.sql("SELECT count(*) FROM merge_leases"), 0);
+    // Releasing a lease that is already gone is a no-op, not an error (seed
+    // ORCH-065 merge-gate TC-11): another merged PR of the same branch.
+    let again = s.deliver(
+        "gitea",
+        "pull_request",
+        "g-2",
+        &body.replace("\"number\":3", "\"number\":4"),
+    );
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(s.sql("SELECT count(*) FROM merge_leases"), 0);
+    assert_eq!(
+        s.sql("SELECT count(*) FROM webhook_deliveries"),
+        2,
+        "the second event was taken for a duplicate"
+    );
 }
 
 #[test]
