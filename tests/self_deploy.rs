@@ -52,7 +52,7 @@ fn wait_for_hook(env: &Env) {
 }
 
 #[test]
-fn tc09_phase_a_parks_on_deploy_keeps_the_lease_and_asks_for_confirm_deploy() {
+fn orch059_tc09_phase_a_parks_on_deploy_keeps_the_lease_and_asks_for_confirm_deploy() {
     let env = self_hosting();
     let main_before = main_head(&env);
     to_phase_a(&env);
@@ -108,7 +108,7 @@ fn tc09_phase_a_parks_on_deploy_keeps_the_lease_and_asks_for_confirm_deploy() {
 }
 
 #[test]
-fn tc07_approved_on_deploy_is_a_logged_noop() {
+fn orch059_tc07_approved_on_deploy_is_a_logged_noop() {
     let env = self_hosting();
     to_phase_a(&env);
     let o = run(&env, &[], &["advance", "--task", "1", "--json"]);
@@ -194,7 +194,7 @@ fn the_reconciler_posts_nothing_for_a_parked_deploy() {
 }
 
 #[test]
-fn phase_b_merges_and_starts_the_hook_once_and_phase_c_finishes() {
+fn orch059_tc07_tc08_phase_b_merges_and_starts_the_hook_once_and_phase_c_finishes() {
     let env = self_hosting();
     to_phase_a(&env);
     let staging_sha: String = env
@@ -551,7 +551,7 @@ fn main_moving_under_confirm_deploy_never_counts_as_a_developer_retry() {
 }
 
 #[test]
-fn other_repos_keep_the_deployer_agent_path() {
+fn orch059_tc12_other_repos_keep_the_deployer_agent_path() {
     let env = Env::bare();
     env.orch().args(["demo"]).assert().success();
     assert_eq!(sql_i64(&env, "SELECT count(*) FROM deploys"), 0);

@@ -113,7 +113,7 @@ impl Setup {
 }
 
 #[test]
-fn tc11_an_issue_moved_to_to_analyse_starts_the_pipeline_once() {
+fn orch090_tc11_an_issue_moved_to_to_analyse_starts_the_pipeline_once() {
     let s = setup("");
     let item = s.fake.add_item("Greet people", 7, "To Analyse");
     let body = s.fake.webhook(&item, "state", "alice");
@@ -142,7 +142,8 @@ fn tc11_an_issue_moved_to_to_analyse_starts_the_pipeline_once() {
 }
 
 #[test]
-fn tc10_the_start_status_mid_pipeline_relaunches_nothing_and_tc11_resumes_an_idle_analysis() {
+fn orch090_tc10_the_start_status_mid_pipeline_relaunches_nothing_and_tc11_resumes_an_idle_analysis()
+{
     let s = setup("");
     let item = s.fake.add_item("x", 8, "To Analyse");
     s.deliver(
@@ -211,7 +212,7 @@ fn tc10_the_start_status_mid_pipeline_relaunches_nothing_and_tc11_resumes_an_idl
 }
 
 #[test]
-fn approved_on_analysis_advances_and_reports_back_to_plane_once() {
+fn orch059_tc06_approved_on_analysis_advances_and_reports_back_to_plane_once() {
     let s = setup("");
     let item = s.fake.add_item("Greet", 9, "To Analyse");
     s.deliver(
