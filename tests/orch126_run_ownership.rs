@@ -66,7 +66,7 @@ fn seed_impossible(db: &Db, id: i64, run_id: i64, pid: i64) {
 }
 
 #[test]
-fn orch126_tc00_database_refuses_an_impossible_queued_row() {
+fn orch126_database_refuses_an_impossible_queued_row() {
     let env = Env::new();
     let id = env.enqueue_many(1)[0];
     let db = env.db();
@@ -432,7 +432,7 @@ fn retry_budget_spent_fails_the_job() {
 }
 
 #[test]
-fn orch126_tc03_cancelled_jobs_are_never_claimed_or_revived() {
+fn orch090_tc03_tc12_cancelled_jobs_are_never_claimed_or_revived() {
     let env = Env::new();
     env.write_config("serial_gate_enabled = false");
     env.orch()

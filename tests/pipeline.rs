@@ -63,7 +63,7 @@ fn history_kinds(env: &Env, task: i64) -> Vec<(String, String, String)> {
 }
 
 #[test]
-fn demo_runs_the_pipeline_to_done_and_leaves_a_working_installation() {
+fn orch065_tc19_demo_runs_every_stage_to_done_and_leaves_a_working_installation() {
     let env = Env::bare();
     let out = env.orch().arg("demo").output().expect("run demo");
     let stdout = String::from_utf8_lossy(&out.stdout);

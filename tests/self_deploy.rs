@@ -380,7 +380,7 @@ fn a_deploy_that_succeeded_under_a_pending_stop_ends_done_and_says_the_stop_came
 }
 
 #[test]
-fn a_deploy_that_failed_under_a_pending_stop_is_cancelled() {
+fn orch090_d7_deferred_stop_applied_after_a_failed_deploy() {
     let env = self_hosting();
     std::fs::write(env.state().join("hook.exit"), "1").expect("hook exit");
     stop_during_the_deploy(&env);

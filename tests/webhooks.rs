@@ -682,7 +682,7 @@ fn orch059_tc05_tc11_approved_on_a_parked_deploy_by_webhook_initiates_nothing_an
 }
 
 #[test]
-fn gitea_pr_merged_releases_the_lease() {
+fn orch065_tc11_gitea_pr_merged_releases_the_lease_and_an_absent_lease_is_a_noop() {
     let s = setup("");
     s.env
         .orch()
