@@ -563,3 +563,54 @@ fn orch059_tc12_other_repos_keep_the_deployer_agent_path() {
         1
     );
 }
+
+/// Seed ORCH-059 TC-12 on the deploy stage itself: for a repo that is not
+/// the self-hosting one, a Confirm Deploy is `not-self-hosting` — nothing is
+/// initiated, no finalizer job, the deployer agent's job is the way on.
+#[test]
+fn orch059_tc12_confirm_deploy_on_another_repo_initiates_nothing() {
+    let env = Env::bare();
+    env.orch().args(["demo", "--setup-only"]).assert().success();
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "other"])
+        .assert()
+        .success();
+    for _ in 0..20 {
+        if stage(&env) == "deploy" {
+            break;
+        }
+        if run(&env, &[], &["run-agent", "--next"]).status.code() == Some(3) {
+            run(&env, &[], &["advance", "--task", "1", "--approve"]);
+        }
+    }
+    assert_eq!(stage(&env), "deploy");
+    let o = run(
+        &env,
+        &[],
+        &["advance", "--task", "1", "--confirm-deploy", "--json"],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(json(&o)["note"], "not-self-hosting");
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM deploys WHERE initiated_at IS NOT NULL"
+        ),
+        0
+    );
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM jobs WHERE agent = 'deploy-finalizer'"
+        ),
+        0
+    );
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM jobs WHERE agent = 'deployer' AND status = 'queued'"
+        ),
+        1,
+        "the deployer agent is the way on"
+    );
+}
