@@ -74,6 +74,17 @@ fn orch059_tc09_phase_a_parks_on_deploy_keeps_the_lease_and_asks_for_confirm_dep
         "{cta}"
     );
     assert!(!cta.contains("set \"Approved\""), "{cta}");
+    // Exactly one call to action, not one per pass.
+    assert_eq!(
+        shown["comments"]
+            .as_array()
+            .expect("comments")
+            .iter()
+            .filter_map(|c| c["body"].as_str())
+            .filter(|b| b.contains("Confirm Deploy"))
+            .count(),
+        1
+    );
     assert_eq!(
         sql_i64(&env, "SELECT count(*) FROM merge_leases WHERE task_id = 1"),
         1,
@@ -98,6 +109,8 @@ fn orch059_tc09_phase_a_parks_on_deploy_keeps_the_lease_and_asks_for_confirm_dep
     );
     let notes = std::fs::read_to_string(env.state().join("notifications.log")).expect("notes");
     assert!(notes.contains("Confirm Deploy"), "{notes}");
+    assert_eq!(notes.matches("Confirm Deploy").count(), 1, "{notes}");
+    assert!(!notes.contains("set \"Approved\""), "{notes}");
     // The lease survives a reclaim pass while parked.
     assert_eq!(
         env.json(&["reclaim-leases"])["reclaimed"]
