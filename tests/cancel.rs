@@ -66,7 +66,7 @@ fn with_branch(env: &Env) -> i64 {
 }
 
 #[test]
-fn tc02_stop_active_agent_kills_it_and_cancels_everything() {
+fn orch090_tc02_stop_active_agent_kills_it_and_cancels_everything() {
     let env = install();
     let task = with_branch(&env);
     env.orch()
@@ -125,7 +125,7 @@ fn tc02_stop_active_agent_kills_it_and_cancels_everything() {
 }
 
 #[test]
-fn tc02_idle_task_stops_nothing_and_tc03_queued_jobs_are_cancelled() {
+fn orch090_tc02_idle_task_stops_nothing_and_tc03_queued_jobs_are_cancelled() {
     let env = install();
     env.orch()
         .args(["task", "create", "--repo", "demo", "--title", "idle"])
@@ -140,7 +140,7 @@ fn tc02_idle_task_stops_nothing_and_tc03_queued_jobs_are_cancelled() {
 }
 
 #[test]
-fn tc05_full_reset_removes_worktree_and_branch_tc06_keeps_row_and_artifacts() {
+fn orch090_tc05_full_reset_removes_worktree_and_branch_tc06_keeps_row_and_artifacts() {
     let env = install();
     let task = with_branch(&env);
     let worktree = env.state().join("repos/demo/worktrees/DEMO-1");
@@ -162,7 +162,7 @@ fn tc05_full_reset_removes_worktree_and_branch_tc06_keeps_row_and_artifacts() {
 }
 
 #[test]
-fn tc05_delete_remote_branch_refuses_main_and_master() {
+fn orch090_tc05_delete_remote_branch_refuses_main_and_master() {
     let env = install();
     env.orch()
         .args(["task", "create", "--repo", "demo", "--title", "x"])
@@ -188,7 +188,7 @@ fn tc05_delete_remote_branch_refuses_main_and_master() {
 }
 
 #[test]
-fn tc07_idempotent_on_cancelled_done_and_missing_tasks() {
+fn orch090_tc07_idempotent_on_cancelled_done_and_missing_tasks() {
     let env = install();
     env.orch()
         .args(["task", "create", "--repo", "demo", "--title", "x"])
@@ -226,7 +226,7 @@ fn tc07_idempotent_on_cancelled_done_and_missing_tasks() {
 }
 
 #[test]
-fn tc08_kill_switch_and_scope() {
+fn orch090_tc08_kill_switch_and_scope() {
     let env = install();
     env.orch()
         .args(["task", "create", "--repo", "demo", "--title", "x"])
@@ -265,7 +265,7 @@ fn tc08_kill_switch_and_scope() {
 }
 
 #[test]
-fn tc09_status_has_the_stop_block() {
+fn orch090_tc09_status_has_the_stop_block() {
     let env = install();
     env.orch()
         .args(["task", "create", "--repo", "demo", "--title", "x"])
@@ -293,7 +293,7 @@ fn tc09_status_has_the_stop_block() {
 }
 
 #[test]
-fn tc13_end_to_end_stop_tombstones_the_keys_so_the_issue_can_start_afresh() {
+fn orch090_tc13_end_to_end_stop_tombstones_the_keys_so_the_issue_can_start_afresh() {
     let env = install();
     with_branch(&env);
     env.db()
@@ -331,7 +331,7 @@ fn tc13_end_to_end_stop_tombstones_the_keys_so_the_issue_can_start_afresh() {
 }
 
 #[test]
-fn tc14_migration_is_idempotent_and_the_columns_exist() {
+fn orch090_tc14_migration_is_idempotent_and_the_columns_exist() {
     let env = install();
     env.orch().arg("init").assert().success();
     env.orch().arg("init").assert().success();
@@ -369,7 +369,7 @@ fn hold_lease(env: &Env) {
 /// deferred (queued jobs cancelled, the actor untouched, one notification),
 /// and applied once the window closes.
 #[test]
-fn d7_stop_in_the_critical_window_defers_then_applies() {
+fn orch090_d7_stop_in_the_critical_window_defers_then_applies() {
     let env = install();
     with_branch(&env);
     env.db()
@@ -437,7 +437,7 @@ fn d7_stop_in_the_critical_window_defers_then_applies() {
 /// D7: a task parked on deploy holding the lease, with no running job, is
 /// NOT in a critical window: STOP resets it fully, lease and branch included.
 #[test]
-fn d7_stop_on_deploy_awaiting_confirm_is_a_full_reset() {
+fn orch090_d7_stop_on_deploy_awaiting_confirm_is_a_full_reset() {
     let env = install();
     with_branch(&env);
     env.db()

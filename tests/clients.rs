@@ -291,7 +291,7 @@ fn full_board() -> Value {
 }
 
 #[test]
-fn tc01_confirm_deploy_name_to_key_mapping() {
+fn orch059_tc01_confirm_deploy_name_to_key_mapping() {
     assert_eq!(key_for_name("Confirm Deploy"), Some("confirm_deploy"));
     assert_eq!(
         key_for_name("confirm deploy"),
@@ -303,7 +303,7 @@ fn tc01_confirm_deploy_name_to_key_mapping() {
 }
 
 #[test]
-fn tc01_confirm_deploy_not_in_default_states() {
+fn orch059_tc01_confirm_deploy_not_in_default_states() {
     // There are no default states at all: nothing resolves without the board.
     let states = States::default();
     assert_eq!(states.get("confirm_deploy"), None);
@@ -311,7 +311,7 @@ fn tc01_confirm_deploy_not_in_default_states() {
 }
 
 #[test]
-fn tc03_fail_closed_when_api_unreachable() {
+fn orch059_tc03_fail_closed_when_api_unreachable() {
     let client = PlaneClient::new(&closed_port(), "acme", PLANE_TOKEN, SECOND).expect("client");
     let err = client
         .project_states("p1")
@@ -320,7 +320,7 @@ fn tc03_fail_closed_when_api_unreachable() {
 }
 
 #[test]
-fn tc02_get_project_states_resolves_confirm_deploy() {
+fn orch059_tc02_get_project_states_resolves_confirm_deploy() {
     let stub = Stub::start();
     stub.on("GET", STATES, 200, &page(&full_board(), None));
     let states = plane(&stub).project_states("p1").expect("states");
@@ -353,7 +353,7 @@ fn tc02_get_project_states_resolves_confirm_deploy() {
 }
 
 #[test]
-fn tc03_fail_closed_when_status_not_on_board() {
+fn orch059_tc03_fail_closed_when_status_not_on_board() {
     let stub = Stub::start();
     let board = json!([
         {"id": "s-progress", "name": "In Progress"},
@@ -370,7 +370,7 @@ fn tc03_fail_closed_when_status_not_on_board() {
 }
 
 #[test]
-fn tc03_fail_closed_when_api_errors() {
+fn orch059_tc03_fail_closed_when_api_errors() {
     let stub = Stub::start();
     stub.on("GET", STATES, 500, &json!({"error": "boom"}));
     stub.on("GET", STATES, 200, &page(&full_board(), None));
@@ -746,7 +746,7 @@ fn gitea_find_pr_by_base_and_head_with_token_header() {
 }
 
 #[test]
-fn gitea_find_pr_404_is_none() {
+fn orch065_tc16_find_pr_404_is_none() {
     let stub = Stub::start();
     stub.on(
         "GET",
@@ -845,7 +845,7 @@ fn gitea_ensure_pr_409_means_it_exists() {
 }
 
 #[test]
-fn gitea_merge_checks_already_merged_first() {
+fn orch065_tc16_tc17_merge_checks_already_merged_first() {
     let stub = Stub::start();
     stub.on(
         "GET",
@@ -1083,7 +1083,7 @@ fn gitea_delete_branch_204_deleted_404_already_gone() {
 }
 
 #[test]
-fn gitea_pr_merged_204_or_404() {
+fn orch065_tc16_pr_merged_204_or_404() {
     let stub = Stub::start();
     stub.on("GET", &format!("{REPO}/pulls/7/merge"), 204, &Value::Null);
     stub.on("GET", &format!("{REPO}/pulls/8/merge"), 404, &Value::Null);
@@ -1093,7 +1093,7 @@ fn gitea_pr_merged_204_or_404() {
 }
 
 #[test]
-fn gitea_is_merged_finds_head_or_merge_commit_in_closed_prs() {
+fn orch065_tc16_is_merged_finds_head_or_merge_commit_in_closed_prs() {
     let stub = Stub::start();
     let unmerged_closed = json!({"number": 3, "state": "closed", "merged": false,
                                  "head": {"ref": "b", "sha": OTHER}, "base": {"ref": "main"}});
@@ -1173,7 +1173,7 @@ fn gitea_commit_status_combined_state() {
 }
 
 #[test]
-fn gitea_4xx_permanent_5xx_retryable_token_hidden() {
+fn orch065_tc16_gitea_4xx_permanent_5xx_retryable_token_hidden() {
     let stub = Stub::start();
     stub.on(
         "GET",

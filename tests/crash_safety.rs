@@ -488,7 +488,7 @@ fn recover_from(point: &str) {
 }
 
 #[test]
-fn every_crash_point_is_brought_to_a_correct_end_by_reap() {
+fn orch065_tc05_every_crash_point_is_brought_to_a_correct_end_by_reap() {
     let points = crash_points();
     assert!(points.len() >= 12, "crash points: {points:?}");
     // Three at a time: each scenario has its own state directory.
@@ -505,7 +505,7 @@ fn every_crash_point_is_brought_to_a_correct_end_by_reap() {
 }
 
 #[test]
-fn orch_claim_killed_after_its_claim_is_requeued_by_one_reap_at_once() {
+fn orch065_tc01_a_killed_claim_is_requeued_by_one_reap_at_once() {
     let env = install("");
     create_task(&env, "t");
     let out = orch_out(&env, &[("ORCH_CRASH_AT", "claim.committed")], &["claim"]);
@@ -546,7 +546,7 @@ fn a_clean_hand_over_from_orch_claim_gets_the_start_grace() {
 /// finalization exactly once, the agents are not run again, and each advance
 /// happens exactly once.
 #[test]
-fn racing_reapers_advance_each_task_exactly_once() {
+fn orch065_tc06_orch113_tc04_racing_reapers_advance_each_task_exactly_once() {
     const TASKS: i64 = 6;
     let env = install("max_concurrency = 50\nserial_gate_enabled = false");
     for i in 0..TASKS {
@@ -622,7 +622,7 @@ fn racing_reapers_advance_each_task_exactly_once() {
 /// Seed 001 TC-02, ORCH-113 TC-01/TC-02: live work is never reaped, however
 /// often the reaper runs and however long the agent takes.
 #[test]
-fn a_long_running_agent_is_never_reaped() {
+fn orch065_tc02_a_long_running_agent_is_never_reaped() {
     let env = install("reaper_finalize_grace_s = 0");
     create_task(&env, "t");
     let exe = env!("CARGO_BIN_EXE_orch");
@@ -672,7 +672,7 @@ fn slow_finalizer_env(extra: &str) -> Env {
 /// ORCH-113 TC-01, TC-05 (the ORCH-111 incident): a finalizer holding its
 /// lock past every grace is never reaped; no false rollback, no retry.
 #[test]
-fn tc05_orch111_no_false_rollback_a_live_finalizer_is_deferred() {
+fn orch113_tc05_orch111_no_false_rollback_a_live_finalizer_is_deferred() {
     let env = slow_finalizer_env("reaper_finalize_grace_s = 0");
     let mut worker = env
         .orch_std()
@@ -713,10 +713,96 @@ fn tc05_orch111_no_false_rollback_a_live_finalizer_is_deferred() {
     assert!(status["counters"].get("reaped_total").is_none());
 }
 
+/// Seed ORCH-113 TC-01/TC-02/TC-04 on deploy-staging: a worker finalizing
+/// past every grace (its staging check is slow) holds its lock, so pass
+/// after pass of `orch reap` defers it — nothing reaped, no advance by a
+/// non-owner, each pass counted — and the owner advances exactly once, with
+/// no rollback (no developer retry).
+#[test]
+fn orch113_tc01_tc02_a_live_deploy_staging_finalizer_is_deferred_every_pass() {
+    let env = install("reaper_finalize_grace_s = 0\nstaging_image_check_cmd = \"sleep 3\"");
+    let task = create_task(&env, "t");
+    drive_to(&env, task, "deploy-staging");
+    let mut worker = env
+        .orch_std()
+        .args(["run-agent", "--next"])
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let (mut passes, mut defers) = (0, 0);
+    while worker.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "worker never finished");
+        let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+        assert!(
+            pass["reaped"].as_array().is_none_or(Vec::is_empty),
+            "live finalizer reaped: {pass}"
+        );
+        let deferred = pass["finalizer_defers"].as_i64().unwrap_or(0);
+        if deferred > 0 {
+            // While it is deferred the non-owner never moved the task.
+            passes += 1;
+            let stage = stage_of(&env, task);
+            assert!(
+                stage == "deploy-staging" || worker.try_wait().expect("try_wait").is_some(),
+                "a non-owner advanced to {stage}"
+            );
+        }
+        defers += deferred;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(worker.wait().expect("wait").success());
+    assert!(passes >= 3, "only {passes} passes saw the finalizer");
+    assert_eq!(defers, passes, "one deferral per pass");
+    let shown = env.json(&["task", "show", &task.to_string()]);
+    assert_eq!(shown["task"]["stage"], "deploy");
+    let history = shown["history"].as_array().expect("history");
+    assert_eq!(
+        history
+            .iter()
+            .filter(|h| h["kind"] == "advance" && h["from_stage"] == "deploy-staging")
+            .count(),
+        1,
+        "advanced more than once"
+    );
+    assert!(
+        history.iter().all(|h| h["kind"] != "rollback"),
+        "false rollback"
+    );
+}
+
+/// Seed ORCH-113 TC-06 (within grace): with the liveness switch off only the
+/// finalize grace protects a finalizer; inside it (default 300 s) the job is
+/// neither reaped nor counted as a deferral, and the owner advances once.
+#[test]
+fn orch113_tc06_within_grace_a_finalizer_is_neither_reaped_nor_deferred() {
+    let env = slow_finalizer_env("reaper_finalizer_liveness_enabled = false");
+    let mut worker = env
+        .orch_std()
+        .args(["run-agent", "--next"])
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut passes = 0;
+    while worker.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "worker never finished");
+        let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
+        assert!(
+            pass["reaped"].as_array().is_none_or(Vec::is_empty),
+            "reaped within the grace: {pass}"
+        );
+        assert_eq!(pass["finalizer_defers"].as_i64().unwrap_or(0), 0, "{pass}");
+        passes += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(worker.wait().expect("wait").success());
+    assert!(passes >= 3, "only {passes} passes ran");
+    assert_eq!(stage_of(&env, 1), "review");
+}
+
 /// ORCH-113 TC-06: with the finalizer-liveness kill-switch off, the seeds'
 /// plain grace rule returns — and the claim fence still allows one advance.
 #[test]
-fn tc06_killswitch_off_reaps_past_the_grace_and_still_advances_once() {
+fn orch113_tc06_killswitch_off_reaps_past_the_grace_and_still_advances_once() {
     let env = slow_finalizer_env(
         "reaper_finalize_grace_s = 0\nreaper_finalizer_liveness_enabled = false",
     );
@@ -760,7 +846,7 @@ fn tc06_killswitch_off_reaps_past_the_grace_and_still_advances_once() {
 /// Seed 001 TC-04: past `reaper_max_running_s` the backstop stops a live
 /// owner (proven by its lock), its agent group dies, the job is reaped.
 #[test]
-fn tc04_backstop_stops_a_live_owner_past_the_ceiling() {
+fn orch065_tc04_orch113_tc03_backstop_stops_a_live_owner_past_the_ceiling() {
     let env = install(
         "reaper_max_running_s = 4\nagent_timeout_s = 1\nagent_kill_grace_seconds = 1\n\
          merge_retest_timeout_s = 1\nreaper_finalize_grace_s = 1",
@@ -830,7 +916,7 @@ fn tc04_backstop_stops_a_live_owner_past_the_ceiling() {
 /// Seed 001 TC-05: a non-zero exit requeues while attempts remain, then
 /// fails with a notification; TC-09: the reap unblocks the queue at concurrency 1.
 #[test]
-fn tc05_nonzero_exit_requeues_then_fails_and_tc09_unblocks_the_queue() {
+fn orch065_tc05_nonzero_exit_requeues_then_fails_and_tc09_unblocks_the_queue() {
     let env = install("");
     create_task(&env, "a");
     create_task(&env, "b");
@@ -858,7 +944,7 @@ fn tc05_nonzero_exit_requeues_then_fails_and_tc09_unblocks_the_queue() {
 
 /// ORCH-090 TC-04: a job of a cancelled task is never requeued by the reaper.
 #[test]
-fn tc04_reaper_cancels_a_dead_job_of_a_cancelled_task() {
+fn orch090_tc04_reaper_cancels_a_dead_job_of_a_cancelled_task() {
     let env = install("");
     create_task(&env, "t");
     let out = orch_out(
@@ -878,7 +964,7 @@ fn tc04_reaper_cancels_a_dead_job_of_a_cancelled_task() {
 
 /// Seed 001 TC-07: with the reaper switched off, a dead owner's job is left alone.
 #[test]
-fn tc07_kill_switches_keep_their_meaning() {
+fn orch065_tc07_kill_switches_keep_their_meaning() {
     let env = install("reaper_enabled = false\nlease_reclaim_enabled = false");
     create_task(&env, "t");
     let out = orch_out(
@@ -908,7 +994,7 @@ fn tc07_kill_switches_keep_their_meaning() {
 /// Seed 001 TC-10…TC-15 as properties: a lease is reclaimed once its holder
 /// cannot use it, and never while it can (live merge, parked on deploy).
 #[test]
-fn tc10_15_leases_are_reclaimed_exactly_when_their_holder_cannot_use_them() {
+fn orch065_tc10_tc15_leases_are_reclaimed_exactly_when_their_holder_cannot_use_them() {
     let env = install("");
     let task = create_task(&env, "t");
     let lease = |env: &Env, acquired_at: i64| {
@@ -932,6 +1018,8 @@ fn tc10_15_leases_are_reclaimed_exactly_when_their_holder_cannot_use_them() {
             .as_array()
             .map_or(0, Vec::len)
     };
+    // No lease at all: the pass is a no-op (seed TC-14 no file, TC-21 callable).
+    assert_eq!(reclaimed(&env), 0);
     // Parked on deploy (awaiting Confirm Deploy): kept, however old.
     set_stage(&env, "deploy");
     lease(&env, 0);
@@ -963,7 +1051,7 @@ fn tc10_15_leases_are_reclaimed_exactly_when_their_holder_cannot_use_them() {
 /// does not re-run the expensive re-test; TC-24: a red catch-up releases the
 /// lease, rolls back, and leaves main untouched.
 #[test]
-fn tc17_redrive_skips_the_retest_and_tc24_red_catch_up_leaves_main_green() {
+fn orch065_tc17_redrive_skips_the_retest_and_tc24_red_catch_up_leaves_main_green() {
     let env = install("");
     let task = create_task(&env, "t");
     drive_to(&env, task, "deploy-staging");
@@ -1015,10 +1103,92 @@ fn tc17_redrive_skips_the_retest_and_tc24_red_catch_up_leaves_main_green() {
     );
 }
 
+/// Seed ORCH-065 TC-17 with its switch off: `merge_retest_skip_when_current_enabled
+/// = false` makes the re-drive re-test a branch that is already caught up
+/// (the switch is what buys the skip above).
+#[test]
+fn orch065_tc17_skip_when_current_switch_off_retests_the_caught_up_branch() {
+    let env = install("merge_retest_skip_when_current_enabled = false");
+    let task = create_task(&env, "t");
+    drive_to(&env, task, "deploy-staging");
+    move_main(&env, "first");
+    let out = orch_out(
+        &env,
+        &[("ORCH_CRASH_AT", "finalize.evaluated")],
+        &["run-agent", "--next"],
+    );
+    assert_eq!(signal_of(&out), Some(9));
+    let retests = |env: &Env| {
+        sql_i64(
+            env,
+            "SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'merge_gate_retests_total'",
+        )
+    };
+    let before = retests(&env);
+    orch_out(&env, &[], &["reap"]);
+    orch_out(&env, &[], &["run-agent", "--next"]);
+    assert_eq!(stage_of(&env, task), "deploy");
+    assert_eq!(
+        retests(&env),
+        before + 1,
+        "with the switch off the caught-up branch must be re-tested"
+    );
+}
+
+/// The merge gate's rebase conflict (seed ORCH-065 merge gate, red catch-up
+/// family): main gained a conflicting change, so the rebase is aborted, the
+/// lease released and the task rolled back to development; main is untouched.
+#[test]
+fn orch065_merge_gate_rebase_conflict_rolls_back_and_releases_the_lease() {
+    let env = install("");
+    let task = create_task(&env, "t");
+    drive_to(&env, task, "deploy-staging");
+    // The feature adds src/greet.sh; main adds a different one: add/add conflict.
+    common::push_to_main(&env, "conflict", "src/greet.sh", "echo conflicting\n");
+    let forge = env.state().join("forge/demo.git");
+    let main_before = orch::git::Git::at(&forge).rev("main").expect("rev");
+    let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
+    assert_eq!(v["evaluation"]["decision"]["decision"], "rollback", "{v}");
+    assert!(
+        v["evaluation"]["decision"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("conflict rebasing"),
+        "{v}"
+    );
+    assert_eq!(stage_of(&env, task), "development");
+    assert_eq!(
+        sql_i64(&env, "SELECT count(*) FROM merge_leases"),
+        0,
+        "lease kept"
+    );
+    assert_eq!(
+        orch::git::Git::at(&forge).rev("main").expect("rev"),
+        main_before,
+        "main moved"
+    );
+    // No rebase was left half-done in the task's worktree (the developer reuses it).
+    if env
+        .state()
+        .join("repos/demo/worktrees/DEMO-1/.git")
+        .exists()
+    {
+        let git_dir = worktree_git_dir(&env);
+        assert!(
+            !git_dir.join("rebase-merge").exists(),
+            "rebase left in progress"
+        );
+        assert!(
+            !git_dir.join("rebase-apply").exists(),
+            "rebase left in progress"
+        );
+    }
+}
+
 /// An infrastructure timeout of the re-test retries in place: no rollback,
 /// no developer retry, and one alert when the bound is spent.
 #[test]
-fn retest_timeout_retries_in_place_without_rollback() {
+fn orch110_tc01b_retest_timeout_retries_in_place_without_rollback() {
     let env = install(
         "merge_retest_timeout_s = 1\nmerge_infra_retry_max = 1\ntransient_backoff_base_s = 1\ntransient_backoff_max_s = 1",
     );
@@ -1035,6 +1205,13 @@ fn retest_timeout_retries_in_place_without_rollback() {
     assert_eq!(
         v["evaluation"]["decision"]["decision"], "retry_later",
         "{v}"
+    );
+    assert!(
+        v["evaluation"]["decision"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("timeout"),
+        "a timeout must be named as one: {v}"
     );
     assert_eq!(stage_of(&env, task), "deploy-staging");
     let job = env.json(&["job", "show", "6"]);
@@ -1164,6 +1341,13 @@ fn a_task_blocked_over_budget_releases_its_merge_lease() {
         v["evaluation"]["decision"]["decision"], "retry_later",
         "{v}"
     );
+    assert!(
+        v["evaluation"]["decision"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("timeout"),
+        "a timeout must be named as one: {v}"
+    );
     assert_eq!(sql_i64(&env, "SELECT count(*) FROM merge_leases"), 1);
     std::fs::write(&path, config).expect("config");
     // The task can no longer afford a run: its next attempt blocks it.
@@ -1239,7 +1423,7 @@ fn an_escalated_task_releases_its_merge_lease() {
 /// finalize-only continuation; the next worker finalizes it without running
 /// the agent again, spending no extra attempt.
 #[test]
-fn reap_hands_an_exit_0_orphan_to_a_worker_without_finalizing_it() {
+fn orch065_tc05_orch113_tc03_reap_hands_an_exit_0_orphan_to_a_worker_without_finalizing_it() {
     let env = install("");
     let task = create_task(&env, "greet");
     drive_to(&env, task, "deploy-staging");

@@ -68,7 +68,7 @@ fn drive_to(env: &Env, task: i64, stage_name: &str) {
 /// re-tests a branch that fell behind main; the forge's merge refuses it
 /// (behind) and the task goes back to development.
 #[test]
-fn the_merge_gate_off_or_out_of_scope_touches_nothing() {
+fn orch065_tc13_the_merge_gate_off_or_out_of_scope_touches_nothing() {
     for switch in [
         "merge_gate_enabled = false\nmerge_gate_repos = \"demo\"",
         "merge_gate_repos = \"elsewhere\"",
@@ -104,7 +104,7 @@ fn the_merge_gate_off_or_out_of_scope_touches_nothing() {
 /// acquire remains — an expired lease whose holder cannot use it is taken
 /// over by the next merge (counted, notified); a fresh one is not.
 #[test]
-fn with_the_proactive_reclaim_off_an_expired_lease_is_reclaimed_on_acquire() {
+fn orch065_tc15_with_the_proactive_reclaim_off_an_expired_lease_is_reclaimed_on_acquire() {
     // With the serial gate on, the claim is where the merge waits; with it
     // off, the job runs and the merge gate's acquire is.
     for serial in [true, false] {

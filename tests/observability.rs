@@ -13,7 +13,7 @@ fn exec(env: &Env, sql: &str) {
 /// One unreadable block (its table is gone) is an error entry; every other
 /// block is still printed, in JSON and in text; the exit code is 1 (partial).
 #[test]
-fn status_shows_every_block_it_can_read() {
+fn orch090_tc09_status_shows_every_block_it_can_read() {
     let env = Env::new();
     env.enqueue_many(2);
     exec(&env, "DROP TABLE post_deploys");
@@ -59,7 +59,7 @@ fn status_shows_every_block_it_can_read() {
 /// Seed §5 (one bad job never stops a reap pass): a database error on one
 /// job is collected and the pass reaps the others (exit 1, `errors` says which).
 #[test]
-fn a_database_error_on_one_job_does_not_stop_the_reap_pass() {
+fn orch065_tc08_orch113_tc08_a_database_error_on_one_job_does_not_stop_the_reap_pass() {
     let env = Env::new();
     let ids = env.enqueue_many(2);
     for id in &ids {

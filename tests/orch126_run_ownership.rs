@@ -66,7 +66,7 @@ fn seed_impossible(db: &Db, id: i64, run_id: i64, pid: i64) {
 }
 
 #[test]
-fn tc00_database_refuses_an_impossible_queued_row() {
+fn orch126_database_refuses_an_impossible_queued_row() {
     let env = Env::new();
     let id = env.enqueue_many(1)[0];
     let db = env.db();
@@ -79,7 +79,7 @@ fn tc00_database_refuses_an_impossible_queued_row() {
 }
 
 #[test]
-fn tc01_requeue_of_a_running_job_clears_stale_ownership() {
+fn orch126_tc01_requeue_of_a_running_job_clears_stale_ownership() {
     let env = Env::new();
     let id = env.enqueue_many(1)[0];
     let mut db = env.db();
@@ -107,7 +107,7 @@ fn tc01_requeue_of_a_running_job_clears_stale_ownership() {
 }
 
 #[test]
-fn tc02_requeue_resets_ownership_even_after_a_run_was_recorded_and_keeps_the_error() {
+fn orch126_tc02_requeue_resets_ownership_even_after_a_run_was_recorded_and_keeps_the_error() {
     let env = Env::new();
     let id = env.enqueue_many(1)[0];
     let mut db = env.db();
@@ -132,7 +132,7 @@ fn tc02_requeue_resets_ownership_even_after_a_run_was_recorded_and_keeps_the_err
 }
 
 #[test]
-fn tc03_transient_failure_resets_ownership_and_keeps_the_backoff() {
+fn orch126_tc03_transient_failure_resets_ownership_and_keeps_the_backoff() {
     let env = Env::new();
     let id = env.enqueue_many(1)[0];
     let mut db = env.db();
@@ -188,7 +188,7 @@ fn tc03_transient_failure_resets_ownership_and_keeps_the_backoff() {
 }
 
 #[test]
-fn tc04_fenced_requeue_wins_once_and_the_guard_holds() {
+fn orch126_tc04_fenced_requeue_wins_once_and_the_guard_holds() {
     let env = Env::new();
     let id = env.enqueue_many(1)[0];
     let mut db = env.db();
@@ -223,7 +223,7 @@ fn tc04_fenced_requeue_wins_once_and_the_guard_holds() {
 }
 
 #[test]
-fn tc05_claim_clears_a_stale_pid_before_the_spawn() {
+fn orch126_tc05_claim_clears_a_stale_pid_before_the_spawn() {
     let env = Env::new();
     let id = env.enqueue_many(1)[0];
     let mut db = env.db();
@@ -238,7 +238,7 @@ fn tc05_claim_clears_a_stale_pid_before_the_spawn() {
 }
 
 #[test]
-fn tc06_claim_works_with_the_serial_gate_off() {
+fn orch126_tc06_claim_works_with_the_serial_gate_off() {
     let env = Env::new();
     env.write_config("serial_gate_enabled = false\ntask_deps_enabled = false");
     env.orch()
@@ -253,7 +253,7 @@ fn tc06_claim_works_with_the_serial_gate_off() {
 }
 
 #[test]
-fn tc07_a_fresh_claim_without_pid_is_alive_while_its_lock_is_held() {
+fn orch126_tc07_a_fresh_claim_without_pid_is_alive_while_its_lock_is_held() {
     let env = Env::new();
     env.enqueue_many(1);
     let mut db = env.db();
@@ -276,7 +276,7 @@ fn tc07_a_fresh_claim_without_pid_is_alive_while_its_lock_is_held() {
 }
 
 #[test]
-fn tc08_sanitize_impossible_queued_is_idempotent() {
+fn orch126_tc08_sanitize_impossible_queued_is_idempotent() {
     let env = Env::new();
     let ids = env.enqueue_many(3);
     let mut db = env.db();
@@ -300,7 +300,7 @@ fn tc08_sanitize_impossible_queued_is_idempotent() {
 }
 
 #[test]
-fn tc08b_sanitize_sweep_counts_and_shows_in_status_and_honours_its_kill_switch() {
+fn orch126_tc08b_sanitize_sweep_counts_and_shows_in_status_and_honours_its_kill_switch() {
     let env = Env::new();
     let ids = env.enqueue_many(2);
     seed_impossible(&env.db(), ids[0], 759, 35);
@@ -335,7 +335,7 @@ fn tc08b_sanitize_sweep_counts_and_shows_in_status_and_honours_its_kill_switch()
 }
 
 #[test]
-fn tc09_a_launch_failure_requeues_clean_and_the_job_is_claimable_again() {
+fn orch126_tc09_a_launch_failure_requeues_clean_and_the_job_is_claimable_again() {
     let env = Env::new();
     let id = env.enqueue_many(1)[0];
     let mut db = env.db();
@@ -360,7 +360,7 @@ fn tc09_a_launch_failure_requeues_clean_and_the_job_is_claimable_again() {
 }
 
 #[test]
-fn tc10_terminal_outcomes_keep_run_and_start_and_stamp_finish() {
+fn orch126_tc10_terminal_outcomes_keep_run_and_start_and_stamp_finish() {
     let env = Env::new();
     let ids = env.enqueue_many(3);
     let mut db = env.db();
@@ -432,7 +432,7 @@ fn retry_budget_spent_fails_the_job() {
 }
 
 #[test]
-fn tc03_cancelled_jobs_are_never_claimed_or_revived() {
+fn orch090_tc03_tc12_cancelled_jobs_are_never_claimed_or_revived() {
     let env = Env::new();
     env.write_config("serial_gate_enabled = false");
     env.orch()

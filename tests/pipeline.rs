@@ -63,7 +63,7 @@ fn history_kinds(env: &Env, task: i64) -> Vec<(String, String, String)> {
 }
 
 #[test]
-fn demo_runs_the_pipeline_to_done_and_leaves_a_working_installation() {
+fn orch065_tc19_demo_runs_every_stage_to_done_and_leaves_a_working_installation() {
     let env = Env::bare();
     let out = env.orch().arg("demo").output().expect("run demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -258,7 +258,7 @@ fn advance_waits_for_the_human_approval_then_advances() {
 }
 
 #[test]
-fn a_failing_agent_is_retried_then_fails_with_a_notification() {
+fn orch065_worker_concurrency_a_failing_agent_is_retried_then_fails_with_a_notification() {
     let env = demo_env();
     env.orch()
         .args(["task", "create", "--repo", "demo", "--title", "x"])
@@ -285,6 +285,10 @@ fn a_failing_agent_is_retried_then_fails_with_a_notification() {
     let job = env.json(&["job", "show", "1"]);
     assert_eq!(job["status"], "failed");
     assert_eq!(job["attempts"], 2);
+    // No slot is left held by the failure (seed ORCH-065 worker concurrency).
+    let status = env.json(&["status"]);
+    assert_eq!(status["counts"]["running"], 0);
+    assert_eq!(status["counts"]["failed"], 1);
     let notes = std::fs::read_to_string(env.state().join("notifications.log")).expect("log");
     assert!(notes.contains("failed for good"), "{notes}");
     let log = std::fs::read_to_string(env.state().join("runs/job-1-run2/agent.log"))
@@ -395,7 +399,7 @@ fn claude_success_without_a_result_event_is_a_failure() {
 /// Seed 002 TC-01 at the worker level: a timed-out agent whose grandchild
 /// sleeps is killed with its whole process group.
 #[test]
-fn tc01_timed_out_agent_and_its_sleeping_grandchild_are_tree_killed() {
+fn orch110_tc01_timed_out_agent_and_its_sleeping_grandchild_are_tree_killed() {
     let env = demo_env();
     env.orch()
         .args(["task", "create", "--repo", "demo", "--title", "x"])

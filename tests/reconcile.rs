@@ -75,7 +75,7 @@ fn the_reconciler_never_touches_analysis() {
 /// busy (a running job), terminal, within the grace. None is advanced and
 /// nothing is posted.
 #[test]
-fn the_reconciler_skips_escalated_blocked_busy_terminal_and_fresh_tasks() {
+fn orch090_tc12_the_reconciler_skips_escalated_blocked_busy_cancelled_and_fresh_tasks() {
     let env = install("");
     for n in 1..=5 {
         env.orch()
@@ -105,7 +105,8 @@ fn the_reconciler_skips_escalated_blocked_busy_terminal_and_fresh_tasks() {
             "UPDATE jobs SET task_id = 3, status = 'running', claim_token = 'tok', started_at = 1 WHERE id = {job}"
         ),
     );
-    exec(&env, "UPDATE tasks SET stage = 'done' WHERE id = 4");
+    // Cancelled (seed ORCH-090 TC-12): terminal, so no Plane call either.
+    exec(&env, "UPDATE tasks SET stage = 'cancelled' WHERE id = 4");
     exec(
         &env,
         &format!(

@@ -89,7 +89,7 @@ fn millis(outcome: &Value) -> u64 {
 }
 
 #[test]
-fn tc01_grandchild_orphan_is_tree_killed_on_timeout() {
+fn orch110_tc01_grandchild_orphan_is_tree_killed_on_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let outcome = run_group(
         dir.path(),
@@ -108,7 +108,7 @@ fn tc01_grandchild_orphan_is_tree_killed_on_timeout() {
 }
 
 #[test]
-fn tc01_green_and_red_returncodes_passthrough() {
+fn orch110_tc01_green_and_red_returncodes_passthrough() {
     let dir = tempfile::tempdir().expect("tempdir");
     for code in [0, 3] {
         let outcome = run_group(
@@ -123,7 +123,7 @@ fn tc01_green_and_red_returncodes_passthrough() {
 }
 
 #[test]
-fn tc01_fallback_when_tree_kill_disabled() {
+fn orch110_tc01_fallback_when_tree_kill_disabled() {
     let dir = tempfile::tempdir().expect("tempdir");
     let outcome = run_group(
         dir.path(),

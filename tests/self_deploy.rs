@@ -52,7 +52,7 @@ fn wait_for_hook(env: &Env) {
 }
 
 #[test]
-fn tc09_phase_a_parks_on_deploy_keeps_the_lease_and_asks_for_confirm_deploy() {
+fn orch059_tc09_phase_a_parks_on_deploy_keeps_the_lease_and_asks_for_confirm_deploy() {
     let env = self_hosting();
     let main_before = main_head(&env);
     to_phase_a(&env);
@@ -74,6 +74,17 @@ fn tc09_phase_a_parks_on_deploy_keeps_the_lease_and_asks_for_confirm_deploy() {
         "{cta}"
     );
     assert!(!cta.contains("set \"Approved\""), "{cta}");
+    // Exactly one call to action, not one per pass.
+    assert_eq!(
+        shown["comments"]
+            .as_array()
+            .expect("comments")
+            .iter()
+            .filter_map(|c| c["body"].as_str())
+            .filter(|b| b.contains("Confirm Deploy"))
+            .count(),
+        1
+    );
     assert_eq!(
         sql_i64(&env, "SELECT count(*) FROM merge_leases WHERE task_id = 1"),
         1,
@@ -98,6 +109,8 @@ fn tc09_phase_a_parks_on_deploy_keeps_the_lease_and_asks_for_confirm_deploy() {
     );
     let notes = std::fs::read_to_string(env.state().join("notifications.log")).expect("notes");
     assert!(notes.contains("Confirm Deploy"), "{notes}");
+    assert_eq!(notes.matches("Confirm Deploy").count(), 1, "{notes}");
+    assert!(!notes.contains("set \"Approved\""), "{notes}");
     // The lease survives a reclaim pass while parked.
     assert_eq!(
         env.json(&["reclaim-leases"])["reclaimed"]
@@ -108,7 +121,7 @@ fn tc09_phase_a_parks_on_deploy_keeps_the_lease_and_asks_for_confirm_deploy() {
 }
 
 #[test]
-fn tc07_approved_on_deploy_is_a_logged_noop() {
+fn orch059_tc07_approved_on_deploy_is_a_logged_noop() {
     let env = self_hosting();
     to_phase_a(&env);
     let o = run(&env, &[], &["advance", "--task", "1", "--json"]);
@@ -194,7 +207,7 @@ fn the_reconciler_posts_nothing_for_a_parked_deploy() {
 }
 
 #[test]
-fn phase_b_merges_and_starts_the_hook_once_and_phase_c_finishes() {
+fn orch059_tc07_tc08_phase_b_merges_and_starts_the_hook_once_and_phase_c_finishes() {
     let env = self_hosting();
     to_phase_a(&env);
     let staging_sha: String = env
@@ -380,7 +393,7 @@ fn a_deploy_that_succeeded_under_a_pending_stop_ends_done_and_says_the_stop_came
 }
 
 #[test]
-fn a_deploy_that_failed_under_a_pending_stop_is_cancelled() {
+fn orch090_d7_deferred_stop_applied_after_a_failed_deploy() {
     let env = self_hosting();
     std::fs::write(env.state().join("hook.exit"), "1").expect("hook exit");
     stop_during_the_deploy(&env);
@@ -551,7 +564,7 @@ fn main_moving_under_confirm_deploy_never_counts_as_a_developer_retry() {
 }
 
 #[test]
-fn other_repos_keep_the_deployer_agent_path() {
+fn orch059_tc12_other_repos_keep_the_deployer_agent_path() {
     let env = Env::bare();
     env.orch().args(["demo"]).assert().success();
     assert_eq!(sql_i64(&env, "SELECT count(*) FROM deploys"), 0);
@@ -561,5 +574,56 @@ fn other_repos_keep_the_deployer_agent_path() {
             "SELECT count(*) FROM jobs WHERE agent = 'deployer' AND stage = 'deploy' AND status = 'done'"
         ),
         1
+    );
+}
+
+/// Seed ORCH-059 TC-12 on the deploy stage itself: for a repo that is not
+/// the self-hosting one, a Confirm Deploy is `not-self-hosting` — nothing is
+/// initiated, no finalizer job, the deployer agent's job is the way on.
+#[test]
+fn orch059_tc12_confirm_deploy_on_another_repo_initiates_nothing() {
+    let env = Env::bare();
+    env.orch().args(["demo", "--setup-only"]).assert().success();
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "other"])
+        .assert()
+        .success();
+    for _ in 0..20 {
+        if stage(&env) == "deploy" {
+            break;
+        }
+        if run(&env, &[], &["run-agent", "--next"]).status.code() == Some(3) {
+            run(&env, &[], &["advance", "--task", "1", "--approve"]);
+        }
+    }
+    assert_eq!(stage(&env), "deploy");
+    let o = run(
+        &env,
+        &[],
+        &["advance", "--task", "1", "--confirm-deploy", "--json"],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(json(&o)["note"], "not-self-hosting");
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM deploys WHERE initiated_at IS NOT NULL"
+        ),
+        0
+    );
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM jobs WHERE agent = 'deploy-finalizer'"
+        ),
+        0
+    );
+    assert_eq!(
+        sql_i64(
+            &env,
+            "SELECT count(*) FROM jobs WHERE agent = 'deployer' AND status = 'queued'"
+        ),
+        1,
+        "the deployer agent is the way on"
     );
 }

@@ -113,7 +113,7 @@ impl Setup {
 }
 
 #[test]
-fn tc11_an_issue_moved_to_to_analyse_starts_the_pipeline_once() {
+fn orch090_tc11_an_issue_moved_to_to_analyse_starts_the_pipeline_once() {
     let s = setup("");
     let item = s.fake.add_item("Greet people", 7, "To Analyse");
     let body = s.fake.webhook(&item, "state", "alice");
@@ -142,7 +142,8 @@ fn tc11_an_issue_moved_to_to_analyse_starts_the_pipeline_once() {
 }
 
 #[test]
-fn tc10_the_start_status_mid_pipeline_relaunches_nothing_and_tc11_resumes_an_idle_analysis() {
+fn orch090_tc10_the_start_status_mid_pipeline_relaunches_nothing_and_tc11_resumes_an_idle_analysis()
+{
     let s = setup("");
     let item = s.fake.add_item("x", 8, "To Analyse");
     s.deliver(
@@ -211,7 +212,7 @@ fn tc10_the_start_status_mid_pipeline_relaunches_nothing_and_tc11_resumes_an_idl
 }
 
 #[test]
-fn approved_on_analysis_advances_and_reports_back_to_plane_once() {
+fn orch059_tc06_approved_on_analysis_advances_and_reports_back_to_plane_once() {
     let s = setup("");
     let item = s.fake.add_item("Greet", 9, "To Analyse");
     s.deliver(
@@ -310,8 +311,11 @@ fn an_unknown_project_is_recorded_and_ignored() {
     );
 }
 
+/// Seed ORCH-090 TC-01: the STOP status is routed to the cancel, "Approved"
+/// is not (on analysis it advances, it never cancels), and STOP on an issue
+/// orch has no task for is a recorded no-op, not an error.
 #[test]
-fn tc01_stop_is_routed_to_cancel_and_approved_is_not() {
+fn orch090_tc01_stop_routed_and_unknown_is_noop() {
     let s = setup("");
     let item = s.fake.add_item("x", 12, "To Analyse");
     s.deliver(
@@ -319,6 +323,25 @@ fn tc01_stop_is_routed_to_cancel_and_approved_is_not() {
         "issue",
         "d-1",
         &s.fake.webhook(&item, "state", "alice"),
+    );
+    s.env
+        .db()
+        .conn()
+        .execute("UPDATE jobs SET status = 'done'", [])
+        .expect("analysis ran");
+    s.fake.set_state(&item, "Approved");
+    let approved = s.deliver(
+        "plane",
+        "issue",
+        "d-approved",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    assert!(approved.status.success());
+    let stage = s.task(1)["task"]["stage"].clone();
+    assert_ne!(stage, "cancelled", "Approved was routed to the cancel");
+    assert_eq!(
+        s.sql("SELECT count(*) FROM jobs WHERE status = 'cancelled'"),
+        0
     );
     s.fake.set_state(&item, "STOP");
     s.deliver(
@@ -328,6 +351,23 @@ fn tc01_stop_is_routed_to_cancel_and_approved_is_not() {
         &s.fake.webhook(&item, "state", "alice"),
     );
     assert_eq!(s.task(1)["task"]["stage"], "cancelled");
+    // STOP on an issue without a task: exit 0, recorded as ignored.
+    let stray = s.fake.add_item("never started", 30, "STOP");
+    let out = s.deliver(
+        "plane",
+        "issue",
+        "d-stray",
+        &s.fake.webhook(&stray, "state", "alice"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        s.sql("SELECT count(*) FROM webhook_deliveries WHERE error LIKE '%STOP on an issue without a task%'"),
+        1
+    );
     // A fresh "To Analyse" starts a new task for the same issue (keys were tombstoned).
     s.fake.set_state(&item, "To Analyse");
     s.deliver(
@@ -339,9 +379,72 @@ fn tc01_stop_is_routed_to_cancel_and_approved_is_not() {
     assert_eq!(s.tasks().len(), 2);
 }
 
-#[test]
-fn tc04_confirm_deploy_routes_to_phase_b_only_on_deploy() {
+/// The self-hosting settings, with the hook counting its runs in the state
+/// directory (absolute: the detached hook's working directory is not ours).
+fn setup_self_hosting() -> Setup {
     let s = setup("");
+    let path = s.env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    let hook = format!("echo run >> {}/hook.count", s.env.state().display());
+    std::fs::write(
+        &path,
+        format!(
+            "self_hosting_repo = \"demo\"\nmerge_gate_repos = \"demo\"\ndeploy_hook_cmd = {}\n{config}",
+            serde_json::to_string(&hook).expect("quote")
+        ),
+    )
+    .expect("config");
+    s
+}
+
+/// Start `item` by webhook and run it to phase A (parked on deploy).
+fn webhook_to_deploy(s: &Setup, item: &str) {
+    s.deliver(
+        "plane",
+        "issue",
+        "d-start",
+        &s.fake.webhook(item, "state", "alice"),
+    );
+    for _ in 0..20 {
+        if s.task(1)["task"]["stage"] == "deploy" {
+            return;
+        }
+        if s.orch(&["run-agent", "--next"]).status.code() == Some(3) {
+            s.orch(&["advance", "--task", "1", "--approve"]);
+        }
+    }
+    panic!("never reached deploy: {}", s.task(1)["task"]["stage"]);
+}
+
+fn last_note(s: &Setup) -> String {
+    s.env
+        .db()
+        .conn()
+        .query_row(
+            "SELECT coalesce(error, '') FROM webhook_deliveries ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("note")
+}
+
+fn hook_runs(s: &Setup) -> usize {
+    std::fs::read_to_string(s.env.state().join("hook.count")).map_or(0, |t| t.lines().count())
+}
+
+fn finalizer_jobs(s: &Setup) -> i64 {
+    s.sql("SELECT count(*) FROM jobs WHERE agent = 'deploy-finalizer'")
+}
+
+fn initiated(s: &Setup) -> i64 {
+    s.sql("SELECT count(*) FROM deploys WHERE initiated_at IS NOT NULL")
+}
+
+/// Seed ORCH-059 TC-04/TC-04b: "Confirm Deploy" routes to phase B only on a
+/// task on deploy; on any other stage it is a recorded no-op.
+#[test]
+fn orch059_tc04_confirm_deploy_routes_to_phase_b_only_on_deploy() {
+    let s = setup_self_hosting();
     let item = s.fake.add_item("x", 13, "To Analyse");
     s.deliver(
         "plane",
@@ -349,7 +452,7 @@ fn tc04_confirm_deploy_routes_to_phase_b_only_on_deploy() {
         "d-1",
         &s.fake.webhook(&item, "state", "alice"),
     );
-    // Not on deploy: a stray Confirm Deploy perturbs nothing.
+    // Not on deploy (TC-04b): a stray Confirm Deploy perturbs nothing.
     s.fake.set_state(&item, "Confirm Deploy");
     s.deliver(
         "plane",
@@ -358,24 +461,171 @@ fn tc04_confirm_deploy_routes_to_phase_b_only_on_deploy() {
         &s.fake.webhook(&item, "state", "alice"),
     );
     assert_eq!(s.task(1)["task"]["stage"], "analysis");
-    let note: String = s
-        .env
-        .db()
-        .conn()
-        .query_row(
-            "SELECT error FROM webhook_deliveries ORDER BY id DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .expect("note");
+    let note = last_note(&s);
     assert!(note.contains("no-op"), "{note}");
+    assert_eq!(initiated(&s), 0);
+    // On deploy (TC-04): phase B runs, not the verdict path (no stage move).
+    s.fake.set_state(&item, "To Analyse");
+    webhook_to_deploy(&s, &item);
+    s.fake.set_state(&item, "Confirm Deploy");
+    let out = s.deliver(
+        "plane",
+        "issue",
+        "d-confirm",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let note = last_note(&s);
+    assert!(note.contains("self-deploy-initiated"), "{note}");
+    assert_eq!(s.task(1)["task"]["stage"], "deploy");
 }
 
-/// Issue #14: "Approved" on a task parked awaiting Confirm Deploy is a
-/// logged no-op through the webhook and the reconciler's poll: nothing is
-/// posted to Plane or the notifier, and nothing deploys.
+/// Seed ORCH-059 TC-10 (and the ORCH-036 "prod hook exactly once"): a person's
+/// "Confirm Deploy" by webhook initiates the production deploy once — the
+/// marker, one `deploy-finalizer` job, one hook run, stage still deploy — and
+/// a repeated delivery is `self-deploy-already-initiated`.
 #[test]
-fn approved_on_a_parked_deploy_posts_nothing() {
+fn orch059_tc10_confirm_deploy_by_webhook_initiates_once() {
+    let s = setup_self_hosting();
+    let item = s.fake.add_item("self", 17, "To Analyse");
+    webhook_to_deploy(&s, &item);
+    assert_eq!(initiated(&s), 0);
+    s.fake.set_state(&item, "Confirm Deploy");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-confirm-1",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    assert!(last_note(&s).contains("self-deploy-initiated"));
+    assert_eq!(initiated(&s), 1, "the initiated marker");
+    assert_eq!(finalizer_jobs(&s), 1, "one deploy-finalizer job");
+    assert_eq!(s.task(1)["task"]["stage"], "deploy");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while hook_runs(&s) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the hook never ran");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The state change is delivered again (a person re-sets it; a new edit).
+    s.deliver(
+        "plane",
+        "issue",
+        "d-confirm-2",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    let note = last_note(&s);
+    assert!(note.contains("self-deploy-already-initiated"), "{note}");
+    assert_eq!(finalizer_jobs(&s), 1);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(hook_runs(&s), 1, "the hook ran twice");
+}
+
+/// "Confirm Deploy" set by orch's own tracker user is refused: nothing is
+/// merged or initiated, and a comment asks a person to confirm; a person's
+/// confirmation afterwards still works.
+#[test]
+fn orch059_confirm_deploy_by_orchs_own_tracker_user_is_refused() {
+    let s = setup_self_hosting();
+    let item = s.fake.add_item("self", 18, "To Analyse");
+    webhook_to_deploy(&s, &item);
+    let comments = s.fake.world().comments.get(&item).map_or(0, Vec::len);
+    s.fake.set_state(&item, "Confirm Deploy");
+    let out = s.deliver(
+        "plane",
+        "issue",
+        "d-bot",
+        &s.fake.webhook(&item, "state", "orch-bot"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let note = last_note(&s);
+    assert!(note.contains("refused-own-user"), "{note}");
+    assert_eq!(initiated(&s), 0);
+    assert_eq!(finalizer_jobs(&s), 0);
+    assert_eq!(hook_runs(&s), 0);
+    let asked = s
+        .fake
+        .world()
+        .comments
+        .get(&item)
+        .cloned()
+        .unwrap_or_default();
+    assert!(asked.len() > comments, "no comment asked a person");
+    assert!(
+        asked
+            .iter()
+            .any(|c| c.to_string().contains("A person must")),
+        "{asked:?}"
+    );
+    s.deliver(
+        "plane",
+        "issue",
+        "d-person",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    assert!(last_note(&s).contains("self-deploy-initiated"));
+    assert_eq!(initiated(&s), 1);
+}
+
+/// Seed ORCH-090 TC-08/TC-10 with the switch off: STOP is inert, and the
+/// start status mid-pipeline relaunches the idle stage's agent once (the
+/// legacy behaviour the switch restores).
+#[test]
+fn orch090_tc08_tc10_stop_off_is_inert_and_the_start_status_relaunches_an_idle_stage() {
+    let s = setup("stop_status_enabled = false");
+    let item = s.fake.add_item("x", 19, "To Analyse");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-1",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    s.env
+        .db()
+        .conn()
+        .execute_batch("UPDATE jobs SET status = 'done'; UPDATE tasks SET stage = 'development'")
+        .expect("mid-pipeline");
+    s.fake.set_state(&item, "STOP");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-stop",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    assert_eq!(
+        s.task(1)["task"]["stage"],
+        "development",
+        "STOP acted while off"
+    );
+    s.fake.set_state(&item, "In Progress");
+    for n in 0..2 {
+        s.deliver(
+            "plane",
+            "issue",
+            &format!("d-start-{n}"),
+            &s.fake.webhook(&item, "state", "alice"),
+        );
+    }
+    assert_eq!(
+        s.sql("SELECT count(*) FROM jobs WHERE status = 'queued' AND agent = 'developer'"),
+        1,
+        "one relaunch, not one per delivery"
+    );
+}
+
+/// Seed ORCH-059 TC-05/TC-11 (issue #14): "Approved" on a task parked
+/// awaiting Confirm Deploy is a logged no-op through the webhook and the
+/// reconciler's poll: no initiate (no marker, no `deploy-finalizer` job),
+/// nothing posted to Plane or the notifier, stage still deploy.
+#[test]
+fn orch059_tc05_tc11_approved_on_a_parked_deploy_by_webhook_initiates_nothing_and_posts_nothing() {
     let hook = "echo run >> hook.count";
     let s = setup(&format!(
         "self_hosting_repo = \"demo\"\nmerge_gate_repos = \"demo\"\ndeploy_hook_cmd = \"{hook}\"\nreconcile_grace_overrides_json = '{{\"deploy\": 0}}'"
@@ -427,10 +677,12 @@ fn approved_on_a_parked_deploy_posts_nothing() {
         "the human's state was overridden"
     );
     assert_eq!(s.task(1)["task"]["stage"], "deploy");
+    assert_eq!(initiated(&s), 0, "Approved initiated the deploy");
+    assert_eq!(finalizer_jobs(&s), 0, "Approved enqueued a finalizer");
 }
 
 #[test]
-fn gitea_pr_merged_releases_the_lease() {
+fn orch065_tc11_gitea_pr_merged_releases_the_lease_and_an_absent_lease_is_a_noop() {
     let s = setup("");
     s.env
         .orch()
@@ -467,6 +719,25 @@ fn gitea_pr_merged_releases_the_lease() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(s.sql("SELECT count(*) FROM merge_leases"), 0);
+    // Releasing a lease that is already gone is a no-op, not an error (seed
+    // ORCH-065 merge-gate TC-11): another merged PR of the same branch.
+    let again = s.deliver(
+        "gitea",
+        "pull_request",
+        "g-2",
+        &body.replace("\"number\":3", "\"number\":4"),
+    );
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(s.sql("SELECT count(*) FROM merge_leases"), 0);
+    assert_eq!(
+        s.sql("SELECT count(*) FROM webhook_deliveries"),
+        2,
+        "the second event was taken for a duplicate"
+    );
 }
 
 #[test]

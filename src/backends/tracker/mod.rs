@@ -58,7 +58,7 @@ pub mod key {
     pub const CANCELLED: &str = "cancelled";
 }
 
-/// Board name → logical key, exact and case-sensitive (seed-spec §9.6).
+/// Board name → logical key, exact and case-sensitive (docs/integrations.md, the state table).
 pub const BOARD_KEYS: &[(&str, &str)] = &[
     (state::TO_ANALYSE, key::TO_ANALYSE),
     (state::IN_PROGRESS, key::IN_PROGRESS),

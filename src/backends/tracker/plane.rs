@@ -4,7 +4,7 @@
 //! Plane identifies states by per-project UUIDs, so orch maps the board's
 //! state *names* to logical keys (`confirm_deploy`, `approved`, …) once per
 //! project through `GET …/states/` and caches the result ([`States`]). The
-//! mapping fails closed (seed-spec §9.6): there are no hard-coded default
+//! mapping fails closed (docs/integrations.md): there are no hard-coded default
 //! UUIDs, an API error is returned to the caller, and a state missing from a
 //! board is simply absent, so a board without "Confirm Deploy" can never
 //! confirm a deploy.
