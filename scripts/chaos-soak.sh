@@ -15,7 +15,9 @@ for i in $(seq 1 "$runs"); do
     echo "run $i: ok   $(grep -o 'Kills.*' <<<"$out")"
   else
     failed=$((failed + 1))
-    echo "run $i: FAIL $(grep -o 'seed [0-9]*' <<<"$out" | head -1)"
+    seed=$(grep -o 'seed [0-9]*' <<<"$out" | head -1 | cut -d' ' -f2)
+    mkdir -p target/chaos-soak && printf '%s\n' "$out" > "target/chaos-soak/$seed.log"
+    echo "run $i: FAIL seed $seed (full output: target/chaos-soak/$seed.log)"
     grep -E 'panicked|seed [0-9]+:' <<<"$out" | head -5
   fi
 done
