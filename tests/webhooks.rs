@@ -619,3 +619,116 @@ fn hostile_bodies_never_panic_and_never_store() {
     // Only syntactically valid JSON objects were stored; none made a task.
     assert!(s.tasks().is_empty());
 }
+
+/// Issue #15 (1): Gitea's `status` webhook names the commit, not the branch.
+/// The payload is built from the fields of Gitea's `CommitStatusPayload`
+/// (go-gitea/gitea, modules/structs/hook.go: `commit`, `context`,
+/// `created_at`, `description`, `id`, `repository`, `sender`, `sha`, `state`,
+/// `target_url`, `updated_at` — no `branches`, which only GitHub sends).
+/// A green status on the commit orch pushed for a developing task advances
+/// it; a green status on any other commit changes nothing.
+#[test]
+fn gitea_status_on_the_pushed_commit_advances_a_developing_task() {
+    let s = setup("");
+    let green = s.env.state().join("ci-green");
+    let path = s.env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config").replace(
+        "test_command = \"sh ./test.sh\"",
+        &format!("test_command = \"test -f {}\"", green.display()),
+    );
+    std::fs::write(&path, config).expect("config");
+    // The pipeline up to the developer, whose pushed commit CI has not passed yet.
+    s.env
+        .orch()
+        .args(["task", "create", "--repo", "demo", "--title", "x"])
+        .assert()
+        .success();
+    for _ in 0..10 {
+        if s.task(1)["task"]["stage"] == "development"
+            && s.sql("SELECT count(*) FROM jobs WHERE agent = 'developer' AND status = 'done'") > 0
+        {
+            break;
+        }
+        if s.orch(&["run-agent", "--next"]).status.code() == Some(3) {
+            s.orch(&["advance", "--task", "1", "--approve"]);
+        }
+    }
+    assert_eq!(s.task(1)["task"]["stage"], "development");
+    s.env
+        .db()
+        .conn()
+        .execute(
+            "UPDATE jobs SET status = 'cancelled' WHERE status = 'queued'",
+            [],
+        )
+        .expect("idle");
+    let branch = s.task(1)["task"]["branch"]
+        .as_str()
+        .expect("branch")
+        .to_owned();
+    let clone = s.env.state().join("repos/demo/clone");
+    let head = std::process::Command::new("git")
+        .current_dir(&clone)
+        .args(["rev-parse", &format!("refs/heads/{branch}")])
+        .output()
+        .expect("git");
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    assert_eq!(head.len(), 40, "{head}");
+    std::fs::write(&green, "").expect("ci green");
+    let status = |sha: &str| {
+        serde_json::json!({
+            "commit": {
+                "id": sha,
+                "message": "developer: x\n",
+                "url": format!("https://gitea.example/org/demo/commit/{sha}"),
+                "author": {"name": "orch", "email": "orch@example", "username": ""},
+                "committer": {"name": "orch", "email": "orch@example", "username": ""},
+                "verification": null,
+                "timestamp": "2026-12-05T10:00:00Z",
+                "added": null,
+                "removed": null,
+                "modified": null
+            },
+            "context": "ci/woodpecker",
+            "created_at": "2026-12-05T10:01:00Z",
+            "description": "Build succeeded",
+            "id": 17,
+            "repository": {"id": 3, "name": "demo", "full_name": "org/demo", "default_branch": "main"},
+            "sender": {"id": 2, "login": "ci", "username": "ci"},
+            "sha": sha,
+            "state": "success",
+            "target_url": "https://ci.example/org/demo/42",
+            "updated_at": "2026-12-05T10:01:00Z"
+        })
+        .to_string()
+    };
+    let other = "0123456789abcdef0123456789abcdef01234567";
+    let out = s.deliver("gitea", "status", "g-st-1", &status(other));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        s.task(1)["task"]["stage"],
+        "development",
+        "a status on a commit orch did not push moved the task"
+    );
+    let out = s.deliver("gitea", "status", "g-st-2", &status(&head));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let notes: Vec<String> = s
+        .env
+        .rows("SELECT error FROM webhook_deliveries ORDER BY id")
+        .into_iter()
+        .map(|r| r[0].to_string())
+        .collect();
+    assert_eq!(
+        s.task(1)["task"]["stage"],
+        "review",
+        "the green status of the pushed head did not advance the task: {notes:?}"
+    );
+}
