@@ -8,6 +8,7 @@ mod common;
 
 use std::io::Write as _;
 use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::Env;
 use common::fake::{Fake, PROJECT, sign};
@@ -62,9 +63,34 @@ impl Setup {
         self.deliver_bytes(source, event, delivery, body.as_bytes())
     }
 
-    /// Any bytes, correctly signed. A write error is ignored: orch stops
-    /// reading an oversize body early.
+    /// Any bytes, correctly signed, then wait until the router it started is
+    /// done (ingest answers before routing).
     fn deliver_bytes(&self, source: &str, event: &str, delivery: &str, body: &[u8]) -> Output {
+        let out = self.ingest_bytes(source, event, delivery, body);
+        self.settle();
+        out
+    }
+
+    /// Wait until no delivery waits for its first routing (the detached router
+    /// of each stored delivery has been through it).
+    fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.sql(
+            "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending' AND attempts = 0",
+        ) > 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "a stored delivery was never routed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Any bytes, correctly signed, as ingest answers them (routing may not
+    /// have happened yet). A write error is ignored: orch stops reading an
+    /// oversize body early.
+    fn ingest_bytes(&self, source: &str, event: &str, delivery: &str, body: &[u8]) -> Output {
         let mut child = self
             .env
             .orch_std()
@@ -730,5 +756,40 @@ fn gitea_status_on_the_pushed_commit_advances_a_developing_task() {
         s.task(1)["task"]["stage"],
         "review",
         "the green status of the pushed head did not advance the task: {notes:?}"
+    );
+}
+
+/// Issue #15 (4): ingest answers at once whatever Plane's latency. With a
+/// Plane that takes 3 s per call, the delivery is stored and ingest exits in
+/// well under one call; the detached router then starts the pipeline.
+#[test]
+fn ingest_answers_at_once_with_a_slow_plane_and_routes_afterwards() {
+    let s = setup("");
+    let item = s.fake.add_item("Slow Plane", 19, "To Analyse");
+    let body = s.fake.webhook(&item, "state", "alice");
+    s.fake.set_delay(Duration::from_secs(3));
+    let started = Instant::now();
+    let out = s.ingest_bytes("plane", "issue", "slow-1", body.as_bytes());
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "stored delivery 1\n");
+    eprintln!("ingest answered in {took:?} with a 3 s Plane");
+    assert!(
+        took < Duration::from_millis(1500),
+        "ingest took {took:?}: it waited for Plane"
+    );
+    // Stored before the answer; routed afterwards.
+    assert_eq!(s.sql("SELECT count(*) FROM webhook_deliveries"), 1);
+    s.settle();
+    let routed = started.elapsed();
+    eprintln!("routed {routed:?} after the delivery");
+    assert_eq!(s.tasks().len(), 1, "the router did not start the pipeline");
+    assert_eq!(
+        s.sql("SELECT count(*) FROM webhook_deliveries WHERE status = 'processed'"),
+        1
     );
 }
