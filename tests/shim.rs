@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Env;
-use common::fake::sign;
+use common::fake::{Fake, PROJECT, sign};
 
 const PLANE_SECRET: &str = "plane 'shim' \"secret\" \\ {{ }}";
 const GITEA_SECRET: &str = "gitea-shim-secret";
@@ -74,6 +74,11 @@ fn exec_start_script(creds: &Path) -> String {
 
 /// `webhook` started as the shipped unit starts it, with orch on PATH.
 fn start(env: &Env) -> Option<Shim> {
+    start_with(env, &[])
+}
+
+/// [`start`], with more variables in the unit's environment.
+fn start_with(env: &Env, extra: &[(&str, &str)]) -> Option<Shim> {
     if !Path::new(WEBHOOK).exists() {
         eprintln!("skipped: {WEBHOOK} (Debian package webhook) is not installed");
         return None;
@@ -104,6 +109,7 @@ fn start(env: &Env) -> Option<Shim> {
         .env("ORCH_STATE_DIR", env.state())
         .env("CREDENTIALS_DIRECTORY", &creds)
         .env("RUST_LOG", "warn")
+        .envs(extra.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -280,4 +286,60 @@ fn a_body_orch_refuses_after_the_rules_is_answered_500_with_the_reason() {
     assert_eq!(status, 500, "{resp}");
     assert!(resp.contains("nothing stored"), "{resp}");
     assert_eq!(stored(&env), 0);
+}
+
+/// Issue #15 (4), through the shim: with a Plane answering in 3 s, webhook
+/// answers 202 at once (the router orch starts does not hold webhook, which
+/// waits for its command's output), and the pipeline starts afterwards.
+#[test]
+fn a_slow_plane_does_not_delay_the_answer() {
+    let fake = Fake::start();
+    let env = Env::bare();
+    env.orch().args(["demo", "--setup-only"]).assert().success();
+    let path = env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config").replace(
+        "[repos.demo]",
+        &format!("[repos.demo]\nplane_project = \"{PROJECT}\""),
+    );
+    std::fs::write(
+        &path,
+        format!(
+            "tracker = \"plane\"\nplane_url = \"{}\"\nplane_workspace = \"ws\"\n{config}",
+            fake.url
+        ),
+    )
+    .expect("config");
+    let Some(shim) = start_with(&env, &[("ORCH_PLANE_API_TOKEN", "plane-token")]) else {
+        return;
+    };
+    let item = fake.add_item("Slow", 21, "To Analyse");
+    let body = fake.webhook(&item, "state", "alice");
+    fake.set_delay(Duration::from_secs(3));
+    let started = Instant::now();
+    let (status, resp) = plane(
+        &shim,
+        "slow-1",
+        Some(sign(PLANE_SECRET, &body)),
+        body.as_bytes(),
+    );
+    let took = started.elapsed();
+    assert_eq!(status, 202, "{resp}");
+    eprintln!("webhook answered in {took:?} with a 3 s Plane");
+    assert!(
+        took < Duration::from_millis(1500),
+        "answered after {took:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env
+        .rows("SELECT id FROM webhook_deliveries WHERE status = 'pending'")
+        .len()
+        > 0
+    {
+        assert!(Instant::now() < deadline, "the pipeline never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "pipeline started {:?} after the delivery",
+        started.elapsed()
+    );
 }
