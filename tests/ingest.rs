@@ -88,10 +88,10 @@ fn signed_plane_and_gitea_deliveries_are_stored() {
     );
 
     // Each stored delivery started a detached router: wait for both to be routed.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while rows(&env).iter().any(|r| r.4 == "pending") {
-        assert!(std::time::Instant::now() < deadline, "never routed");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(Instant::now() < deadline, "never routed");
+        std::thread::sleep(Duration::from_millis(20));
     }
     let rows = rows(&env);
     assert_eq!(rows.len(), 2);

@@ -132,7 +132,10 @@ fn post(shim: &Shim, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u1
         body.len()
     );
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        req.push_str(k);
+        req.push_str(": ");
+        req.push_str(v);
+        req.push_str("\r\n");
     }
     req.push_str("\r\n");
     let mut bytes = req.into_bytes();
@@ -330,10 +333,9 @@ fn a_slow_plane_does_not_delay_the_answer() {
         "answered after {took:?}"
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while env
+    while !env
         .rows("SELECT id FROM webhook_deliveries WHERE status = 'pending'")
-        .len()
-        > 0
+        .is_empty()
     {
         assert!(Instant::now() < deadline, "the pipeline never started");
         std::thread::sleep(Duration::from_millis(50));
