@@ -87,6 +87,12 @@ fn signed_plane_and_gitea_deliveries_are_stored() {
         serde_json::json!({"outcome": "stored", "delivery": 2})
     );
 
+    // Each stored delivery started a detached router: wait for both to be routed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rows(&env).iter().any(|r| r.4 == "pending") {
+        assert!(Instant::now() < deadline, "never routed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let rows = rows(&env);
     assert_eq!(rows.len(), 2);
     assert_eq!(
@@ -96,7 +102,7 @@ fn signed_plane_and_gitea_deliveries_are_stored() {
             Some("issue".into()),
             Some("p-1".into()),
             PLANE_BODY.as_bytes().to_vec(),
-            // Stored, then processed at once: no repo declares this Plane project.
+            // Stored, then routed: no repo declares this Plane project.
             "ignored".into()
         )
     );
@@ -105,7 +111,7 @@ fn signed_plane_and_gitea_deliveries_are_stored() {
     assert_eq!(rows[1].2.as_deref(), Some("g-1"));
     assert_eq!(rows[1].3, GITEA_BODY.as_bytes());
 
-    // Both were processed right after they were stored; nothing is left pending.
+    // Both were routed right after they were stored; nothing is left pending.
     let pending = orch::webhooks::pending(env.db().conn(), 10).expect("pending");
     assert!(pending.is_empty());
     assert_eq!(rows[1].4, "ignored");

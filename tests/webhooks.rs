@@ -8,6 +8,7 @@ mod common;
 
 use std::io::Write as _;
 use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::Env;
 use common::fake::{Fake, PROJECT, sign};
@@ -62,9 +63,34 @@ impl Setup {
         self.deliver_bytes(source, event, delivery, body.as_bytes())
     }
 
-    /// Any bytes, correctly signed. A write error is ignored: orch stops
-    /// reading an oversize body early.
+    /// Any bytes, correctly signed, then wait until the router it started is
+    /// done (ingest answers before routing).
     fn deliver_bytes(&self, source: &str, event: &str, delivery: &str, body: &[u8]) -> Output {
+        let out = self.ingest_bytes(source, event, delivery, body);
+        self.settle();
+        out
+    }
+
+    /// Wait until no delivery waits for its first routing (the detached router
+    /// of each stored delivery has been through it).
+    fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.sql(
+            "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending' AND attempts = 0",
+        ) > 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "a stored delivery was never routed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Any bytes, correctly signed, as ingest answers them (routing may not
+    /// have happened yet). A write error is ignored: orch stops reading an
+    /// oversize body early.
+    fn ingest_bytes(&self, source: &str, event: &str, delivery: &str, body: &[u8]) -> Output {
         let mut child = self
             .env
             .orch_std()
@@ -889,4 +915,152 @@ fn hostile_bodies_never_panic_and_never_store() {
     }
     // Only syntactically valid JSON objects were stored; none made a task.
     assert!(s.tasks().is_empty());
+}
+
+/// Issue #15 (1): Gitea's `status` webhook names the commit, not the branch.
+/// The payload is built from the fields of Gitea's `CommitStatusPayload`
+/// (go-gitea/gitea, modules/structs/hook.go: `commit`, `context`,
+/// `created_at`, `description`, `id`, `repository`, `sender`, `sha`, `state`,
+/// `target_url`, `updated_at` — no `branches`, which only GitHub sends).
+/// A green status on the commit orch pushed for a developing task advances
+/// it; a green status on any other commit changes nothing.
+#[test]
+fn gitea_status_on_the_pushed_commit_advances_a_developing_task() {
+    let s = setup("");
+    let green = s.env.state().join("ci-green");
+    let path = s.env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config").replace(
+        "test_command = \"sh ./test.sh\"",
+        &format!("test_command = \"test -f {}\"", green.display()),
+    );
+    std::fs::write(&path, config).expect("config");
+    // The pipeline up to the developer, whose pushed commit CI has not passed yet.
+    s.env
+        .orch()
+        .args(["task", "create", "--repo", "demo", "--title", "x"])
+        .assert()
+        .success();
+    for _ in 0..10 {
+        if s.task(1)["task"]["stage"] == "development"
+            && s.sql("SELECT count(*) FROM jobs WHERE agent = 'developer' AND status = 'done'") > 0
+        {
+            break;
+        }
+        if s.orch(&["run-agent", "--next"]).status.code() == Some(3) {
+            s.orch(&["advance", "--task", "1", "--approve"]);
+        }
+    }
+    assert_eq!(s.task(1)["task"]["stage"], "development");
+    s.env
+        .db()
+        .conn()
+        .execute(
+            "UPDATE jobs SET status = 'cancelled' WHERE status = 'queued'",
+            [],
+        )
+        .expect("idle");
+    let branch = s.task(1)["task"]["branch"]
+        .as_str()
+        .expect("branch")
+        .to_owned();
+    let clone = s.env.state().join("repos/demo/clone");
+    let head = std::process::Command::new("git")
+        .current_dir(&clone)
+        .args(["rev-parse", &format!("refs/heads/{branch}")])
+        .output()
+        .expect("git");
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    assert_eq!(head.len(), 40, "{head}");
+    std::fs::write(&green, "").expect("ci green");
+    let status = |sha: &str| {
+        serde_json::json!({
+            "commit": {
+                "id": sha,
+                "message": "developer: x\n",
+                "url": format!("https://gitea.example/org/demo/commit/{sha}"),
+                "author": {"name": "orch", "email": "orch@example", "username": ""},
+                "committer": {"name": "orch", "email": "orch@example", "username": ""},
+                "verification": null,
+                "timestamp": "2026-12-05T10:00:00Z",
+                "added": null,
+                "removed": null,
+                "modified": null
+            },
+            "context": "ci/woodpecker",
+            "created_at": "2026-12-05T10:01:00Z",
+            "description": "Build succeeded",
+            "id": 17,
+            "repository": {"id": 3, "name": "demo", "full_name": "org/demo", "default_branch": "main"},
+            "sender": {"id": 2, "login": "ci", "username": "ci"},
+            "sha": sha,
+            "state": "success",
+            "target_url": "https://ci.example/org/demo/42",
+            "updated_at": "2026-12-05T10:01:00Z"
+        })
+        .to_string()
+    };
+    let other = "0123456789abcdef0123456789abcdef01234567";
+    let out = s.deliver("gitea", "status", "g-st-1", &status(other));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        s.task(1)["task"]["stage"],
+        "development",
+        "a status on a commit orch did not push moved the task"
+    );
+    let out = s.deliver("gitea", "status", "g-st-2", &status(&head));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let notes: Vec<String> = s
+        .env
+        .rows("SELECT error FROM webhook_deliveries ORDER BY id")
+        .into_iter()
+        .map(|r| r[0].to_string())
+        .collect();
+    assert_eq!(
+        s.task(1)["task"]["stage"],
+        "review",
+        "the green status of the pushed head did not advance the task: {notes:?}"
+    );
+}
+
+/// Issue #15 (4): ingest answers at once whatever Plane's latency. With a
+/// Plane that takes 3 s per call, the delivery is stored and ingest exits in
+/// well under one call; the detached router then starts the pipeline.
+#[test]
+fn ingest_answers_at_once_with_a_slow_plane_and_routes_afterwards() {
+    let s = setup("");
+    let item = s.fake.add_item("Slow Plane", 19, "To Analyse");
+    let body = s.fake.webhook(&item, "state", "alice");
+    s.fake.set_delay(Duration::from_secs(3));
+    let started = Instant::now();
+    let out = s.ingest_bytes("plane", "issue", "slow-1", body.as_bytes());
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "stored delivery 1\n");
+    eprintln!("ingest answered in {took:?} with a 3 s Plane");
+    assert!(
+        took < Duration::from_millis(1500),
+        "ingest took {took:?}: it waited for Plane"
+    );
+    // Stored before the answer; routed afterwards.
+    assert_eq!(s.sql("SELECT count(*) FROM webhook_deliveries"), 1);
+    s.settle();
+    let routed = started.elapsed();
+    eprintln!("routed {routed:?} after the delivery");
+    assert_eq!(s.tasks().len(), 1, "the router did not start the pipeline");
+    assert_eq!(
+        s.sql("SELECT count(*) FROM webhook_deliveries WHERE status = 'processed'"),
+        1
+    );
 }

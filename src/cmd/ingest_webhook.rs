@@ -1,6 +1,10 @@
 //! `orch ingest-webhook` (alias `orch ingest`): verify one webhook delivery,
-//! store it in the inbox once, answer at once (docs/architecture.md, decision 5). Processing
-//! is not done here: `orch reconcile` and the tick read the pending rows.
+//! store it in the inbox once, answer at once (docs/architecture.md, decision 5).
+//! Routing (which may call Plane) never delays the answer: from stdin, a new
+//! delivery is handed to a detached router process (this command again, with
+//! the hidden `--route-pending`) and ingest exits; with `--inetd`, the HTTP
+//! answer is written and flushed first. Whatever a router does not finish,
+//! `orch reconcile` picks up from the pending rows.
 //!
 //! Two ways in. From a shim such as adnanh/webhook, the raw body comes as a
 //! file (`ORCH_BODY_FILE`) or on stdin and the headers as `ORCH_EVENT`,
@@ -69,6 +73,11 @@ pub struct Args {
     /// Print the outcome as JSON.
     #[arg(long)]
     pub json: bool,
+
+    /// Internal: route the pending deliveries, one router at a time, and exit
+    /// (the detached process a stored delivery starts).
+    #[arg(long, hide = true)]
+    pub route_pending: bool,
 }
 
 /// One delivery as received, before any check.
@@ -81,12 +90,15 @@ struct Incoming<'a> {
 
 /// Run `orch ingest-webhook`.
 pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
+    if args.route_pending {
+        return route_pending(ctx);
+    }
     if args.inetd {
         return run_inetd(ctx, args);
     }
     let secret = secret_or_refuse(args.source, args.insecure_no_signature)?;
     let body = read_body(args.body_file.as_deref(), ctx.config.webhook_max_body_bytes)?;
-    let (stored, mut db) = ingest(
+    let (stored, db) = ingest(
         ctx,
         args.source,
         secret.as_ref(),
@@ -97,12 +109,69 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             body: &body,
         },
     )?;
+    drop(db);
     if args.json {
         output::print_json(&outcome_json(stored))?;
     } else {
         println!("{}", describe(stored));
     }
-    process_after_store(ctx, stored, &mut db);
+    std::io::Write::flush(&mut std::io::stdout())?;
+    if matches!(stored, Stored::New(_)) {
+        spawn_router(ctx);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The lock that lets one router at a time process the inbox.
+const ROUTER_LOCK: &str = "webhook-router.lock";
+/// Where detached routers write their log lines.
+const ROUTER_LOG: &str = "webhook-router.log";
+
+/// Start a detached router for what is pending and return at once.
+///
+/// The child is this command line again plus `--route-pending` (so global
+/// options such as `--state-dir` and `--config` carry over), in its own
+/// process group, with stdin and stdout on /dev/null and stderr appended to
+/// `<state>/logs/webhook-router.log`: a shim that waits for the end of its
+/// command's output (adnanh/webhook does) is not held by the router. If it
+/// cannot start, the delivery stays pending for `orch reconcile`.
+fn spawn_router(ctx: &Ctx) {
+    use std::os::unix::process::CommandExt as _;
+    let started = (|| -> anyhow::Result<u32> {
+        let exe = std::env::current_exe()?;
+        std::fs::create_dir_all(ctx.logs_dir())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(ctx.logs_dir().join(ROUTER_LOG))?;
+        let child = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .arg("--route-pending")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()?;
+        Ok(child.id())
+    })();
+    match started {
+        Ok(pid) => log::debug!("webhook router started (pid {pid})"),
+        Err(e) => log::warn!(
+            "could not start the webhook router (the delivery stays pending for orch reconcile): {e:#}"
+        ),
+    }
+}
+
+/// `--route-pending`: wait for the router lock, then process every pending
+/// delivery once. Whatever was stored before the lock was taken is seen
+/// here; a delivery stored later has started its own router, which waits.
+fn route_pending(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let _lock = crate::liveness::RepoLock::acquire(&ctx.state_dir.join(ROUTER_LOCK))?;
+    let mut db = ctx.open_db()?;
+    let processed = webhooks::route::process_pending(ctx, &mut db)?;
+    for note in &processed.notes {
+        log::info!("{note}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -12,17 +12,20 @@
 //! the self-hosting deploy (fail closed: a board without it never matches);
 //! "STOP" cancels. Events caused by orch's own API user are ignored.
 //! Gitea: a merged pull request releases its branch's merge lease; a green
-//! commit status re-evaluates a developing task; pushes are ignored.
+//! commit status on the commit orch pushed for a developing task (its `sha`;
+//! Gitea sends no branch) re-evaluates that task; pushes are ignored.
 
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::backends::tracker::{self, key, plane::PlaneClient};
 use crate::context::Ctx;
+use crate::git::Git;
 use crate::pipeline::{Stage, advance, cancel, lease, self_deploy, task};
 use crate::queue::{self, NewJob};
 use crate::storage::{Db, now};
 use crate::webhooks::{self, Delivery};
+use crate::workspace::Workspace;
 
 /// Attempts before a delivery that keeps failing is parked as `failed`.
 pub const MAX_ATTEMPTS: i64 = 5;
@@ -439,26 +442,37 @@ fn route_gitea(ctx: &Ctx, db: &mut Db, d: &Delivery, body: &Value) -> anyhow::Re
                     "commit status {state:?}: nothing to do"
                 )));
             }
-            let branches: Vec<String> = body
-                .get("branches")
-                .and_then(Value::as_array)
-                .map(|bs| {
-                    bs.iter()
-                        .filter_map(|b| b.get("name").and_then(Value::as_str).map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
+            // Gitea's CommitStatusPayload names the commit (`sha`), never the
+            // branches (GitHub's `branches[]` is not in it): match the commit
+            // against what orch pushed for each developing task.
+            let Some(sha) = body
+                .get("sha")
+                .and_then(Value::as_str)
+                .filter(|s| is_commit_id(s))
+            else {
+                return Ok(Routed::Ignored("no commit sha in the payload".into()));
+            };
             let tasks = task::list(
                 db.conn(),
                 Some(Stage::Development.as_str()),
                 Some(&repo),
                 1000,
             )?;
-            let Some(t) = tasks
-                .into_iter()
-                .find(|t| t.branch.as_ref().is_some_and(|b| branches.contains(b)))
-            else {
-                return Ok(Routed::Ignored("no developing task on that branch".into()));
+            let ws = Workspace::new(&ctx.repos_dir(), &repo, ctx.config.repo(&repo)?)?;
+            let mut found = None;
+            for t in tasks {
+                if pushed_commits(db, &ws, &t)?
+                    .iter()
+                    .any(|c| c.eq_ignore_ascii_case(sha))
+                {
+                    found = Some(t);
+                    break;
+                }
+            }
+            let Some(t) = found else {
+                return Ok(Routed::Ignored(format!(
+                    "commit {sha} is not the pushed head of a developing task"
+                )));
             };
             let a = advance::advance_task(ctx, db, t.id)?;
             Ok(Routed::Acted(a.note))
@@ -467,4 +481,37 @@ fn route_gitea(ctx: &Ctx, db: &mut Db, d: &Delivery, body: &Value) -> anyhow::Re
             "gitea event {other:?}: no pipeline action"
         ))),
     }
+}
+
+/// A full hex commit id (SHA-1 or SHA-256).
+fn is_commit_id(s: &str) -> bool {
+    matches!(s.len(), 40 | 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The commits orch pushed for task `t`: its branch in the clone cache (the
+/// worktree commits there and pushes `HEAD` to the branch), the remote
+/// branch as last fetched, and the last commit whose tests passed. Read
+/// only, without the repository lock: reading a ref is atomic in git.
+fn pushed_commits(db: &Db, ws: &Workspace, t: &task::Task) -> anyhow::Result<Vec<String>> {
+    let mut commits = Vec::new();
+    let tested: Option<String> =
+        db.conn()
+            .query_row("SELECT tested_sha FROM tasks WHERE id = ?1", [t.id], |r| {
+                r.get(0)
+            })?;
+    commits.extend(tested);
+    let clone = ws.clone_dir();
+    if let Some(branch) = t.branch.as_deref()
+        && crate::names::validate_branch(branch).is_ok()
+        && clone.join(".git").exists()
+    {
+        let git = Git::at(&clone);
+        for r in [
+            format!("refs/heads/{branch}"),
+            format!("refs/remotes/origin/{branch}"),
+        ] {
+            commits.extend(git.rev(&r)?);
+        }
+    }
+    Ok(commits)
 }

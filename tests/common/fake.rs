@@ -37,6 +37,8 @@ pub struct World {
     pub requests: Vec<String>,
     /// Edits so far (each webhook carries a fresh `updated_at`, as Plane's do).
     pub edits: u64,
+    /// How long every answer waits (a slow Plane); zero by default.
+    pub delay: std::time::Duration,
 }
 
 /// The running fake.
@@ -84,6 +86,8 @@ impl Fake {
                 let method = req.method().as_str().to_owned();
                 let path = req.url().split('?').next().unwrap_or("").to_owned();
                 let (status, reply) = handle(&w, &method, &path, &body);
+                let delay = w.lock().unwrap_or_else(PoisonError::into_inner).delay;
+                std::thread::sleep(delay);
                 let response = tiny_http::Response::from_string(reply.to_string())
                     .with_status_code(status)
                     .with_header(
@@ -100,6 +104,11 @@ impl Fake {
     /// The fake's state.
     pub fn world(&self) -> MutexGuard<'_, World> {
         self.world.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Make every later answer wait `delay` (a slow Plane).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.world().delay = delay;
     }
 
     /// The id of the board state called `name`.
