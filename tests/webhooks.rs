@@ -531,10 +531,10 @@ fn orch059_tc10_confirm_deploy_by_webhook_initiates_once() {
     assert_eq!(initiated(&s), 1, "the initiated marker");
     assert_eq!(finalizer_jobs(&s), 1, "one deploy-finalizer job");
     assert_eq!(s.task(1)["task"]["stage"], "deploy");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while hook_runs(&s) == 0 {
-        assert!(std::time::Instant::now() < deadline, "the hook never ran");
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(Instant::now() < deadline, "the hook never ran");
+        std::thread::sleep(Duration::from_millis(50));
     }
     // The state change is delivered again (a person re-sets it; a new edit).
     s.deliver(
@@ -546,7 +546,7 @@ fn orch059_tc10_confirm_deploy_by_webhook_initiates_once() {
     let note = last_note(&s);
     assert!(note.contains("self-deploy-already-initiated"), "{note}");
     assert_eq!(finalizer_jobs(&s), 1);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(hook_runs(&s), 1, "the hook ran twice");
 }
 
