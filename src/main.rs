@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     restore_default_sigpipe();
     let cli = orch::cli::Cli::parse();
     orch::output::init_logging(cli.global.verbose, cli.global.quiet);
+    orch::secrets::protect_process();
     match orch::cmd::run(cli) {
         Ok(code) => code,
         Err(err) => {

@@ -12,6 +12,17 @@
 
 use std::path::Path;
 
+/// Make this process non-dumpable, so that another process of the same user
+/// — an agent, which runs as orch's user — cannot read its environment
+/// (`/proc/<pid>/environ`, where the tokens are) or its memory, nor attach a
+/// debugger. Programs orch starts get the flag reset by `execve`, which is
+/// fine: they are started without the tokens. Called first thing by `main`.
+pub fn protect_process() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        log::warn!("could not make orch non-dumpable: {e}; an agent may read its environment");
+    }
+}
+
 /// The secret `name` (lowercase, `_`-separated, e.g. `gitea_token`), or `None`
 /// when it is set nowhere or empty.
 pub fn secret(name: &str) -> Option<String> {

@@ -851,3 +851,76 @@ fn an_agent_log_is_rotated_at_its_cap_and_the_verdict_still_read() {
         &head[..80.min(head.len())]
     );
 }
+
+/// An agent runs as orch's user, so it could read orch's own environment —
+/// where the tokens are — through `/proc/<orch pid>/environ`. orch makes
+/// itself non-dumpable, which closes /proc to same-user processes. Run as an
+/// unprivileged user (root reads any /proc whatever the flag), like the
+/// shipped units' `orch` user.
+#[test]
+fn an_agent_cannot_read_orchs_tokens_through_proc() {
+    let uid = 65534;
+    let env = demo_env();
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "x"])
+        .assert()
+        .success();
+    let orch = env!("CARGO_BIN_EXE_orch");
+    let as_user = |cmd: &mut std::process::Command| {
+        cmd.args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".to_owned(),
+        ]);
+    };
+    let mut probe = std::process::Command::new("setpriv");
+    as_user(&mut probe);
+    let reachable = probe
+        .args([orch, "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !nix::unistd::geteuid().is_root() || !reachable {
+        eprintln!("\n*** SKIPPED: cannot run orch as uid {uid} here ***\n");
+        return;
+    }
+    assert!(
+        std::process::Command::new("chown")
+            .args(["-R", &format!("{uid}:{uid}")])
+            .arg(env.state())
+            .status()
+            .expect("chown")
+            .success()
+    );
+    let found = env.state().join("found.txt");
+    let agent = format!(
+        "for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < \"$f\" 2>/dev/null; done > {}; exit 0",
+        found.display()
+    );
+    let mut worker = std::process::Command::new("setpriv");
+    as_user(&mut worker);
+    let out = worker
+        .arg(orch)
+        .args(["run-agent", "--next"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", env.state())
+        .env("ORCH_STATE_DIR", env.state())
+        .env("ORCH_PLANE_API_TOKEN", "plane-secret-value")
+        .env("ORCH_AGENT_CMD", agent)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = std::fs::read_to_string(&found).expect("the agent scanned /proc");
+    assert!(
+        seen.contains("ORCH_TASK_ID=1"),
+        "the scan read its own environment"
+    );
+    assert!(
+        !seen.contains("plane-secret-value"),
+        "an agent read orch's token through /proc"
+    );
+}
