@@ -85,19 +85,51 @@ pub struct Delivery {
     pub dead: u32,
 }
 
+/// A tracker state change that a newer one for the same task follows
+/// (pending or delivered) must never be sent: it would move the issue back
+/// (a PATCH to "In Review" retried after the task reached Done). It is
+/// retired as delivered, with the reason in `last_error`, and never sent.
+fn retire_superseded_states(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE outbox SET status = 'delivered', delivered_at = NULL,
+             last_error = 'superseded by a newer state change (#' ||
+                 (SELECT max(n.id) FROM outbox n WHERE n.task_id = outbox.task_id
+                  AND n.channel = 'tracker' AND json_extract(n.payload, '$.kind') = 'state') || ')'
+         WHERE status = 'pending' AND channel = 'tracker'
+           AND json_extract(payload, '$.kind') = 'state'
+           AND EXISTS (SELECT 1 FROM outbox n WHERE n.task_id = outbox.task_id
+                       AND n.id > outbox.id AND n.channel = 'tracker'
+                       AND n.status IN ('pending', 'delivered')
+                       AND json_extract(n.payload, '$.kind') = 'state')",
+        [],
+    )
+}
+
 /// Deliver every due message.
 pub fn deliver(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Delivery> {
     let mut report = Delivery::default();
-    let due: Vec<(i64, String)> = {
-        // Messages whose lease ran out (a deliverer died mid-send) are due again.
+    db.write(|tx| Ok(retire_superseded_states(tx)?))?;
+    let due: Vec<(i64, Option<i64>, String)> = {
+        // Messages whose lease ran out (a deliverer died mid-send) are due
+        // again. A task's tracker messages go in order: one waits while an
+        // earlier one of the same task is still pending (backing off).
         let mut stmt = db.conn().prepare(
-            "SELECT id, payload FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?1
+            "SELECT id, task_id, payload FROM outbox o WHERE status = 'pending'
+                 AND next_attempt_at <= ?1
+                 AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.status = 'pending'
+                                 AND e.channel = 'tracker' AND o.channel = 'tracker'
+                                 AND e.task_id = o.task_id AND e.id < o.id)
              ORDER BY id LIMIT 500",
         )?;
-        let rows = stmt.query_map([now()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let rows = stmt.query_map([now()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
-    for (id, payload) in due {
+    // Tasks whose tracker message failed in this pass: their later ones wait.
+    let mut held: std::collections::HashSet<i64> = std::collections::HashSet::new();
+    for (id, task_id, payload) in due {
+        if task_id.is_some_and(|t| held.contains(&t)) {
+            continue;
+        }
         let message: Message = match serde_json::from_str(&payload) {
             Ok(m) => m,
             Err(e) => {
@@ -114,7 +146,12 @@ pub fn deliver(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Delivery> {
         };
         match deliver_one(ctx, db, id, &message) {
             Ok(true) => report.delivered += 1,
-            Ok(false) => {}
+            // Another deliverer holds it: its task's later messages wait too.
+            Ok(false) => {
+                if let Some(t) = task_id {
+                    held.insert(t);
+                }
+            }
             Err(e) => {
                 let dead = db.write(|tx| {
                     let attempts: i64 =
@@ -138,6 +175,9 @@ pub fn deliver(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Delivery> {
                     Ok(dead)
                 })?;
                 log::warn!("outbox message {id} not delivered: {e:#}");
+                if !dead && let Some(t) = task_id {
+                    held.insert(t);
+                }
                 if dead {
                     report.dead += 1;
                 } else {

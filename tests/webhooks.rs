@@ -1064,3 +1064,101 @@ fn ingest_answers_at_once_with_a_slow_plane_and_routes_afterwards() {
         1
     );
 }
+
+/// A state change that failed and is retried later must not undo a newer
+/// one: the PATCH to "In Review" that got a 503 is retired, not re-sent,
+/// once the task's issue was moved on. And a task's comments reach Plane in
+/// the order they were written, even when the first one had to be retried.
+#[test]
+fn an_older_state_change_never_overwrites_a_newer_one_and_comments_stay_in_order() {
+    let s = setup("");
+    let item = s.fake.add_item("x", 17, "To Analyse");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-1",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    s.orch(&["reconcile"]);
+    let push = |key: &str, payload: &str| {
+        s.env
+            .db()
+            .conn()
+            .execute(
+                "INSERT INTO outbox (dedup_key, channel, task_id, payload, next_attempt_at, created_at)
+                 VALUES (?1, 'tracker', 1, ?2, 0, 0)",
+                [key, payload],
+            )
+            .expect("row");
+    };
+    let due_now = || {
+        s.env
+            .db()
+            .conn()
+            .execute(
+                "UPDATE outbox SET next_attempt_at = 0 WHERE status = 'pending'",
+                [],
+            )
+            .expect("due");
+    };
+    // 1. "In Review" fails (503); then the task is done and "Done" is delivered.
+    s.fake.world().fail_next.push(("/work-items/".into(), 503));
+    push(
+        "t-review",
+        r#"{"kind":"state","task_id":1,"state":"In Review"}"#,
+    );
+    s.orch(&["reconcile"]);
+    assert_eq!(
+        s.sql("SELECT count(*) FROM outbox WHERE dedup_key = 't-review' AND status = 'pending'"),
+        1
+    );
+    push("t-done", r#"{"kind":"state","task_id":1,"state":"Done"}"#);
+    due_now();
+    s.orch(&["reconcile"]);
+    due_now();
+    s.orch(&["reconcile"]);
+    assert_eq!(
+        s.fake.state_of(&item),
+        "Done",
+        "the stale In Review overwrote Done"
+    );
+    assert_eq!(
+        s.sql("SELECT count(*) FROM outbox WHERE dedup_key = 't-review' AND status = 'delivered' AND last_error LIKE 'superseded%'"),
+        1
+    );
+    // 2. Comment A fails once; B, written after it, must not overtake it.
+    s.fake.world().fail_next.push(("/comments".into(), 503));
+    push(
+        "c-a",
+        r#"{"kind":"comment","task_id":1,"author":"orch","body":"first"}"#,
+    );
+    push(
+        "c-b",
+        r#"{"kind":"comment","task_id":1,"author":"orch","body":"second"}"#,
+    );
+    s.orch(&["reconcile"]);
+    assert_eq!(
+        s.sql("SELECT count(*) FROM outbox WHERE dedup_key = 'c-b' AND status = 'pending'"),
+        1,
+        "the second comment waits for the first"
+    );
+    due_now();
+    s.orch(&["reconcile"]);
+    let bodies: Vec<String> = s
+        .fake
+        .world()
+        .comments
+        .get(&item)
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c["comment_html"].as_str().map(str::to_owned))
+                .filter(|b| b.contains("first") || b.contains("second"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert!(
+        bodies[0].contains("first") && bodies[1].contains("second"),
+        "{bodies:?}"
+    );
+}
