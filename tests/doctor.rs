@@ -168,9 +168,37 @@ fn credentials_from_a_credentials_directory_name_the_file() {
     assert!(!out.contains(PLANE_TOKEN) && !err.contains(PLANE_TOKEN));
 }
 
+/// The board every state of the contract is on (plus one orch ignores).
+const FULL_BOARD: &[&str] = &[
+    "Backlog",
+    "To Analyse",
+    "In Progress",
+    "In Review",
+    "Approved",
+    "Rejected",
+    "Needs Input",
+    "Blocked",
+    "Confirm Deploy",
+    "STOP",
+    "Done",
+];
+
 /// A loopback stand-in for Plane, Gitea and Telegram, recording the
 /// requests' paths and whether they carried the right credentials.
 fn stub(healthy: bool) -> (String, Arc<Mutex<Vec<String>>>) {
+    stub_with_board(healthy, FULL_BOARD)
+}
+
+/// [`stub`] whose Plane project has the states named `board`.
+fn stub_with_board(healthy: bool, board: &[&str]) -> (String, Arc<Mutex<Vec<String>>>) {
+    let states = serde_json::Value::Array(
+        board
+            .iter()
+            .enumerate()
+            .map(|(i, name)| serde_json::json!({"id": format!("s{i}"), "name": name}))
+            .collect(),
+    )
+    .to_string();
     let server = tiny_http::Server::http("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", server.server_addr().to_ip().expect("ip"));
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -194,10 +222,7 @@ fn stub(healthy: bool) -> (String, Arc<Mutex<Vec<String>>>) {
             let (status, body) = if !healthy || !authorised {
                 (401, r#"{"detail": "Invalid token."}"#.to_owned())
             } else if path.ends_with("/states/") {
-                (
-                    200,
-                    r#"[{"id": "s1", "name": "Backlog"}, {"id": "s2", "name": "Done"}]"#.to_owned(),
-                )
+                (200, states.clone())
             } else if path.ends_with("/getMe") {
                 (
                     200,
@@ -232,7 +257,7 @@ fn remote_apis_are_probed_and_secrets_never_printed_even_at_trace() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(line(&out, "api plane demo:").starts_with("ok"), "{out}");
     assert!(
-        line(&out, "api plane demo:").contains("workflow states"),
+        line(&out, "api plane demo:").contains("every state of the board contract"),
         "{out}"
     );
     assert!(line(&out, "api gitea demo:").starts_with("ok"), "{out}");
@@ -303,4 +328,34 @@ fn leaks(text: &str, secret: &str) -> bool {
     chars
         .windows(6)
         .any(|w| text.contains(&w.iter().collect::<String>()))
+}
+
+/// The board contract (docs/integrations.md): a board without a state orch
+/// sets fails doctor — those state changes would be dead-lettered — and one
+/// without a state a person uses to ask orch for something warns.
+#[test]
+fn doctor_checks_each_plane_board_against_the_board_contract() {
+    let doctor = |board: &[&str]| {
+        let dir = demo();
+        let (url, _) = stub_with_board(true, board);
+        use_plane(dir.path(), &url);
+        run(orch(dir.path())
+            .arg("doctor")
+            .env("ORCH_PLANE_API_TOKEN", PLANE_TOKEN)
+            .env("ORCH_GITEA_TOKEN", GITEA_TOKEN)
+            .env("ORCH_TELEGRAM_BOT_TOKEN", TG_TOKEN)
+            .env("ORCH_PLANE_WEBHOOK_SECRET", "Wh5KpLx3Vc8N"))
+    };
+    let without =
+        |name: &str| -> Vec<&str> { FULL_BOARD.iter().copied().filter(|s| *s != name).collect() };
+    let (code, out, _) = doctor(&without("In Review"));
+    let plane = line(&out, "api plane demo:");
+    assert!(plane.starts_with("fail"), "{out}");
+    assert!(plane.contains("lacks In Review, which orch sets"), "{out}");
+    assert_ne!(code, 0);
+    let (code, out, _) = doctor(&without("Confirm Deploy"));
+    let plane = line(&out, "api plane demo:");
+    assert!(plane.starts_with("warn"), "{out}");
+    assert!(plane.contains("Confirm Deploy (to confirm"), "{out}");
+    assert_eq!(code, 0, "{out}");
 }

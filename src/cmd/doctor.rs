@@ -705,6 +705,54 @@ fn claude_version(binary: &Path) -> anyhow::Result<String> {
     }
 }
 
+/// A Plane project's board against the board contract: a state orch sets
+/// that is missing fails (those changes would be dead-lettered); a state a
+/// person uses to ask orch for something only warns.
+fn check_board(r: &mut Report, check: &str, project: &str, states: &plane::States) {
+    use crate::backends::tracker::{CONTRACT, Use, key_for_name};
+    let has = |name: &str| key_for_name(name).is_some_and(|k| states.get(k).is_some());
+    let missing_set: Vec<&str> = CONTRACT
+        .iter()
+        .filter(|(name, u)| *u == Use::Sets && !has(name))
+        .map(|(name, _)| *name)
+        .collect();
+    let missing_read: Vec<String> = CONTRACT
+        .iter()
+        .filter_map(|(name, u)| match u {
+            Use::Reads(what) if !has(name) => Some(format!("{name} (to {what})")),
+            _ => None,
+        })
+        .collect();
+    let hint = "add the states with these exact names to the project's board (docs/integrations.md, \"The board\")";
+    if !missing_set.is_empty() {
+        r.fail(
+            check,
+            format!(
+                "project {project}: the board lacks {}, which orch sets: those state changes would be refused and dead-lettered",
+                missing_set.join(", ")
+            ),
+            hint,
+        );
+    } else if !missing_read.is_empty() {
+        r.warn(
+            check,
+            format!(
+                "project {project}: the board lacks {}: nobody can ask for that from Plane",
+                missing_read.join(", ")
+            ),
+            hint,
+        );
+    } else {
+        r.ok(
+            check,
+            format!(
+                "project {project}: every state of the board contract is there ({} known)",
+                states.len()
+            ),
+        );
+    }
+}
+
 /// Which tokens were found, so the API checks skip the ones that are missing.
 #[derive(Debug, Default)]
 struct Creds {
@@ -812,10 +860,7 @@ fn check_apis(r: &mut Report, config: &Config, creds: &Creds) {
                             format!("project {project} has no states"),
                             "check the project id",
                         ),
-                        Ok(states) => r.ok(
-                            &check,
-                            format!("project {project}: {} known workflow states", states.len()),
-                        ),
+                        Ok(states) => check_board(r, &check, project, &states),
                         Err(e) => r.fail(
                             &check,
                             format!("{e:#}"),

@@ -58,6 +58,35 @@ pub mod key {
     pub const CANCELLED: &str = "cancelled";
 }
 
+/// How orch uses a board state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// orch moves issues to it: the board must have it, or those state
+    /// changes are refused by Plane and dead-lettered.
+    Sets,
+    /// A person moves issues to it to ask orch for something: without it
+    /// that request cannot be made from the board.
+    Reads(&'static str),
+}
+
+/// The board contract: every state name orch sets or reads, exact and
+/// case-sensitive (docs/integrations.md, "The board"). `orch doctor` checks
+/// each declared Plane project against it.
+pub const CONTRACT: &[(&str, Use)] = &[
+    (state::IN_REVIEW, Use::Sets),
+    (state::NEEDS_INPUT, Use::Sets),
+    (state::BLOCKED, Use::Sets),
+    (state::DONE, Use::Sets),
+    (state::TO_ANALYSE, Use::Reads("start a task")),
+    (state::APPROVED, Use::Reads("approve an analysis")),
+    (state::REJECTED, Use::Reads("reject an analysis")),
+    (
+        state::CONFIRM_DEPLOY,
+        Use::Reads("confirm the self-hosting repository's production deploy"),
+    ),
+    (state::STOP, Use::Reads("stop a task")),
+];
+
 /// Board name → logical key, exact and case-sensitive (docs/integrations.md, the state table).
 pub const BOARD_KEYS: &[(&str, &str)] = &[
     (state::TO_ANALYSE, key::TO_ANALYSE),
