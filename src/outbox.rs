@@ -109,25 +109,28 @@ fn retire_superseded_states(conn: &Connection) -> rusqlite::Result<usize> {
 pub fn deliver(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Delivery> {
     let mut report = Delivery::default();
     db.write(|tx| Ok(retire_superseded_states(tx)?))?;
-    let due: Vec<(i64, Option<i64>, String)> = {
-        // Messages whose lease ran out (a deliverer died mid-send) are due
-        // again. A task's tracker messages go in order: one waits while an
-        // earlier one of the same task is still pending (backing off).
+    let pending: Vec<(i64, Option<i64>, String, i64)> = {
         let mut stmt = db.conn().prepare(
-            "SELECT id, task_id, payload FROM outbox o WHERE status = 'pending'
-                 AND next_attempt_at <= ?1
-                 AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.status = 'pending'
-                                 AND e.channel = 'tracker' AND o.channel = 'tracker'
-                                 AND e.task_id = o.task_id AND e.id < o.id)
-             ORDER BY id LIMIT 500",
+            "SELECT id, CASE WHEN channel = 'tracker' THEN task_id END, payload, next_attempt_at
+             FROM outbox WHERE status = 'pending' ORDER BY id LIMIT 1000",
         )?;
-        let rows = stmt.query_map([now()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
-    // Tasks whose tracker message failed in this pass: their later ones wait.
+    // A task's tracker messages go in order: once one of them is not due
+    // (backing off, or leased by a deliverer that is sending it — a lease
+    // that ran out makes it due again) or fails in this pass, the task's
+    // later ones wait for the next pass. Notifications are never held.
     let mut held: std::collections::HashSet<i64> = std::collections::HashSet::new();
-    for (id, task_id, payload) in due {
+    let t0 = now();
+    for (id, task_id, payload, next_attempt_at) in pending {
         if task_id.is_some_and(|t| held.contains(&t)) {
+            continue;
+        }
+        if next_attempt_at > t0 {
+            if let Some(t) = task_id {
+                held.insert(t);
+            }
             continue;
         }
         let message: Message = match serde_json::from_str(&payload) {

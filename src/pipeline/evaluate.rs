@@ -143,9 +143,15 @@ pub fn evaluate(
             require!(gates::check_analysis_complete(&artifacts));
             let approved = check_analysis_approved(ctx, conn, task)?;
             if !approved.passed() {
+                // Said to the person on the board first, in board terms.
                 let reason = format!(
-                    "analysis of {} is complete; waiting for the human \"Approved\" status (orch advance --task {} --approve)",
-                    task.work_item_id, task.id
+                    "analysis of {wi} is complete; waiting for the human \"Approved\" status: \
+                     review docs/work-items/{wi}/ on branch {branch}, then move the issue to \
+                     \"Approved\" to continue or \"Rejected\" to stop (from a shell: \
+                     orch advance --task {id} --approve)",
+                    wi = task.work_item_id,
+                    branch = task.branch.as_deref().unwrap_or("-"),
+                    id = task.id
                 );
                 results.push(approved);
                 return Ok(Evaluation::new(results, Decision::AwaitHuman { reason }));
