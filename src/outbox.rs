@@ -272,7 +272,8 @@ fn plane_target(
     let client = tracker::plane::PlaneClient::from_config(
         &ctx.config,
         std::time::Duration::from_secs(ctx.config.http_timeout_s),
-    )?;
+    )?
+    .with_board_cache(ctx.state_dir.join("cache"));
     Ok(Some((client, project, issue)))
 }
 

@@ -1162,3 +1162,69 @@ fn an_older_state_change_never_overwrites_a_newer_one_and_comments_stay_in_order
         "{bodies:?}"
     );
 }
+
+/// The board is read once and shared: deliveries routed by separate orch
+/// processes cost one `GET …/states/` between them (for up to five minutes),
+/// and a state id the shared board does not know — a state re-created on the
+/// board — is looked up again at once instead of being ignored.
+#[test]
+fn the_plane_board_is_shared_between_processes_and_refreshed_for_an_unknown_state() {
+    let s = setup("");
+    let states_gets = |s: &Setup| {
+        s.fake
+            .world()
+            .requests
+            .iter()
+            .filter(|r| r.starts_with("GET") && r.ends_with("/states/"))
+            .count()
+    };
+    let a = s.fake.add_item("a", 21, "To Analyse");
+    let b = s.fake.add_item("b", 22, "To Analyse");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-a",
+        &s.fake.webhook(&a, "state", "alice"),
+    );
+    s.orch(&["reconcile"]);
+    s.deliver(
+        "plane",
+        "issue",
+        "d-b",
+        &s.fake.webhook(&b, "state", "alice"),
+    );
+    s.orch(&["reconcile"]);
+    assert_eq!(
+        s.sql("SELECT count(*) FROM tasks"),
+        2,
+        "both deliveries started a task"
+    );
+    assert_eq!(
+        states_gets(&s),
+        1,
+        "the second process used the shared board"
+    );
+    // "To Analyse" is deleted and re-created on the board: a new id.
+    {
+        let mut w = s.fake.world();
+        for (id, name) in &mut w.states {
+            if name == "To Analyse" {
+                *id = "state-recreated".to_owned();
+            }
+        }
+    }
+    let c = s.fake.add_item("c", 23, "To Analyse");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-c",
+        &s.fake.webhook(&c, "state", "alice"),
+    );
+    s.orch(&["reconcile"]);
+    assert_eq!(states_gets(&s), 2, "the unknown state id was looked up");
+    assert_eq!(
+        s.sql("SELECT count(*) FROM tasks"),
+        3,
+        "and the delivery acted on it"
+    );
+}

@@ -224,7 +224,8 @@ fn poll_plane(ctx: &Ctx, db: &mut Db, out: &mut Reconciled) -> anyhow::Result<()
     let client = PlaneClient::from_config(
         &ctx.config,
         std::time::Duration::from_secs(ctx.config.http_timeout_s),
-    )?;
+    )?
+    .with_board_cache(ctx.state_dir.join("cache"));
     let projects: Vec<(String, String)> = ctx
         .config
         .repos

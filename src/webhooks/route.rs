@@ -165,10 +165,10 @@ fn route_plane(ctx: &Ctx, db: &mut Db, d: &Delivery, body: &Value) -> anyhow::Re
     let client = PlaneClient::from_config(
         &ctx.config,
         std::time::Duration::from_secs(ctx.config.http_timeout_s),
-    )?;
+    )?
+    .with_board_cache(ctx.state_dir.join("cache"));
     let issue = client.get_issue(&project, &issue_id)?;
-    let states = client.project_states(&project)?;
-    let state_key = states.key_of(&issue.state_id).map(str::to_owned);
+    let state_key = client.key_of_state(&project, &issue.state_id)?;
     if by_orch && state_key.as_deref() != Some(key::CONFIRM_DEPLOY) {
         return Ok(Routed::Ignored("caused by orch's own API user".into()));
     }

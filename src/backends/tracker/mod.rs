@@ -130,8 +130,8 @@ pub fn remote_state_key(
     let client = plane::PlaneClient::from_config(
         &ctx.config,
         std::time::Duration::from_secs(ctx.config.http_timeout_s),
-    )?;
+    )?
+    .with_board_cache(ctx.state_dir.join("cache"));
     let issue = client.get_issue(project, issue)?;
-    let states = client.project_states(project)?;
-    Ok(states.key_of(&issue.state_id).map(str::to_owned))
+    client.key_of_state(project, &issue.state_id)
 }

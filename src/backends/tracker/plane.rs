@@ -125,7 +125,15 @@ pub struct PlaneClient {
     http: HttpClient,
     base: String,
     cache: Mutex<HashMap<String, States>>,
+    /// Where boards are shared between processes (`with_board_cache`).
+    board_cache: Option<std::path::PathBuf>,
 }
+
+/// How long a board read by one process serves the next ones: every routed
+/// delivery would otherwise cost a `GET …/states/` first. A state id the
+/// cached board does not know is looked up again at once, so a state added
+/// to the board is seen by the next delivery that uses it.
+pub const BOARD_MAX_AGE_S: u64 = 300;
 
 impl PlaneClient {
     /// A client for `<plane_url>/api/v1/workspaces/<workspace>/`.
@@ -148,7 +156,76 @@ impl PlaneClient {
             http,
             base: format!("{url}/api/v1/workspaces/{}", encode_segment(workspace)),
             cache: Mutex::new(HashMap::new()),
+            board_cache: None,
         })
+    }
+
+    /// Share boards with other orch processes through files in `dir`
+    /// (`plane-board-<project>.json`), for up to [`BOARD_MAX_AGE_S`].
+    #[must_use]
+    pub fn with_board_cache(mut self, dir: std::path::PathBuf) -> PlaneClient {
+        self.board_cache = Some(dir);
+        self
+    }
+
+    fn board_file(&self, project_id: &str) -> Option<std::path::PathBuf> {
+        let project = id_segment("project id", project_id).ok()?;
+        Some(
+            self.board_cache
+                .as_ref()?
+                .join(format!("plane-board-{project}.json")),
+        )
+    }
+
+    /// A board another process saved, if it is young enough.
+    fn saved_board(&self, project_id: &str) -> Option<States> {
+        let path = self.board_file(project_id)?;
+        let age = std::fs::metadata(&path)
+            .ok()?
+            .modified()
+            .ok()?
+            .elapsed()
+            .ok()?;
+        if age.as_secs() >= BOARD_MAX_AGE_S {
+            return None;
+        }
+        let file = crate::runner::untrusted::open_regular(&path).ok()??;
+        let pairs: Vec<(String, String)> =
+            serde_json::from_reader(std::io::Read::take(file, 64 * 1024)).ok()?;
+        Some(States::from_board(
+            pairs.iter().map(|(n, i)| (n.as_str(), i.as_str())),
+        ))
+    }
+
+    /// Save a board for other processes; best-effort, atomic (tmp + rename).
+    fn save_board(&self, project_id: &str, board: &[(&str, &str)]) {
+        let Some(path) = self.board_file(project_id) else {
+            return;
+        };
+        let saved = (|| -> anyhow::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, serde_json::to_vec(board)?)?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(())
+        })();
+        if let Err(e) = saved {
+            log::debug!("saving the Plane board of {project_id}: {e:#}");
+        }
+    }
+
+    /// The logical key of `state_id` on `project_id`'s board. A cached board
+    /// that does not know the id is read again from Plane once.
+    pub fn key_of_state(&self, project_id: &str, state_id: &str) -> anyhow::Result<Option<String>> {
+        let states = self.project_states(project_id)?;
+        if let Some(k) = states.key_of(state_id) {
+            return Ok(Some(k.to_owned()));
+        }
+        self.reload(Some(project_id));
+        let fresh = self.fetch_board(project_id)?;
+        Ok(fresh.key_of(state_id).map(str::to_owned))
     }
 
     /// A client from the config (`plane_url`, `plane_workspace`) and the
@@ -186,12 +263,24 @@ impl PlaneClient {
         if let Some(states) = self.lock_cache().get(project_id) {
             return Ok(states.clone());
         }
+        if let Some(states) = self.saved_board(project_id) {
+            self.lock_cache()
+                .insert(project_id.to_owned(), states.clone());
+            return Ok(states);
+        }
+        self.fetch_board(project_id)
+    }
+
+    /// `GET …/states/` (all pages), remembered in this process and saved
+    /// for the others.
+    fn fetch_board(&self, project_id: &str) -> anyhow::Result<States> {
         let url = format!("{}/states/", self.project_url(project_id)?);
         let rows = self.list_all(&url)?;
         let board: Vec<(&str, &str)> = rows
             .iter()
             .filter_map(|r| Some((r.get("name")?.as_str()?, r.get("id")?.as_str()?)))
             .collect();
+        self.save_board(project_id, &board);
         let states = States::from_board(board);
         self.lock_cache()
             .insert(project_id.to_owned(), states.clone());
