@@ -168,7 +168,15 @@ pub fn deliver(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Delivery> {
                                 c.downcast_ref::<crate::backends::http::HttpError>()
                                     .is_some()
                             });
-                    let delay = 30_i64.saturating_mul(1 << attempts.clamp(0, 10));
+                    // The server's own `retry_after` (Telegram's 429) beats our schedule.
+                    let hinted = e
+                        .chain()
+                        .find_map(|c| c.downcast_ref::<crate::backends::http::HttpError>())
+                        .and_then(crate::backends::http::HttpError::retry_after);
+                    let delay = hinted.map_or_else(
+                        || 30_i64.saturating_mul(1 << attempts.clamp(0, 10)),
+                        |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1),
+                    );
                     tx.execute(
                         "UPDATE outbox SET status = CASE WHEN ?3 THEN 'dead' ELSE status END,
                              next_attempt_at = ?4, last_error = ?2

@@ -1228,3 +1228,32 @@ fn the_plane_board_is_shared_between_processes_and_refreshed_for_an_unknown_stat
         "and the delivery acted on it"
     );
 }
+
+/// A Telegram 429 that asks for more than orch waits in place (3 s) is
+/// retried when Telegram said — `retry_after` — not after orch's own 30 s+
+/// backoff.
+#[test]
+fn a_telegram_429_is_retried_after_its_retry_after() {
+    let s = setup("notifier = \"telegram\"");
+    {
+        let mut w = s.fake.world();
+        w.retry_after = 7;
+        w.fail_next.push(("/sendMessage".into(), 429));
+    }
+    let item = s.fake.add_item("x", 18, "To Analyse");
+    s.deliver(
+        "plane",
+        "issue",
+        "d-1",
+        &s.fake.webhook(&item, "state", "alice"),
+    );
+    s.orch(&["run-agent", "--next"]);
+    let wait = s.sql(
+        "SELECT next_attempt_at - strftime('%s','now') FROM outbox
+         WHERE channel = 'notifier' AND status = 'pending' AND last_error LIKE '%429%'",
+    );
+    assert!(
+        (5..=7).contains(&wait),
+        "retried in {wait}s, Telegram asked for 7s"
+    );
+}

@@ -33,6 +33,8 @@ pub struct World {
     pub telegram: Vec<Value>,
     /// Scripted statuses for the next requests whose path contains the key.
     pub fail_next: Vec<(String, u16)>,
+    /// The `retry_after` those scripted failures carry (0 means 1).
+    pub retry_after: u64,
     /// Every request: "METHOD path".
     pub requests: Vec<String>,
     /// Edits so far (each webhook carries a fresh `updated_at`, as Plane's do).
@@ -212,9 +214,10 @@ fn handle(world: &Mutex<World>, method: &str, path: &str, body: &str) -> (u16, V
         .position(|(k, _)| path.contains(k.as_str()))
     {
         let (_, status) = w.fail_next.remove(pos);
+        let retry_after = w.retry_after.max(1);
         return (
             status,
-            json!({"error": "scripted failure", "parameters": {"retry_after": 1}}),
+            json!({"error": "scripted failure", "parameters": {"retry_after": retry_after}}),
         );
     }
     if path.contains("/sendMessage") {
