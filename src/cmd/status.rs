@@ -308,15 +308,21 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         output::print_json(&report)?;
         return Ok(code);
     }
-    let failed = |name: &str, label: &str| -> bool {
-        match report.errors.get(name) {
-            Some(e) => {
-                println!("{label:<10} ERROR: {e}");
-                true
-            }
-            None => false,
-        }
-    };
+    print_summary(&report);
+    for name in ["counts", "running", "recent", "counters"] {
+        print_error(&report, name, name);
+    }
+    print_running(&report);
+    print_recent(&report);
+    print_task_costs(&report);
+    print_counters(&report);
+    Ok(code)
+}
+
+/// The one-line-per-subsystem summary at the top of the text view; a block
+/// that could not be read shows its error instead.
+fn print_summary(report: &Report) {
+    let failed = |name: &str, label: &str| print_error(report, name, label);
     let now = report.now;
     let counts: Vec<String> = report
         .counts
@@ -508,10 +514,21 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             o.get("dead").copied().unwrap_or(0)
         );
     }
-    for name in ["counts", "running", "recent", "counters"] {
-        failed(name, name);
-    }
+}
 
+/// Print the error of block `name`, if it has one; whether it had.
+fn print_error(report: &Report, name: &str, label: &str) -> bool {
+    match report.errors.get(name) {
+        Some(e) => {
+            println!("{label:<10} ERROR: {e}");
+            true
+        }
+        None => false,
+    }
+}
+
+/// The `running` table of the text view.
+fn print_running(report: &Report) {
     println!("\nrunning");
     if report.running.is_empty() {
         println!("  (none)");
@@ -537,7 +554,11 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         }
         print!("{}", indent(&t.render()));
     }
+}
 
+/// The `recent jobs` table of the text view.
+fn print_recent(report: &Report) {
+    let now = report.now;
     println!("\nrecent jobs");
     if report.recent.is_empty() {
         println!("  (none)");
@@ -560,7 +581,10 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         }
         print!("{}", indent(&t.render()));
     }
+}
 
+/// The per-task cost table of the text view (only tasks that ran something).
+fn print_task_costs(report: &Report) {
     let costed: Vec<&serde_json::Value> = report.costs["tasks"]
         .as_array()
         .map(|ts| {
@@ -604,7 +628,11 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         }
         print!("{}", indent(&t.render()));
     }
+}
 
+/// The `counters` table of the text view.
+fn print_counters(report: &Report) {
+    let now = report.now;
     println!("\ncounters");
     if report.counters.is_empty() {
         println!("  (none yet)");
@@ -620,7 +648,6 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         }
         print!("{}", indent(&t.render()));
     }
-    Ok(code)
 }
 
 fn indent(s: &str) -> String {
