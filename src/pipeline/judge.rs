@@ -18,8 +18,6 @@ use crate::runner::{Outcome, Timeout};
 pub struct Judged {
     /// What the queue should do.
     pub verdict: RunVerdict,
-    /// Whether the output was read as a Claude Code stream.
-    pub claude: bool,
     /// The final `result` event, if there was one.
     pub result: Option<ClaudeResult>,
     /// Cost in USD; `None` is unknown (never silently zero).
@@ -70,7 +68,6 @@ pub fn judge(
     let cost = run_cost(&log, cost_file, claude);
     Judged {
         verdict,
-        claude,
         result: log.result,
         cost_usd: cost.cost_usd,
         input_tokens: cost.input_tokens,

@@ -73,7 +73,7 @@ impl Sink {
 }
 
 /// Where a full log is moved: `<log>.1`.
-pub fn rotated_path(log: &Path) -> PathBuf {
+fn rotated_path(log: &Path) -> PathBuf {
     let mut name = log.as_os_str().to_owned();
     name.push(".1");
     PathBuf::from(name)

@@ -122,17 +122,6 @@ fn denial(v: &Value) -> Denial {
     }
 }
 
-/// The last `result` event of a log held in memory (tests, small logs); the
-/// worker reads files with [`StreamLog::read`].
-pub fn parse_result(log: &str) -> Option<ClaudeResult> {
-    StreamLog::scan(log.as_bytes()).ok()?.result
-}
-
-/// The last `result` event of a log file, read in bounded memory.
-pub fn parse_result_file(path: &std::path::Path) -> std::io::Result<Option<ClaudeResult>> {
-    Ok(StreamLog::read(path)?.result)
-}
-
 /// `text` cut to `max_chars` characters, with an ellipsis when cut.
 pub(crate) fn excerpt(text: &str, max_chars: usize) -> String {
     match text.char_indices().nth(max_chars) {
@@ -144,6 +133,10 @@ pub(crate) fn excerpt(text: &str, max_chars: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_result(log: &str) -> Option<ClaudeResult> {
+        StreamLog::scan(log.as_bytes()).ok()?.result
+    }
 
     /// A result event with every field the CLI 2.1.332 prints that orch reads
     /// (the shape was captured from the real CLI run offline).
