@@ -59,6 +59,9 @@ pub enum Command {
     /// Create the state directory and database (idempotent).
     Init(cmd::init::Args),
     /// Show the queue: counts, running jobs and whether their owners live, recent jobs, counters.
+    ///
+    /// Every block is read on its own: one that cannot be read shows its error
+    /// and the others are still shown. Exit 0, or 1 when a block failed.
     Status(cmd::status::Args),
     /// Check the installation: config, state dir, database, tools, remotes, agent, credentials, APIs.
     ///
@@ -85,8 +88,15 @@ pub enum Command {
     /// Phase C of the self-hosting deploy: read the deploy hook's result, then advance or roll back.
     FinalizeDeploy(cmd::finalize_deploy::Args),
     /// One reaper pass: end the jobs of dead owners exactly once, stop runs past the backstop, reclaim leases.
+    ///
+    /// Never runs a test suite, a rebase, a push or a merge: a dead owner's
+    /// successful run is handed to a worker to finalize. Every step is
+    /// best-effort; exit 1 when any failed (listed in `errors`), the rest ran.
     Reap(cmd::reap::Args),
     /// One reconciler pass: pending webhooks, the outbox, stuck stages, the tracker poll.
+    ///
+    /// Every step is best-effort and the final outbox flush always runs; exit
+    /// 1 when any step failed (listed in `errors`).
     Reconcile(cmd::reconcile::Args),
     /// One merge-lease pass: reclaim leases whose holder can no longer use them.
     ReclaimLeases(cmd::reclaim_leases::Args),
@@ -96,7 +106,9 @@ pub enum Command {
     /// adnanh/webhook passes them, from ORCH_BODY_FILE, ORCH_EVENT, ORCH_DELIVERY and
     /// ORCH_SIGNATURE; with --inetd, from one HTTP request on stdin. A delivery seen
     /// before (same delivery id, or same body: Plane retries with a new id) is a
-    /// duplicate and is not stored again. Processing happens later (`orch reconcile`).
+    /// duplicate and is not stored again. The answer never waits for routing: a
+    /// new delivery is routed afterwards by a detached router (with --inetd,
+    /// after the HTTP answer is sent); what it leaves, `orch reconcile` routes.
     ///
     /// Exit 0 when stored or a duplicate, 65 malformed or too large, 77 signature
     /// rejected or no secret configured, 75 database busy; nothing is stored on failure.
