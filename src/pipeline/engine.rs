@@ -214,9 +214,16 @@ pub fn commit(
             escalated: false,
         });
     }
-    let wi = &task.work_item_id;
-    let mut next_job = None;
-    let mut escalated = false;
+    let mut applied = None;
+    let step = Step {
+        conn,
+        config,
+        task: &task,
+        stage,
+        job_id,
+        key,
+        now,
+    };
     match decision {
         Decision::Terminal | Decision::Retry { .. } | Decision::RetryLater { .. } => {}
         Decision::AwaitConfirmDeploy { staging_sha } => {
@@ -247,181 +254,20 @@ pub fn commit(
                 )?;
             }
         }
-        Decision::AwaitHuman { reason } => {
-            outbox::push(
-                conn,
-                &format!("{key}:await:state"),
-                &Message::State {
-                    task_id,
-                    state: crate::backends::tracker::state::IN_REVIEW.to_owned(),
-                },
-                now,
-            )?;
-            outbox::push(
-                conn,
-                &format!("{key}:await:comment"),
-                &Message::Comment {
-                    task_id,
-                    author: "orch".to_owned(),
-                    body: reason.clone(),
-                },
-                now,
-            )?;
-            outbox::push(
-                conn,
-                &format!("{key}:await:notify"),
-                &Message::Notify {
-                    text: format!("{wi}: {reason}"),
-                },
-                now,
-            )?;
-        }
-        Decision::Advance { to } => {
-            if !move_stage(conn, task_id, stage, *to, now)? {
-                return Ok(Committed::StageMoved {
-                    job: job_end,
-                    stage: task.stage,
-                });
-            }
-            // The merge is done once the task leaves deploy-staging: free the lease.
-            if stage == Stage::DeployStaging || *to == Stage::Done {
-                lease::release_for_task(conn, task_id)?;
-            }
-            transition(
-                conn,
-                task_id,
-                (stage.as_str(), to.as_str()),
-                "advance",
-                "",
-                job_id,
-                now,
-            )?;
-            next_job = enqueue_stage_job(conn, config, &task, *to, &task.description, now)?;
-            if *to == Stage::Done {
-                // Production is watched for a window after `done` (one monitor per task).
-                next_job = crate::pipeline::post_deploy::arm(conn, config, &task, now)?;
-            }
-            let text = format!("{wi}: {stage} → {to}");
-            outbox::push(
-                conn,
-                &format!("{key}:advance:comment"),
-                &Message::Comment {
-                    task_id,
-                    author: stage.agent().unwrap_or("orch").to_owned(),
-                    body: format!("Stage {stage} passed its gates; moved to {to}."),
-                },
-                now,
-            )?;
-            if *to == Stage::Done {
-                outbox::push(
-                    conn,
-                    &format!("{key}:done:state"),
-                    &Message::State {
-                        task_id,
-                        state: crate::backends::tracker::state::DONE.to_owned(),
-                    },
-                    now,
-                )?;
-            }
-            outbox::push(
-                conn,
-                &format!("{key}:advance:notify"),
-                &Message::Notify { text },
-                now,
-            )?;
-        }
-        Decision::Rollback { reason } => {
-            // Neither an escalated nor a rolled-back task can use a merge lease.
-            lease::release_for_task(conn, task_id)?;
-            let retries = developer_retry_count(conn, task_id)?;
-            if retries >= MAX_DEVELOPER_RETRIES {
-                escalated = true;
-                conn.execute(
-                    "UPDATE tasks SET escalated_at = ?2, updated_at = ?2 WHERE id = ?1",
-                    params![task_id, now],
-                )?;
-                transition(
-                    conn,
-                    task_id,
-                    (stage.as_str(), stage.as_str()),
-                    "escalate",
-                    reason,
-                    job_id,
-                    now,
-                )?;
-                let body = format!(
-                    "Escalated after {retries} developer retries: {reason}. A human must decide how to go on."
-                );
-                outbox::push(
-                    conn,
-                    &format!("{key}:escalate:state"),
-                    &Message::State {
-                        task_id,
-                        state: crate::backends::tracker::state::NEEDS_INPUT.to_owned(),
-                    },
-                    now,
-                )?;
-                outbox::push(
-                    conn,
-                    &format!("{key}:escalate:comment"),
-                    &Message::Comment {
-                        task_id,
-                        author: "orch".to_owned(),
-                        body: body.clone(),
-                    },
-                    now,
-                )?;
-                outbox::push(
-                    conn,
-                    &format!("{key}:escalate:notify"),
-                    &Message::Notify {
-                        text: format!("{wi}: {body}"),
-                    },
-                    now,
-                )?;
-            } else {
-                if !move_stage(conn, task_id, stage, Stage::Development, now)? {
-                    return Ok(Committed::StageMoved {
-                        job: job_end,
-                        stage: task.stage,
-                    });
-                }
-                transition(
-                    conn,
-                    task_id,
-                    (stage.as_str(), Stage::Development.as_str()),
-                    "rollback",
-                    reason,
-                    job_id,
-                    now,
-                )?;
-                let content = format!(
-                    "{}\n\nRolled back from {stage} (developer retry {} of {MAX_DEVELOPER_RETRIES}): {reason}",
-                    task.description,
-                    retries + 1
-                );
-                next_job =
-                    enqueue_stage_job(conn, config, &task, Stage::Development, &content, now)?;
-                let text = format!("{wi}: {stage} → development (rollback): {reason}");
-                outbox::push(
-                    conn,
-                    &format!("{key}:rollback:comment"),
-                    &Message::Comment {
-                        task_id,
-                        author: stage.agent().unwrap_or("orch").to_owned(),
-                        body: format!("Rolled back to development: {reason}"),
-                    },
-                    now,
-                )?;
-                outbox::push(
-                    conn,
-                    &format!("{key}:rollback:notify"),
-                    &Message::Notify { text },
-                    now,
-                )?;
-            }
-        }
+        Decision::AwaitHuman { reason } => await_human(&step, reason)?,
+        Decision::Advance { to } => applied = Some(advance(&step, *to)?),
+        Decision::Rollback { reason } => applied = Some(rollback(&step, reason)?),
     }
+    let (next_job, escalated) = match applied {
+        Some(Applied::StageMoved) => {
+            return Ok(Committed::StageMoved {
+                job: job_end,
+                stage: task.stage,
+            });
+        }
+        Some(Applied::Next { job, escalated }) => (job, escalated),
+        None => (None, false),
+    };
     let stage_now = task::require(conn, task_id)?.stage;
     Ok(Committed::Applied {
         job: job_end,
@@ -429,4 +275,242 @@ pub fn commit(
         next_job,
         escalated,
     })
+}
+
+/// What applying an advance or a rollback did.
+enum Applied {
+    /// The task was no longer on the evaluated stage: nothing was written.
+    StageMoved,
+    /// Applied: the next job, if one was enqueued, and whether the task was escalated.
+    Next { job: Option<i64>, escalated: bool },
+}
+
+/// What every step of a decision writes with, in the caller's transaction.
+struct Step<'a> {
+    conn: &'a Connection,
+    config: &'a Config,
+    task: &'a Task,
+    stage: Stage,
+    job_id: Option<i64>,
+    key: &'a str,
+    now: i64,
+}
+
+/// Advance the task from the evaluated stage to `to`, with the next job and
+/// the messages.
+fn advance(step: &Step<'_>, to: Stage) -> anyhow::Result<Applied> {
+    let &Step {
+        conn,
+        config,
+        task,
+        stage,
+        job_id,
+        key,
+        now,
+    } = step;
+    let task_id = task.id;
+    let wi = &task.work_item_id;
+    if !move_stage(conn, task_id, stage, to, now)? {
+        return Ok(Applied::StageMoved);
+    }
+    // The merge is done once the task leaves deploy-staging: free the lease.
+    if stage == Stage::DeployStaging || to == Stage::Done {
+        lease::release_for_task(conn, task_id)?;
+    }
+    transition(
+        conn,
+        task_id,
+        (stage.as_str(), to.as_str()),
+        "advance",
+        "",
+        job_id,
+        now,
+    )?;
+    let mut next_job = enqueue_stage_job(conn, config, task, to, &task.description, now)?;
+    if to == Stage::Done {
+        // Production is watched for a window after `done` (one monitor per task).
+        next_job = crate::pipeline::post_deploy::arm(conn, config, task, now)?;
+    }
+    let text = format!("{wi}: {stage} → {to}");
+    outbox::push(
+        conn,
+        &format!("{key}:advance:comment"),
+        &Message::Comment {
+            task_id,
+            author: stage.agent().unwrap_or("orch").to_owned(),
+            body: format!("Stage {stage} passed its gates; moved to {to}."),
+        },
+        now,
+    )?;
+    if to == Stage::Done {
+        outbox::push(
+            conn,
+            &format!("{key}:done:state"),
+            &Message::State {
+                task_id,
+                state: crate::backends::tracker::state::DONE.to_owned(),
+            },
+            now,
+        )?;
+    }
+    outbox::push(
+        conn,
+        &format!("{key}:advance:notify"),
+        &Message::Notify { text },
+        now,
+    )?;
+    Ok(Applied::Next {
+        job: next_job,
+        escalated: false,
+    })
+}
+
+/// Roll the task back to development, or escalate it to a human after
+/// [`MAX_DEVELOPER_RETRIES`].
+fn rollback(step: &Step<'_>, reason: &str) -> anyhow::Result<Applied> {
+    let &Step {
+        conn,
+        config,
+        task,
+        stage,
+        job_id,
+        key,
+        now,
+    } = step;
+    let task_id = task.id;
+    let wi = &task.work_item_id;
+    // Neither an escalated nor a rolled-back task can use a merge lease.
+    lease::release_for_task(conn, task_id)?;
+    let retries = developer_retry_count(conn, task_id)?;
+    if retries >= MAX_DEVELOPER_RETRIES {
+        conn.execute(
+            "UPDATE tasks SET escalated_at = ?2, updated_at = ?2 WHERE id = ?1",
+            params![task_id, now],
+        )?;
+        transition(
+            conn,
+            task_id,
+            (stage.as_str(), stage.as_str()),
+            "escalate",
+            reason,
+            job_id,
+            now,
+        )?;
+        let body = format!(
+            "Escalated after {retries} developer retries: {reason}. A human must decide how to go on."
+        );
+        outbox::push(
+            conn,
+            &format!("{key}:escalate:state"),
+            &Message::State {
+                task_id,
+                state: crate::backends::tracker::state::NEEDS_INPUT.to_owned(),
+            },
+            now,
+        )?;
+        outbox::push(
+            conn,
+            &format!("{key}:escalate:comment"),
+            &Message::Comment {
+                task_id,
+                author: "orch".to_owned(),
+                body: body.clone(),
+            },
+            now,
+        )?;
+        outbox::push(
+            conn,
+            &format!("{key}:escalate:notify"),
+            &Message::Notify {
+                text: format!("{wi}: {body}"),
+            },
+            now,
+        )?;
+        Ok(Applied::Next {
+            job: None,
+            escalated: true,
+        })
+    } else {
+        if !move_stage(conn, task_id, stage, Stage::Development, now)? {
+            return Ok(Applied::StageMoved);
+        }
+        transition(
+            conn,
+            task_id,
+            (stage.as_str(), Stage::Development.as_str()),
+            "rollback",
+            reason,
+            job_id,
+            now,
+        )?;
+        let content = format!(
+            "{}\n\nRolled back from {stage} (developer retry {} of {MAX_DEVELOPER_RETRIES}): {reason}",
+            task.description,
+            retries + 1
+        );
+        let next_job = enqueue_stage_job(conn, config, task, Stage::Development, &content, now)?;
+        let text = format!("{wi}: {stage} → development (rollback): {reason}");
+        outbox::push(
+            conn,
+            &format!("{key}:rollback:comment"),
+            &Message::Comment {
+                task_id,
+                author: stage.agent().unwrap_or("orch").to_owned(),
+                body: format!("Rolled back to development: {reason}"),
+            },
+            now,
+        )?;
+        outbox::push(
+            conn,
+            &format!("{key}:rollback:notify"),
+            &Message::Notify { text },
+            now,
+        )?;
+        Ok(Applied::Next {
+            job: next_job,
+            escalated: false,
+        })
+    }
+}
+
+/// Ask a person: the tracker state "In Review", the reason as a comment, a
+/// notification. The task stays where it is.
+fn await_human(step: &Step<'_>, reason: &str) -> anyhow::Result<()> {
+    let &Step {
+        conn,
+        task,
+        key,
+        now,
+        ..
+    } = step;
+    let task_id = task.id;
+    let wi = &task.work_item_id;
+    outbox::push(
+        conn,
+        &format!("{key}:await:state"),
+        &Message::State {
+            task_id,
+            state: crate::backends::tracker::state::IN_REVIEW.to_owned(),
+        },
+        now,
+    )?;
+    outbox::push(
+        conn,
+        &format!("{key}:await:comment"),
+        &Message::Comment {
+            task_id,
+            author: "orch".to_owned(),
+            body: reason.to_owned(),
+        },
+        now,
+    )?;
+    outbox::push(
+        conn,
+        &format!("{key}:await:notify"),
+        &Message::Notify {
+            text: format!("{wi}: {reason}"),
+        },
+        now,
+    )?;
+    Ok(())
 }
