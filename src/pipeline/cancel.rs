@@ -175,13 +175,30 @@ pub fn cancel_task(
     })?;
     crash::point("cancel.requested");
 
-    // 2. Stop running work. The agent's process group is signalled only while
-    //    its owner's lock proves the group is still this run's; the owner is
-    //    killed only once /proc shows that pid holding the lock, and we wait
-    //    for it to die so nothing pushes after the teardown below.
+    let stopped = stop_running(ctx, task_id, &running)?;
+    tear_down(ctx, &t)?;
+    crash::point("cancel.torn_down");
+    mark_cancelled(db, &t, reason)?;
+    if let Err(e) = outbox::deliver(ctx, db) {
+        log::warn!("delivering the outbox: {e:#}");
+    }
+    Ok(Cancelled {
+        ok: true,
+        deferred: false,
+        stopped,
+        note: "cancelled".into(),
+    })
+}
+
+/// Step 2 of [`cancel_task`]: stop the task's running work. The agent's
+/// process group is signalled only while its owner's lock proves the group
+/// is still this run's; the owner is killed only once /proc shows that pid
+/// holding the lock, and we wait for it to die so nothing pushes after the
+/// teardown. Returns how many were stopped.
+fn stop_running(ctx: &Ctx, task_id: i64, running: &[queue::Job]) -> anyhow::Result<u32> {
     let locks = ctx.locks_dir();
     let mut stopped = 0;
-    for j in &running {
+    for j in running {
         let Some(token) = j.claim_token.as_deref() else {
             continue;
         };
@@ -214,7 +231,13 @@ pub fn cancel_task(
         );
     }
 
-    // 3. Tear down, idempotently: archive the artifacts, remove the worktree, delete the branch.
+    Ok(stopped)
+}
+
+/// Step 3 of [`cancel_task`], idempotent: archive the artifacts, remove the
+/// worktree, delete the branch.
+fn tear_down(ctx: &Ctx, t: &task::Task) -> anyhow::Result<()> {
+    let task_id = t.id;
     let original_wi = original(&t.work_item_id);
     if let (Ok(repo), Some(branch)) = (ctx.config.repo(&t.repo), t.branch.as_deref()) {
         let ws = Workspace::new(&ctx.repos_dir(), &t.repo, repo)?;
@@ -235,10 +258,14 @@ pub fn cancel_task(
             Err(e) => log::warn!("deleting branch {branch} of task {task_id}: {e:#}"),
         }
     }
-    crash::point("cancel.torn_down");
+    Ok(())
+}
 
-    // 4. Mark it, tombstone its keys, tell people once: only the process
-    //    whose mark changed the row records and announces the cancel.
+/// Step 4 of [`cancel_task`]: mark the task cancelled and tombstone its keys;
+/// only the process whose mark changed the row records and announces it.
+fn mark_cancelled(db: &mut Db, t: &task::Task, reason: &str) -> anyhow::Result<()> {
+    let task_id = t.id;
+    let original_wi = original(&t.work_item_id);
     db.write(|tx| {
         let suffix = format!("#cancelled-{task_id}");
         let marked = tx.execute(
@@ -281,15 +308,7 @@ pub fn cancel_task(
         )?;
         Ok(())
     })?;
-    if let Err(e) = outbox::deliver(ctx, db) {
-        log::warn!("delivering the outbox: {e:#}");
-    }
-    Ok(Cancelled {
-        ok: true,
-        deferred: false,
-        stopped,
-        note: "cancelled".into(),
-    })
+    Ok(())
 }
 
 /// Apply `task_id`'s pending cancel if its critical window has closed. Called
