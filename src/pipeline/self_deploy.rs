@@ -471,32 +471,7 @@ pub fn finalize(
     let status = if code == Some(0) { "SUCCESS" } else { "FAILED" };
     out.deploy_status = Some(status.to_owned());
     out.hook_exit_code = code;
-    // The deploy log is the artifact the deploy gate reads.
-    let repo = ctx.config.repo(&t.repo)?;
-    let ws = Workspace::new(&ctx.repos_dir(), &t.repo, repo)?;
-    let branch = t.branch.clone().unwrap_or_default();
-    let wi = crate::pipeline::cancel::original(&t.work_item_id);
-    let worktree = ws.prepare(&wi, &branch)?;
-    let log = crate::gates::artifact_dir(&worktree, &wi).join("14-deploy-log.md");
-    if let Some(parent) = log.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(
-        &log,
-        format!(
-            "---\ndeploy_status: {status}\nwork_item: {wi}\nhook_exit_code: {}\ndeployed_by: {FINALIZER_AGENT}\n---\nProduction deploy of {} by `{}`: {status}. Hook log: {}\n",
-            code.map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
-            deploy.staging_sha.as_deref().unwrap_or("?"),
-            ctx.config.deploy_hook_cmd,
-            run_dir.join("hook.log").display()
-        ),
-    )
-    .with_context(|| format!("writing {}", log.display()))?;
-    ws.commit_and_push(
-        &worktree,
-        &branch,
-        &format!("deploy-finalizer: {wi} {status}"),
-    )?;
+    let worktree = write_deploy_log(ctx, &t, &deploy, code, status, &run_dir)?;
     // A STOP that arrived during the irreversible step. If the deploy
     // failed, it applies now instead of the rollback: the outcome is
     // recorded, then the task is reset. If it succeeded, production runs the
@@ -580,6 +555,44 @@ pub fn finalize(
     out.committed = Some(committed);
     let _ = outbox::deliver(ctx, db);
     Ok(out)
+}
+
+/// Write and push `14-deploy-log.md`, the artifact the deploy gate reads;
+/// returns the task's worktree.
+fn write_deploy_log(
+    ctx: &Ctx,
+    t: &task::Task,
+    deploy: &Deploy,
+    code: Option<i64>,
+    status: &str,
+    run_dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let repo = ctx.config.repo(&t.repo)?;
+    let ws = Workspace::new(&ctx.repos_dir(), &t.repo, repo)?;
+    let branch = t.branch.clone().unwrap_or_default();
+    let wi = crate::pipeline::cancel::original(&t.work_item_id);
+    let worktree = ws.prepare(&wi, &branch)?;
+    let log = crate::gates::artifact_dir(&worktree, &wi).join("14-deploy-log.md");
+    if let Some(parent) = log.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(
+        &log,
+        format!(
+            "---\ndeploy_status: {status}\nwork_item: {wi}\nhook_exit_code: {}\ndeployed_by: {FINALIZER_AGENT}\n---\nProduction deploy of {} by `{}`: {status}. Hook log: {}\n",
+            code.map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
+            deploy.staging_sha.as_deref().unwrap_or("?"),
+            ctx.config.deploy_hook_cmd,
+            run_dir.join("hook.log").display()
+        ),
+    )
+    .with_context(|| format!("writing {}", log.display()))?;
+    ws.commit_and_push(
+        &worktree,
+        &branch,
+        &format!("deploy-finalizer: {wi} {status}"),
+    )?;
+    Ok(worktree)
 }
 
 /// The task reached `done` with a STOP pending: production runs the change,
