@@ -156,6 +156,9 @@ fn orch090_tc11_an_issue_moved_to_to_analyse_starts_the_pipeline_once() {
     assert_eq!(t["plane_issue_id"], item.as_str());
     assert_eq!(t["plane_project_id"], PROJECT);
     assert_eq!(t["stage"], "analysis");
+    // The REST API sends no `description_stripped`: the brief is the text of
+    // the issue's `description_html`.
+    assert_eq!(s.task(1)["task"]["description"], "Greet people (from Plane)");
     // Plane retries with a new delivery id and the same body: one effect.
     let again = s.deliver("plane", "issue", "d-2", &body);
     assert!(String::from_utf8_lossy(&again.stdout).contains("duplicate"));
@@ -731,11 +734,42 @@ fn orch065_tc11_gitea_pr_merged_releases_the_lease_and_an_absent_lease_is_a_noop
             [],
         )
         .expect("lease");
+    // What Gitea sends when a PR is merged: services/webhook/notifier.go
+    // (`MergePullRequest`: a `pull_request` event with action
+    // `HookIssueClosed`), fields of `PullRequestPayload`
+    // (modules/structs/hook.go) and `PullRequest`/`PRBranchInfo`
+    // (modules/structs/pull.go), go-gitea/gitea.
+    let sha = "5f1c0e7a9b7c3d2e1f0a9b8c7d6e5f4a3b2c1d0e";
+    let branch_info = |label: &str, sha: &str| {
+        serde_json::json!({
+            "label": label, "ref": label, "sha": sha, "repo_id": 3,
+            "repo": {"id": 3, "name": "demo", "full_name": "org/demo", "default_branch": "main"}
+        })
+    };
     let body = serde_json::json!({
         "action": "closed",
         "number": 3,
-        "pull_request": {"merged": true, "head": {"ref": "feature/DEMO-1-x"}, "base": {"ref": "main"}},
-        "repository": {"name": "demo", "full_name": "org/demo"}
+        "pull_request": {
+            "id": 41, "url": "https://gitea.example/org/demo/pulls/3", "number": 3,
+            "user": {"id": 2, "login": "orch", "username": "orch"},
+            "title": "DEMO-1: x", "body": "", "labels": [], "milestone": null,
+            "assignee": null, "assignees": null, "state": "closed", "is_locked": false,
+            "comments": 0, "html_url": "https://gitea.example/org/demo/pulls/3",
+            "diff_url": "https://gitea.example/org/demo/pulls/3.diff",
+            "patch_url": "https://gitea.example/org/demo/pulls/3.patch",
+            "mergeable": true, "merged": true, "merged_at": "2026-12-05T10:05:00Z",
+            "merge_commit_sha": sha, "merged_by": {"id": 2, "login": "orch", "username": "orch"},
+            "base": branch_info("main", "0000000000000000000000000000000000000001"),
+            "head": branch_info("feature/DEMO-1-x", sha),
+            "merge_base": "0000000000000000000000000000000000000001",
+            "due_date": null, "created_at": "2026-12-05T10:00:00Z",
+            "updated_at": "2026-12-05T10:05:00Z", "closed_at": "2026-12-05T10:05:00Z"
+        },
+        "requested_reviewer": null,
+        "repository": {"id": 3, "name": "demo", "full_name": "org/demo", "default_branch": "main"},
+        "sender": {"id": 2, "login": "orch", "username": "orch"},
+        "commit_id": "",
+        "review": null
     })
     .to_string();
     let out = s.deliver("gitea", "pull_request", "g-1", &body);

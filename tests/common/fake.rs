@@ -158,50 +158,109 @@ impl Fake {
             .unwrap_or_default()
     }
 
-    /// A Plane webhook body: one delivery per changed field, `state` as an object.
+    /// The body Plane's webhook task sends for a change of `field` on work
+    /// item `id` by `actor`, built as makeplane/plane builds it
+    /// (apps/api/plane/bgtasks/webhook_task.py, `webhook_send_task` and
+    /// `webhook_activity`): `{event, action, webhook_id, workspace_id, data,
+    /// activity}`, `data` by `IssueExpandSerializer` with labels and assignees
+    /// expanded and `state` by `StateLiteSerializer`
+    /// (apps/api/plane/api/serializers/{issue,state}.py), `activity.actor` by
+    /// `UserLiteSerializer` (…/serializers/user.py), `new_value`/`old_value`
+    /// as the request carried them (state UUIDs). Serialized as Python's
+    /// `json.dumps(payload)`, the exact bytes Plane signs and sends.
     pub fn webhook(&self, id: &str, field: &str, actor: &str) -> String {
         let mut w = self.world();
         w.edits += 1;
-        let updated_at = format!("2026-11-22T10:{:02}:{:02}Z", w.edits / 60, w.edits % 60);
+        let updated_at = format!(
+            "2026-11-22T10:{:02}:{:02}.123456Z",
+            w.edits / 60,
+            w.edits % 60
+        );
         let item = w.items.get(id).cloned().expect("item");
-        let state_name = w
+        let (state_name, group) = w
             .states
             .iter()
             .find(|(sid, _)| *sid == item.state)
-            .map(|(_, n)| n.clone())
+            .map(|(_, n)| (n.clone(), group_of(n)))
             .unwrap_or_default();
-        json!({
+        let previous = w.states.first().map(|(sid, _)| sid.clone());
+        let payload = json!({
             "event": "issue",
             "action": "updated",
-            "webhook_id": "wh-1",
-            "workspace_id": "ws-1",
+            "webhook_id": "5c1a9c59-1d0f-4a5e-9d43-7c1c1f7e0a01",
+            "workspace_id": "0b8e4b5e-3b9e-4d57-9a43-0f4f3f1e2a10",
             "data": {
                 "id": item.id,
-                "name": item.name,
-                "sequence_id": item.sequence_id,
-                "project": PROJECT,
-                "state": {"id": item.state, "name": state_name, "color": "#000", "group": "started"},
+                "cycle": null,
+                "module": null,
                 "labels": [],
                 "assignees": [],
-                "updated_at": updated_at
+                "state": {"id": item.state, "name": state_name, "color": "#F59E0B", "group": group},
+                "description": {"type": "doc", "content": []},
+                "created_at": "2026-11-22T09:00:00.000000Z",
+                "updated_at": updated_at,
+                "deleted_at": null,
+                "point": null,
+                "name": item.name,
+                "description_html": format!("<p>{} (from Plane)</p>", item.name),
+                "description_stripped": format!("{} (from Plane)", item.name),
+                "description_binary": null,
+                "priority": "none",
+                "start_date": null,
+                "target_date": null,
+                "sequence_id": item.sequence_id,
+                "sort_order": 65535.0,
+                "completed_at": null,
+                "archived_at": null,
+                "is_draft": false,
+                "external_source": null,
+                "external_id": null,
+                "created_by": "6f2d3c1a-8a43-4b6e-9f10-2d2f5b7c9e01",
+                "updated_by": actor,
+                "project": PROJECT,
+                "workspace": "0b8e4b5e-3b9e-4d57-9a43-0f4f3f1e2a10",
+                "parent": null,
+                "estimate_point": null,
+                "type": null
             },
             "activity": {
                 "field": field,
-                "new_value": state_name,
-                "old_value": "Backlog",
-                "actor": {"id": actor, "display_name": actor}
+                "new_value": item.state,
+                "old_value": previous,
+                "actor": {
+                    "id": actor,
+                    "first_name": actor,
+                    "last_name": "",
+                    "email": format!("{actor}@example.com"),
+                    "avatar": "",
+                    "avatar_url": null,
+                    "display_name": actor
+                },
+                "old_identifier": null,
+                "new_identifier": null
             }
-        })
-        .to_string()
+        });
+        python_json_dumps(&payload)
     }
 }
 
+/// One page of a list, as makeplane/plane's `BasePaginator.paginate`
+/// answers (apps/api/plane/utils/paginator.py): cursors are always strings;
+/// `next_page_results` says whether another page exists.
 fn page(results: &[Value]) -> Value {
     json!({
-        "results": results,
-        "next_cursor": null,
+        "grouped_by": null,
+        "sub_grouped_by": null,
+        "total_count": results.len(),
+        "next_cursor": "100:1:0",
+        "prev_cursor": "100:-1:1",
         "next_page_results": false,
-        "total_results": 0
+        "prev_page_results": false,
+        "count": results.len(),
+        "total_pages": 1,
+        "total_results": results.len(),
+        "extra_stats": null,
+        "results": results
     })
 }
 
@@ -236,7 +295,8 @@ fn handle(world: &Mutex<World>, method: &str, path: &str, body: &str) -> (u16, V
             let results: Vec<Value> = w
                 .states
                 .iter()
-                .map(|(id, name)| json!({"id": id, "name": name, "group": "started"}))
+                .enumerate()
+                .map(|(i, (id, name))| state_json(i, id, name))
                 .collect();
             (200, page(&results))
         }
@@ -244,17 +304,9 @@ fn handle(world: &Mutex<World>, method: &str, path: &str, body: &str) -> (u16, V
             let results: Vec<Value> = w.items.values().map(item_json).collect();
             (200, page(&results))
         }
+        // `?expand=state` is not asked for: `state` stays a UUID.
         ("GET", ["work-items", id]) => match w.items.get(*id) {
-            Some(item) => {
-                let mut v = item_json(item);
-                let name = w
-                    .states
-                    .iter()
-                    .find(|(s, _)| *s == item.state)
-                    .map(|(_, n)| n.clone());
-                v["state"] = json!({"id": item.state, "name": name});
-                (200, v)
-            }
+            Some(item) => (200, item_json(item)),
             None => (404, json!({"error": "not found"})),
         },
         ("PATCH", ["work-items", id]) => {
@@ -296,15 +348,134 @@ fn handle(world: &Mutex<World>, method: &str, path: &str, body: &str) -> (u16, V
     }
 }
 
+/// A work item as Plane's REST API v1 answers it: `IssueSerializer`
+/// (makeplane/plane, apps/api/plane/api/serializers/issue.py) — every model
+/// field but `description_json` and `description_stripped`, `state` and
+/// `project` as UUIDs.
 fn item_json(item: &Item) -> Value {
     json!({
         "id": item.id,
+        "type_id": null,
+        "created_at": "2026-11-22T09:00:00.000000Z",
+        "updated_at": "2026-11-22T09:00:00.000000Z",
+        "deleted_at": null,
+        "point": null,
         "name": item.name,
+        "description_html": format!("<p>{} (from Plane)</p>", item.name),
+        "description_binary": null,
+        "priority": "none",
+        "start_date": null,
+        "target_date": null,
         "sequence_id": item.sequence_id,
+        "sort_order": 65535.0,
+        "completed_at": null,
+        "archived_at": null,
+        "is_draft": false,
+        "external_source": null,
+        "external_id": null,
+        "created_by": "6f2d3c1a-8a43-4b6e-9f10-2d2f5b7c9e01",
+        "updated_by": null,
         "project": PROJECT,
+        "workspace": "0b8e4b5e-3b9e-4d57-9a43-0f4f3f1e2a10",
+        "parent": null,
         "state": item.state,
-        "description_stripped": format!("{} (from Plane)", item.name)
+        "estimate_point": null,
+        "type": null
     })
+}
+
+/// A board state as `StateSerializer` (makeplane/plane,
+/// apps/api/plane/api/serializers/state.py, every model field) lists it.
+fn state_json(i: usize, id: &str, name: &str) -> Value {
+    json!({
+        "id": id,
+        "created_at": "2026-11-01T09:00:00.000000Z",
+        "updated_at": "2026-11-01T09:00:00.000000Z",
+        "deleted_at": null,
+        "name": name,
+        "description": "",
+        "color": "#60646C",
+        "slug": "",
+        "sequence": 15000.0 * (i as f64 + 1.0),
+        "group": group_of(name),
+        "is_triage": false,
+        "default": i == 0,
+        "external_source": null,
+        "external_id": null,
+        "created_by": null,
+        "updated_by": null,
+        "project": PROJECT,
+        "workspace": "0b8e4b5e-3b9e-4d57-9a43-0f4f3f1e2a10"
+    })
+}
+
+/// The state group Plane's default board gives a state of this name.
+fn group_of(name: &str) -> &'static str {
+    match name {
+        "Backlog" => "backlog",
+        "Done" => "completed",
+        "Rejected" | "STOP" => "cancelled",
+        _ => "started",
+    }
+}
+
+/// `json.dumps(v)` as CPython writes it by default: `", "` and `": "`
+/// separators, non-ASCII escaped as `\uXXXX` (surrogate pairs beyond the
+/// BMP). Plane signs these bytes, so the tests deliver them unchanged.
+pub fn python_json_dumps(v: &Value) -> String {
+    let mut out = String::new();
+    dump(v, &mut out);
+    out
+}
+
+fn dump(v: &Value, out: &mut String) {
+    match v {
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                dump(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                dump_str(k, out);
+                out.push_str(": ");
+                dump(item, out);
+            }
+            out.push('}');
+        }
+        Value::String(s) => dump_str(s, out),
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn dump_str(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_ascii() && !c.is_ascii_control() => out.push(c),
+            c => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+    }
+    out.push('"');
 }
 
 /// `hex(HMAC-SHA256(secret, body))`, as Plane and Gitea sign.

@@ -115,7 +115,9 @@ pub struct Issue {
     pub sequence_id: Option<u64>,
     /// The UUID of its project.
     pub project_id: String,
-    /// Its description as plain text (`description_stripped`), if any.
+    /// Its description as plain text: `description_stripped` where Plane
+    /// sends it (webhooks), else the text of `description_html` (the REST
+    /// API's `IssueSerializer` excludes `description_stripped`).
     pub description: String,
 }
 
@@ -308,28 +310,8 @@ impl PlaneClient {
     pub fn get_issue(&self, project_id: &str, issue_id: &str) -> anyhow::Result<Issue> {
         let url = format!("{}/", self.item_url(project_id, issue_id)?);
         let reply = self.http.get(&url)?.success()?;
-        let v = &reply.json;
-        let Some(id) = v.get("id").and_then(Value::as_str) else {
-            bail!("{}: the reply has no work item id", reply.request());
-        };
-        Ok(Issue {
-            id: id.to_owned(),
-            name: v
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            state_id: id_of(v.get("state")).unwrap_or_default(),
-            sequence_id: v.get("sequence_id").and_then(Value::as_u64),
-            project_id: id_of(v.get("project"))
-                .or_else(|| id_of(v.get("project_id")))
-                .unwrap_or_else(|| project_id.to_owned()),
-            description: v
-                .get("description_stripped")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-        })
+        issue_of(&reply.json, project_id)
+            .with_context(|| format!("{}: the reply has no work item id", reply.request()))
     }
 
     /// Every work item of a project (all pages): what `orch reconcile` polls
@@ -339,24 +321,7 @@ impl PlaneClient {
         let rows = self.list_all(&url)?;
         Ok(rows
             .iter()
-            .filter_map(|v| {
-                Some(Issue {
-                    id: v.get("id")?.as_str()?.to_owned(),
-                    name: v
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
-                    state_id: id_of(v.get("state")).unwrap_or_default(),
-                    sequence_id: v.get("sequence_id").and_then(Value::as_u64),
-                    project_id: project_id.to_owned(),
-                    description: v
-                        .get("description_stripped")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
-                })
-            })
+            .filter_map(|v| issue_of(v, project_id))
             .collect())
     }
 
@@ -494,6 +459,66 @@ pub fn html_escape(text: &str) -> String {
     out
 }
 
+/// The fields orch uses of a work item as Plane serializes it, `None`
+/// without an id. `project` falls back to the project asked about.
+fn issue_of(v: &Value, project_id: &str) -> Option<Issue> {
+    let text = |key: &str| v.get(key).and_then(Value::as_str).unwrap_or_default();
+    let description = match text("description_stripped") {
+        "" => html_text(text("description_html")),
+        plain => plain.to_owned(),
+    };
+    Some(Issue {
+        id: v.get("id")?.as_str()?.to_owned(),
+        name: text("name").to_owned(),
+        state_id: id_of(v.get("state")).unwrap_or_default(),
+        sequence_id: v.get("sequence_id").and_then(Value::as_u64),
+        project_id: id_of(v.get("project"))
+            .or_else(|| id_of(v.get("project_id")))
+            .unwrap_or_else(|| project_id.to_owned()),
+        description,
+    })
+}
+
+/// The text of Plane's rich-text HTML: tags dropped, block ends as line
+/// breaks, the entities its editor writes decoded. Not an HTML parser: the
+/// result only ever becomes part of an agent's brief, as plain text.
+fn html_text(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(lt) = rest.find('<') {
+        out.push_str(&rest[..lt]);
+        let Some(gt) = rest[lt..].find('>') else {
+            rest = "";
+            break;
+        };
+        let tag = rest[lt + 1..lt + gt]
+            .trim_start_matches('/')
+            .to_ascii_lowercase();
+        let name = tag
+            .split(|c: char| c.is_whitespace() || c == '/')
+            .next()
+            .unwrap_or("");
+        if matches!(
+            name,
+            "p" | "br" | "li" | "div" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "pre" | "tr"
+        ) && !out.ends_with('\n')
+            && !out.is_empty()
+        {
+            out.push('\n');
+        }
+        rest = &rest[lt + gt + 1..];
+    }
+    out.push_str(rest);
+    let decoded = out
+        .replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&");
+    decoded.trim().to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,5 +559,28 @@ mod tests {
         );
         assert_eq!(id_of(Some(&json!(null))), None);
         assert_eq!(id_of(None), None);
+    }
+
+    /// The REST API's `IssueSerializer` (makeplane/plane,
+    /// apps/api/plane/api/serializers/issue.py) excludes
+    /// `description_stripped`; the text comes from `description_html`.
+    #[test]
+    fn the_description_is_read_from_html_when_plane_sends_no_plain_text() {
+        let v = json!({
+            "id": "i", "name": "n", "state": "s", "project": "p",
+            "description_html": "<h2>Goal</h2><p>Add a <code>/health</code> endpoint &amp; a test.</p><ul><li><p>200 &lt;ok&gt;</p></li></ul>"
+        });
+        let issue = issue_of(&v, "fallback").expect("issue");
+        assert_eq!(
+            issue.description,
+            "Goal\nAdd a /health endpoint & a test.\n200 <ok>"
+        );
+        assert_eq!(issue.project_id, "p");
+        let plain =
+            json!({"id": "i", "description_stripped": "plain", "description_html": "<p>x</p>"});
+        assert_eq!(issue_of(&plain, "f").expect("issue").description, "plain");
+        assert_eq!(issue_of(&plain, "f").expect("issue").project_id, "f");
+        assert!(issue_of(&json!({"name": "no id"}), "f").is_none());
+        assert_eq!(html_text("<p>unclosed <b"), "unclosed");
     }
 }
