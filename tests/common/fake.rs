@@ -458,6 +458,7 @@ fn dump(v: &Value, out: &mut String) {
 }
 
 fn dump_str(s: &str, out: &mut String) {
+    use std::fmt::Write as _;
     out.push('"');
     for c in s.chars() {
         match c {
@@ -470,7 +471,7 @@ fn dump_str(s: &str, out: &mut String) {
             c => {
                 let mut units = [0u16; 2];
                 for unit in c.encode_utf16(&mut units) {
-                    out.push_str(&format!("\\u{unit:04x}"));
+                    let _ = write!(out, "\\u{unit:04x}");
                 }
             }
         }
