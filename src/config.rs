@@ -108,6 +108,23 @@ pub struct Config {
     pub log_max_bytes: u64,
     /// Stop whole process groups (tree kill); false kills only the direct child.
     pub subprocess_tree_kill_enabled: bool,
+    /// Run agents and repository test commands in a bubblewrap sandbox:
+    /// `auto` (when bwrap works here, else unsandboxed with a warning),
+    /// `bwrap` (required: a run fails to start without it) or `off`.
+    pub sandbox: String,
+    /// The sandbox's network: `host` (shared, the agent reaches its API) or
+    /// `none` (a loopback of its own).
+    pub sandbox_network: String,
+    /// Colon-separated paths shown read-only inside the sandbox though they
+    /// lie in a hidden directory (the real HOME, the state directory), e.g. a
+    /// toolchain installed under HOME.
+    pub sandbox_expose: String,
+    /// Colon-separated paths the sandbox may write besides the worktree
+    /// (e.g. a shared build cache).
+    pub sandbox_writable: String,
+    /// A directory copied into each agent run's private HOME (the agent's
+    /// own settings and login, e.g. a prepared `.claude/`); empty = none.
+    pub sandbox_home_seed: String,
 
     /// Reaper kill-switch: false leaves running jobs alone (only lease and sanitize sweeps run).
     pub reaper_enabled: bool,
@@ -265,6 +282,11 @@ impl Default for Config {
             agent_stall_timeout_s: 900,
             agent_kill_grace_seconds: 10,
             log_max_bytes: 64 * 1024 * 1024,
+            sandbox: "auto".to_owned(),
+            sandbox_network: "host".to_owned(),
+            sandbox_expose: String::new(),
+            sandbox_writable: String::new(),
+            sandbox_home_seed: String::new(),
             subprocess_tree_kill_enabled: true,
             reaper_enabled: true,
             reaper_max_running_s: 5400,
@@ -479,6 +501,8 @@ impl Config {
                 &["auto", "claude", "exit-code"][..],
             ),
             ("tracker", &self.tracker, &["local", "plane"][..]),
+            ("sandbox", &self.sandbox, &["auto", "bwrap", "off"][..]),
+            ("sandbox_network", &self.sandbox_network, &["host", "none"][..]),
             ("forge", &self.forge, &["local", "gitea"][..]),
             ("notifier", &self.notifier, &["log", "telegram"][..]),
         ] {
@@ -496,6 +520,20 @@ impl Config {
                         "reconcile_grace_overrides_json: expected a JSON object of stage to seconds: {e}"
                     ))
                 })?;
+        }
+        for (key, value) in [
+            ("sandbox_expose", &self.sandbox_expose),
+            ("sandbox_writable", &self.sandbox_writable),
+            ("sandbox_home_seed", &self.sandbox_home_seed),
+        ] {
+            if let Some(p) = std::env::split_paths(value.as_str())
+                .find(|p| !p.as_os_str().is_empty() && !p.is_absolute())
+            {
+                return bad(format!(
+                    "{key}: {} is not an absolute path",
+                    p.display()
+                ));
+            }
         }
         if self.post_deploy_checks == 0 {
             return bad("post_deploy_checks must be at least 1".into());

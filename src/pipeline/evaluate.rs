@@ -278,6 +278,7 @@ fn run_check_command(
         tree_kill: ctx.config.subprocess_tree_kill_enabled,
         guard_program: std::env::current_exe()?,
     };
+    let spec = super::confine::confine(ctx, task, worktree, None, spec)?;
     Ok((runner::run(&spec, |_| {})?, log_path))
 }
 

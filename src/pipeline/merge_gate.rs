@@ -222,6 +222,7 @@ pub fn check(
         tree_kill: ctx.config.subprocess_tree_kill_enabled,
         guard_program: std::env::current_exe()?,
     };
+    let spec = super::confine::confine(ctx, task, worktree, None, spec)?;
     bump(conn, "merge_gate_retests_total");
     let retest_started = std::time::Instant::now();
     crate::output::progress(&format!(

@@ -8,6 +8,7 @@ pub use stage::Stage;
 pub mod advance;
 pub mod brief;
 pub mod budget;
+pub mod confine;
 pub mod cancel;
 pub mod engine;
 pub mod evaluate;

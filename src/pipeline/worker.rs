@@ -21,7 +21,7 @@ use crate::outbox;
 use crate::pipeline::engine::{self, Committed, Fence};
 use crate::pipeline::evaluate::{self, Decision, Evaluation};
 use crate::pipeline::task::{self, Task};
-use crate::pipeline::{Stage, brief, budget, cancel, judge, post_deploy, self_deploy};
+use crate::pipeline::{Stage, brief, budget, cancel, confine, judge, post_deploy, self_deploy};
 use crate::queue::{Job, Outcome};
 use crate::runner::{self, claude::RunVerdict};
 use crate::storage::{Db, now};
@@ -416,6 +416,9 @@ fn refuse_over_budget(
 struct RunFiles {
     task_file: PathBuf,
     log: PathBuf,
+    /// The agent's own writable directory (its HOME in the sandbox, the
+    /// cost file); the log and the brief stay out of its reach.
+    agent_dir: PathBuf,
     cost_file: PathBuf,
 }
 
@@ -441,10 +444,14 @@ impl RunFiles {
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let agent_dir = dir.join("agent");
+        std::fs::create_dir_all(&agent_dir)
+            .with_context(|| format!("creating {}", agent_dir.display()))?;
         let files = RunFiles {
             task_file: dir.join("task.md"),
             log: dir.join("agent.log"),
-            cost_file: dir.join("cost.json"),
+            cost_file: agent_dir.join("cost.json"),
+            agent_dir,
         };
         std::fs::write(
             &files.task_file,
@@ -512,6 +519,11 @@ fn run_agent(
         tree_kill: ctx.config.subprocess_tree_kill_enabled,
         guard_program: std::env::current_exe().context("locating the orch binary")?,
     };
+    let agent_files = confine::AgentFiles {
+        task_file: &files.task_file,
+        dir: &files.agent_dir,
+    };
+    let spec = confine::confine(ctx, task, worktree, Some(agent_files), spec)?;
     let agent_started = std::time::Instant::now();
     crate::output::progress(&format!(
         "job {}: {} agent started on stage {stage} of task {}",

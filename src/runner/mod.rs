@@ -24,6 +24,7 @@ pub mod claude;
 pub mod group;
 pub mod guardian;
 mod pump;
+pub mod sandbox;
 pub mod untrusted;
 
 use std::fs::OpenOptions;
