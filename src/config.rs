@@ -502,7 +502,11 @@ impl Config {
             ),
             ("tracker", &self.tracker, &["local", "plane"][..]),
             ("sandbox", &self.sandbox, &["auto", "bwrap", "off"][..]),
-            ("sandbox_network", &self.sandbox_network, &["host", "none"][..]),
+            (
+                "sandbox_network",
+                &self.sandbox_network,
+                &["host", "none"][..],
+            ),
             ("forge", &self.forge, &["local", "gitea"][..]),
             ("notifier", &self.notifier, &["log", "telegram"][..]),
         ] {
@@ -529,10 +533,7 @@ impl Config {
             if let Some(p) = std::env::split_paths(value.as_str())
                 .find(|p| !p.as_os_str().is_empty() && !p.is_absolute())
             {
-                return bad(format!(
-                    "{key}: {} is not an absolute path",
-                    p.display()
-                ));
+                return bad(format!("{key}: {} is not an absolute path", p.display()));
             }
         }
         if self.post_deploy_checks == 0 {

@@ -16,7 +16,7 @@ fn paying(extra: &str) -> Env {
     let exe = env!("CARGO_BIN_EXE_orch");
     let agent = format!(
         "echo \"$ORCH_MAX_BUDGET_USD\" >> {dir}/budgets.seen; printf '{{\"cost_usd\": 1.0, \"input_tokens\": 100, \"output_tokens\": 10}}' > \"$ORCH_COST_FILE\"; exec '{exe}' demo-agent",
-        dir = env.state().display()
+        dir = env.shared().display()
     );
     let config = std::fs::read_to_string(&path)
         .expect("config")
@@ -151,7 +151,7 @@ fn a_task_stops_before_a_run_it_cannot_afford_and_resumes_with_a_raised_budget()
     let why: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(why["why"]["blocked"], 1);
     // The runs were told what they may spend: never more than the task had left.
-    let seen = std::fs::read_to_string(env.state().join("budgets.seen")).expect("seen");
+    let seen = std::fs::read_to_string(env.shared().join("budgets.seen")).expect("seen");
     assert!(seen.lines().all(|l| l.trim() == "1.00"), "{seen}");
     // Not enough: refused. Enough: resumed, and the task finishes.
     env.orch()

@@ -40,14 +40,6 @@ fn remote_branches(env: &Env) -> String {
         .expect("branches")
 }
 
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !s.rsplit(')')
-            .next()
-            .is_some_and(|r| r.trim_start().starts_with('Z'))
-    })
-}
-
 fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
@@ -73,24 +65,14 @@ fn orch090_tc02_stop_active_agent_kills_it_and_cancels_everything() {
         .args(["advance", "--task", "1", "--approve"])
         .assert()
         .success();
-    let pidfile = env.state().join("architect.pid");
+    let argv = ["sleep", "300.6902"];
     let mut worker = env
         .orch_std()
-        .env(
-            "ORCH_AGENT_CMD",
-            format!("sleep 300 & echo $! > {}; wait", pidfile.display()),
-        )
+        .env("ORCH_AGENT_CMD", "sleep 300.6902 & wait")
         .args(["run-agent", "--next"])
         .spawn()
         .expect("spawn");
-    wait_until("the agent", 20, || {
-        std::fs::read_to_string(&pidfile).is_ok_and(|s| !s.trim().is_empty())
-    });
-    let agent: i32 = std::fs::read_to_string(&pidfile)
-        .expect("pid")
-        .trim()
-        .parse()
-        .expect("pid");
+    wait_until("the agent", 20, || !common::host_pids_of(&argv).is_empty());
     let v = json(&out(
         &env,
         &[],
@@ -110,7 +92,9 @@ fn orch090_tc02_stop_active_agent_kills_it_and_cancels_everything() {
         worker.wait().expect("wait").code().is_none(),
         "the owner was stopped"
     );
-    wait_until("the agent to die", 5, || !alive(agent));
+    wait_until("the agent to die", 5, || {
+        common::host_pids_of(&argv).is_empty()
+    });
     let shown = task_json(&env, task);
     assert_eq!(shown["task"]["stage"], "cancelled");
     assert!(
@@ -382,7 +366,7 @@ fn orch090_d7_stop_in_the_critical_window_defers_then_applies() {
         )
         .expect("setup");
     hold_lease(&env);
-    let started = env.state().join("actor.started");
+    let started = env.shared().join("actor.started");
     let mut worker = env
         .orch_std()
         .env(

@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -852,14 +851,13 @@ fn orch065_tc04_orch113_tc03_backstop_stops_a_live_owner_past_the_ceiling() {
          merge_retest_timeout_s = 1\nreaper_finalize_grace_s = 1",
     );
     create_task(&env, "t");
-    let pidfile = env.state().join("hung.pid");
     // An owner hung in its finalization: the gate's command never ends.
     let path = env.state().join("orch.toml");
     let config = std::fs::read_to_string(&path).expect("config").replace(
         "merge_gate_repos = \"demo\"",
         &format!(
-            "merge_gate_repos = \"demo\"\nstaging_image_check_cmd = \"sh -c 'echo $$ > {}; exec sleep 300'\"",
-            pidfile.display()
+            "merge_gate_repos = \"demo\"\nstaging_image_check_cmd = \"{}\"",
+            "exec sleep 300.8491"
         ),
     );
     std::fs::write(&path, config).expect("config");
@@ -870,15 +868,11 @@ fn orch065_tc04_orch113_tc03_backstop_stops_a_live_owner_past_the_ceiling() {
         .spawn()
         .expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&pidfile).is_ok_and(|s| s.trim().parse::<i32>().is_ok()) {
+    let argv = ["sleep", "300.8491"];
+    while common::host_pids_of(&argv).is_empty() {
         assert!(Instant::now() < deadline, "the hung check never started");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let hung: i32 = std::fs::read_to_string(&pidfile)
-        .expect("pid")
-        .trim()
-        .parse()
-        .expect("pid");
     // Within the ceiling: alive, never reaped.
     let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
     assert!(
@@ -886,10 +880,9 @@ fn orch065_tc04_orch113_tc03_backstop_stops_a_live_owner_past_the_ceiling() {
         "{pass}"
     );
     std::thread::sleep(Duration::from_secs(4));
-    std::fs::remove_file(&pidfile).expect("rm");
     let config = std::fs::read_to_string(&path)
         .expect("config")
-        .replace("exec sleep 300", "exit 0");
+        .replace("exec sleep 300.8491", "exit 0");
     std::fs::write(&path, config).expect("config");
     let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
     assert_eq!(pass["backstopped"], 1, "{pass}");
@@ -898,11 +891,7 @@ fn orch065_tc04_orch113_tc03_backstop_stops_a_live_owner_past_the_ceiling() {
         "the owner was killed"
     );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while Path::new(&format!("/proc/{hung}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{hung}/stat"))
-            .unwrap_or_default()
-            .contains(") Z")
-    {
+    while !common::host_pids_of(&argv).is_empty() {
         assert!(
             Instant::now() < deadline,
             "the hung check survived its owner"

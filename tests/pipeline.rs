@@ -27,17 +27,6 @@ fn forge(env: &Env) -> orch::git::Git {
     orch::git::Git::at(env.state().join("forge/demo.git"))
 }
 
-fn pid_alive(pid: i32) -> bool {
-    // A zombie still has a /proc entry; it counts as dead.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -405,14 +394,14 @@ fn orch110_tc01_timed_out_agent_and_its_sleeping_grandchild_are_tree_killed() {
         .args(["task", "create", "--repo", "demo", "--title", "x"])
         .assert()
         .success();
-    let pidfile = env.state().join("grandchild.pid");
+    let started = env.shared().join("grandchild.started");
     let out = env
         .orch()
         .env("ORCH_AGENT_TIMEOUT_S", "2")
         .env("ORCH_AGENT_KILL_GRACE_SECONDS", "1")
         .env(
             "ORCH_AGENT_CMD",
-            format!("sh -c 'sleep 120 & echo $! > {}; wait'", pidfile.display()),
+            format!("sh -c 'sleep 120.4101 & touch {}; wait'", started.display()),
         )
         .args(["run-agent", "--next", "--json"])
         .output()
@@ -425,13 +414,9 @@ fn orch110_tc01_timed_out_agent_and_its_sleeping_grandchild_are_tree_killed() {
             .unwrap_or("")
             .contains("wall timeout after 2s")
     );
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .expect("pidfile")
-        .trim()
-        .parse()
-        .expect("pid");
+    assert!(started.exists(), "the grandchild started");
     wait_for("the grandchild to die", Duration::from_secs(8), || {
-        !pid_alive(pid)
+        common::host_pids_of(&["sleep", "120.4101"]).is_empty()
     });
     assert_eq!(env.json(&["job", "show", "1"])["status"], "queued");
 }
@@ -464,24 +449,16 @@ fn sigkill_of_run_agent_kills_its_agent_and_leaves_a_dead_owner() {
         .args(["task", "create", "--repo", "demo", "--title", "x"])
         .assert()
         .success();
-    let pidfile = env.state().join("agent.pid");
+    let argv = ["sleep", "300.4611"];
     let mut child = env
         .orch_std()
-        .env(
-            "ORCH_AGENT_CMD",
-            format!("sleep 300 & echo $! > {}; wait", pidfile.display()),
-        )
+        .env("ORCH_AGENT_CMD", "sleep 300.4611 & wait")
         .args(["run-agent", "--next"])
         .spawn()
         .expect("spawn run-agent");
     wait_for("the agent to start", Duration::from_secs(20), || {
-        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.trim().parse::<i32>().is_ok())
+        !common::host_pids_of(&argv).is_empty()
     });
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .expect("pidfile")
-        .trim()
-        .parse()
-        .expect("pid");
     // While run-agent lives, its job's owner is alive.
     assert_eq!(env.json(&["status"])["running"][0]["owner"], "alive");
     nix::sys::signal::kill(
@@ -493,7 +470,7 @@ fn sigkill_of_run_agent_kills_its_agent_and_leaves_a_dead_owner() {
     wait_for(
         "the agent to die with its orch",
         Duration::from_secs(5),
-        || !pid_alive(pid),
+        || common::host_pids_of(&argv).is_empty(),
     );
     assert_eq!(env.json(&["status"])["running"][0]["owner"], "dead");
 }
@@ -551,7 +528,7 @@ fn the_agent_gets_its_task_through_files_and_environment_only() {
         ])
         .assert()
         .success();
-    let seen = env.state().join("seen-env");
+    let seen = env.shared().join("seen-env");
     let agent = format!(
         "env | grep '^ORCH_' | sort > {s}; cat \"$ORCH_TASK_FILE\" >> {s}",
         s = seen.display()
@@ -591,7 +568,7 @@ fn agents_never_see_orchs_secrets() {
         .args(["task", "create", "--repo", "demo", "--title", "x"])
         .assert()
         .success();
-    let seen = env.state().join("agent-env");
+    let seen = env.shared().join("agent-env");
     env.orch()
         .env("ORCH_PLANE_API_TOKEN", "plane-secret-value")
         .env("ORCH_GITEA_TOKEN", "gitea-secret-value")
@@ -853,18 +830,15 @@ fn an_agent_log_is_rotated_at_its_cap_and_the_verdict_still_read() {
 }
 
 /// An agent runs as orch's user, so it could read orch's own environment —
-/// where the tokens are — through `/proc/<orch pid>/environ`. orch makes
-/// itself non-dumpable, which closes /proc to same-user processes. Run as an
-/// unprivileged user (root reads any /proc whatever the flag), like the
-/// shipped units' `orch` user.
+/// where the tokens are — through `/proc/<orch pid>/environ`. Two walls, each
+/// tried alone: unsandboxed, orch makes itself non-dumpable, which closes its
+/// /proc to same-user processes; in the sandbox the agent has a PID
+/// namespace and a /proc of its own. Run as an unprivileged user (root reads
+/// any /proc whatever the flag), like the shipped units' `orch` user.
 #[test]
 fn an_agent_cannot_read_orchs_tokens_through_proc() {
     let uid = 65534;
     let env = demo_env();
-    env.orch()
-        .args(["task", "create", "--repo", "demo", "--title", "x"])
-        .assert()
-        .success();
     let orch = env!("CARGO_BIN_EXE_orch");
     let as_user = |cmd: &mut std::process::Command| {
         cmd.args([
@@ -883,44 +857,52 @@ fn an_agent_cannot_read_orchs_tokens_through_proc() {
         eprintln!("\n*** SKIPPED: cannot run orch as uid {uid} here ***\n");
         return;
     }
-    assert!(
-        std::process::Command::new("chown")
-            .args(["-R", &format!("{uid}:{uid}")])
-            .arg(env.state())
-            .status()
-            .expect("chown")
-            .success()
-    );
-    let found = env.state().join("found.txt");
-    let agent = format!(
-        "for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < \"$f\" 2>/dev/null; done > {}; exit 0",
-        found.display()
-    );
-    let mut worker = std::process::Command::new("setpriv");
-    as_user(&mut worker);
-    let out = worker
-        .arg(orch)
-        .args(["run-agent", "--next"])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", env.state())
-        .env("ORCH_STATE_DIR", env.state())
-        .env("ORCH_PLANE_API_TOKEN", "plane-secret-value")
-        .env("ORCH_AGENT_CMD", agent)
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen = std::fs::read_to_string(&found).expect("the agent scanned /proc");
-    assert!(
-        seen.contains("ORCH_TASK_ID=1"),
-        "the scan read its own environment"
-    );
-    assert!(
-        !seen.contains("plane-secret-value"),
-        "an agent read orch's token through /proc"
-    );
+    for (n, sandbox) in ["off", "auto"].into_iter().enumerate() {
+        env.orch()
+            .args(["task", "create", "--repo", "demo", "--title", sandbox])
+            .assert()
+            .success();
+        assert!(
+            std::process::Command::new("chown")
+                .args(["-R", &format!("{uid}:{uid}")])
+                .arg(env.state())
+                .status()
+                .expect("chown")
+                .success()
+        );
+        let found = env.shared().join(format!("found-{n}.txt"));
+        let agent = format!(
+            "for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < \"$f\" 2>/dev/null; done > {}; exit 0",
+            found.display()
+        );
+        let mut worker = std::process::Command::new("setpriv");
+        as_user(&mut worker);
+        let out = worker
+            .arg(orch)
+            .args(["run-agent", "--next"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", env.state())
+            .env("ORCH_STATE_DIR", env.state())
+            .env("ORCH_SANDBOX", sandbox)
+            .env("ORCH_SANDBOX_WRITABLE", env.shared())
+            .env("ORCH_PLANE_API_TOKEN", "plane-secret-value")
+            .env("ORCH_AGENT_CMD", agent)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seen = std::fs::read_to_string(&found).expect("the agent scanned /proc");
+        assert!(
+            seen.contains("ORCH_TASK_ID="),
+            "sandbox {sandbox}: the scan read its own environment"
+        );
+        assert!(
+            !seen.contains("plane-secret-value"),
+            "sandbox {sandbox}: an agent read orch's token through /proc"
+        );
+    }
 }

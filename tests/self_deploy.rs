@@ -412,7 +412,7 @@ fn hold_the_retest(env: &Env) {
     let config = std::fs::read_to_string(&path).expect("config");
     let held = format!(
         "if [ -f {d}/hold ]; then touch {d}/in-retest; sleep 2; fi; sh ./test.sh",
-        d = env.state().display()
+        d = env.shared().display()
     );
     let config = config.replace(
         "test_command = \"sh ./test.sh\"",
@@ -448,7 +448,7 @@ fn stop_inside_the_merge_gate(env: &Env, worker_env: &[(&str, &str)]) -> Output 
     // main moves, so the gate must rebase and re-test (a current branch
     // that was tested already is merged without a re-test).
     common::push_to_main(env, "mover", "other.md", "x\n");
-    std::fs::write(env.state().join("hold"), "").expect("hold");
+    std::fs::write(env.shared().join("hold"), "").expect("hold");
     let mut worker = env.orch_std();
     for (k, v) in worker_env {
         worker.env(k, v);
@@ -460,7 +460,7 @@ fn stop_inside_the_merge_gate(env: &Env, worker_env: &[(&str, &str)]) -> Output 
         .spawn()
         .expect("worker");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !env.state().join("in-retest").exists() {
+    while !env.shared().join("in-retest").exists() {
         assert!(Instant::now() < deadline, "the merge gate never re-tested");
         std::thread::sleep(Duration::from_millis(20));
     }

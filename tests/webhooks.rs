@@ -158,7 +158,10 @@ fn orch090_tc11_an_issue_moved_to_to_analyse_starts_the_pipeline_once() {
     assert_eq!(t["stage"], "analysis");
     // The REST API sends no `description_stripped`: the brief is the text of
     // the issue's `description_html`.
-    assert_eq!(s.task(1)["task"]["description"], "Greet people (from Plane)");
+    assert_eq!(
+        s.task(1)["task"]["description"],
+        "Greet people (from Plane)"
+    );
     // Plane retries with a new delivery id and the same body: one effect.
     let again = s.deliver("plane", "issue", "d-2", &body);
     assert!(String::from_utf8_lossy(&again.stdout).contains("duplicate"));
@@ -961,7 +964,7 @@ fn hostile_bodies_never_panic_and_never_store() {
 #[test]
 fn gitea_status_on_the_pushed_commit_advances_a_developing_task() {
     let s = setup("");
-    let green = s.env.state().join("ci-green");
+    let green = s.env.shared().join("ci-green");
     let path = s.env.state().join("orch.toml");
     let config = std::fs::read_to_string(&path).expect("config").replace(
         "test_command = \"sh ./test.sh\"",

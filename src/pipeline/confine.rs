@@ -147,7 +147,11 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
 fn note_unsandboxed(log: &Path, why: &str) {
     use std::io::Write as _;
     log::warn!("running without a sandbox: {why}");
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
         let _ = writeln!(f, "orch: running without a sandbox: {why}");
     }
 }

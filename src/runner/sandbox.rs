@@ -70,9 +70,8 @@ pub struct Plan {
 pub fn probe() -> &'static Result<PathBuf, String> {
     static PROBE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     PROBE.get_or_init(|| {
-        let bwrap = find_in_path("bwrap").ok_or_else(|| {
-            "bwrap (Debian package bubblewrap) is not installed".to_owned()
-        })?;
+        let bwrap = find_in_path("bwrap")
+            .ok_or_else(|| "bwrap (Debian package bubblewrap) is not installed".to_owned())?;
         let out = Command::new(&bwrap)
             .args(["--ro-bind", "/", "/", "--unshare-user", "--unshare-pid"])
             .args(["--dev", "/dev", "--proc", "/proc", "--", "true"])
@@ -254,13 +253,23 @@ mod tests {
         let wrapped = wrap(spec(), Path::new("/usr/bin/bwrap"), &plan);
         assert_eq!(wrapped.program, "/usr/bin/bwrap");
         let a = wrapped.args.join(" ");
-        assert!(a.starts_with("--ro-bind / / --dev /dev --proc /proc --tmpfs /tmp"), "{a}");
+        assert!(
+            a.starts_with("--ro-bind / / --dev /dev --proc /proc --tmpfs /tmp"),
+            "{a}"
+        );
         assert!(!a.contains("--tmpfs / "), "never hide the root: {a}");
         assert!(a.contains("--unshare-net"), "{a}");
-        let ro = a.find("--ro-bind-try /s/clone/.git /s/clone/.git").expect("ro");
+        let ro = a
+            .find("--ro-bind-try /s/clone/.git /s/clone/.git")
+            .expect("ro");
         let rw = a.find("--bind-try /w/tree /w/tree").expect("rw");
         assert!(ro < rw, "{a}");
-        assert!(a.ends_with("--setenv HOME /s/run/home --setenv TMPDIR /tmp --chdir /w/tree -- sh -c echo hi"), "{a}");
+        assert!(
+            a.ends_with(
+                "--setenv HOME /s/run/home --setenv TMPDIR /tmp --chdir /w/tree -- sh -c echo hi"
+            ),
+            "{a}"
+        );
         assert_eq!(wrapped.cwd, PathBuf::from("/w/tree"));
     }
 

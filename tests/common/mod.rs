@@ -25,11 +25,20 @@ impl Env {
         env
     }
 
-    /// A state directory with nothing in it.
+    /// A state directory with nothing in it but [`Env::shared`].
     pub fn bare() -> Env {
-        Env {
+        let env = Env {
             dir: tempfile::tempdir().expect("tempdir"),
-        }
+        };
+        std::fs::create_dir_all(env.shared()).expect("shared dir");
+        env
+    }
+
+    /// Where agents and test commands leave what a test checks: the state
+    /// directory (and the private `/tmp`) are hidden inside the sandbox, this
+    /// one is writable there (`sandbox_writable`, set by [`Env::orch`]).
+    pub fn shared(&self) -> PathBuf {
+        self.dir.path().join("shared")
     }
 
     /// The state directory.
@@ -59,6 +68,7 @@ impl Env {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.state())
             .env("ORCH_STATE_DIR", self.state())
+            .env("ORCH_SANDBOX_WRITABLE", self.shared())
             .env("RUST_LOG", "warn");
         c
     }
@@ -70,6 +80,7 @@ impl Env {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.state())
             .env("ORCH_STATE_DIR", self.state())
+            .env("ORCH_SANDBOX_WRITABLE", self.shared())
             .env("RUST_LOG", "warn");
         c
     }
@@ -238,4 +249,34 @@ pub fn push_to_main(env: &Env, label: &str, path: &str, content: &str) {
         &["commit", "--quiet", "-m", &format!("{label} on main")],
     );
     git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+}
+
+/// Host pids of the live processes whose argv is exactly `argv` — how a test
+/// finds an agent's processes from outside: in the sandbox the pids an agent
+/// sees are those of its own PID namespace. Give each test its own argv
+/// (`sleep 300.4611`): tests run in parallel. Zombies count as dead.
+pub fn host_pids_of(argv: &[&str]) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .collect();
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            });
+            !zombie
+                && args.len() == argv.len()
+                && args.iter().zip(argv).all(|(a, b)| *a == b.as_bytes())
+        })
+        .collect()
 }
