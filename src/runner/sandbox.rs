@@ -107,12 +107,11 @@ pub fn wrap(spec: Spec, bwrap: &Path, plan: &Plan) -> Spec {
     for path in &plan.writable {
         push(&mut args, "--bind-try", path, Some(path));
     }
-    let home = match &plan.home {
-        Some(home) => home.display().to_string(),
-        None => {
-            args.extend(["--dir".to_owned(), "/tmp/home".to_owned()]);
-            "/tmp/home".to_owned()
-        }
+    let home = if let Some(home) = &plan.home {
+        home.display().to_string()
+    } else {
+        args.extend(["--dir".to_owned(), "/tmp/home".to_owned()]);
+        "/tmp/home".to_owned()
     };
     args.extend(["--setenv".into(), "HOME".into(), home]);
     args.extend(["--setenv".into(), "TMPDIR".into(), "/tmp".into()]);
