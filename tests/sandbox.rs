@@ -430,3 +430,56 @@ fn a_gibibyte_of_output_leaves_orch_under_32_mib() {
     // it: one endless line keeps at most four times the cap.
     assert!(kept <= 4 * 8 * 1024 * 1024, "kept {kept} bytes of 1 GiB");
 }
+
+/// `orch doctor` says whether runs are sandboxed, and fails an agent whose
+/// program the sandbox hides until `sandbox_expose` names it. A program's
+/// own directory is shown by itself, unless that would unhide a hidden
+/// directory: here the program lies at the top of the state directory.
+#[test]
+fn doctor_reports_the_sandbox_and_an_agent_it_hides() {
+    if !sandbox_works() {
+        return;
+    }
+    let env = demo_env();
+    let agent = env.state().join("my-agent");
+    let bin = agent.clone();
+    std::fs::write(&agent, "#!/bin/sh\nexit 0\n").expect("agent");
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let doctor = |expose: &str| {
+        let out = env
+            .orch()
+            .env("ORCH_AGENT_CMD", agent.display().to_string())
+            .env("ORCH_SANDBOX_EXPOSE", expose)
+            .args(["doctor", "--offline"])
+            .output()
+            .expect("doctor");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let hidden = doctor("");
+    assert!(
+        hidden.contains("agents and test commands run in bubblewrap"),
+        "{hidden}"
+    );
+    assert!(
+        hidden.contains("my-agent is not reachable inside the sandbox"),
+        "{hidden}"
+    );
+    let shown = doctor(&bin.display().to_string());
+    assert!(!shown.contains("not reachable"), "{shown}");
+    // And a run uses what doctor checked: the exposed agent runs.
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "x"])
+        .assert()
+        .success();
+    let out = env
+        .orch()
+        .env("ORCH_AGENT_CMD", agent.display().to_string())
+        .env("ORCH_SANDBOX_EXPOSE", bin.display().to_string())
+        .env("ORCH_AGENT_PROTOCOL", "exit-code")
+        .args(["run-agent", "--next", "--json"])
+        .output()
+        .expect("run");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["exit_code"], 0, "{report}");
+}

@@ -161,6 +161,7 @@ pub fn run(global: &GlobalOpts, args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(config) = &config {
         check_repos(&mut r, config, args.offline);
         check_agents(&mut r, config);
+        check_sandbox(&mut r, &ctx);
         let creds = check_credentials(&mut r, config);
         if args.offline {
             if config.tracker == "plane" || config.forge == "gitea" || config.notifier == "telegram"
@@ -519,80 +520,6 @@ fn ls_remote(remote: &str, timeout: Duration) -> anyhow::Result<usize> {
     Ok(String::from_utf8_lossy(&out.stdout).lines().count())
 }
 
-/// The program an agent command runs: the first word that is not a variable
-/// assignment (and not `env`/`exec`), with shell quotes removed. `None` when
-/// the command starts with something else the shell interprets.
-pub fn agent_program(command: &str) -> Option<String> {
-    let mut words = shell_words(command).into_iter();
-    loop {
-        let w = words.next()?;
-        let is_assignment = w.split_once('=').is_some_and(|(k, _)| {
-            !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        });
-        if is_assignment || w == "exec" || w == "env" || w == "command" {
-            continue;
-        }
-        if w.starts_with('-')
-            || w.contains('$')
-            || w.contains('`')
-            || [
-                "cd", ".", "source", "set", "export", "if", "for", "while", "case", "{", "(", "!",
-                "eval",
-            ]
-            .contains(&w.as_str())
-        {
-            return None;
-        }
-        return Some(w);
-    }
-}
-
-/// Split the start of a shell command into words, honouring `'…'`, `"…"`
-/// and `\`; stops at the first operator (`;`, `|`, `&`, `<`, `>`).
-fn shell_words(command: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut chars = command.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                in_word = true;
-                cur.extend(chars.by_ref().take_while(|&c| c != '\''));
-            }
-            '"' => {
-                in_word = true;
-                while let Some(c) = chars.next() {
-                    match c {
-                        '"' => break,
-                        '\\' => cur.extend(chars.next()),
-                        c => cur.push(c),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                cur.extend(chars.next());
-            }
-            ';' | '|' | '&' | '<' | '>' | '\n' => break,
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            c => {
-                in_word = true;
-                cur.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(cur);
-    }
-    words
-}
-
 fn check_agents(r: &mut Report, config: &Config) {
     let mut commands: Vec<(String, &str)> = vec![("agent".to_owned(), config.agent_cmd.as_str())];
     for (stage, cmd) in &config.agent_cmds {
@@ -605,7 +532,7 @@ fn check_agents(r: &mut Report, config: &Config) {
         } else {
             ""
         };
-        let Some(program) = agent_program(command) else {
+        let Some(program) = crate::runner::program::agent_program(command) else {
             r.ok(
                 &check,
                 format!("command starts with shell syntax; program not checked{from}"),
@@ -629,6 +556,51 @@ fn check_agents(r: &mut Report, config: &Config) {
                 format!("{program} is not on PATH{from}"),
                 "every agent run will fail: install it or fix agent_cmd / [agent_cmds]",
             ),
+        }
+    }
+}
+
+/// Whether agents and test commands run sandboxed here, and whether each
+/// agent's program can be found inside the sandbox (a program under a
+/// hidden HOME needs `sandbox_expose`).
+fn check_sandbox(r: &mut Report, ctx: &Ctx) {
+    use crate::runner::sandbox::{self, Mode};
+    let config = &ctx.config;
+    let install = "install bubblewrap (Debian: apt install bubblewrap) and allow unprivileged user namespaces (docs/security.md, \"The sandbox\")";
+    match (Mode::parse(&config.sandbox), sandbox::probe()) {
+        (Some(Mode::Off), _) => r.warn(
+            "sandbox",
+            "off: agents and test commands run with orch's own rights",
+            "set sandbox = \"auto\" (docs/security.md, \"The sandbox\")",
+        ),
+        (Some(Mode::Required), Err(why)) => r.fail("sandbox", why.clone(), install),
+        (_, Err(why)) => r.warn(
+            "sandbox",
+            format!("none: {why}; agents and test commands run with orch's own rights"),
+            install,
+        ),
+        (_, Ok(bwrap)) => {
+            r.ok(
+                "sandbox",
+                format!(
+                    "{}: agents and test commands run in bubblewrap (network: {})",
+                    bwrap.display(),
+                    config.sandbox_network
+                ),
+            );
+            for command in std::iter::once(&config.agent_cmd).chain(config.agent_cmds.values()) {
+                let Some(program) = crate::runner::program::agent_program(command) else {
+                    continue;
+                };
+                if crate::pipeline::confine::finds_in_sandbox(ctx, command, &program) == Some(false)
+                {
+                    r.fail(
+                        "sandbox",
+                        format!("{program} is not reachable inside the sandbox"),
+                        "it lies in a hidden directory (HOME, the state directory, /tmp): install it elsewhere or name its directory in sandbox_expose",
+                    );
+                }
+            }
         }
     }
 }
@@ -663,7 +635,7 @@ fn check_claude(r: &mut Report, check: &str, binary: &Path, command: &str) {
     }
     let home = std::env::var_os("HOME").map(PathBuf::from);
     let grant = permissions::grant(
-        &shell_words(command),
+        &crate::runner::program::shell_words(command),
         home.as_deref(),
         nix::unistd::geteuid().as_raw(),
         std::env::var_os("IS_SANDBOX").is_some_and(|v| v == "1"),
@@ -904,25 +876,6 @@ fn check_apis(r: &mut Report, config: &Config, creds: &Creds) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn agent_program_is_the_first_real_word() {
-        assert_eq!(
-            agent_program("claude -p --verbose < \"$ORCH_TASK_FILE\"").as_deref(),
-            Some("claude")
-        );
-        assert_eq!(
-            agent_program("'/opt/my orch/orch' demo-agent").as_deref(),
-            Some("/opt/my orch/orch")
-        );
-        assert_eq!(
-            agent_program("FOO=1 env BAR=2 exec codex run").as_deref(),
-            Some("codex")
-        );
-        assert_eq!(agent_program("cd sub && make"), None);
-        assert_eq!(agent_program("$AGENT"), None);
-        assert_eq!(agent_program(""), None);
-    }
 
     #[test]
     fn df_output_is_parsed() {

@@ -11,6 +11,7 @@ use anyhow::{Context as _, bail};
 use crate::context::Ctx;
 use crate::pipeline::task::Task;
 use crate::runner::Spec;
+use crate::runner::program;
 use crate::runner::sandbox::{self, Mode, Plan};
 use crate::workspace::Workspace;
 
@@ -63,47 +64,74 @@ fn plan(
 ) -> anyhow::Result<Plan> {
     let config = &ctx.config;
     let workspace = Workspace::new(&ctx.repos_dir(), &task.repo, config.repo(&task.repo)?)?;
+    let command = spec.args.last().map_or("", String::as_str);
+    let mut plan = common_plan(ctx, command);
+    plan.readable.push(workspace.clone_dir().join(".git"));
+    plan.writable.push(worktree.to_path_buf());
+    if let Some(files) = agent {
+        plan.readable.push(files.task_file.to_path_buf());
+        plan.writable.push(files.dir.to_path_buf());
+        let home = files.dir.join("home");
+        seed_home(&home, &config.sandbox_home_seed)?;
+        plan.home = Some(home);
+    }
+    Ok(plan)
+}
+
+/// What every sandbox of this installation hides and shows, whatever the
+/// task: the state directory and the real HOME hidden; the programs run
+/// (the command's first word and orch itself: agents may call `orch`) and
+/// `sandbox_expose` shown; `sandbox_writable` writable.
+fn common_plan(ctx: &Ctx, command: &str) -> Plan {
+    let config = &ctx.config;
     let mut hidden = vec![ctx.state_dir.clone()];
     if let Some(home) = std::env::var_os("HOME").map(PathBuf::from)
         && home.is_absolute()
     {
         hidden.push(home);
     }
-    let mut readable = vec![workspace.clone_dir().join(".git")];
-    // The programs run: the command's first word and orch itself (agents
-    // may call `orch`). Their directories never unhide a hidden one
-    // (`~/bin/tool` must not show all of HOME); `sandbox_expose` is the
-    // operator's explicit word for that.
-    let command = spec.args.last().map_or("", String::as_str);
-    let mut programs = sandbox::program_dirs(command);
+    let mut programs = program::agent_program(command)
+        .map(|p| sandbox::program_dirs(&p))
+        .unwrap_or_default();
     if let Ok(orch) = std::env::current_exe()
         && let Some(dir) = orch.parent()
     {
         programs.push(dir.to_path_buf());
     }
-    readable.extend(
-        programs
-            .into_iter()
-            .filter(|dir| !hidden.iter().any(|h| h.starts_with(dir))),
-    );
+    // A program's directory never unhides a hidden one (`~/bin/tool` must
+    // not show all of HOME); `sandbox_expose` is the operator's explicit word.
+    let mut readable: Vec<PathBuf> = programs
+        .into_iter()
+        .filter(|dir| !hidden.iter().any(|h| h.starts_with(dir)))
+        .collect();
     readable.extend(paths(&config.sandbox_expose));
-    let mut writable = vec![worktree.to_path_buf()];
-    writable.extend(paths(&config.sandbox_writable));
-    let mut home = None;
-    if let Some(files) = agent {
-        readable.push(files.task_file.to_path_buf());
-        writable.push(files.dir.to_path_buf());
-        let dir = files.dir.join("home");
-        seed_home(&dir, &config.sandbox_home_seed)?;
-        home = Some(dir);
-    }
-    Ok(Plan {
+    Plan {
         hidden,
         readable,
-        writable,
-        home,
+        writable: paths(&config.sandbox_writable),
+        home: None,
         no_network: config.sandbox_network == "none",
-    })
+    }
+}
+
+/// Whether `program` (the first word of `command`) is found inside this
+/// installation's sandbox; `None` when there is no sandbox to look in.
+pub fn finds_in_sandbox(ctx: &Ctx, command: &str, program: &str) -> Option<bool> {
+    if Mode::parse(&ctx.config.sandbox) == Some(Mode::Off) {
+        return None;
+    }
+    let bwrap = sandbox::probe().as_ref().ok()?;
+    let plan = common_plan(ctx, command);
+    let args = sandbox::args(&plan, Path::new("/"));
+    let status = std::process::Command::new(bwrap)
+        .args(args)
+        .args(["sh", "-c", "command -v \"$1\" >/dev/null", "sh", program])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    Some(status.success())
 }
 
 /// The colon-separated absolute paths of a setting.

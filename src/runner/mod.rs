@@ -23,6 +23,7 @@
 pub mod claude;
 pub mod group;
 pub mod guardian;
+pub mod program;
 mod pump;
 pub mod sandbox;
 pub mod untrusted;

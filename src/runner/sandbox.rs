@@ -95,6 +95,19 @@ pub fn probe() -> &'static Result<PathBuf, String> {
 /// `spec` run inside the sandbox `plan` by `bwrap`: same working
 /// directory, same environment plus HOME and TMPDIR.
 pub fn wrap(spec: Spec, bwrap: &Path, plan: &Plan) -> Spec {
+    let mut args = args(plan, &spec.cwd);
+    args.push(spec.program.clone());
+    args.extend(spec.args.iter().cloned());
+    Spec {
+        program: bwrap.display().to_string(),
+        args,
+        ..spec
+    }
+}
+
+/// The `bwrap` arguments of `plan`, up to and including the `--` the
+/// command follows, starting in `cwd`.
+pub fn args(plan: &Plan, cwd: &Path) -> Vec<String> {
     let mut args = base_args(plan);
     for dir in &plan.hidden {
         if dir.is_dir() && dir != Path::new("/") {
@@ -115,15 +128,9 @@ pub fn wrap(spec: Spec, bwrap: &Path, plan: &Plan) -> Spec {
     };
     args.extend(["--setenv".into(), "HOME".into(), home]);
     args.extend(["--setenv".into(), "TMPDIR".into(), "/tmp".into()]);
-    args.extend(["--chdir".into(), spec.cwd.display().to_string()]);
+    args.extend(["--chdir".into(), cwd.display().to_string()]);
     args.push("--".into());
-    args.push(spec.program.clone());
-    args.extend(spec.args.iter().cloned());
-    Spec {
-        program: bwrap.display().to_string(),
-        args,
-        ..spec
-    }
+    args
 }
 
 /// The namespaces and the system view every sandbox has.
@@ -186,19 +193,11 @@ pub fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The directories a program needs visible to run: where `PATH` finds it and
-/// where it really lives (a symlinked launcher's package, an npm install).
-/// Shell words that are not a program (`env`, assignments) are skipped to
-/// the first that is.
-pub fn program_dirs(command: &str) -> Vec<PathBuf> {
-    let Some(word) = command
-        .split_whitespace()
-        .find(|w| !w.contains('=') && *w != "env" && *w != "exec")
-    else {
-        return Vec::new();
-    };
-    let word = word.trim_matches(|c| c == '"' || c == '\'');
-    let Some(found) = find_in_path(word) else {
+/// The directories `program` needs visible to run: where `PATH` finds it
+/// and where it really lives (a symlinked launcher's target, the rest of an
+/// npm package whose `bin/` holds it).
+pub fn program_dirs(program: &str) -> Vec<PathBuf> {
+    let Some(found) = find_in_path(program) else {
         return Vec::new();
     };
     let mut dirs = Vec::new();
@@ -208,7 +207,6 @@ pub fn program_dirs(command: &str) -> Vec<PathBuf> {
     if let Ok(real) = std::fs::canonicalize(&found)
         && let Some(parent) = real.parent()
     {
-        // An npm package's launcher in `bin/` needs the rest of its package.
         let package = parent
             .parent()
             .filter(|p| parent.ends_with("bin") && p.join("package.json").is_file())
