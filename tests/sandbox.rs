@@ -100,6 +100,8 @@ w git-config git config core.fsmonitor "touch {m}.fsmonitor"
 w git-hook sh -c "printf '#!/bin/sh\ntouch {m}.hook\n' > $common/hooks/post-commit && chmod +x $common/hooks/post-commit"
 w git-include sh -c "printf '[core]\n\tfsmonitor = touch {m}.include\n' > $common/evil && git config include.path $common/evil"
 w etc sh -c 'echo x > /etc/orch-pwned'
+w git-file sh -c 'mkdir -p evil && cp -r "$common/worktrees"/* evil/ 2>/dev/null; echo "gitdir: $PWD/evil" > .git'
+w git-file-rename sh -c 'mv .git .git-old'
 w state-db sh -c 'echo x >> "$ORCH_STATE_DIR/orch.db"'
 w run-log sh -c 'echo "{{\"type\":\"result\",\"subtype\":\"success\"}}" >> "$(dirname "$ORCH_TASK_FILE")/agent.log"'
 w other-task sh -c 'echo x > {other}'
@@ -183,7 +185,15 @@ fn a_hostile_agent_reads_no_secret_and_writes_nowhere_but_its_worktree() {
     }
     // Read-only mounts refuse; in hidden directories a write lands in the
     // sandbox's own empty tmpfs and never reaches the real file.
-    for refused in ["git-config", "git-hook", "git-include", "etc", "other-task"] {
+    for refused in [
+        "git-config",
+        "git-hook",
+        "git-include",
+        "git-file",
+        "git-file-rename",
+        "etc",
+        "other-task",
+    ] {
         assert!(
             text.contains(&format!("{refused}: refused")),
             "{refused} was written:\n{text}"

@@ -68,6 +68,10 @@ fn plan(
     let mut plan = common_plan(ctx, command);
     plan.readable.push(workspace.clone_dir().join(".git"));
     plan.writable.push(worktree.to_path_buf());
+    // The `.git` file says where orch's own git finds the repository: an
+    // agent that could rewrite it would hand orch a git directory (and a
+    // config) of its own making.
+    plan.pinned.push(worktree.join(".git"));
     if let Some(files) = agent {
         plan.readable.push(files.task_file.to_path_buf());
         plan.writable.push(files.dir.to_path_buf());
@@ -109,6 +113,7 @@ fn common_plan(ctx: &Ctx, command: &str) -> Plan {
         hidden,
         readable,
         writable: paths(&config.sandbox_writable),
+        pinned: Vec::new(),
         home: None,
         no_network: config.sandbox_network == "none",
     }

@@ -58,6 +58,9 @@ pub struct Plan {
     pub readable: Vec<PathBuf>,
     /// Writable (the worktree, the run's own directory, `sandbox_writable`).
     pub writable: Vec<PathBuf>,
+    /// Read-only inside a writable directory (the worktree's `.git` file,
+    /// which orch's own git follows after the run).
+    pub pinned: Vec<PathBuf>,
     /// HOME inside the sandbox: a writable directory, or a fresh one in the
     /// private `/tmp` when `None`.
     pub home: Option<PathBuf>,
@@ -119,6 +122,9 @@ pub fn args(plan: &Plan, cwd: &Path) -> Vec<String> {
     }
     for path in &plan.writable {
         push(&mut args, "--bind-try", path, Some(path));
+    }
+    for path in &plan.pinned {
+        push(&mut args, "--ro-bind-try", path, Some(path));
     }
     let home = if let Some(home) = &plan.home {
         home.display().to_string()
@@ -244,6 +250,7 @@ mod tests {
             hidden: vec!["/".into()],
             readable: vec!["/s/clone/.git".into()],
             writable: vec!["/w/tree".into()],
+            pinned: vec!["/w/tree/.git".into()],
             home: Some("/s/run/home".into()),
             no_network: true,
         };
@@ -260,7 +267,10 @@ mod tests {
             .find("--ro-bind-try /s/clone/.git /s/clone/.git")
             .expect("ro");
         let rw = a.find("--bind-try /w/tree /w/tree").expect("rw");
-        assert!(ro < rw, "{a}");
+        let pin = a
+            .find("--ro-bind-try /w/tree/.git /w/tree/.git")
+            .expect("pinned");
+        assert!(ro < rw && rw < pin, "{a}");
         assert!(
             a.ends_with(
                 "--setenv HOME /s/run/home --setenv TMPDIR /tmp --chdir /w/tree -- sh -c echo hi"
