@@ -17,6 +17,7 @@ pub mod crash;
 pub mod error;
 pub mod gates;
 pub mod git;
+pub mod git_config_guard;
 pub mod git_locks;
 pub mod liveness;
 pub mod names;
