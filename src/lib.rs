@@ -24,6 +24,7 @@ pub mod names;
 pub mod outbox;
 pub mod output;
 pub mod pipeline;
+pub mod private_state;
 pub mod queue;
 pub mod runner;
 pub mod secrets;
