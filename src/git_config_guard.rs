@@ -69,8 +69,6 @@ pub const OVERRIDES: &[(&str, &str)] = &[
     ("protocol.ext.allow", "never"),
     ("fetch.recurseSubmodules", "false"),
     ("submodule.recurse", "false"),
-    ("gc.auto", "0"),
-    ("maintenance.auto", "false"),
 ];
 
 /// Options to insert right after the git subcommand `sub`. The program git
