@@ -36,6 +36,8 @@ pub struct Cli {
 pub struct GlobalOpts {
     /// State directory (database, locks, logs, repositories). Default:
     /// $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/orch, else ~/.local/state/orch.
+    /// Private: created 0700; one owned by another user or writable by
+    /// others is refused (exit 78).
     #[arg(long, global = true, env = "ORCH_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 

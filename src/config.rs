@@ -375,6 +375,8 @@ impl Config {
         fallback: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Config> {
+        // It names the commands orch runs: only its user (or root) may write it.
+        crate::private_state::check_config_file(file.unwrap_or(fallback))?;
         let (path, text) = match file {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::cli::GlobalOpts;
 use crate::config::Config;
 use crate::error::OrchError;
+use crate::private_state;
 use crate::storage::{Db, Missing};
 
 /// Resolved paths and configuration.
@@ -25,6 +26,7 @@ impl Ctx {
     /// Resolve the state directory and load the configuration.
     pub fn resolve(global: &GlobalOpts) -> anyhow::Result<Ctx> {
         let state_dir = resolve_state_dir(global.state_dir.as_deref(), &|k| std::env::var(k).ok())?;
+        private_state::check_state_dir(&state_dir)?;
         if state_dir.exists() && !state_dir.is_dir() {
             return Err(OrchError::Usage(format!(
                 "state directory {} exists but is not a directory",

@@ -1,7 +1,8 @@
 //! Running git: every invocation goes through [`Git`], which pins the
-//! environment (no prompts, no user config, no hooks for orch's own commits)
-//! and only ever receives names that passed [`crate::names`] validation, with
-//! `--` before paths so nothing can be read as an option.
+//! environment (no prompts, no user config, and none of the commands a
+//! repository's config can name: [`crate::git_config_guard`]) and only ever
+//! receives names that passed [`crate::names`] validation, with `--` before
+//! paths so nothing can be read as an option.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,11 @@ impl Git {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        let args: Vec<std::ffi::OsString> =
+            args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let (sub, rest) = args
+            .split_first()
+            .map_or((None, &args[..]), |(s, r)| (Some(s), r));
         let mut c = Command::new("git");
         c.current_dir(&self.dir)
             .env("GIT_TERMINAL_PROMPT", "0")
@@ -45,14 +51,12 @@ impl Git {
             .env_remove("GIT_DIR")
             .env_remove("GIT_WORK_TREE")
             .env_remove("GIT_INDEX_FILE")
-            .args([
-                "-c",
-                "core.hooksPath=/dev/null",
-                "-c",
-                "init.defaultBranch=main",
-            ])
-            .args(args)
+            .args(["--no-pager", "-c", "init.defaultBranch=main"])
+            .args(sub)
+            .args(sub.map_or(&[][..], |s| crate::git_config_guard::subcommand_options(s)))
+            .args(rest)
             .stdin(std::process::Stdio::null());
+        crate::git_config_guard::apply(&mut c);
         c
     }
 

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 
 use crate::config::RepoConfig;
 use crate::git::Git;
+use crate::git_config_guard;
 use crate::git_locks;
 use crate::liveness::RepoLock;
 use crate::names;
@@ -65,8 +66,33 @@ impl Workspace {
     /// and the local forge's merge and branch deletion. Agents are the only
     /// other git users, each inside its own task's worktree. Not re-entrant:
     /// taking it twice in one process waits for ever.
+    ///
+    /// Taking it also strips the clone of the git settings and hooks an agent
+    /// may have planted for orch's git to run ([`git_config_guard::sanitize`]),
+    /// so every git sequence orch runs starts from a clean config.
     pub fn lock(&self) -> anyhow::Result<RepoLock> {
-        RepoLock::acquire(&self.root.join(".lock"))
+        let lock = RepoLock::acquire(&self.root.join(".lock"))?;
+        git_config_guard::sanitize(&self.clone_dir()).with_context(|| {
+            format!(
+                "securing the git directory of {}",
+                self.clone_dir().display()
+            )
+        })?;
+        Ok(lock)
+    }
+
+    /// Refuse to run git in the worktree at `path` unless its `.git` file
+    /// still leads into this clone: an agent can point it at a git directory
+    /// of its own, whose config the sanitiser never sees.
+    pub fn verify_worktree(&self, path: &Path) -> anyhow::Result<()> {
+        if self.worktree_git_dir(path).is_none() {
+            anyhow::bail!(
+                "{}/.git does not point into orch's clone {} (it was changed, possibly by an agent): refusing to run git there",
+                path.display(),
+                self.clone_dir().display()
+            );
+        }
+        Ok(())
     }
 
     /// Clone the remote if needed and fetch. Call with [`Workspace::lock`] held.
@@ -113,6 +139,7 @@ impl Workspace {
         let clone = self.sync()?;
         let remote_branch = format!("origin/{branch}");
         if path.join(".git").exists() {
+            self.verify_worktree(&path)?;
             let wt = Git::at(&path);
             self.abort_interrupted_rebase(&path, &wt)?;
             if let Some(remote) = clone.rev(&remote_branch)? {
@@ -206,10 +233,17 @@ impl Workspace {
     ) -> anyhow::Result<String> {
         names::validate_branch(branch)?;
         let _lock = self.lock()?;
+        self.verify_worktree(worktree)?;
         let wt = Git::at(worktree);
         wt.run(["add", "--all"])?;
         crate::crash::point("push.staged");
-        let dirty = !wt.check(["diff", "--cached", "--quiet"])?;
+        let dirty = !wt.check([
+            "diff",
+            "--cached",
+            "--quiet",
+            "--no-ext-diff",
+            "--no-textconv",
+        ])?;
         if dirty {
             wt.run(["commit", "--quiet", "--no-verify", "-m", message])?;
         }

@@ -108,7 +108,8 @@ fn json(s: &str) -> serde_json::Value {
 pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let exe = std::env::current_exe().context("locating the orch binary")?;
-    std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
+    crate::private_state::create_private_dir(state)?;
+    crate::private_state::check_state_dir(state)?;
     let state: PathBuf = state
         .canonicalize()
         .with_context(|| format!("resolving {}", state.display()))?;

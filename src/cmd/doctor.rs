@@ -156,6 +156,7 @@ pub fn run(global: &GlobalOpts, args: &Args) -> anyhow::Result<ExitCode> {
     check_state_dir(&mut r, &state_dir);
     check_database(&mut r, &ctx, config.is_some());
     check_dir_writable(&mut r, "locks", &ctx.locks_dir());
+    check_private_modes(&mut r, &ctx);
     check_tools(&mut r);
     check_disk(&mut r, &state_dir);
     if let Some(config) = &config {
@@ -228,12 +229,12 @@ fn check_state_dir(r: &mut Report, dir: &Path) {
         return;
     }
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o002 != 0 {
+    if let Some(why) = crate::private_state::untrusted_reason(dir) {
         r.fail(
             "state dir",
-            format!("{} is world-writable (mode {mode:04o})", dir.display()),
+            format!("{} {why}", dir.display()),
             format!(
-                "anyone could replace the database or lock files: chmod o-w {}",
+                "orch refuses it, another user could replace the config, database or lock files: chown it to this user and chmod 700 {}",
                 dir.display()
             ),
         );
@@ -268,6 +269,45 @@ fn check_dir_writable(r: &mut Report, name: &str, dir: &Path) {
             format!("{} is not writable: {e}", dir.display()),
             "workers cannot take their owner lock; fix the directory's owner or mode",
         ),
+    }
+}
+
+/// Fail when the state dir, the database (and its WAL) or the logs are
+/// readable or writable by every user, with the chmod that fixes it: they
+/// hold task texts, agent output and the queue. orch itself creates them
+/// private; this catches an installation made before, or by hand.
+fn check_private_modes(r: &mut Report, ctx: &Ctx) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let db = ctx.db_path();
+    let paths = [
+        (ctx.state_dir.clone(), true),
+        (db.clone(), false),
+        (PathBuf::from(format!("{}-wal", db.display())), false),
+        (PathBuf::from(format!("{}-shm", db.display())), false),
+        (ctx.logs_dir(), true),
+        (ctx.state_dir.join("runs"), true),
+    ];
+    let (mut seen, mut open, mut fixes) = (Vec::new(), Vec::new(), Vec::new());
+    for (path, is_dir) in paths {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        seen.push(format!("{} {mode:04o}", path.display()));
+        if mode & 0o006 != 0 {
+            open.push(format!("{} (mode {mode:04o})", path.display()));
+            let want = if is_dir { "700" } else { "600" };
+            fixes.push(format!("chmod {want} {}", path.display()));
+        }
+    }
+    if open.is_empty() {
+        r.ok("private files", seen.join(", "));
+    } else {
+        r.fail(
+            "private files",
+            format!("readable or writable by every user: {}", open.join(", ")),
+            fixes.join("; "),
+        );
     }
 }
 

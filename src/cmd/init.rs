@@ -4,8 +4,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-
 use crate::context::Ctx;
 use crate::output;
 use crate::storage::{Db, Missing};
@@ -39,8 +37,7 @@ pub fn init(ctx: &Ctx) -> anyhow::Result<Report> {
         ctx.logs_dir(),
         ctx.repos_dir(),
     ] {
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("creating directory {}", dir.display()))?;
+        crate::private_state::create_private_dir(&dir)?;
     }
     let db_path = ctx.db_path();
     let created = !db_path.exists();

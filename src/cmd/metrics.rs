@@ -406,6 +406,9 @@ pub fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
         let mut f =
             std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(text.as_bytes())?;
+        // Public by design, for node_exporter, whatever orch's private umask.
+        let public = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644);
+        f.set_permissions(public)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
             .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;

@@ -28,6 +28,15 @@ use crate::context::Ctx;
 
 /// Run the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Everything that touches a state directory creates private files,
+    // whatever the caller's umask (docs/security.md). `generate` writes man
+    // pages and completions meant for everyone; the demo agent is an agent.
+    if !matches!(
+        cli.command,
+        Command::Generate(_) | Command::Debug(_) | Command::DemoAgent(_)
+    ) {
+        crate::private_state::tighten_umask();
+    }
     match cli.command {
         // These need no state directory.
         Command::Generate(c) => generate::run(c),

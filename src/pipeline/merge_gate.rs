@@ -134,6 +134,7 @@ pub fn check(
     // Held until the rebased branch is pushed (not during the re-test): every
     // git orch runs on the repository holds it (see `Workspace::lock`).
     let repo_lock = ws.lock()?;
+    ws.verify_worktree(worktree)?;
     wt.run(["fetch", "--quiet", "origin"])?;
     let origin_base = format!("origin/{base}");
     let current = wt.check(["merge-base", "--is-ancestor", &origin_base, "HEAD"])?;
