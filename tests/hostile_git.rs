@@ -2,6 +2,10 @@
 //! hooks, attributes, includes, per-worktree config) never gets orch's own git
 //! to run them: not in its own task's commit and push, not in a later
 //! unrelated task's fetch and checkout (src/git_config_guard.rs).
+//!
+//! These agents run unsandboxed (`sandbox = "off"`): this is the wall that
+//! holds where the sandbox cannot run, and in the sandbox the common dir is
+//! read-only, so nothing could be planted (tests/sandbox.rs).
 
 mod common;
 
@@ -10,10 +14,14 @@ use std::path::{Path, PathBuf};
 
 use common::Env;
 
-/// An installation made by `orch demo --setup-only`: repo `demo` on a local forge.
+/// An installation made by `orch demo --setup-only`: repo `demo` on a local
+/// forge, agents unsandboxed.
 fn demo_env() -> Env {
     let env = Env::bare();
     env.orch().args(["demo", "--setup-only"]).assert().success();
+    let path = env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, format!("sandbox = \"off\"\n{config}")).expect("config");
     env
 }
 

@@ -857,19 +857,21 @@ fn an_agent_cannot_read_orchs_tokens_through_proc() {
         eprintln!("\n*** SKIPPED: cannot run orch as uid {uid} here ***\n");
         return;
     }
-    for (n, sandbox) in ["off", "auto"].into_iter().enumerate() {
+    for title in ["unsandboxed", "sandboxed"] {
         env.orch()
-            .args(["task", "create", "--repo", "demo", "--title", sandbox])
+            .args(["task", "create", "--repo", "demo", "--title", title])
             .assert()
             .success();
-        assert!(
-            std::process::Command::new("chown")
-                .args(["-R", &format!("{uid}:{uid}")])
-                .arg(env.state())
-                .status()
-                .expect("chown")
-                .success()
-        );
+    }
+    assert!(
+        std::process::Command::new("chown")
+            .args(["-R", &format!("{uid}:{uid}")])
+            .arg(env.state())
+            .status()
+            .expect("chown")
+            .success()
+    );
+    for (n, sandbox) in ["off", "auto"].into_iter().enumerate() {
         let found = env.shared().join(format!("found-{n}.txt"));
         let agent = format!(
             "for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < \"$f\" 2>/dev/null; done > {}; exit 0",
