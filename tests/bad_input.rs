@@ -282,3 +282,70 @@ fn empty_title_is_refused() {
         .code(2);
     one_line_error(&a);
 }
+
+/// A demo installation with one more repository whose name is 23 characters
+/// long (so its work-item ids are 25: `ABCDEFGHIJKLMNOPQRSTUVW-1`).
+fn long_repo_installation() -> (Env, &'static str) {
+    const REPO: &str = "abcdefghijklmnopqrstuvw";
+    let env = Env::bare();
+    env.orch().args(["demo", "--setup-only"]).assert().success();
+    let forge = env.state().join("forge");
+    let out = std::process::Command::new("git")
+        .args([
+            "clone",
+            "--quiet",
+            "--bare",
+            "demo.git",
+            &format!("{REPO}.git"),
+        ])
+        .current_dir(&forge)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = env.state().join("orch.toml");
+    let mut config = std::fs::read_to_string(&path).expect("config");
+    config.push_str(&format!(
+        "\n[repos.{REPO}]\nremote = \"{}/{REPO}.git\"\ndefault_branch = \"main\"\ntest_command = \"sh ./test.sh\"\n",
+        forge.display()
+    ));
+    std::fs::write(&path, config).expect("config");
+    (env, REPO)
+}
+
+#[test]
+fn long_repo_names_and_titles_still_give_a_branch_and_the_task_runs() {
+    for title in [
+        "Add a health endpoint to the server now, please",
+        "Überarbeite die Größenänderung der Straßenkarte für Ärzte",
+    ] {
+        let (env, repo) = long_repo_installation();
+        let id = "1";
+        env.orch()
+            .args(["task", "create", "--repo", repo, "--title", title])
+            .assert()
+            .success();
+        let show = env.json(&["task", "show", id]);
+        let branch = show["task"]["branch"].as_str().expect("branch").to_owned();
+        let wi = format!("{}-{id}", repo.to_ascii_uppercase());
+        assert!(branch.starts_with(&format!("feature/{wi}-")), "{branch}");
+        assert!(branch.len() <= "feature/".len() + 64, "{branch}");
+        // The analyst runs (the demo agent) and the task waits for its human gate.
+        env.orch()
+            .args(["run-agent", "--next"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("run success"));
+        env.orch()
+            .args(["advance", "--task", id, "--approve"])
+            .assert()
+            .success();
+        assert_eq!(
+            env.json(&["task", "show", id])["task"]["stage"],
+            "architecture"
+        );
+    }
+}
