@@ -307,12 +307,12 @@ fn long_repo_installation() -> (Env, &'static str) {
         String::from_utf8_lossy(&out.stderr)
     );
     let path = env.state().join("orch.toml");
-    let mut config = std::fs::read_to_string(&path).expect("config");
-    config.push_str(&format!(
+    let config = std::fs::read_to_string(&path).expect("config");
+    let extra = format!(
         "\n[repos.{REPO}]\nremote = \"{}/{REPO}.git\"\ndefault_branch = \"main\"\ntest_command = \"sh ./test.sh\"\n",
         forge.display()
-    ));
-    std::fs::write(&path, config).expect("config");
+    );
+    std::fs::write(&path, config + &extra).expect("config");
     (env, REPO)
 }
 
