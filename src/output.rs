@@ -14,24 +14,79 @@ pub const PROGRESS: &str = "orch::progress";
 /// Log to stderr at a level picked by `-v`/`-q`; `RUST_LOG` overrides.
 ///
 /// Every line is `orch: <level>: message`: no timestamps (journald stamps
-/// lines itself), no colours. ureq and its protocol crate are capped at warn
-/// even under `RUST_LOG=trace`, because at debug and trace they log full
-/// URLs (the Telegram bot token is in the path) and raw request headers
-/// (Plane's `X-API-Key`, Gitea's `Authorization`).
+/// lines itself), no colours. Two guards keep secrets out whatever
+/// `RUST_LOG` says (a directive such as `ureq_proto::util=trace` is more
+/// specific than any cap given to env_logger, so caps there do not hold):
+/// [`Guarded`] drops every record of the HTTP crates above warn, and every
+/// line has the values of the secrets in the environment and the
+/// credentials directory masked (`***`).
 pub fn init_logging(verbose: u8, quiet: bool) {
     use std::io::IsTerminal as _;
     let terminal = std::io::stderr().is_terminal();
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let default = default_filter(verbose, quiet, terminal && !journal);
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .filter_module("ureq", log::LevelFilter::Warn)
-        .filter_module("ureq_proto", log::LevelFilter::Warn)
-        .write_style(env_logger::WriteStyle::Never)
-        .format(|buf, record| {
-            let level = record.level().as_str().to_ascii_lowercase();
-            writeln!(buf, "orch: {level}: {}", record.args())
+    let hidden = crate::secrets::values_to_hide();
+    let inner =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+            .write_style(env_logger::WriteStyle::Never)
+            .format(move |buf, record| {
+                let level = record.level().as_str().to_ascii_lowercase();
+                let message = mask(&record.args().to_string(), &hidden);
+                writeln!(buf, "orch: {level}: {message}")
+            })
+            .build();
+    log::set_max_level(inner.filter());
+    // Fails only if a logger is already set (a second call): keep that one.
+    let _ = log::set_boxed_logger(Box::new(Guarded(inner)));
+}
+
+/// The crates whose debug and trace output carries secrets: ureq logs full
+/// URLs (the Telegram bot token is in the path) and raw request headers
+/// (Plane's `X-API-Key`, Gitea's `Authorization`) once trace is enabled for
+/// its `util` module, ureq_proto hexdumps whole requests at trace, and
+/// rustls has no business in orch's log below warn.
+const HTTP_CRATES: &[&str] = &["ureq", "ureq_proto", "rustls"];
+
+/// env_logger behind a hard cap for [`HTTP_CRATES`]: their records above
+/// warn are never enabled, so ureq's own `log_enabled!(Trace)` checks (which
+/// decide whether it prints paths and headers unredacted) are false too.
+struct Guarded(env_logger::Logger);
+
+/// Whether a record of `target` at `level` must never be logged.
+fn capped(target: &str, level: log::Level) -> bool {
+    level > log::Level::Warn
+        && HTTP_CRATES.iter().any(|c| {
+            target
+                .strip_prefix(c)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
         })
-        .init();
+}
+
+impl log::Log for Guarded {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        !capped(metadata.target(), metadata.level()) && self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            self.0.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
+/// `text` with every value of `hidden` replaced by `***`.
+fn mask(text: &str, hidden: &[String]) -> String {
+    let mut out = text.to_owned();
+    for secret in hidden {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), "***");
+        }
+    }
+    out
 }
 
 /// The filter used when `RUST_LOG` is not set.
@@ -155,6 +210,27 @@ mod tests {
         );
         assert_eq!(default_filter(0, true, true), "error,rustls=warn");
         assert_eq!(default_filter(1, false, true), "info,rustls=warn");
+    }
+
+    #[test]
+    fn http_crates_are_capped_at_warn() {
+        use log::Level;
+        for target in ["ureq", "ureq::util", "ureq_proto::util", "rustls::client"] {
+            assert!(capped(target, Level::Debug), "{target}");
+            assert!(capped(target, Level::Trace), "{target}");
+            assert!(!capped(target, Level::Warn), "{target}");
+        }
+        assert!(!capped("orch::progress", Level::Trace));
+        assert!(!capped("ureqx", Level::Trace));
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let hidden = vec!["s3cr3t-t0ken".to_owned()];
+        assert_eq!(
+            mask("GET /bots3cr3t-t0ken/getMe s3cr3t-t0ken", &hidden),
+            "GET /bot***/getMe ***"
+        );
     }
 
     #[test]
