@@ -71,6 +71,27 @@ pub fn validate_work_item_id(id: &str) -> Result<(), InvalidName> {
     check_component("work-item id", id, id)
 }
 
+/// A Plane object id (project, work item, state): Plane's ids are UUIDs, so
+/// 1 to 64 ASCII letters, digits and `-`. They come from signed webhooks and
+/// API answers and go into URL paths and cache file names, where `..`, `/`
+/// or `%` would change what is asked for.
+pub fn validate_plane_id(id: &str) -> Result<(), InvalidName> {
+    let refuse = |why| {
+        Err(InvalidName {
+            kind: "Plane id",
+            name: id.to_owned(),
+            why,
+        })
+    };
+    if id.is_empty() || id.len() > MAX_COMPONENT {
+        return refuse("expected 1 to 64 characters (a UUID)");
+    }
+    if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return refuse("only ASCII letters, digits and '-' are allowed (a UUID)");
+    }
+    Ok(())
+}
+
 /// A branch name: slash-separated components, each a safe name.
 pub fn validate_branch(branch: &str) -> Result<(), InvalidName> {
     if branch.len() > 200 {
@@ -178,6 +199,23 @@ mod tests {
             "feature/x.lock",
         ] {
             assert!(validate_branch(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn plane_ids_are_uuid_like() {
+        validate_plane_id("11111111-1111-4111-8111-111111111111").expect("ok");
+        for bad in [
+            "",
+            "..",
+            ".",
+            "../../users/me",
+            "a/b",
+            "%2e%2e",
+            "a b",
+            "a\u{1b}",
+        ] {
+            assert!(validate_plane_id(bad).is_err(), "{bad:?} accepted");
         }
     }
 

@@ -349,3 +349,20 @@ fn long_repo_names_and_titles_still_give_a_branch_and_the_task_runs() {
         );
     }
 }
+
+#[test]
+fn a_plane_project_that_is_not_a_plane_id_exits_78() {
+    let env = Env::new();
+    for project in ["..", "../x", "a/b", "%2e%2e"] {
+        std::fs::write(
+            env.state().join("orch.toml"),
+            format!(
+                "[repos.demo]\nremote = \"/nonexistent/demo.git\"\nplane_project = \"{project}\"\n"
+            ),
+        )
+        .expect("config");
+        let a = env.orch().arg("status").assert().code(78);
+        let err = one_line_error(&a);
+        assert!(err.contains("plane_project"), "{project}: {err}");
+    }
+}
