@@ -1,6 +1,7 @@
 //! How orch talks to people and scripts: logging to stderr, human tables and
 //! stable JSON on stdout (docs/json.md documents the JSON shapes).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
@@ -32,7 +33,7 @@ pub fn init_logging(verbose: u8, quiet: bool) {
             .format(move |buf, record| {
                 let level = record.level().as_str().to_ascii_lowercase();
                 let message = mask(&record.args().to_string(), &hidden);
-                writeln!(buf, "orch: {level}: {message}")
+                writeln!(buf, "orch: {level}: {}", safe_lines(&message))
             })
             .build();
     log::set_max_level(inner.filter());
@@ -106,6 +107,63 @@ fn default_filter(verbose: u8, quiet: bool, show_progress: bool) -> String {
     format!("{level},rustls=warn{progress}")
 }
 
+/// Whether `c` must not reach a terminal as it is: the C0 controls, DEL
+/// and the C1 controls (U+009B is a one-character CSI, so an escape sequence
+/// needs no ESC byte), and the bidi embeddings, overrides and isolates that
+/// make text read in another order than it is (U+202A–U+202E, U+2066–U+2069).
+fn is_unsafe(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every [unsafe](is_unsafe) character but those `keep` allows
+/// written as an escape: `\x1b` below U+0080, `\u{9b}` and `\u{202e}` above.
+fn escape_unsafe(text: &str, keep: impl Fn(char) -> bool) -> Cow<'_, str> {
+    if !text.chars().any(|c| is_unsafe(c) && !keep(c)) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !is_unsafe(c) || keep(c) {
+            out.push(c);
+        } else if u32::from(c) < 0x80 {
+            let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Untrusted text (a Plane title, an agent's reason, an error from the
+/// network) made safe for one line of human output: no escape sequence can
+/// rewrite the operator's terminal, and no newline can start a fake line.
+/// JSON output never goes through this: serde's escaping keeps it exact.
+pub fn safe(text: &str) -> Cow<'_, str> {
+    escape_unsafe(text, |_| false)
+}
+
+/// [`safe`] for text orch lays out in lines itself: newlines stay.
+pub fn safe_lines(text: &str) -> Cow<'_, str> {
+    escape_unsafe(text, |c| c == '\n')
+}
+
+/// Print one line of human output on stdout, made [safe](safe_lines): the
+/// one way commands print text, so a value from outside cannot slip past.
+pub fn say(line: &str) {
+    println!("{}", safe_lines(line));
+}
+
+/// `println!` for human output: formats, then prints through [`say`].
+#[macro_export]
+macro_rules! say {
+    () => {
+        $crate::output::say("")
+    };
+    ($($arg:tt)*) => {
+        $crate::output::say(&::std::format!($($arg)*))
+    };
+}
+
 /// Log one progress line (see [`PROGRESS`]).
 pub fn progress(message: &str) {
     log::info!(target: PROGRESS, "{message}");
@@ -134,9 +192,11 @@ impl Table {
         }
     }
 
-    /// Add a row.
+    /// Add a row; each cell is made [safe](safe), since cells hold titles,
+    /// reasons and errors from outside.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows
+            .push(cells.into_iter().map(|c| safe(&c).into_owned()).collect());
     }
 
     /// Whether no row was added.
@@ -199,6 +259,20 @@ mod tests {
         t.row(vec!["1".into(), "queued".into()]);
         t.row(vec!["100".into(), "done".into()]);
         assert_eq!(t.render(), "ID   STATUS\n1    queued\n100  done\n");
+    }
+
+    #[test]
+    fn unsafe_text_is_escaped() {
+        let hostile = "a\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31m\u{202e}b\u{2066}\u{7f}\r\n";
+        assert_eq!(
+            safe(hostile),
+            "a\\x1b]0;pwned\\x07\\x1b[2J\\u{9b}31m\\u{202e}b\\u{2066}\\x7f\\x0d\\x0a"
+        );
+        assert_eq!(safe_lines("x\ny\u{1b}"), "x\ny\\x1b");
+        assert!(matches!(safe("Ünïcode — fine"), Cow::Borrowed(_)));
+        let mut t = Table::new(&["T"]);
+        t.row(vec!["\u{1b}[2J".into()]);
+        assert_eq!(t.render(), "T\n\\x1b[2J\n");
     }
 
     #[test]

@@ -366,3 +366,57 @@ fn a_plane_project_that_is_not_a_plane_id_exits_78() {
         assert!(err.contains("plane_project"), "{project}: {err}");
     }
 }
+
+/// A title that would set the terminal's title, clear the screen, start a
+/// CSI without ESC (U+009B) and reverse the text (U+202E).
+const HOSTILE_TITLE: &str = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31mred\u{202e}txet\u{2066} end";
+
+fn assert_terminal_safe(what: &str, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    for bad in ['\u{1b}', '\u{7}', '\u{9b}', '\u{202e}', '\u{2066}'] {
+        assert!(!text.contains(bad), "{what} prints {bad:?} raw:\n{text}");
+    }
+}
+
+#[test]
+fn escape_codes_in_titles_are_shown_escaped_and_json_keeps_them_exact() {
+    let env = Env::new();
+    let out = env
+        .orch()
+        .args(["task", "create", "--repo", "demo", "--title", HOSTILE_TITLE])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_terminal_safe("task create", &out.stdout);
+    for args in [
+        &["task", "list"][..],
+        &["task", "show", "1"],
+        &["status"],
+        &["job", "list"],
+        &["job", "show", "1"],
+    ] {
+        let out = env.orch().args(args).output().expect("run");
+        assert!(out.status.success(), "{args:?}");
+        assert_terminal_safe(&format!("{args:?}"), &out.stdout);
+        assert_terminal_safe(&format!("{args:?} (stderr)"), &out.stderr);
+    }
+    let show = env
+        .orch()
+        .args(["task", "show", "1"])
+        .output()
+        .expect("run");
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        show.contains(r"\x1b]0;pwned\x07\x1b[2J\u{9b}31mred\u{202e}txet\u{2066} end"),
+        "{show}"
+    );
+    assert_eq!(
+        env.json(&["task", "show", "1"])["task"]["title"],
+        HOSTILE_TITLE
+    );
+    assert_eq!(env.json(&["task", "list"])[0]["title"], HOSTILE_TITLE);
+}

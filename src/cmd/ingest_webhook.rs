@@ -115,7 +115,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     if args.json {
         output::print_json(&outcome_json(stored))?;
     } else {
-        println!("{}", describe(stored));
+        crate::say!("{}", describe(stored));
     }
     std::io::Write::flush(&mut std::io::stdout())?;
     if matches!(stored, Stored::New(_)) {
