@@ -772,3 +772,29 @@ fn inetd_with_a_broken_config_answers_500_with_a_reason_and_exits_78() {
         "{stderr}"
     );
 }
+
+#[test]
+fn inetd_with_an_unreadable_secret_answers_500_with_a_reason_and_exits_78() {
+    let env = Env::new();
+    let creds = env.state().join("creds");
+    // A directory where the credential file should be: it exists, unreadable as a file.
+    std::fs::create_dir_all(creds.join("plane-webhook-secret")).expect("mkdir");
+    let out = env
+        .orch()
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .args(["ingest-webhook", "--inetd", "--source", "plane"])
+        .write_stdin(plane_request(PLANE_BODY, "00", "cred-1"))
+        .output()
+        .expect("run");
+    let r = parse_response(&out.stdout);
+    assert_eq!(r.status, 500);
+    assert_eq!(
+        r.body,
+        "orch cannot load its configuration; the reason is in its log\n"
+    );
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("plane-webhook-secret"),
+        "the log names the credential"
+    );
+}

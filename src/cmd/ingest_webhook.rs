@@ -189,6 +189,10 @@ fn process_after_store(ctx: &Ctx, stored: Stored, db: &mut Db) {
     }
 }
 
+/// The answer to a configuration error (an unreadable config or credential
+/// file): the details name paths and values, so they go to the log only.
+const CONFIG_REASON: &str = "orch cannot load its configuration; the reason is in its log";
+
 /// `--inetd` before anything is loaded: a configuration that cannot be
 /// loaded still gets the client an answer, `500` with a fixed reason line
 /// (the details, which name paths and values, go to the log only), after the
@@ -205,7 +209,7 @@ pub fn run_inetd_resolving(global: &GlobalOpts, args: &Args) -> anyhow::Result<E
         Duration::from_secs(defaults.webhook_read_timeout_s),
     );
     let reason = if exit_code_number(&err) == exit::CONFIG {
-        "orch cannot load its configuration; the reason is in its log"
+        CONFIG_REASON
     } else {
         "orch cannot start; the reason is in its log"
     };
@@ -262,6 +266,7 @@ fn run_inetd(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
                 exit::MALFORMED => (400, format!("{err:#}")),
                 exit::SIGNATURE => (401, format!("{err:#}")),
                 exit::TEMPORARY => (503, "temporarily unavailable; retry later".to_owned()),
+                exit::CONFIG => (500, CONFIG_REASON.to_owned()),
                 _ => (500, "internal error; see the log".to_owned()),
             };
             answer_or_log(status, &message);
