@@ -18,8 +18,8 @@ use crate::cmd;
 /// the state directory.
 ///
 /// Exit codes: 0 success, 1 failure, 2 usage, 3 nothing to do, 65 malformed
-/// input, 75 temporary failure (retry later), 77 signature rejected,
-/// 78 configuration error.
+/// input, 74 the webhook client went away before its answer, 75 temporary
+/// failure (retry later), 77 signature rejected, 78 configuration error.
 #[derive(Debug, Parser)]
 #[command(name = "orch", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
@@ -113,7 +113,9 @@ pub enum Command {
     /// after the HTTP answer is sent); what it leaves, `orch reconcile` routes.
     ///
     /// Exit 0 when stored or a duplicate, 65 malformed or too large, 77 signature
-    /// rejected or no secret configured, 75 database busy; nothing is stored on failure.
+    /// rejected or no secret configured, 75 database busy, 78 configuration error;
+    /// nothing is stored on failure. With --inetd, 74 when a stored delivery's
+    /// answer could not be written (the client closed or reset the connection).
     #[command(visible_alias = "ingest")]
     IngestWebhook(cmd::ingest_webhook::Args),
     /// Run the whole pipeline offline on the embedded defaults, from nothing to `done`.

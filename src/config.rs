@@ -560,6 +560,11 @@ impl Config {
             if repo.remote.trim().is_empty() {
                 return bad(format!("[repos.{name}]: remote must be set"));
             }
+            if !repo.plane_project.is_empty() {
+                crate::names::validate_plane_id(&repo.plane_project).map_err(|e| {
+                    OrchError::Config(format!("[repos.{name}]: plane_project: {e}"))
+                })?;
+            }
             let url = repo.health_url.trim();
             if !url.is_empty() && !url.starts_with('/') && !is_http_url(url) {
                 return bad(format!(

@@ -20,6 +20,9 @@ pub mod exit {
     pub const NOTHING_TO_DO: u8 = 3;
     /// Malformed input data (EX_DATAERR): a payload or file that cannot be parsed.
     pub const MALFORMED: u8 = 65;
+    /// I/O error (EX_IOERR): `ingest-webhook --inetd` could not write its
+    /// answer (the client closed or reset the connection).
+    pub const IO: u8 = 74;
     /// Temporary failure (EX_TEMPFAIL): retry later, nothing was changed.
     pub const TEMPORARY: u8 = 75;
     /// Signature rejected (EX_NOPERM): a webhook whose HMAC does not verify.
@@ -52,6 +55,10 @@ pub enum OrchError {
     /// There was nothing to do (no claimable job).
     #[error("{0}")]
     NothingToDo(String),
+    /// An answer could not be written to the peer (a webhook client that
+    /// went away).
+    #[error("{0}")]
+    AnswerLost(String),
 }
 
 impl OrchError {
@@ -65,6 +72,7 @@ impl OrchError {
             OrchError::Temporary(_) => exit::TEMPORARY,
             OrchError::Signature(_) => exit::SIGNATURE,
             OrchError::NothingToDo(_) => exit::NOTHING_TO_DO,
+            OrchError::AnswerLost(_) => exit::IO,
         }
     }
 }

@@ -8,6 +8,11 @@ use clap::Parser as _;
 fn main() -> ExitCode {
     restore_default_sigpipe();
     let cli = orch::cli::Cli::parse();
+    if let orch::cli::Command::IngestWebhook(a) = &cli.command
+        && a.inetd
+    {
+        ignore_sigpipe();
+    }
     orch::output::init_logging(cli.global.verbose, cli.global.quiet);
     orch::secrets::protect_process();
     match orch::cmd::run(cli) {
@@ -29,4 +34,16 @@ fn restore_default_sigpipe() {
     // SAFETY: called first thing in main, before any thread exists; SIG_DFL
     // installs no Rust code as a handler.
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
+/// With `ingest-webhook --inetd` stdout is a network client's socket: a
+/// client that resets the connection must become a write error orch logs and
+/// exits on (exit 74), not a silent death by SIGPIPE. Children still start
+/// with the default disposition: std resets it for every process it spawns.
+#[allow(unsafe_code)]
+fn ignore_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: called in main before any thread exists; SIG_IGN installs no
+    // Rust code as a handler.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) };
 }

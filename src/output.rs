@@ -1,6 +1,7 @@
 //! How orch talks to people and scripts: logging to stderr, human tables and
 //! stable JSON on stdout (docs/json.md documents the JSON shapes).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
@@ -14,24 +15,79 @@ pub const PROGRESS: &str = "orch::progress";
 /// Log to stderr at a level picked by `-v`/`-q`; `RUST_LOG` overrides.
 ///
 /// Every line is `orch: <level>: message`: no timestamps (journald stamps
-/// lines itself), no colours. ureq and its protocol crate are capped at warn
-/// even under `RUST_LOG=trace`, because at debug and trace they log full
-/// URLs (the Telegram bot token is in the path) and raw request headers
-/// (Plane's `X-API-Key`, Gitea's `Authorization`).
+/// lines itself), no colours. Two guards keep secrets out whatever
+/// `RUST_LOG` says (a directive such as `ureq_proto::util=trace` is more
+/// specific than any cap given to env_logger, so caps there do not hold):
+/// [`Guarded`] drops every record of the HTTP crates above warn, and every
+/// line has the values of the secrets in the environment and the
+/// credentials directory masked (`***`).
 pub fn init_logging(verbose: u8, quiet: bool) {
     use std::io::IsTerminal as _;
     let terminal = std::io::stderr().is_terminal();
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let default = default_filter(verbose, quiet, terminal && !journal);
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .filter_module("ureq", log::LevelFilter::Warn)
-        .filter_module("ureq_proto", log::LevelFilter::Warn)
-        .write_style(env_logger::WriteStyle::Never)
-        .format(|buf, record| {
-            let level = record.level().as_str().to_ascii_lowercase();
-            writeln!(buf, "orch: {level}: {}", record.args())
+    let hidden = crate::secrets::values_to_hide();
+    let inner =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+            .write_style(env_logger::WriteStyle::Never)
+            .format(move |buf, record| {
+                let level = record.level().as_str().to_ascii_lowercase();
+                let message = mask(&record.args().to_string(), &hidden);
+                writeln!(buf, "orch: {level}: {}", safe_lines(&message))
+            })
+            .build();
+    log::set_max_level(inner.filter());
+    // Fails only if a logger is already set (a second call): keep that one.
+    let _ = log::set_boxed_logger(Box::new(Guarded(inner)));
+}
+
+/// The crates whose debug and trace output carries secrets: ureq logs full
+/// URLs (the Telegram bot token is in the path) and raw request headers
+/// (Plane's `X-API-Key`, Gitea's `Authorization`) once trace is enabled for
+/// its `util` module, ureq_proto hexdumps whole requests at trace, and
+/// rustls has no business in orch's log below warn.
+const HTTP_CRATES: &[&str] = &["ureq", "ureq_proto", "rustls"];
+
+/// env_logger behind a hard cap for [`HTTP_CRATES`]: their records above
+/// warn are never enabled, so ureq's own `log_enabled!(Trace)` checks (which
+/// decide whether it prints paths and headers unredacted) are false too.
+struct Guarded(env_logger::Logger);
+
+/// Whether a record of `target` at `level` must never be logged.
+fn capped(target: &str, level: log::Level) -> bool {
+    level > log::Level::Warn
+        && HTTP_CRATES.iter().any(|c| {
+            target
+                .strip_prefix(c)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
         })
-        .init();
+}
+
+impl log::Log for Guarded {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        !capped(metadata.target(), metadata.level()) && self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            self.0.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
+/// `text` with every value of `hidden` replaced by `***`.
+fn mask(text: &str, hidden: &[String]) -> String {
+    let mut out = text.to_owned();
+    for secret in hidden {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), "***");
+        }
+    }
+    out
 }
 
 /// The filter used when `RUST_LOG` is not set.
@@ -49,6 +105,63 @@ fn default_filter(verbose: u8, quiet: bool, show_progress: bool) -> String {
         String::new()
     };
     format!("{level},rustls=warn{progress}")
+}
+
+/// Whether `c` must not reach a terminal as it is: the C0 controls, DEL
+/// and the C1 controls (U+009B is a one-character CSI, so an escape sequence
+/// needs no ESC byte), and the bidi embeddings, overrides and isolates that
+/// make text read in another order than it is (U+202A–U+202E, U+2066–U+2069).
+fn is_unsafe(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every [unsafe](is_unsafe) character but those `keep` allows
+/// written as an escape: `\x1b` below U+0080, `\u{9b}` and `\u{202e}` above.
+fn escape_unsafe(text: &str, keep: impl Fn(char) -> bool) -> Cow<'_, str> {
+    if !text.chars().any(|c| is_unsafe(c) && !keep(c)) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !is_unsafe(c) || keep(c) {
+            out.push(c);
+        } else if u32::from(c) < 0x80 {
+            let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Untrusted text (a Plane title, an agent's reason, an error from the
+/// network) made safe for one line of human output: no escape sequence can
+/// rewrite the operator's terminal, and no newline can start a fake line.
+/// JSON output never goes through this: serde's escaping keeps it exact.
+pub fn safe(text: &str) -> Cow<'_, str> {
+    escape_unsafe(text, |_| false)
+}
+
+/// [`safe`] for text orch lays out in lines itself: newlines stay.
+pub fn safe_lines(text: &str) -> Cow<'_, str> {
+    escape_unsafe(text, |c| c == '\n')
+}
+
+/// Print one line of human output on stdout, made [safe](safe_lines): the
+/// one way commands print text, so a value from outside cannot slip past.
+pub fn say(line: &str) {
+    println!("{}", safe_lines(line));
+}
+
+/// `println!` for human output: formats, then prints through [`say`].
+#[macro_export]
+macro_rules! say {
+    () => {
+        $crate::output::say("")
+    };
+    ($($arg:tt)*) => {
+        $crate::output::say(&::std::format!($($arg)*))
+    };
 }
 
 /// Log one progress line (see [`PROGRESS`]).
@@ -79,9 +192,11 @@ impl Table {
         }
     }
 
-    /// Add a row.
+    /// Add a row; each cell is made [safe](safe), since cells hold titles,
+    /// reasons and errors from outside.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows
+            .push(cells.into_iter().map(|c| safe(&c).into_owned()).collect());
     }
 
     /// Whether no row was added.
@@ -147,6 +262,20 @@ mod tests {
     }
 
     #[test]
+    fn unsafe_text_is_escaped() {
+        let hostile = "a\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31m\u{202e}b\u{2066}\u{7f}\r\n";
+        assert_eq!(
+            safe(hostile),
+            "a\\x1b]0;pwned\\x07\\x1b[2J\\u{9b}31m\\u{202e}b\\u{2066}\\x7f\\x0d\\x0a"
+        );
+        assert_eq!(safe_lines("x\ny\u{1b}"), "x\ny\\x1b");
+        assert!(matches!(safe("Ünïcode — fine"), Cow::Borrowed(_)));
+        let mut t = Table::new(&["T"]);
+        t.row(vec!["\u{1b}[2J".into()]);
+        assert_eq!(t.render(), "T\n\\x1b[2J\n");
+    }
+
+    #[test]
     fn progress_is_shown_on_a_terminal_only() {
         assert_eq!(default_filter(0, false, false), "warn,rustls=warn");
         assert_eq!(
@@ -155,6 +284,27 @@ mod tests {
         );
         assert_eq!(default_filter(0, true, true), "error,rustls=warn");
         assert_eq!(default_filter(1, false, true), "info,rustls=warn");
+    }
+
+    #[test]
+    fn http_crates_are_capped_at_warn() {
+        use log::Level;
+        for target in ["ureq", "ureq::util", "ureq_proto::util", "rustls::client"] {
+            assert!(capped(target, Level::Debug), "{target}");
+            assert!(capped(target, Level::Trace), "{target}");
+            assert!(!capped(target, Level::Warn), "{target}");
+        }
+        assert!(!capped("orch::progress", Level::Trace));
+        assert!(!capped("ureqx", Level::Trace));
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let hidden = vec!["s3cr3t-t0ken".to_owned()];
+        assert_eq!(
+            mask("GET /bots3cr3t-t0ken/getMe s3cr3t-t0ken", &hidden),
+            "GET /bot***/getMe ***"
+        );
     }
 
     #[test]

@@ -85,6 +85,42 @@ pub fn credential_file_names(name: &str) -> [String; 2] {
     [base.clone(), format!("orch-{base}")]
 }
 
+/// Values shorter than this are not hidden from the log: masking every
+/// occurrence of a few characters would garble it, and such a "secret"
+/// protects nothing anyway.
+pub const MIN_HIDDEN_LEN: usize = 6;
+
+/// Every secret value this process may hold, for the logger to mask
+/// whatever a library decides to print: each `ORCH_*_TOKEN`,
+/// `ORCH_*_SECRET` or `*PASSWORD*` variable (the same rule that keeps them
+/// from agents) and each file of `$CREDENTIALS_DIRECTORY`, trimmed; the
+/// longest first, so a secret that contains another is masked whole.
+pub fn values_to_hide() -> Vec<String> {
+    let mut values: Vec<String> = std::env::vars_os()
+        .filter(|(k, _)| {
+            k.to_str()
+                .is_some_and(|k| k != "CREDENTIALS_DIRECTORY" && crate::runner::is_secret_var(k))
+        })
+        .filter_map(|(_, v)| v.into_string().ok())
+        .map(|v| v.trim().to_owned())
+        .collect();
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY")
+        && let Ok(entries) = std::fs::read_dir(dir)
+    {
+        values.extend(entries.flatten().take(64).filter_map(|e| {
+            let mut text = String::new();
+            let file = std::fs::File::open(e.path()).ok()?;
+            std::io::Read::read_to_string(&mut std::io::Read::take(file, 64 * 1024), &mut text)
+                .ok()?;
+            Some(text.trim().to_owned())
+        }));
+    }
+    values.retain(|v| v.len() >= MIN_HIDDEN_LEN);
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    values.dedup();
+    values
+}
+
 fn read_credential(path: &Path) -> Option<String> {
     match std::fs::read_to_string(path) {
         Ok(text) => {

@@ -282,3 +282,141 @@ fn empty_title_is_refused() {
         .code(2);
     one_line_error(&a);
 }
+
+/// A demo installation with one more repository whose name is 23 characters
+/// long (so its work-item ids are 25: `ABCDEFGHIJKLMNOPQRSTUVW-1`).
+fn long_repo_installation() -> (Env, &'static str) {
+    const REPO: &str = "abcdefghijklmnopqrstuvw";
+    let env = Env::bare();
+    env.orch().args(["demo", "--setup-only"]).assert().success();
+    let forge = env.state().join("forge");
+    let out = std::process::Command::new("git")
+        .args([
+            "clone",
+            "--quiet",
+            "--bare",
+            "demo.git",
+            &format!("{REPO}.git"),
+        ])
+        .current_dir(&forge)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = env.state().join("orch.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    let extra = format!(
+        "\n[repos.{REPO}]\nremote = \"{}/{REPO}.git\"\ndefault_branch = \"main\"\ntest_command = \"sh ./test.sh\"\n",
+        forge.display()
+    );
+    std::fs::write(&path, config + &extra).expect("config");
+    (env, REPO)
+}
+
+#[test]
+fn long_repo_names_and_titles_still_give_a_branch_and_the_task_runs() {
+    for title in [
+        "Add a health endpoint to the server now, please",
+        "Überarbeite die Größenänderung der Straßenkarte für Ärzte",
+    ] {
+        let (env, repo) = long_repo_installation();
+        let id = "1";
+        env.orch()
+            .args(["task", "create", "--repo", repo, "--title", title])
+            .assert()
+            .success();
+        let show = env.json(&["task", "show", id]);
+        let branch = show["task"]["branch"].as_str().expect("branch").to_owned();
+        let wi = format!("{}-{id}", repo.to_ascii_uppercase());
+        assert!(branch.starts_with(&format!("feature/{wi}-")), "{branch}");
+        assert!(branch.len() <= "feature/".len() + 64, "{branch}");
+        // The analyst runs (the demo agent) and the task waits for its human gate.
+        env.orch()
+            .args(["run-agent", "--next"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("run success"));
+        env.orch()
+            .args(["advance", "--task", id, "--approve"])
+            .assert()
+            .success();
+        assert_eq!(
+            env.json(&["task", "show", id])["task"]["stage"],
+            "architecture"
+        );
+    }
+}
+
+#[test]
+fn a_plane_project_that_is_not_a_plane_id_exits_78() {
+    let env = Env::new();
+    for project in ["..", "../x", "a/b", "%2e%2e"] {
+        std::fs::write(
+            env.state().join("orch.toml"),
+            format!(
+                "[repos.demo]\nremote = \"/nonexistent/demo.git\"\nplane_project = \"{project}\"\n"
+            ),
+        )
+        .expect("config");
+        let a = env.orch().arg("status").assert().code(78);
+        let err = one_line_error(&a);
+        assert!(err.contains("plane_project"), "{project}: {err}");
+    }
+}
+
+/// A title that would set the terminal's title, clear the screen, start a
+/// CSI without ESC (U+009B) and reverse the text (U+202E).
+const HOSTILE_TITLE: &str = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31mred\u{202e}txet\u{2066} end";
+
+fn assert_terminal_safe(what: &str, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    for bad in ['\u{1b}', '\u{7}', '\u{9b}', '\u{202e}', '\u{2066}'] {
+        assert!(!text.contains(bad), "{what} prints {bad:?} raw:\n{text}");
+    }
+}
+
+#[test]
+fn escape_codes_in_titles_are_shown_escaped_and_json_keeps_them_exact() {
+    let env = Env::new();
+    let out = env
+        .orch()
+        .args(["task", "create", "--repo", "demo", "--title", HOSTILE_TITLE])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_terminal_safe("task create", &out.stdout);
+    for args in [
+        &["task", "list"][..],
+        &["task", "show", "1"],
+        &["status"],
+        &["job", "list"],
+        &["job", "show", "1"],
+    ] {
+        let out = env.orch().args(args).output().expect("run");
+        assert!(out.status.success(), "{args:?}");
+        assert_terminal_safe(&format!("{args:?}"), &out.stdout);
+        assert_terminal_safe(&format!("{args:?} (stderr)"), &out.stderr);
+    }
+    let show = env
+        .orch()
+        .args(["task", "show", "1"])
+        .output()
+        .expect("run");
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        show.contains(r"\x1b]0;pwned\x07\x1b[2J\u{9b}31mred\u{202e}txet\u{2066} end"),
+        "{show}"
+    );
+    assert_eq!(
+        env.json(&["task", "show", "1"])["task"]["title"],
+        HOSTILE_TITLE
+    );
+    assert_eq!(env.json(&["task", "list"])[0]["title"], HOSTILE_TITLE);
+}

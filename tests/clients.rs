@@ -662,18 +662,29 @@ fn plane_connection_refused_is_retryable() {
 }
 
 #[test]
-fn plane_encodes_ids_and_workspace_base() {
+fn plane_refuses_ids_that_are_not_plane_ids_without_a_request() {
     let stub = Stub::start();
-    let path = format!("{WS}/projects/p%2F1/work-items/i%3F1/");
+    for (project, item) in [
+        ("p/1", "i1"),
+        ("p1", "i?1"),
+        ("p1", ".."),
+        ("..", "i1"),
+        ("p1", "%2e%2e"),
+        ("", "i1"),
+    ] {
+        let err = plane(&stub).get_issue(project, item).expect_err("refused");
+        assert!(format!("{err:#}").contains("Plane id"), "{err:#}");
+    }
+    assert!(stub.requests().is_empty());
+    let path = format!("{WS}/projects/p-1/work-items/i-1/");
     stub.on(
         "GET",
         &path,
         200,
-        &json!({"id": "i?1", "name": "n", "state": "s"}),
+        &json!({"id": "i-1", "name": "n", "state": "s"}),
     );
-    let issue = plane(&stub).get_issue("p/1", "i?1").expect("issue");
-    assert_eq!(issue.project_id, "p/1");
-    assert!(plane(&stub).get_issue("", "i1").is_err());
+    let issue = plane(&stub).get_issue("p-1", "i-1").expect("issue");
+    assert_eq!(issue.project_id, "p-1");
 }
 
 // ---------------------------------------------------------------------------

@@ -665,3 +665,136 @@ fn a_busy_database_exits_75_or_answers_503_and_stores_nothing() {
     holder.execute_batch("ROLLBACK").expect("unlock");
     assert!(rows(&env).is_empty());
 }
+
+/// `orch ingest-webhook --inetd --source plane` with stdin and stdout on
+/// `socket` (as systemd's `Accept=yes` passes the connection) and stderr captured.
+fn inetd_on_socket(env: &Env, socket: std::os::fd::OwnedFd) -> std::process::Child {
+    let stdout = socket.try_clone().expect("dup");
+    env.orch_std()
+        .env("ORCH_PLANE_WEBHOOK_SECRET", PLANE_SECRET)
+        .env("RUST_LOG", "info")
+        .args(["ingest-webhook", "--inetd", "--source", "plane"])
+        .stdin(Stdio::from(socket))
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn")
+}
+
+#[test]
+fn inetd_a_client_gone_before_the_answer_is_a_logged_exit_74_not_sigpipe() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let env = Env::new();
+    let (mut client, server) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    let sig = sign(PLANE_SECRET, PLANE_BODY.as_bytes());
+    client
+        .write_all(&plane_request(PLANE_BODY, &sig, "gone-1"))
+        .expect("write");
+    // The whole request is queued; the client is gone before orch answers.
+    drop(client);
+    let out = inetd_on_socket(&env, server.into())
+        .wait_with_output()
+        .expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), None, "killed by a signal: {stderr}");
+    assert_eq!(out.status.code(), Some(74), "{stderr}");
+    assert!(
+        stderr.contains("orch: error: could not answer HTTP 202 to the webhook client"),
+        "{stderr}"
+    );
+    // Stored all the same: the sender's retry is a duplicate.
+    assert_eq!(rows(&env).len(), 1);
+}
+
+#[test]
+fn inetd_a_client_that_resets_the_connection_mid_request_is_logged_not_sigpipe() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let env = Env::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut client =
+        std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    let mut child = inetd_on_socket(&env, server.into());
+    // A head that asks for `100 Continue`, then no body: orch answers 100.
+    let body = PLANE_BODY.as_bytes();
+    let head = format!(
+        "POST /webhook HTTP/1.1\r\nExpect: 100-continue\r\nX-Plane-Event: issue\r\n\
+         X-Plane-Signature: {}\r\nContent-Length: {}\r\n\r\n",
+        sign(PLANE_SECRET, body),
+        body.len()
+    );
+    client.write_all(head.as_bytes()).expect("write");
+    // Wait for the interim answer without reading it: closing a socket with
+    // unread data resets the connection (RST), as SO_LINGER 0 would.
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut peek = [0u8; 8];
+    assert!(client.peek(&mut peek).expect("peek") > 0);
+    drop(client);
+    let status = child.wait().expect("wait");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read");
+    assert_eq!(status.signal(), None, "killed by a signal: {stderr}");
+    assert_eq!(status.code(), Some(65), "{stderr}");
+    assert!(
+        stderr.contains("could not answer HTTP 400 to the webhook client"),
+        "{stderr}"
+    );
+    assert!(rows(&env).is_empty());
+}
+
+#[test]
+fn inetd_with_a_broken_config_answers_500_with_a_reason_and_exits_78() {
+    let env = Env::new();
+    std::fs::write(env.state().join("orch.toml"), "this is = not [toml").expect("config");
+    let sig = sign(PLANE_SECRET, PLANE_BODY.as_bytes());
+    let out = ingest(&env)
+        .args(["--inetd", "--source", "plane"])
+        .write_stdin(plane_request(PLANE_BODY, &sig, "cfg-1"))
+        .output()
+        .expect("run");
+    let r = parse_response(&out.stdout);
+    assert_eq!(r.status, 500);
+    assert_eq!(
+        r.body,
+        "orch cannot load its configuration; the reason is in its log\n"
+    );
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("orch: error: ") && stderr.contains("orch.toml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn inetd_with_an_unreadable_secret_answers_500_with_a_reason_and_exits_78() {
+    let env = Env::new();
+    let creds = env.state().join("creds");
+    // A directory where the credential file should be: it exists, unreadable as a file.
+    std::fs::create_dir_all(creds.join("plane-webhook-secret")).expect("mkdir");
+    let out = env
+        .orch()
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .args(["ingest-webhook", "--inetd", "--source", "plane"])
+        .write_stdin(plane_request(PLANE_BODY, "00", "cred-1"))
+        .output()
+        .expect("run");
+    let r = parse_response(&out.stdout);
+    assert_eq!(r.status, 500);
+    assert_eq!(
+        r.body,
+        "orch cannot load its configuration; the reason is in its log\n"
+    );
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("plane-webhook-secret"),
+        "the log names the credential"
+    );
+}

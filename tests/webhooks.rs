@@ -1294,3 +1294,50 @@ fn a_telegram_429_is_retried_after_its_retry_after() {
         "retried in {wait}s, Telegram asked for 7s"
     );
 }
+
+/// A work-item id of a signed payload goes into an API path: one that is not
+/// a Plane id (a dot segment, a path, an encoded dot) is recorded as ignored
+/// with the reason, and Plane is asked nothing with it.
+#[test]
+fn hostile_work_item_ids_never_reach_a_plane_api_path() {
+    let s = setup("");
+    let item = s.fake.add_item("x", 12, "To Analyse");
+    let hostile = ["..", "../../users/me", "a/b", "%2e%2e", "."];
+    for (i, id) in hostile.iter().enumerate() {
+        let mut body: serde_json::Value =
+            serde_json::from_str(&s.fake.webhook(&item, "state", "alice")).expect("json");
+        body["data"]["id"] = serde_json::json!(id);
+        let out = s.deliver("plane", "issue", &format!("d-{i}"), &body.to_string());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let requests = s.fake.world().requests.clone();
+    for r in &requests {
+        let path = r.split_once(' ').map_or("", |(_, p)| p);
+        assert!(
+            path.split('/').all(|seg| seg != ".." && seg != ".")
+                && !path.contains("users")
+                && !path.contains("%2"),
+            "a hostile id reached Plane: {requests:?}"
+        );
+    }
+    let db = s.env.db();
+    let mut stmt = db
+        .conn()
+        .prepare("SELECT status, error FROM webhook_deliveries ORDER BY id")
+        .expect("prepare");
+    let rows: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(rows.len(), hostile.len());
+    for (status, note) in rows {
+        assert_eq!(status, "ignored", "{note}");
+        assert!(note.contains("not a Plane id"), "{note}");
+    }
+    assert!(s.tasks().is_empty());
+}

@@ -45,7 +45,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         if args.json {
             output::print_json(&confirmed)?;
         } else {
-            println!("task {}: {}", t.id, confirmed.note);
+            crate::say!("task {}: {}", t.id, confirmed.note);
         }
         return Ok(if confirmed.note == "self-deploy-initiated" {
             ExitCode::SUCCESS
@@ -62,10 +62,10 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     } else {
         if let Some(e) = &result.evaluation {
             for g in &e.gates {
-                println!("gate {} {}: {}", g.gate, g.verdict, g.reason);
+                crate::say!("gate {} {}: {}", g.gate, g.verdict, g.reason);
             }
         }
-        println!("{}", result.note);
+        crate::say!("{}", result.note);
     }
     Ok(if result.moved {
         ExitCode::SUCCESS
@@ -80,7 +80,7 @@ fn finish(json: bool, line: &str) -> anyhow::Result<ExitCode> {
             "evaluation": null, "committed": null, "moved": false, "note": line
         }))?;
     } else {
-        println!("{line}");
+        crate::say!("{line}");
     }
     Ok(ExitCode::from(exit::NOTHING_TO_DO))
 }

@@ -34,7 +34,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     if args.json {
         output::print_json(&result)?;
     } else {
-        println!(
+        crate::say!(
             "task {}: {}{}",
             args.task,
             result.note,

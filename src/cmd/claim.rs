@@ -80,7 +80,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             if args.json {
                 output::print_json(&serde_json::json!({ "claimed": job }))?;
             } else {
-                println!(
+                crate::say!(
                     "claimed job {} ({} on {}, task {}, stage {}, attempt {}/{})",
                     job.id,
                     job.agent,

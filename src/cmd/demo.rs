@@ -141,7 +141,7 @@ pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     let script = args.script.as_str();
     orch(&exe, &state, script, &["init"])?;
     if args.setup_only {
-        println!(
+        crate::say!(
             "orch demo: installation ready in {} (repo demo, forge {}); create a task with\n  orch --state-dir {} task create --repo demo --title \"...\"",
             state.display(),
             forge.display(),
@@ -165,7 +165,7 @@ pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     )?;
     let task = json(&out);
     let task_id = task["id"].as_i64().context("task create printed no id")?;
-    println!(
+    crate::say!(
         "orch demo: state dir {}\n  task {task_id} ({}) \"{}\" on repo demo (forge {})",
         state.display(),
         task["work_item_id"].as_str().unwrap_or("?"),
@@ -209,7 +209,7 @@ pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
                 _ => format!("run {}", r["run_verdict"].as_str().unwrap_or("?")),
             };
             let escalated = r["committed"]["escalated"].as_bool() == Some(true);
-            println!(
+            crate::say!(
                 "{} {:<15} {:<10} {:<60} {}{}",
                 elapsed(&started),
                 r["stage"].as_str().unwrap_or("?"),
@@ -242,7 +242,7 @@ pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             break;
         }
         if shown["task"]["escalated_at"].is_i64() {
-            println!(
+            crate::say!(
                 "orch demo: task {task_id} was escalated to a human on {stage}; see `orch --state-dir {} task show {task_id}`",
                 state.display()
             );
@@ -255,7 +255,7 @@ pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
                 script,
                 &["advance", "--task", &id, "--approve", "--json"],
             )?;
-            println!(
+            crate::say!(
                 "{} {:<15} {:<10} {:<60} {}",
                 elapsed(&started),
                 "analysis",
@@ -276,7 +276,7 @@ pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             state.display()
         );
     }
-    println!(
+    crate::say!(
         "{} done: task {task_id} reached `done` after {runs} agent runs; main of {} holds the change.\n\
          Look around:\n  orch --state-dir {s} status\n  orch --state-dir {s} task show {task_id}\n  orch --state-dir {s} job list\n  git -C {f} log --oneline main",
         elapsed(&started),

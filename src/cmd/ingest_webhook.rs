@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::cli::GlobalOpts;
 use crate::context::Ctx;
 use crate::error::{OrchError, exit, exit_code_number};
 use crate::output;
@@ -64,8 +65,9 @@ pub struct Args {
     /// source's X-* headers, the body must have a Content-Length (no chunked encoding),
     /// and the whole request must arrive within `webhook_read_timeout_s`. Answers 202
     /// (stored or duplicate), 400 (malformed), 401 (signature), 405 (not POST), 408 (too
-    /// slow), 411 (chunked), 413 (too large), 503 (retry later); the exit code is the
-    /// same as without --inetd. The --body-file, --event, --delivery, --signature and
+    /// slow), 411 (chunked), 413 (too large), 500 (configuration error, details in the
+    /// log), 503 (retry later); the exit code is the same as without --inetd, or 74 when
+    /// the answer to a stored delivery could not be written. The --body-file, --event, --delivery, --signature and
     /// --json options are ignored.
     #[arg(long)]
     pub inetd: bool,
@@ -113,7 +115,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     if args.json {
         output::print_json(&outcome_json(stored))?;
     } else {
-        println!("{}", describe(stored));
+        crate::say!("{}", describe(stored));
     }
     std::io::Write::flush(&mut std::io::stdout())?;
     if matches!(stored, Stored::New(_)) {
@@ -187,15 +189,42 @@ fn process_after_store(ctx: &Ctx, stored: Stored, db: &mut Db) {
     }
 }
 
+/// The answer to a configuration error (an unreadable config or credential
+/// file): the details name paths and values, so they go to the log only.
+const CONFIG_REASON: &str = "orch cannot load its configuration; the reason is in its log";
+
+/// `--inetd` before anything is loaded: a configuration that cannot be
+/// loaded still gets the client an answer, `500` with a fixed reason line
+/// (the details, which name paths and values, go to the log only), after the
+/// request is read with the default limits so that closing the connection
+/// does not reset it before the client has read the answer.
+pub fn run_inetd_resolving(global: &GlobalOpts, args: &Args) -> anyhow::Result<ExitCode> {
+    let err = match Ctx::resolve(global) {
+        Ok(ctx) => return run(&ctx, args),
+        Err(err) => err,
+    };
+    let defaults = crate::config::Config::default();
+    let _ = http::read_stdin_request(
+        defaults.webhook_max_body_bytes,
+        Duration::from_secs(defaults.webhook_read_timeout_s),
+    );
+    let reason = if exit_code_number(&err) == exit::CONFIG {
+        CONFIG_REASON
+    } else {
+        "orch cannot start; the reason is in its log"
+    };
+    answer_or_log(500, reason);
+    Err(err)
+}
+
 /// `--inetd`: one request in, one response out; errors still reach `main`
 /// (one line on stderr, the exit code) after the response is written.
 fn run_inetd(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(ctx.config.webhook_read_timeout_s);
-    let mut out = std::io::stdout();
     let request = match http::read_stdin_request(ctx.config.webhook_max_body_bytes, timeout) {
         Ok(r) => r,
         Err(refusal) => {
-            let _ = http::respond(&mut out, refusal.status, &refusal.message);
+            answer_or_log(refusal.status, &refusal.message);
             let err = if refusal.status == 503 {
                 OrchError::Temporary(refusal.message)
             } else {
@@ -226,9 +255,10 @@ fn run_inetd(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         Ok((stored, mut db)) => {
             let line = describe(stored);
             log::info!("{line}");
-            http::respond(&mut out, 202, &line)?;
-            std::io::Write::flush(&mut out)?;
+            let answered = answer(202, &line);
+            // Stored is stored: route it now even if the client went away.
             process_after_store(ctx, stored, &mut db);
+            answered?;
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
@@ -236,11 +266,31 @@ fn run_inetd(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
                 exit::MALFORMED => (400, format!("{err:#}")),
                 exit::SIGNATURE => (401, format!("{err:#}")),
                 exit::TEMPORARY => (503, "temporarily unavailable; retry later".to_owned()),
+                exit::CONFIG => (500, CONFIG_REASON.to_owned()),
                 _ => (500, "internal error; see the log".to_owned()),
             };
-            let _ = http::respond(&mut out, status, &message);
+            answer_or_log(status, &message);
             Err(err)
         }
+    }
+}
+
+/// Write the HTTP answer on stdout; a client that closed or reset the
+/// connection is an [`OrchError::AnswerLost`] (exit 74), never a signal.
+fn answer(status: u16, message: &str) -> anyhow::Result<()> {
+    http::respond(&mut std::io::stdout(), status, message).map_err(|e| {
+        OrchError::AnswerLost(format!(
+            "could not answer HTTP {status} to the webhook client (it closed or reset the connection): {e}"
+        ))
+        .into()
+    })
+}
+
+/// [`answer`] when the outcome already failed: that failure keeps the exit
+/// code, and a lost answer is one more log line.
+fn answer_or_log(status: u16, message: &str) {
+    if let Err(e) = answer(status, message) {
+        log::error!("{e:#}");
     }
 }
 

@@ -56,14 +56,18 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     if args.json {
         output::print_json(&report)?;
     } else if report.created {
-        println!(
+        crate::say!(
             "initialised {} (database {}, schema v{})",
-            report.state_dir, report.database, report.schema_version
+            report.state_dir,
+            report.database,
+            report.schema_version
         );
     } else {
-        println!(
+        crate::say!(
             "already initialised: {} (database {}, schema v{})",
-            report.state_dir, report.database, report.schema_version
+            report.state_dir,
+            report.database,
+            report.schema_version
         );
     }
     Ok(ExitCode::SUCCESS)

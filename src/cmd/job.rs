@@ -93,7 +93,7 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
             if a.json {
                 output::print_json(&jobs)?;
             } else if jobs.is_empty() {
-                println!("no jobs");
+                crate::say!("no jobs");
             } else {
                 let mut t = Table::new(&[
                     "JOB", "AGENT", "REPO", "TASK", "STAGE", "STATUS", "ATTEMPT", "CREATED",
@@ -121,29 +121,32 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
             if a.json {
                 output::print_json(&job)?;
             } else {
-                println!("job          {}", job.id);
-                println!("agent        {}", job.agent);
-                println!("repo         {}", job.repo);
-                println!("task         {}", output::opt(job.task_id));
-                println!("stage        {}", output::opt(job.stage.as_deref()));
-                println!("status       {}", job.status);
-                println!("attempts     {}/{}", job.attempts, job.max_attempts);
-                println!("transient    {}", job.transient_attempts);
+                crate::say!("job          {}", job.id);
+                crate::say!("agent        {}", job.agent);
+                crate::say!("repo         {}", job.repo);
+                crate::say!("task         {}", output::opt(job.task_id));
+                crate::say!("stage        {}", output::opt(job.stage.as_deref()));
+                crate::say!("status       {}", job.status);
+                crate::say!("attempts     {}/{}", job.attempts, job.max_attempts);
+                crate::say!("transient    {}", job.transient_attempts);
                 if job.available_at > now {
-                    println!("available in {}", output::duration(job.available_at - now));
+                    crate::say!("available in {}", output::duration(job.available_at - now));
                 }
-                println!("owner pid    {}", output::opt(job.owner_pid));
-                println!("agent pid    {}", output::opt(job.pid));
-                println!("run          {}", output::opt(job.run_id));
-                println!("created      {}", output::ago(Some(job.created_at), now));
-                println!("started      {}", output::ago(job.started_at, now));
-                println!("finished     {}", output::ago(job.finished_at, now));
-                println!("error        {}", output::opt(job.error.as_deref()));
+                crate::say!("owner pid    {}", output::opt(job.owner_pid));
+                crate::say!("agent pid    {}", output::opt(job.pid));
+                crate::say!("run          {}", output::opt(job.run_id));
+                crate::say!("created      {}", output::ago(Some(job.created_at), now));
+                crate::say!("started      {}", output::ago(job.started_at, now));
+                crate::say!("finished     {}", output::ago(job.finished_at, now));
+                crate::say!(
+                    "error        {}",
+                    output::safe(&output::opt(job.error.as_deref()))
+                );
             }
         }
         Command::Retry(a) => {
             db.write(|tx| queue::retry(tx, a.id))?;
-            println!("job {} queued again", a.id);
+            crate::say!("job {} queued again", a.id);
         }
         Command::Enqueue(a) => {
             let job = db.write(|tx| {
@@ -198,7 +201,7 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
             if a.json {
                 output::print_json(&job)?;
             } else {
-                println!("enqueued job {} ({} on {})", job.id, job.agent, job.repo);
+                crate::say!("enqueued job {} ({} on {})", job.id, job.agent, job.repo);
             }
         }
     }

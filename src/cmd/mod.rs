@@ -53,6 +53,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             demo::run(&state, &a)
         }
+        // With --inetd even a configuration error gets an HTTP answer.
+        Command::IngestWebhook(a) if a.inetd => {
+            ingest_webhook::run_inetd_resolving(&cli.global, &a)
+        }
         command => {
             let ctx = Ctx::resolve(&cli.global)?;
             match command {

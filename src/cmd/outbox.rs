@@ -95,7 +95,7 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
             if a.json {
                 output::print_json(&rows)?;
             } else if rows.is_empty() {
-                println!("no messages");
+                crate::say!("no messages");
             } else {
                 let now = storage::now();
                 let mut t = Table::new(&[
@@ -145,9 +145,11 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                 .into());
             }
             let d = crate::outbox::deliver(ctx, &mut db)?;
-            println!(
+            crate::say!(
                 "{n} message(s) back in line; delivered {}, retrying {}, dead {}",
-                d.delivered, d.retrying, d.dead
+                d.delivered,
+                d.retrying,
+                d.dead
             );
         }
     }

@@ -22,7 +22,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     if args.json {
         output::print_json(&pass)?;
     } else {
-        println!(
+        crate::say!(
             "reaped {} of {} running job(s); {} finalizer deferral(s), {} in start grace, {} backstopped, {} impossible queued healed, {} lease(s) reclaimed",
             pass.reaped.iter().filter(|r| r.outcome != "lost").count(),
             pass.running,
@@ -33,19 +33,24 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             pass.leases_reclaimed.len()
         );
         for r in &pass.reaped {
-            println!(
+            crate::say!(
                 "  job {} ({}): {} — {}",
-                r.job_id, r.agent, r.outcome, r.reason
+                r.job_id,
+                r.agent,
+                r.outcome,
+                r.reason
             );
         }
         for l in &pass.leases_reclaimed {
-            println!(
+            crate::say!(
                 "  lease {} from {}: {}",
-                l.lease.repo, l.lease.branch, l.why
+                l.lease.repo,
+                l.lease.branch,
+                l.why
             );
         }
         for e in &pass.errors {
-            println!("  error: {e}");
+            crate::say!("  error: {e}");
         }
     }
     Ok(if pass.errors.is_empty() {

@@ -33,18 +33,18 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         }))?;
     } else {
         if !ctx.config.lease_reclaim_enabled {
-            println!("lease reclaim is disabled (lease_reclaim_enabled = false)");
+            crate::say!("lease reclaim is disabled (lease_reclaim_enabled = false)");
         }
-        println!(
+        crate::say!(
             "reclaimed {} lease(s); {} held",
             reclaimed.len(),
             held.len()
         );
         for r in &reclaimed {
-            println!("  {} from {}: {}", r.lease.repo, r.lease.branch, r.why);
+            crate::say!("  {} from {}: {}", r.lease.repo, r.lease.branch, r.why);
         }
         for l in &held {
-            println!(
+            crate::say!(
                 "  held: {} by {} (task {})",
                 l.repo,
                 l.branch,

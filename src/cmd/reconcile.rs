@@ -24,7 +24,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     if args.json {
         output::print_json(&r)?;
     } else {
-        println!(
+        crate::say!(
             "deliveries: {} acted, {} ignored, {} failed; outbox: {} delivered, {} retrying, {} dead; {} task(s) advanced; {} started or replayed from the tracker",
             r.deliveries.acted,
             r.deliveries.ignored,
@@ -42,14 +42,14 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             .chain(&r.advanced)
             .chain(&r.polled)
         {
-            println!("  {line}");
+            crate::say!("  {line}");
         }
         if !r.skipped.is_empty() {
             let skipped: Vec<String> = r.skipped.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            println!("  skipped: {}", skipped.join(", "));
+            crate::say!("  skipped: {}", skipped.join(", "));
         }
         for e in &r.errors {
-            println!("  error: {e}");
+            crate::say!("  error: {e}");
         }
     }
     // Partial: a step failed, every other step ran (docs/exit-codes.md).

@@ -87,7 +87,7 @@ fn nothing(json: bool, why: &str) -> anyhow::Result<ExitCode> {
 }
 
 fn print_human(r: &RunReport) {
-    println!(
+    crate::say!(
         "job {} ({} on stage {}, task {}): run {}",
         r.job_id,
         r.agent,
@@ -101,18 +101,18 @@ fn print_human(r: &RunReport) {
     );
     if let Some(e) = &r.evaluation {
         for g in &e.gates {
-            println!("  gate {} {}: {}", g.gate, g.verdict, g.reason);
+            crate::say!("  gate {} {}: {}", g.gate, g.verdict, g.reason);
         }
-        println!(
+        crate::say!(
             "  decision: {}",
             serde_json::to_string(&e.decision).unwrap_or_default()
         );
     }
-    println!(
+    crate::say!(
         "  committed: {}",
         serde_json::to_string(&r.committed).unwrap_or_default()
     );
     if let Some(log) = &r.log_path {
-        println!("  log: {log}");
+        crate::say!("  log: {log}");
     }
 }

@@ -329,8 +329,8 @@ fn print_summary(report: &Report) {
         .iter()
         .map(|(status, n)| format!("{status} {n}"))
         .collect();
-    println!("state dir  {}", report.state_dir);
-    println!(
+    crate::say!("state dir  {}", report.state_dir);
+    crate::say!(
         "jobs       {}  (max_concurrency {})",
         counts.join(", "),
         report.max_concurrency
@@ -340,10 +340,10 @@ fn print_summary(report: &Report) {
         .iter()
         .map(|(name, g)| format!("{name} {}", if g.enabled { "on" } else { "off" }))
         .collect();
-    println!("gates      {}", gates.join(", "));
+    crate::say!("gates      {}", gates.join(", "));
 
     let r = &report.reaper;
-    println!(
+    crate::say!(
         "reaper     {}  passes {}, reaped {}, finalizer deferrals {}, backstops {}{}",
         if r["enabled"] == true { "on" } else { "OFF" },
         r["passes_total"],
@@ -356,7 +356,7 @@ fn print_summary(report: &Report) {
         }
     );
     let rc = &report.reconcile;
-    println!(
+    crate::say!(
         "reconcile  {}  passes {}{}",
         if rc["enabled"] == true { "on" } else { "OFF" },
         rc["passes_total"],
@@ -388,7 +388,7 @@ fn print_summary(report: &Report) {
         })
         .unwrap_or_default();
     if !failed("merge_gate", "merge gate") {
-        println!(
+        crate::say!(
             "merge gate {}  repos {}, leases held: {}, reclaimed {}, re-tests {} (timeouts {}, red {})",
             if m["enabled"] == true { "on" } else { "OFF" },
             m["repos"]
@@ -412,7 +412,7 @@ fn print_summary(report: &Report) {
     }
     let st = &report.stop;
     if !failed("stop", "stop") {
-        println!(
+        crate::say!(
             "stop       {}  repos {}, cancelled {}, pending requests {}",
             if st["enabled"] == true { "on" } else { "OFF" },
             st["repos"]
@@ -435,7 +435,7 @@ fn print_summary(report: &Report) {
         ts.iter().filter(|t| !t["blocked"].is_null()).count()
     });
     if !failed("costs", "cost") {
-        println!(
+        crate::say!(
             "cost       ${:.2} over every run; {} active task(s), {blocked} blocked over budget",
             costs["total_usd"].as_f64().unwrap_or(0.0),
             costs["tasks"].as_array().map_or(0, Vec::len)
@@ -482,7 +482,7 @@ fn print_summary(report: &Report) {
         })
         .unwrap_or_default();
     if !failed("post_deploy", "post-deploy") {
-        println!(
+        crate::say!(
             "post-deploy {}  window {}s, {} checks, max failures {}, auto-rollback {}; watching: {}; last: {}",
             if pd["enabled"] == true { "on" } else { "OFF" },
             pd["window_s"],
@@ -507,7 +507,7 @@ fn print_summary(report: &Report) {
     }
     let o = &report.outbox;
     if !failed("outbox", "outbox") {
-        println!(
+        crate::say!(
             "outbox     pending {}, delivered {}, dead {}",
             o.get("pending").copied().unwrap_or(0),
             o.get("delivered").copied().unwrap_or(0),
@@ -520,7 +520,7 @@ fn print_summary(report: &Report) {
 fn print_error(report: &Report, name: &str, label: &str) -> bool {
     match report.errors.get(name) {
         Some(e) => {
-            println!("{label:<10} ERROR: {e}");
+            crate::say!("{label:<10} ERROR: {e}");
             true
         }
         None => false,
@@ -529,9 +529,9 @@ fn print_error(report: &Report, name: &str, label: &str) -> bool {
 
 /// The `running` table of the text view.
 fn print_running(report: &Report) {
-    println!("\nrunning");
+    crate::say!("\nrunning");
     if report.running.is_empty() {
-        println!("  (none)");
+        crate::say!("  (none)");
     } else {
         let mut t = Table::new(&[
             "JOB", "AGENT", "REPO", "TASK", "STAGE", "OWNER", "PID", "ATTEMPT", "RUNNING",
@@ -559,9 +559,9 @@ fn print_running(report: &Report) {
 /// The `recent jobs` table of the text view.
 fn print_recent(report: &Report) {
     let now = report.now;
-    println!("\nrecent jobs");
+    crate::say!("\nrecent jobs");
     if report.recent.is_empty() {
-        println!("  (none)");
+        crate::say!("  (none)");
     } else {
         let mut t = Table::new(&[
             "JOB", "AGENT", "REPO", "TASK", "STAGE", "STATUS", "ATTEMPT", "CREATED", "ERROR",
@@ -594,7 +594,7 @@ fn print_task_costs(report: &Report) {
         })
         .unwrap_or_default();
     if !costed.is_empty() {
-        println!("\ncost of active tasks");
+        crate::say!("\ncost of active tasks");
         let mut t = Table::new(&["TASK", "STAGE", "SPENT", "BUDGET", "PER STAGE", "BLOCKED"]);
         for task in costed.iter().take(20) {
             let per_stage: Vec<String> = task["stages"]
@@ -633,9 +633,9 @@ fn print_task_costs(report: &Report) {
 /// The `counters` table of the text view.
 fn print_counters(report: &Report) {
     let now = report.now;
-    println!("\ncounters");
+    crate::say!("\ncounters");
     if report.counters.is_empty() {
-        println!("  (none yet)");
+        crate::say!("  (none yet)");
     } else {
         let mut t = Table::new(&["NAME", "VALUE", "LAST", "UPDATED"]);
         for (name, c) in &report.counters {

@@ -110,7 +110,7 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
             if a.json {
                 output::print_json(&t)?;
             } else {
-                println!(
+                crate::say!(
                     "created task {} ({}) on {}, stage {}, branch {}",
                     t.id,
                     t.work_item_id,
@@ -126,7 +126,7 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
             if a.json {
                 output::print_json(&tasks)?;
             } else if tasks.is_empty() {
-                println!("no tasks");
+                crate::say!("no tasks");
             } else {
                 let now = storage::now();
                 let mut t = Table::new(&["TASK", "WORK ITEM", "REPO", "STAGE", "UPDATED", "TITLE"]);
@@ -201,7 +201,7 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
             if let Err(e) = crate::outbox::deliver(ctx, &mut db) {
                 log::warn!("delivering the outbox: {e:#}");
             }
-            println!("{note}");
+            crate::say!("{note}");
         }
         Command::Show(a) => {
             let (t, jobs, history, comments, ledger, monitor, checks) = db.read(|tx| {
@@ -227,27 +227,27 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                 }))?;
             } else {
                 let now = storage::now();
-                println!("task        {}", t.id);
-                println!("work item   {}", t.work_item_id);
-                println!("title       {}", t.title);
-                println!("repo        {}", t.repo);
-                println!("branch      {}", output::opt(t.branch.as_deref()));
-                println!("stage       {}", t.stage);
-                println!("depends on  {}", output::opt(t.depends_on));
-                println!("plane       {}", output::opt(t.plane_id.as_deref()));
-                println!("created     {}", output::ago(Some(t.created_at), now));
-                println!("updated     {}", output::ago(Some(t.updated_at), now));
+                crate::say!("task        {}", t.id);
+                crate::say!("work item   {}", t.work_item_id);
+                crate::say!("title       {}", output::safe(&t.title));
+                crate::say!("repo        {}", t.repo);
+                crate::say!("branch      {}", output::opt(t.branch.as_deref()));
+                crate::say!("stage       {}", t.stage);
+                crate::say!("depends on  {}", output::opt(t.depends_on));
+                crate::say!("plane       {}", output::opt(t.plane_id.as_deref()));
+                crate::say!("created     {}", output::ago(Some(t.created_at), now));
+                crate::say!("updated     {}", output::ago(Some(t.updated_at), now));
                 if let Some(at) = t.cancelled_at {
-                    println!("cancelled   {}", output::ago(Some(at), now));
+                    crate::say!("cancelled   {}", output::ago(Some(at), now));
                 }
                 if let Some(at) = t.escalated_at {
-                    println!("escalated   {} (needs a human)", output::ago(Some(at), now));
+                    crate::say!("escalated   {} (needs a human)", output::ago(Some(at), now));
                 }
-                println!("tracker     {}", output::opt(t.tracker_state.as_deref()));
+                crate::say!("tracker     {}", output::opt(t.tracker_state.as_deref()));
                 if let Some(why) = &t.blocked_reason {
-                    println!("blocked     {why}");
+                    crate::say!("blocked     {}", output::safe(why));
                 }
-                println!(
+                crate::say!(
                     "cost        ${:.2} spent{}, budget {}",
                     ledger.spent_usd,
                     if ledger.unknown_runs > 0 {
@@ -261,7 +261,7 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                     )
                 );
                 if !ledger.stages.is_empty() {
-                    println!("\ncost per stage");
+                    crate::say!("\ncost per stage");
                     let mut table = Table::new(&[
                         "STAGE",
                         "RUNS",
@@ -283,7 +283,7 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                     print!("{}", table.render());
                 }
                 if !history.is_empty() {
-                    println!("\nhistory");
+                    crate::say!("\nhistory");
                     let mut table = Table::new(&["WHEN", "KIND", "FROM", "TO", "REASON"]);
                     for h in &history {
                         table.row(vec![
@@ -297,8 +297,8 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                     print!("{}", table.render());
                 }
                 if let Some(m) = &monitor {
-                    println!("\npost-deploy monitor");
-                    println!(
+                    crate::say!("\npost-deploy monitor");
+                    crate::say!(
                         "  status {}, action {}, {}/{} checks, {} failed, window {}s, started {}{}",
                         m.status.to_uppercase(),
                         m.action_taken.as_deref().unwrap_or("-"),
@@ -326,7 +326,7 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                         print!("{}", table.render());
                     }
                 }
-                println!("\njobs");
+                crate::say!("\njobs");
                 let mut table =
                     Table::new(&["JOB", "AGENT", "STAGE", "STATUS", "ATTEMPT", "ERROR"]);
                 for j in jobs {
@@ -340,7 +340,7 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                     ]);
                 }
                 if table.is_empty() {
-                    println!("  (none)");
+                    crate::say!("  (none)");
                 } else {
                     print!("{}", table.render());
                 }

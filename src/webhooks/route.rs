@@ -142,6 +142,12 @@ fn route_plane(ctx: &Ctx, db: &mut Db, d: &Delivery, body: &Value) -> anyhow::Re
         .and_then(id_of_ref)
         .or_else(|| data.get("project_id").and_then(id_of_ref))
         .unwrap_or_default();
+    // Both go into API paths; a signed payload is still not a trusted one.
+    if let Err(e) = crate::names::validate_plane_id(&issue_id) {
+        return Ok(Routed::Ignored(format!(
+            "the work item id is not a Plane id, nothing asked: {e}"
+        )));
+    }
     let Some((repo, _)) = ctx
         .config
         .repos

@@ -422,11 +422,11 @@ impl PlaneClient {
     }
 }
 
-/// A non-empty id as one URL path segment.
+/// A Plane id as one URL path segment; anything but a UUID-like id is
+/// refused before a request is made, so no id can add a path segment or a
+/// dot segment (`..`, which servers and proxies resolve).
 fn id_segment(what: &str, id: &str) -> anyhow::Result<String> {
-    if id.trim().is_empty() {
-        bail!("empty Plane {what}");
-    }
+    names::validate_plane_id(id).with_context(|| format!("Plane {what}"))?;
     Ok(encode_segment(id))
 }
 
