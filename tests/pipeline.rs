@@ -740,10 +740,19 @@ fn an_agent_printing_a_huge_line_does_not_grow_orchs_memory() {
 /// An agent knows where its cost report and its log live and can replace
 /// them: with a FIFO nobody writes (a naive read hangs the worker), with a
 /// symlink to /dev/zero (a naive read never ends). orch reads only regular
-/// files there, so each run is judged and the worker ends at once.
+/// files there, so each run is judged and the worker ends at once. Tried
+/// unsandboxed, where the log is in the agent's reach (in the sandbox it is
+/// not, and the cost file is still the agent's), and sandboxed.
 #[test]
 fn an_agent_that_plants_a_fifo_or_dev_zero_for_its_files_cannot_hang_or_grow_orch() {
-    let dir = "$(dirname \"$ORCH_COST_FILE\")";
+    for sandbox in ["off", "auto"] {
+        plant_fifo_or_dev_zero(sandbox);
+    }
+}
+
+fn plant_fifo_or_dev_zero(sandbox: &str) {
+    // The run's directory: the cost file is in its `agent/` subdirectory.
+    let dir = "$(dirname \"$(dirname \"$ORCH_COST_FILE\")\")";
     for (what, agent) in [
         ("fifo cost file", "mkfifo \"$ORCH_COST_FILE\"".to_owned()),
         (
@@ -766,6 +775,7 @@ fn an_agent_that_plants_a_fifo_or_dev_zero_for_its_files_cannot_hang_or_grow_orc
             .success();
         let mut worker = env
             .orch_std()
+            .env("ORCH_SANDBOX", sandbox)
             .env("ORCH_AGENT_CMD", format!("{agent}; exit 0"))
             .args(["run-agent", "--next", "--json"])
             .stdout(std::process::Stdio::piped())
@@ -776,10 +786,13 @@ fn an_agent_that_plants_a_fifo_or_dev_zero_for_its_files_cannot_hang_or_grow_orc
         });
         let out = worker.wait_with_output().expect("output");
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-        assert_eq!(report["run_verdict"], "success", "{what}: {report}");
+        assert_eq!(
+            report["run_verdict"], "success",
+            "{sandbox} {what}: {report}"
+        );
         assert_eq!(
             report["cost_usd"], 0.0,
-            "{what}: no report is a plain command's zero"
+            "{sandbox} {what}: no report is a plain command's zero"
         );
     }
 }
