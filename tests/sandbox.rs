@@ -493,3 +493,135 @@ fn doctor_reports_the_sandbox_and_an_agent_it_hides() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["exit_code"], 0, "{report}");
 }
+
+/// A machine where bwrap is installed but cannot create namespaces (a
+/// kernel with unprivileged user namespaces off): `auto` runs the agent
+/// unsandboxed and says so first in the run's log; `bwrap` starts nothing,
+/// and the job waits to retry (a bounded number of times) with the reason.
+#[test]
+fn without_a_working_bwrap_auto_says_so_and_required_refuses() {
+    let env = demo_env();
+    let fake = env.shared().join("fake-bin");
+    std::fs::create_dir_all(&fake).expect("bin");
+    let bwrap = fake.join("bwrap");
+    std::fs::write(
+        &bwrap,
+        "#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n",
+    )
+    .expect("fake bwrap");
+    std::fs::set_permissions(&bwrap, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for title in ["required", "auto"] {
+        env.orch()
+            .args(["task", "create", "--repo", "demo", "--title", title])
+            .assert()
+            .success();
+    }
+    let run = |mode: &str| {
+        env.orch()
+            .env("PATH", &path)
+            .env("ORCH_SANDBOX", mode)
+            .env("ORCH_AGENT_PROTOCOL", "exit-code")
+            .env("ORCH_AGENT_CMD", "echo agent ran; exit 1")
+            .args(["run-agent", "--next", "--json"])
+            .output()
+            .expect("run")
+    };
+    // Required: nothing runs, nothing is recorded, the job waits to retry.
+    let required = run("bwrap");
+    assert!(
+        required.status.code().is_some(),
+        "{}",
+        String::from_utf8_lossy(&required.stderr)
+    );
+    let job = env.json(&["job", "show", "1"]);
+    assert_eq!(job["status"], "queued", "{job}");
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(
+            "the agent could not be started: sandbox = \"bwrap\" but no sandbox can be built"
+        ) && error.contains("No permissions"),
+        "{job}"
+    );
+    let runs: i64 = env
+        .db()
+        .conn()
+        .query_row("SELECT count(*) FROM agent_runs", [], |r| r.get(0))
+        .expect("runs");
+    assert_eq!(runs, 0, "no run was recorded (none is charged)");
+    let auto = run("auto");
+    let report: serde_json::Value = serde_json::from_slice(&auto.stdout).expect("json");
+    let log = std::fs::read_to_string(report["log_path"].as_str().expect("log")).expect("log");
+    assert!(
+        log.starts_with("orch: running without a sandbox: bwrap cannot create namespaces here"),
+        "{log}"
+    );
+    assert!(log.contains("agent ran"), "{log}");
+    let doctor = env
+        .orch()
+        .env("PATH", &path)
+        .args(["doctor", "--offline"])
+        .output()
+        .expect("doctor");
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        text.contains("warn  sandbox: none: bwrap cannot create namespaces here"),
+        "{text}"
+    );
+}
+
+/// `sandbox_home_seed` is copied into each run's private HOME (the agent's
+/// own settings and login); what one run writes there never reaches the
+/// seed or the next run.
+#[test]
+fn each_run_gets_a_fresh_home_from_the_seed() {
+    if !sandbox_works() {
+        return;
+    }
+    let env = demo_env();
+    let seed =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("seed-{}", std::process::id()));
+    std::fs::create_dir_all(seed.join(".claude")).expect("seed");
+    std::fs::write(seed.join(".claude/settings.json"), "{\"seeded\": true}").expect("seed");
+    set_config(
+        &env,
+        &format!(
+            "sandbox = \"bwrap\"\nagent_protocol = \"exit-code\"\nsandbox_home_seed = \"{}\"",
+            seed.display()
+        ),
+    );
+    for title in ["one", "two"] {
+        env.orch()
+            .args(["task", "create", "--repo", "demo", "--title", title])
+            .assert()
+            .success();
+    }
+    let seen = env.shared().join("seen");
+    let agent = format!(
+        "{{ echo \"HOME=$HOME\"; cat \"$HOME/.claude/settings.json\"; echo; ls -A \"$HOME\"; }} >> {s}; echo leftover > \"$HOME/leftover\"; exit 0",
+        s = seen.display()
+    );
+    for _ in 0..2 {
+        env.orch()
+            .env("ORCH_AGENT_CMD", &agent)
+            .args(["run-agent", "--next"])
+            .assert()
+            .success();
+    }
+    let text = std::fs::read_to_string(&seen).expect("seen");
+    let _ = std::fs::remove_dir_all(&seed);
+    assert_eq!(text.matches("{\"seeded\": true}").count(), 2, "{text}");
+    assert!(
+        !text.contains("leftover"),
+        "a run saw another run's HOME:\n{text}"
+    );
+    let homes: std::collections::BTreeSet<&str> =
+        text.lines().filter(|l| l.starts_with("HOME=")).collect();
+    assert_eq!(homes.len(), 2, "each run has a HOME of its own:\n{text}");
+    assert!(homes.iter().all(|h| h.ends_with("/agent/home")), "{text}");
+}

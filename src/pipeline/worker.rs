@@ -296,7 +296,17 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
     };
     crash::point("run.worktree");
 
-    let (mut report, verdict) = run_agent(ctx, db, fence, job, &task, stage, &worktree)?;
+    let (mut report, verdict) = match run_agent(ctx, db, fence, job, &task, stage, &worktree)? {
+        Ok(ran) => ran,
+        Err(why) => {
+            // Nothing ran: the job waits and tries again, a bounded number of times.
+            let outcome = Outcome::Transient(format!("the agent could not be started: {why}"));
+            return Ok(RunReport::new(
+                job,
+                fail_job(ctx, db, job, fence, &outcome)?,
+            ));
+        }
+    };
     let failed = match verdict {
         RunVerdict::Success => None,
         RunVerdict::Transient(r) => Some(Outcome::Transient(r)),
@@ -463,7 +473,8 @@ impl RunFiles {
 }
 
 /// Run the stage's agent in `worktree` and record the run from start to
-/// end; the report so far and the verdict on the run.
+/// end; the report so far and the verdict on the run — or, as the inner
+/// error, why the agent could not be started (nothing was run or recorded).
 fn run_agent(
     ctx: &Ctx,
     db: &mut Db,
@@ -472,7 +483,7 @@ fn run_agent(
     task: &Task,
     stage: Stage,
     worktree: &Path,
-) -> anyhow::Result<(RunReport, RunVerdict)> {
+) -> anyhow::Result<Result<(RunReport, RunVerdict), String>> {
     let files = RunFiles::create(ctx, db, job, task, stage)?;
     let (command, protocol) = ctx.config.agent_command(stage);
     let session_id = uuid_v4()?;
@@ -481,49 +492,21 @@ fn run_agent(
     let ledger = budget::ledger(db.conn(), &ctx.config, task)?;
     let run_cap = ctx.config.run_budget_usd().unwrap_or(0.0);
     let run_budget = ledger.remaining_usd.map_or(run_cap, |r| r.min(run_cap));
+    let launch = Launch {
+        command,
+        worktree,
+        files: &files,
+        session_id: &session_id,
+        run_budget,
+    };
+    let mut spec = match agent_spec(ctx, job, task, stage, &launch) {
+        Ok(spec) => spec,
+        Err(e) => return Ok(Err(format!("{e:#}"))),
+    };
     let run_id = record_run_start(db, fence, job, task, stage, command, &files, &session_id)?;
     crash::point("run.recorded");
-    let artifact_dir = crate::gates::artifact_dir(worktree, &task.work_item_id);
-    let env: Vec<(String, String)> = [
-        ("ORCH_TASK_ID", task.id.to_string()),
-        ("ORCH_JOB_ID", job.id.to_string()),
-        ("ORCH_RUN_ID", run_id.to_string()),
-        ("ORCH_ATTEMPT", job.attempts.to_string()),
-        ("ORCH_STAGE", stage.as_str().to_owned()),
-        ("ORCH_AGENT", job.agent.clone()),
-        ("ORCH_REPO", task.repo.clone()),
-        ("ORCH_BRANCH", task.branch.clone().unwrap_or_default()),
-        ("ORCH_WORK_ITEM", task.work_item_id.clone()),
-        ("ORCH_WORKTREE", worktree.display().to_string()),
-        ("ORCH_ARTIFACT_DIR", artifact_dir.display().to_string()),
-        ("ORCH_TASK_FILE", files.task_file.display().to_string()),
-        ("ORCH_SESSION_ID", session_id),
-        ("ORCH_MAX_TURNS", ctx.config.agent_max_turns.to_string()),
-        ("ORCH_MAX_BUDGET_USD", format!("{run_budget:.2}")),
-        ("ORCH_COST_FILE", files.cost_file.display().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let spec = runner::Spec {
-        program: "sh".to_owned(),
-        args: vec!["-c".to_owned(), command.to_owned()],
-        cwd: worktree.to_path_buf(),
-        env,
-        log_path: files.log.clone(),
-        log_max_bytes: ctx.config.log_max_bytes,
-        wall_timeout: Duration::from_secs(ctx.config.agent_timeout_s),
-        stall_timeout: (ctx.config.agent_stall_timeout_s > 0)
-            .then(|| Duration::from_secs(ctx.config.agent_stall_timeout_s)),
-        kill_grace: Duration::from_secs(ctx.config.agent_kill_grace_seconds),
-        tree_kill: ctx.config.subprocess_tree_kill_enabled,
-        guard_program: std::env::current_exe().context("locating the orch binary")?,
-    };
-    let agent_files = confine::AgentFiles {
-        task_file: &files.task_file,
-        dir: &files.agent_dir,
-    };
-    let spec = confine::confine(ctx, task, worktree, Some(agent_files), spec)?;
+    spec.env
+        .push(("ORCH_RUN_ID".to_owned(), run_id.to_string()));
     let agent_started = std::time::Instant::now();
     crate::output::progress(&format!(
         "job {}: {} agent started on stage {stage} of task {}",
@@ -573,7 +556,69 @@ fn run_agent(
     report.run_verdict = outcome_text;
     report.log_path = Some(files.log.display().to_string());
     report.cost_usd = judged.cost_usd;
-    Ok((report, judged.verdict))
+    Ok(Ok((report, judged.verdict)))
+}
+
+/// What an agent run is started with, besides the job and its task.
+struct Launch<'a> {
+    command: &'a str,
+    worktree: &'a Path,
+    files: &'a RunFiles,
+    session_id: &'a str,
+    run_budget: f64,
+}
+
+/// The agent's command, environment and limits, confined to the task's
+/// sandbox. An error means the agent cannot be started at all (the sandbox
+/// is required and cannot be built, say).
+fn agent_spec(
+    ctx: &Ctx,
+    job: &Job,
+    task: &Task,
+    stage: Stage,
+    launch: &Launch<'_>,
+) -> anyhow::Result<runner::Spec> {
+    let (worktree, files) = (launch.worktree, launch.files);
+    let artifact_dir = crate::gates::artifact_dir(worktree, &task.work_item_id);
+    let env: Vec<(String, String)> = [
+        ("ORCH_TASK_ID", task.id.to_string()),
+        ("ORCH_JOB_ID", job.id.to_string()),
+        ("ORCH_ATTEMPT", job.attempts.to_string()),
+        ("ORCH_STAGE", stage.as_str().to_owned()),
+        ("ORCH_AGENT", job.agent.clone()),
+        ("ORCH_REPO", task.repo.clone()),
+        ("ORCH_BRANCH", task.branch.clone().unwrap_or_default()),
+        ("ORCH_WORK_ITEM", task.work_item_id.clone()),
+        ("ORCH_WORKTREE", worktree.display().to_string()),
+        ("ORCH_ARTIFACT_DIR", artifact_dir.display().to_string()),
+        ("ORCH_TASK_FILE", files.task_file.display().to_string()),
+        ("ORCH_SESSION_ID", launch.session_id.to_owned()),
+        ("ORCH_MAX_TURNS", ctx.config.agent_max_turns.to_string()),
+        ("ORCH_MAX_BUDGET_USD", format!("{:.2}", launch.run_budget)),
+        ("ORCH_COST_FILE", files.cost_file.display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let spec = runner::Spec {
+        program: "sh".to_owned(),
+        args: vec!["-c".to_owned(), launch.command.to_owned()],
+        cwd: worktree.to_path_buf(),
+        env,
+        log_path: files.log.clone(),
+        log_max_bytes: ctx.config.log_max_bytes,
+        wall_timeout: Duration::from_secs(ctx.config.agent_timeout_s),
+        stall_timeout: (ctx.config.agent_stall_timeout_s > 0)
+            .then(|| Duration::from_secs(ctx.config.agent_stall_timeout_s)),
+        kill_grace: Duration::from_secs(ctx.config.agent_kill_grace_seconds),
+        tree_kill: ctx.config.subprocess_tree_kill_enabled,
+        guard_program: std::env::current_exe().context("locating the orch binary")?,
+    };
+    let agent_files = confine::AgentFiles {
+        task_file: &files.task_file,
+        dir: &files.agent_dir,
+    };
+    confine::confine(ctx, task, worktree, Some(agent_files), spec)
 }
 
 /// Record a run about to start and tie it to the job, fenced by the claim.
