@@ -6,6 +6,7 @@ pub mod task;
 
 pub use stage::Stage;
 pub mod advance;
+pub mod attention;
 pub mod brief;
 pub mod budget;
 pub mod cancel;

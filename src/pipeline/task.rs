@@ -246,6 +246,16 @@ pub fn list(
     rows.collect()
 }
 
+/// Tasks still in the pipeline (started, not done or cancelled), oldest first.
+pub fn unfinished(conn: &Connection) -> rusqlite::Result<Vec<Task>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {TASK_COLUMNS} FROM tasks
+         WHERE stage NOT IN ('created', 'done', 'cancelled') ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([], Task::from_row)?;
+    rows.collect()
+}
+
 /// One entry of a task's history (a stage transition, approval or escalation).
 #[derive(Debug, Clone, Serialize)]
 pub struct Transition {
