@@ -120,7 +120,11 @@ where
         .join(" ")
 }
 
-fn one_line(s: &str) -> String {
+/// git's stderr in one line: all of it, whitespace folded. `doctor` and
+/// logs show it whole, since the reason is often in the first line
+/// ("fatal: '…' does not appear to be a git repository") and the advice
+/// in the last.
+pub fn one_line(s: &str) -> String {
     let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
     if joined.is_empty() {
         "(no output)".to_owned()

@@ -316,7 +316,13 @@ fn unreachable_remote_fails_and_offline_skips_urls() {
     .expect("write");
     let (code, out, _) = run(orch(dir.path()).args(["doctor", "--offline"]));
     assert_eq!(code, 1, "{out}");
-    assert!(line(&out, "repo gone:").starts_with("fail"), "{out}");
+    let gone = line(&out, "repo gone:");
+    assert!(gone.starts_with("fail"), "{out}");
+    // git's reason is its first line, not the advice after it.
+    assert!(
+        gone.contains("'/nonexistent/gone.git' does not appear to be a git repository"),
+        "{gone}"
+    );
     let far = line(&out, "repo far:");
     assert!(far.starts_with("ok") && far.contains("--offline"), "{far}");
 }

@@ -553,9 +553,8 @@ fn ls_remote(remote: &str, timeout: Duration) -> anyhow::Result<usize> {
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
-        anyhow::bail!("git ls-remote failed: {}", last.trim());
+        let err = crate::git::one_line(&String::from_utf8_lossy(&out.stderr));
+        anyhow::bail!("git ls-remote failed: {err}");
     }
     Ok(String::from_utf8_lossy(&out.stdout).lines().count())
 }
