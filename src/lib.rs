@@ -20,6 +20,7 @@ pub mod git;
 pub mod git_config_guard;
 pub mod git_locks;
 pub mod liveness;
+pub mod manual;
 pub mod names;
 pub mod outbox;
 pub mod output;

@@ -66,3 +66,92 @@ fn orch_1_documents_the_exit_codes() {
         );
     }
 }
+
+/// Every man page has the sections a reader looks for, and every example
+/// in them is a command line orch accepts (checked by parsing it with
+/// `--help` appended: clap rejects an unknown flag before printing help).
+#[test]
+fn every_page_has_examples_exit_status_environment_and_files_that_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+    for (name, text) in pages(&dir) {
+        for section in [
+            ".SH EXAMPLES",
+            ".SH \"EXIT STATUS\"",
+            ".SH ENVIRONMENT",
+            ".SH FILES",
+        ] {
+            assert!(text.contains(section), "{name} has no {section}");
+        }
+        let section = text
+            .split(".SH EXAMPLES")
+            .nth(1)
+            .and_then(|rest| rest.split("\n.SH ").next())
+            .unwrap_or("");
+        let examples = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("\\fBorch "))
+            .map(|l| l.trim_end_matches("\\fR"));
+        for example in examples {
+            let command = example.split(" | ").next().unwrap_or("");
+            let words = shell_words(command.split(" < ").next().unwrap_or(""));
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_orch"))
+                .args(&words)
+                .arg("--help")
+                .output()
+                .expect("orch");
+            assert!(
+                out.status.success(),
+                "{name}: example `orch {example}` does not parse: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// Completions offer what `--help` lists, not the hidden internal commands.
+#[test]
+fn completions_offer_no_hidden_commands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_orch"))
+            .args(["generate", "completions", shell])
+            .output()
+            .expect("orch");
+        let script = String::from_utf8_lossy(&out.stdout);
+        // How each shell's script names an offered subcommand.
+        let offered = |name: &str| match shell {
+            "bash" => format!("orch,{name})"),
+            "zsh" => format!("'{name}:"),
+            _ => format!("-a \"{name}\""),
+        };
+        assert!(script.contains(&offered("run-agent")), "{shell}: {script}");
+        for hidden in ["demo-agent", "debug"] {
+            assert!(
+                !script.contains(&offered(hidden)),
+                "{shell} offers {hidden}"
+            );
+        }
+    }
+}
+
+/// Words of a simple command line with single quotes (all the examples use).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let (mut quoted, mut started) = (false, false);
+    for c in line.chars() {
+        match c {
+            '\'' => (quoted, started) = (!quoted, true),
+            c if c.is_whitespace() && !quoted => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                }
+                started = false;
+            }
+            c => (word, started) = (word + &c.to_string(), true),
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    words
+}

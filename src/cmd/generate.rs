@@ -1,10 +1,9 @@
 //! `orch generate man|completions`: man pages and shell completions built
-//! from the same clap definitions as `--help`, so they never drift.
+//! from the same clap definitions as `--help` (see [`crate::manual`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::CommandFactory as _;
 
 use crate::cli::Cli;
@@ -27,13 +26,10 @@ pub enum Command {
 /// Run a generate subcommand.
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Man { dir } => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            clap_mangen::generate_to(Cli::command(), &dir)
-                .with_context(|| format!("writing man pages to {}", dir.display()))?;
-        }
+        Command::Man { dir } => crate::manual::write_pages(Cli::command(), &dir)?,
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "orch", &mut std::io::stdout());
+            let mut cmd = crate::manual::visible_only(&Cli::command());
+            clap_complete::generate(shell, &mut cmd, "orch", &mut std::io::stdout());
         }
     }
     Ok(ExitCode::SUCCESS)
