@@ -42,7 +42,7 @@ fn write_tree(cmd: &clap::Command, page: &str, dir: &Path) -> anyhow::Result<()>
 fn write_extra_sections(out: &mut Vec<u8>, page: &str) -> std::io::Result<()> {
     if let Some((_, examples)) = EXAMPLES.iter().find(|(p, _)| *p == page) {
         writeln!(out, ".SH EXAMPLES")?;
-        for (what, command) in examples.iter() {
+        for (what, command) in *examples {
             writeln!(
                 out,
                 ".TP\n{}\n.nf\n\\fB{}\\fR\n.fi",
@@ -88,38 +88,23 @@ fn roff(text: &str) -> String {
 
 /// `cmd` without its hidden subcommands, at every level, for completions.
 pub fn visible_only(cmd: &clap::Command) -> clap::Command {
-    let mut out = cmd.clone();
-    let hidden: Vec<String> = cmd
-        .get_subcommands()
-        .filter(|s| s.is_hide_set())
-        .map(|s| s.get_name().to_owned())
-        .collect();
-    if hidden.is_empty()
-        && cmd
-            .get_subcommands()
-            .all(|s| s.get_subcommands().next().is_none())
-    {
-        return out;
+    if cmd.get_subcommands().next().is_none() {
+        return cmd.clone();
     }
-    let subs: Vec<clap::Command> = cmd
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set())
-        .map(visible_only)
-        .collect();
-    // clap cannot remove a subcommand; a copy of the command without any,
-    // given back the visible ones, is the same command minus the hidden.
-    out = strip_subcommands(out);
-    out.subcommands(subs)
-}
-
-fn strip_subcommands(cmd: clap::Command) -> clap::Command {
-    let mut bare = clap::Command::new(cmd.get_name().to_owned());
+    // clap cannot remove a subcommand: a copy of the command without any is
+    // given back the visible ones.
+    let mut bare = clap::Command::new(cmd.get_name().to_owned())
+        .args(cmd.get_arguments().cloned())
+        .aliases(cmd.get_all_aliases().map(str::to_owned).collect::<Vec<_>>())
+        .subcommand_required(cmd.is_subcommand_required_set());
     if let Some(about) = cmd.get_about() {
         bare = bare.about(about.clone());
     }
-    bare = bare.aliases(cmd.get_all_aliases().map(str::to_owned).collect::<Vec<_>>());
-    bare.args(cmd.get_arguments().cloned())
-        .subcommand_required(cmd.is_subcommand_required_set())
+    bare.subcommands(
+        cmd.get_subcommands()
+            .filter(|s| !s.is_hide_set())
+            .map(visible_only),
+    )
 }
 
 /// What each exit code means, briefly (docs/exit-codes.md has every case).
