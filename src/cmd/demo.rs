@@ -276,13 +276,31 @@ pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             state.display()
         );
     }
+    let orch = invocation();
     crate::say!(
         "{} done: task {task_id} reached `done` after {runs} agent runs; main of {} holds the change.\n\
-         Look around:\n  orch --state-dir {s} status\n  orch --state-dir {s} task show {task_id}\n  orch --state-dir {s} job list\n  git -C {f} log --oneline main",
+         Look around:\n  {orch} --state-dir {s} status\n  {orch} --state-dir {s} task show {task_id}\n  {orch} --state-dir {s} job list\n  git -C {f} log --oneline main",
         elapsed(&started),
         forge.display(),
         s = state.display(),
         f = forge.display()
     );
+    if orch != "orch" {
+        crate::say!(
+            "(`orch` on your PATH is not this binary: `cargo install --path .` puts it in ~/.cargo/bin)"
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How to run this very binary from a shell: `orch` when that is what PATH
+/// finds, else its full path (as after `cargo run`, where nothing is installed).
+fn invocation() -> String {
+    let me = std::env::current_exe().and_then(std::fs::canonicalize).ok();
+    let on_path = crate::runner::sandbox::find_in_path("orch").and_then(|p| std::fs::canonicalize(p).ok());
+    match (me, on_path) {
+        (Some(me), Some(found)) if me == found => "orch".to_owned(),
+        (Some(me), _) => format!("'{}'", me.display()),
+        (None, _) => "orch".to_owned(),
+    }
 }
