@@ -391,12 +391,7 @@ fn the_network_setting_decides_what_the_agent_reaches() {
 /// the worker ends.
 #[test]
 fn a_gibibyte_of_output_leaves_orch_under_32_mib() {
-    if !sandbox_works()
-        || std::process::Command::new("python3")
-            .arg("-V")
-            .output()
-            .is_err()
-    {
+    if !sandbox_works() {
         return;
     }
     let env = demo_env();
@@ -406,27 +401,7 @@ fn a_gibibyte_of_output_leaves_orch_under_32_mib() {
         .assert()
         .success();
     let agent = "head -c 1073741824 /dev/zero | tr '\\0' x; echo; exit 0";
-    let measure = "import resource, subprocess, sys\n\
-                   r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)\n\
-                   print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)";
-    let out = std::process::Command::new("python3")
-        .args(["-c", measure, ORCH, "run-agent", "--next"])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", env.state())
-        .env("ORCH_STATE_DIR", env.state())
-        .env("ORCH_AGENT_CMD", agent)
-        .output()
-        .expect("python3");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut fields = text.split_whitespace();
-    assert_eq!(
-        fields.next(),
-        Some("0"),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let peak_kib: u64 = fields.next().and_then(|v| v.parse().ok()).expect("maxrss");
+    let peak_kib = common::run_agent_peak_rss_kib(&env, agent).expect("peak RSS");
     assert!(
         peak_kib < 32 * 1024,
         "peak RSS {peak_kib} KiB for 1 GiB of output"

@@ -280,3 +280,41 @@ pub fn host_pids_of(argv: &[&str]) -> Vec<i32> {
         })
         .collect()
 }
+
+/// Run `orch run-agent --next` with `agent` under a python3 parent and
+/// return orch's peak RSS in KiB (`getrusage(RUSAGE_CHILDREN)`: only orch
+/// and what it started count), or `None` without python3. Panics if the
+/// worker fails.
+pub fn run_agent_peak_rss_kib(env: &Env, agent: &str) -> Option<u64> {
+    std::process::Command::new("python3")
+        .arg("-V")
+        .output()
+        .ok()?;
+    let measure = "import resource, subprocess, sys\n\
+                   r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)\n\
+                   print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)";
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            measure,
+            env!("CARGO_BIN_EXE_orch"),
+            "run-agent",
+            "--next",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", env.state())
+        .env("ORCH_STATE_DIR", env.state())
+        .env("ORCH_AGENT_CMD", agent)
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut fields = text.split_whitespace();
+    assert_eq!(
+        fields.next(),
+        Some("0"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fields.next().and_then(|v| v.parse().ok())
+}
