@@ -40,12 +40,8 @@ fn log_lines_are_plain_under_journald_and_in_pipes() {
     }
 }
 
-#[test]
-fn rust_log_trace_never_prints_a_plane_token() {
-    let env = Env::new();
-    // A Plane installation (the loopback fake): the reconciler's poll asks
-    // Plane with the token in a header, and ureq would log raw headers at trace.
-    let plane = common::fake::Fake::start();
+/// Point `env` at the loopback Plane `plane` for repo `demo`.
+fn use_plane(env: &Env, plane: &common::fake::Fake) {
     std::fs::write(
         env.state().join("orch.toml"),
         format!(
@@ -56,6 +52,15 @@ fn rust_log_trace_never_prints_a_plane_token() {
         ),
     )
     .expect("write config");
+}
+
+#[test]
+fn rust_log_trace_never_prints_a_plane_token() {
+    let env = Env::new();
+    // A Plane installation (the loopback fake): the reconciler's poll asks
+    // Plane with the token in a header, and ureq would log raw headers at trace.
+    let plane = common::fake::Fake::start();
+    use_plane(&env, &plane);
     let out = env
         .orch()
         .env("RUST_LOG", "trace")
@@ -177,16 +182,7 @@ fn no_rust_log_value_prints_a_token_of_plane_gitea_or_telegram() {
 fn the_webhook_router_log_file_holds_no_token_either() {
     let env = Env::new();
     let plane = common::fake::Fake::start();
-    std::fs::write(
-        env.state().join("orch.toml"),
-        format!(
-            "tracker = \"plane\"\nplane_url = \"{}\"\nplane_workspace = \"ws\"\nhttp_timeout_s = 5\n\n\
-             [repos.demo]\nremote = \"/nonexistent/demo.git\"\nplane_project = \"{}\"\n",
-            plane.url,
-            common::fake::PROJECT
-        ),
-    )
-    .expect("write config");
+    use_plane(&env, &plane);
     let item = plane.add_item("x", 7, "Backlog");
     let body = plane.webhook(&item, "state", "alice");
     let out = env
