@@ -30,5 +30,6 @@ pub mod queue;
 pub mod runner;
 pub mod secrets;
 pub mod storage;
+pub mod web;
 pub mod webhooks;
 pub mod workspace;
