@@ -231,6 +231,29 @@ fn the_log_tail_is_bounded_and_escaped() {
         .expect("write");
     drop(f);
 
+    // While the run goes on, its log refreshes itself.
+    let mut db = env.db();
+    db.write(|tx| {
+        Ok(tx.execute(
+            "UPDATE agent_runs SET finished_at = NULL WHERE task_id = 2",
+            [],
+        )?)
+    })
+    .expect("mark running");
+    let live = get(&env, "/task/2/tail");
+    assert!(
+        live.body
+            .contains("<meta http-equiv=\"refresh\" content=\"2\">")
+    );
+    assert!(get(&env, "/task/2").body.contains("<td>running</td>"));
+    db.write(|tx| {
+        Ok(tx.execute(
+            "UPDATE agent_runs SET finished_at = started_at WHERE task_id = 2",
+            [],
+        )?)
+    })
+    .expect("mark ended");
+
     let plain = get(&env, "/task/2/log");
     assert_eq!(
         plain.header("Content-Type"),
@@ -276,6 +299,37 @@ fn inetd_answers_a_broken_configuration_with_500() {
     let a = Answer::parse(&out.stdout);
     assert_eq!(a.status, "HTTP/1.1 500 Internal Server Error");
     assert_eq!(out.status.code(), Some(78), "a configuration error");
+}
+
+#[test]
+fn inetd_gives_a_silent_client_408_and_exits() {
+    let env = Env::new();
+    let mut child = env
+        .orch_std()
+        .args(["web", "--inetd"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"GET / HT").expect("half a request");
+    let started = Instant::now();
+    let mut out = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut out)
+        .expect("read");
+    let status = child.wait().expect("wait");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(status.success(), "{status}");
+    assert_eq!(Answer::parse(&out).status, "HTTP/1.1 408 Request Timeout");
+    drop(stdin);
 }
 
 /// `orch web --listen 127.0.0.1:0`, killed on drop.
@@ -339,7 +393,15 @@ fn listen_serves_each_connection_until_stopped() {
     assert!(board.body.contains(HOSTILE_ESCAPED));
     let post = tcp(&server, "POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd");
     assert_eq!(post.status, "HTTP/1.1 405 Method Not Allowed");
-    // Several at once, each answered.
+    // Clients that hang up before their answer do not stop the server.
+    for _ in 0..5 {
+        let mut s = std::net::TcpStream::connect(server.addr()).expect("connect");
+        s.write_all(b"GET /task/1 HTTP/1.1\r\n\r\n").expect("send");
+        drop(s);
+    }
+    let mut silent = std::net::TcpStream::connect(server.addr()).expect("connect");
+    silent.write_all(b"GET / HTT").expect("half a request");
+    // Several at once, each answered, while one client stays silent.
     let threads: Vec<_> = (0..8)
         .map(|_| {
             let addr = server.addr().to_owned();
@@ -355,6 +417,7 @@ fn listen_serves_each_connection_until_stopped() {
     for t in threads {
         assert!(t.join().expect("thread").ends_with("\r\n\r\nok\n"));
     }
+    drop(silent);
     assert_eq!(before, snapshot(&env));
 }
 
