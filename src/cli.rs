@@ -118,6 +118,14 @@ pub enum Command {
     /// answer could not be written (the client closed or reset the connection).
     #[command(visible_alias = "ingest")]
     IngestWebhook(cmd::ingest_webhook::Args),
+    /// Serve the read-only web board: tasks by stage, what needs a human, each task's timeline, attempts, cost and live log.
+    ///
+    /// No daemon: --inetd answers one HTTP request on stdin/stdout (systemd
+    /// orch-web.socket with Accept=yes), --listen ADDR serves until
+    /// interrupted. Only GET and HEAD; the database is opened read-only. No
+    /// authentication: bind to loopback and put a reverse proxy with auth in
+    /// front of it (docs/web.md).
+    Web(cmd::web::Args),
     /// Run the whole pipeline offline on the embedded defaults, from nothing to `done`.
     Demo(cmd::demo::Args),
     /// The scripted agent used by `orch demo` (reads ORCH_STAGE, ORCH_ARTIFACT_DIR, ...).

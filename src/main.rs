@@ -8,10 +8,10 @@ use clap::Parser as _;
 fn main() -> ExitCode {
     restore_default_sigpipe();
     let cli = orch::cli::Cli::parse();
-    if let orch::cli::Command::IngestWebhook(a) = &cli.command
-        && a.inetd
-    {
-        ignore_sigpipe();
+    match &cli.command {
+        orch::cli::Command::IngestWebhook(a) if a.inetd => ignore_sigpipe(),
+        orch::cli::Command::Web(_) => ignore_sigpipe(),
+        _ => {}
     }
     orch::output::init_logging(cli.global.verbose, cli.global.quiet);
     orch::secrets::protect_process();
@@ -36,9 +36,10 @@ fn restore_default_sigpipe() {
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
-/// With `ingest-webhook --inetd` stdout is a network client's socket: a
-/// client that resets the connection must become a write error orch logs and
-/// exits on (exit 74), not a silent death by SIGPIPE. Children still start
+/// With `ingest-webhook --inetd` stdout is a network client's socket, and
+/// `web` writes to clients' sockets too: a client that resets the connection
+/// must become a write error orch handles (a webhook's is exit 74), not a
+/// silent death by SIGPIPE — for `web --listen`, of the whole server. Children still start
 /// with the default disposition: std resets it for every process it spawns.
 #[allow(unsafe_code)]
 fn ignore_sigpipe() {

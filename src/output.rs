@@ -244,6 +244,26 @@ pub fn ago(t: Option<i64>, now: i64) -> String {
     t.map_or_else(|| "-".to_owned(), |t| format!("{} ago", duration(now - t)))
 }
 
+/// Epoch seconds as an absolute UTC time, `2023-11-14 22:13:20 UTC`.
+pub fn utc(t: i64) -> String {
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days (proleptic Gregorian calendar).
+    let z = days + 719_468;
+    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 /// An optional value, or "-".
 pub fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
@@ -305,6 +325,14 @@ mod tests {
             mask("GET /bots3cr3t-t0ken/getMe s3cr3t-t0ken", &hidden),
             "GET /bot***/getMe ***"
         );
+    }
+
+    #[test]
+    fn utc_times_are_absolute() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(utc(-1), "1969-12-31 23:59:59 UTC");
     }
 
     #[test]

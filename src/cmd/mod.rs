@@ -20,6 +20,7 @@ pub mod reconcile;
 pub mod run_agent;
 pub mod status;
 pub mod task;
+pub mod web;
 
 use std::process::ExitCode;
 
@@ -53,6 +54,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             demo::run(&state, &a)
         }
+        // Even a configuration error gets an HTTP answer.
+        Command::Web(a) => web::run(&cli.global, &a),
         // With --inetd even a configuration error gets an HTTP answer.
         Command::IngestWebhook(a) if a.inetd => {
             ingest_webhook::run_inetd_resolving(&cli.global, &a)
@@ -79,6 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 | Command::Debug(_)
                 | Command::DemoAgent(_)
                 | Command::Doctor(_)
+                | Command::Web(_)
                 | Command::Demo(_) => unreachable!("handled above"),
             }
         }

@@ -125,6 +125,17 @@ pub fn ledger(conn: &Connection, config: &Config, task: &Task) -> rusqlite::Resu
     })
 }
 
+/// The known cost of every task that has runs, by task id (the sum the
+/// ledger calls `spent_usd`), in one query for a board of many tasks.
+pub fn spent_by_task(conn: &Connection) -> rusqlite::Result<std::collections::HashMap<i64, f64>> {
+    let mut stmt = conn.prepare(
+        "SELECT task_id, coalesce(sum(cost_usd), 0) FROM agent_runs
+         WHERE task_id IS NOT NULL GROUP BY task_id",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
 /// The outcome of a run whose worker died before recording the run's end
 /// starts with this (`orch-died: …`); the reaper writes it.
 pub const ORCH_DIED: &str = "orch-died";

@@ -18,5 +18,6 @@ pub mod lease;
 pub mod merge_gate;
 pub mod post_deploy;
 pub mod reconcile;
+pub mod runs;
 pub mod self_deploy;
 pub mod worker;

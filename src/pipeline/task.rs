@@ -256,6 +256,13 @@ pub fn unfinished(conn: &Connection) -> rusqlite::Result<Vec<Task>> {
     rows.collect()
 }
 
+/// How many tasks are on each stage that has any, in no particular order.
+pub fn count_by_stage(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare("SELECT stage, count(*) FROM tasks GROUP BY stage")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
 /// One entry of a task's history (a stage transition, approval or escalation).
 #[derive(Debug, Clone, Serialize)]
 pub struct Transition {

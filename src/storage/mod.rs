@@ -69,6 +69,53 @@ impl Db {
         Ok(db)
     }
 
+    /// Open the database at `path` for reading only: the connection is
+    /// `SQLITE_OPEN_READ_ONLY` and `query_only`, so no statement through it
+    /// can change a row, and nothing is created or migrated. A missing file,
+    /// a foreign one or a schema other than this binary's is refused.
+    pub fn open_read_only(path: &Path, busy_timeout: Duration) -> anyhow::Result<Db> {
+        if !path.exists() {
+            return Err(OrchError::NotFound(format!(
+                "no orch database at {} (run `orch init` first)",
+                path.display()
+            ))
+            .into());
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .with_context(|| format!("opening database {} read-only", path.display()))?;
+        conn.busy_timeout(busy_timeout)?;
+        conn.pragma_update(None, "query_only", true)?;
+        let deadline = Instant::now() + busy_timeout;
+        let (app_id, version) = loop {
+            let read = conn.query_row(
+                "SELECT (SELECT application_id FROM pragma_application_id()),
+                        (SELECT user_version FROM pragma_user_version())",
+                [],
+                |r| Ok((r.get::<_, i32>(0)?, r.get::<_, i64>(1)?)),
+            );
+            match read.map_err(not_a_database) {
+                Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
+        let latest = schema::MIGRATIONS.len() as i64;
+        if app_id != schema::APPLICATION_ID {
+            anyhow::bail!("{} is not an orch database", path.display());
+        }
+        if version != latest {
+            anyhow::bail!(
+                "database schema version {version} is not this orch's ({latest}); run `orch init` with the same orch to migrate it"
+            );
+        }
+        Ok(Db {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
     /// The file this database lives in.
     pub fn path(&self) -> &Path {
         &self.path
