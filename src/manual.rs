@@ -398,6 +398,19 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
         )],
     ),
     (
+        "orch-web",
+        &[
+            (
+                "A quick look at the board on this machine.",
+                "orch web --listen 127.0.0.1:8789",
+            ),
+            (
+                "What the socket unit runs for each connection.",
+                "orch web --inetd",
+            ),
+        ],
+    ),
+    (
         "orch-outbox-retry",
         &[(
             "Deliver every dead message again.",
