@@ -2,9 +2,10 @@
 
 use std::process::ExitCode;
 
+use crate::cmd::view;
 use crate::context::Ctx;
 use crate::output::{self, Table};
-use crate::pipeline::{Stage, budget, post_deploy, task};
+use crate::pipeline::{Stage, attention, budget, overview, post_deploy, task};
 use crate::queue;
 use crate::storage;
 
@@ -75,6 +76,11 @@ pub struct ListArgs {
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Redraw every SECONDS (default 2) until interrupted, like watch(1);
+    /// with --json, print one JSON document per line each time.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub watch: Option<u64>,
 }
 
 /// Arguments of `orch task show`.
@@ -89,6 +95,57 @@ pub struct ShowArgs {
 
 fn parse_stage(s: &str) -> Result<Stage, String> {
     s.parse()
+}
+
+/// `orch task list`, once or every `--watch` seconds.
+fn list(ctx: &Ctx, db: &mut storage::Db, a: &ListArgs) -> anyhow::Result<ExitCode> {
+    if let Some(secs) = a.watch {
+        output::watch(std::time::Duration::from_secs(secs), a.json, || {
+            if !a.json {
+                crate::say!(
+                    "every {secs}s: orch task list  {}\n",
+                    output::utc(storage::now())
+                );
+            }
+            show_list(ctx, db, a)
+        });
+    }
+    show_list(ctx, db, a)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Print the tasks (each with its own attention items), what needs a human
+/// at the top of the human view.
+fn show_list(ctx: &Ctx, db: &mut storage::Db, a: &ListArgs) -> anyhow::Result<()> {
+    let now = storage::now();
+    let filter = overview::Filter {
+        stage: a.stage.map(Stage::as_str),
+        repo: a.repo.as_deref(),
+        unfinished: false,
+    };
+    let locks = ctx.locks_dir();
+    let (mut tasks, items) = db.read(|tx| {
+        let tasks = overview::list(tx, filter, a.limit, now)?;
+        Ok((tasks, attention::list(tx, &ctx.config, &locks)?))
+    })?;
+    overview::attach(&mut tasks, &items);
+    if a.json {
+        // Still an array of task objects (docs/json.md: fields are only
+        // added); the attention items ride on their tasks.
+        return if a.watch.is_some() {
+            output::print_json_line(&tasks)
+        } else {
+            output::print_json(&tasks)
+        };
+    }
+    view::print_attention(&items, now);
+    if tasks.is_empty() {
+        crate::say!("no tasks");
+    } else {
+        crate::say!();
+        print!("{}", view::task_table(&tasks, now).render());
+    }
+    Ok(())
 }
 
 /// Run a task subcommand.
@@ -120,29 +177,7 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::List(a) => {
-            let stage = a.stage.map(Stage::as_str);
-            let tasks = task::list(db.conn(), stage, a.repo.as_deref(), a.limit)?;
-            if a.json {
-                output::print_json(&tasks)?;
-            } else if tasks.is_empty() {
-                crate::say!("no tasks");
-            } else {
-                let now = storage::now();
-                let mut t = Table::new(&["TASK", "WORK ITEM", "REPO", "STAGE", "UPDATED", "TITLE"]);
-                for task in tasks {
-                    t.row(vec![
-                        task.id.to_string(),
-                        task.work_item_id,
-                        task.repo,
-                        task.stage,
-                        output::ago(Some(task.updated_at), now),
-                        task.title,
-                    ]);
-                }
-                print!("{}", t.render());
-            }
-        }
+        Command::List(a) => return list(ctx, &mut db, &a),
         Command::Resume(a) => {
             if a.budget.is_some_and(|b| !b.is_finite() || b < 0.0) {
                 return Err(crate::error::OrchError::Usage(

@@ -16,6 +16,7 @@ pub mod evaluate;
 pub mod judge;
 pub mod lease;
 pub mod merge_gate;
+pub mod overview;
 pub mod post_deploy;
 pub mod reconcile;
 pub mod self_deploy;

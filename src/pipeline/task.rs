@@ -52,12 +52,14 @@ pub struct Task {
     pub tracker_state: Option<String>,
 }
 
-const TASK_COLUMNS: &str = "id, work_item_id, title, description, repo, branch, stage, \
+/// The columns [`Task::from_row`] reads, in its order.
+pub(crate) const TASK_COLUMNS: &str = "id, work_item_id, title, description, repo, branch, stage, \
      plane_id, plane_issue_id, depends_on, created_at, updated_at, escalated_at, cancelled_at, \
      cancel_requested_at, tracker_state, plane_project_id, budget_usd, blocked_reason";
 
 impl Task {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
+    /// A task from a row whose first columns are [`TASK_COLUMNS`].
+    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
         Ok(Task {
             id: r.get(0)?,
             work_item_id: r.get(1)?,
