@@ -19,5 +19,6 @@ pub mod merge_gate;
 pub mod overview;
 pub mod post_deploy;
 pub mod reconcile;
+pub mod run_stats;
 pub mod self_deploy;
 pub mod worker;
