@@ -3,8 +3,12 @@
 //! so everything goes through `say!` and [`Table`] (both escape them).
 
 use crate::output::{self, Table};
-use crate::pipeline::attention::Item;
+use crate::pipeline::attention::{self, Item};
 use crate::pipeline::overview::TaskSummary;
+
+/// At most this many items of one kind are shown by the human view (2,000
+/// dead owners must not bury the one escalated task); `--json` has them all.
+const SHOWN_PER_KIND: usize = 10;
 
 /// The attention section: one line per item with the command that resolves
 /// it, or one line saying nothing needs a human.
@@ -15,17 +19,30 @@ pub fn print_attention(items: &[Item], now: i64) {
     }
     crate::say!("attention  {} item(s) need a human", items.len());
     let mut t = Table::new(&["KIND", "TASK", "JOB", "SINCE", "REASON", "COMMAND"]);
-    for i in items {
-        t.row(vec![
-            i.kind.as_str().to_owned(),
-            output::opt(i.task_id),
-            output::opt(i.job_id),
-            output::when(Some(i.since), now),
-            i.reason.clone(),
-            i.command.clone(),
-        ]);
+    let mut more = Vec::new();
+    for (kind, n) in attention::counts(items) {
+        let of_kind = items.iter().filter(|i| i.kind == kind);
+        for i in of_kind.take(SHOWN_PER_KIND) {
+            t.row(vec![
+                i.kind.as_str().to_owned(),
+                output::opt(i.task_id),
+                output::opt(i.job_id),
+                output::when(Some(i.since), now),
+                i.reason.clone(),
+                i.command.clone(),
+            ]);
+        }
+        if n > SHOWN_PER_KIND {
+            more.push(format!("{} more {}", n - SHOWN_PER_KIND, kind.as_str()));
+        }
     }
     print!("{}", indent(&t.render()));
+    if !more.is_empty() {
+        crate::say!(
+            "  … and {} (all of them: --json, .attention)",
+            more.join(", ")
+        );
+    }
 }
 
 /// The task table: stage, tracker state, times (UTC and ages), run time,
