@@ -258,6 +258,37 @@ pub fn unfinished(conn: &Connection) -> rusqlite::Result<Vec<Task>> {
     rows.collect()
 }
 
+/// Clear the escalation of `t` and queue its stage's agent again, unless a
+/// job of the task is already queued or running. The developer-retry count
+/// starts afresh from the `resume` transition the caller records
+/// (`budget::resume`): only rollbacks after it count.
+pub fn clear_escalation(
+    conn: &Connection,
+    config: &Config,
+    t: &Task,
+    now: i64,
+) -> anyhow::Result<()> {
+    conn.execute("UPDATE tasks SET escalated_at = NULL WHERE id = ?1", [t.id])?;
+    let active = queue::for_task(conn, t.id)?
+        .iter()
+        .any(|j| j.status == "queued" || j.status == "running");
+    if let (false, Some(agent)) = (active, t.stage().agent()) {
+        queue::enqueue(
+            conn,
+            &NewJob {
+                agent,
+                repo: &t.repo,
+                task_id: Some(t.id),
+                stage: Some(t.stage.as_str()),
+                task_content: &t.description,
+                max_attempts: config.max_attempts,
+            },
+            now,
+        )?;
+    }
+    Ok(())
+}
+
 /// One entry of a task's history (a stage transition, approval or escalation).
 #[derive(Debug, Clone, Serialize)]
 pub struct Transition {
