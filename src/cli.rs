@@ -60,7 +60,7 @@ pub struct GlobalOpts {
 pub enum Command {
     /// Create the state directory and database (idempotent).
     Init(cmd::init::Args),
-    /// Show the queue: counts, running jobs and whether their owners live, recent jobs, counters.
+    /// Show what needs a human, the queue, unfinished tasks, running jobs and whether their owners live, counters.
     ///
     /// Every block is read on its own: one that cannot be read shows its error
     /// and the others are still shown. Exit 0, or 1 when a block failed.
@@ -76,7 +76,8 @@ pub enum Command {
     ///
     /// Jobs by status and agent, owner-dead running jobs, tasks by stage, every
     /// persistent counter, leases, the outbox and webhook deliveries by status,
-    /// agent cost and tokens, runs by outcome, the reaper's last pass. With
+    /// agent cost and tokens, runs by outcome, run durations and cost by stage,
+    /// what needs a human by kind, the reaper's last pass. With
     /// --output the file is replaced atomically (temporary file + rename).
     Metrics(cmd::metrics::Args),
     /// Claim the next eligible job (exit 3 when nothing is claimable, saying why).

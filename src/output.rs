@@ -177,6 +177,41 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Print `value` as one line of compact JSON on stdout, flushed: one
+/// document per line (NDJSON), for `--watch --json`.
+pub fn print_json_line(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Run `tick` every `every` until the process is interrupted (Ctrl-C), like
+/// `watch(1)`. On a terminal, and unless `json`, the screen is cleared before
+/// each tick so the view redraws in place; in a pipe or a file each tick is
+/// appended. A tick that fails is logged and the next one tries again (a
+/// busy database must not end the watch). Nothing is kept between ticks.
+pub fn watch(
+    every: std::time::Duration,
+    json: bool,
+    mut tick: impl FnMut() -> anyhow::Result<()>,
+) -> ! {
+    use std::io::IsTerminal as _;
+    let clear = !json && std::io::stdout().is_terminal();
+    loop {
+        if clear {
+            // Cursor home, then erase the display.
+            print!("\x1b[H\x1b[2J");
+        }
+        if let Err(e) = tick() {
+            log::warn!("{e:#}");
+        }
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(every);
+    }
+}
+
 /// A plain text table: a header row and left-aligned columns.
 pub struct Table {
     header: Vec<String>,
@@ -239,17 +274,13 @@ pub fn duration(secs: i64) -> String {
     }
 }
 
-/// `Some(t)` as "<duration> ago" relative to `now`, `None` as "-".
-pub fn ago(t: Option<i64>, now: i64) -> String {
-    t.map_or_else(|| "-".to_owned(), |t| format!("{} ago", duration(now - t)))
-}
-
-/// Epoch seconds as an absolute UTC time, `2023-11-14 22:13:20 UTC`.
+/// Epoch seconds as an RFC 3339 UTC time, `2026-12-05T20:48:26Z`.
 pub fn utc(t: i64) -> String {
     let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days (proleptic Gregorian calendar).
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's days_from_civil, inverted).
     let z = days + 719_468;
-    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
@@ -257,11 +288,25 @@ pub fn utc(t: i64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
         secs / 3600,
         secs % 3600 / 60,
         secs % 60
     )
+}
+
+/// `Some(t)` as its [UTC time](utc) and age, `2026-12-05T20:48:26Z (5m ago)`,
+/// `None` as "-".
+pub fn when(t: Option<i64>, now: i64) -> String {
+    t.map_or_else(
+        || "-".to_owned(),
+        |t| format!("{} ({})", utc(t), ago(Some(t), now)),
+    )
+}
+
+/// `Some(t)` as "<duration> ago" relative to `now`, `None` as "-".
+pub fn ago(t: Option<i64>, now: i64) -> String {
+    t.map_or_else(|| "-".to_owned(), |t| format!("{} ago", duration(now - t)))
 }
 
 /// An optional value, or "-".
@@ -328,11 +373,12 @@ mod tests {
     }
 
     #[test]
-    fn utc_times_are_absolute() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
-        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
-        assert_eq!(utc(-1), "1969-12-31 23:59:59 UTC");
+    fn times_are_rfc3339_utc() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_796_503_706), "2026-12-05T20:48:26Z");
+        assert_eq!(utc(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(when(Some(100), 400), "1970-01-01T00:01:40Z (5m ago)");
     }
 
     #[test]

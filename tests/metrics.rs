@@ -28,8 +28,14 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
-            assert!(["gauge", "counter"].contains(&kind), "{line}");
-            typed.insert(name.to_owned());
+            assert!(["gauge", "counter", "histogram"].contains(&kind), "{line}");
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    typed.insert(format!("{name}{suffix}"));
+                }
+            } else {
+                typed.insert(name.to_owned());
+            }
             continue;
         }
         if line.starts_with("# HELP orch_") {
@@ -157,4 +163,116 @@ fn output_file_is_replaced_atomically() {
         .arg(dir.path().join("missing/orch.prom"))
         .assert()
         .code(1);
+}
+
+/// The run-duration histogram, the cost counters and the attention gauges,
+/// against a known set of runs: durations 5 s, 45 s and 4000 s on
+/// development (one of unknown cost), 20000 s on review, one still running.
+#[test]
+fn run_durations_costs_and_attention_gauges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path();
+    std::fs::write(
+        state.join("orch.toml"),
+        "[repos.demo]\nremote = \"/nonexistent/demo.git\"\n",
+    )
+    .expect("config");
+    orch(state).arg("init").assert().success();
+    orch(state)
+        .args([
+            "task",
+            "create",
+            "--repo",
+            "demo",
+            "--title",
+            "t",
+            "--no-start",
+        ])
+        .assert()
+        .success();
+    let conn = rusqlite::Connection::open(state.join("orch.db")).expect("open");
+    conn.execute_batch(
+        "INSERT INTO agent_runs (task_id, agent, stage, started_at, finished_at, cost_usd) VALUES
+           (1, 'developer', 'development', 1000, 1005, 0.5),
+           (1, 'developer', 'development', 2000, 2045, 1.25),
+           (1, 'developer', 'development', 3000, 7000, NULL),
+           (1, 'reviewer', 'review', 10000, 30000, 2.0),
+           (1, 'reviewer', 'review', 40000, NULL, NULL);
+         UPDATE tasks SET stage = 'review', escalated_at = 50000 WHERE id = 1;",
+    )
+    .expect("runs");
+    drop(conn);
+    let out = orch(state).arg("metrics").output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let m = parse(&text);
+    let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no {k} in:\n{text}"));
+    let bucket = |stage: &str, le: &str| {
+        get(&format!(
+            r#"orch_agent_run_duration_seconds_bucket{{stage="{stage}",le="{le}"}}"#
+        ))
+    };
+    for (le, n) in [
+        ("10", 1.0),
+        ("30", 1.0),
+        ("60", 2.0),
+        ("3600", 2.0),
+        ("7200", 3.0),
+        ("+Inf", 3.0),
+    ] {
+        assert_eq!(bucket("development", le), n, "le={le}\n{text}");
+    }
+    assert_eq!(
+        get(r#"orch_agent_run_duration_seconds_sum{stage="development"}"#),
+        4050.0
+    );
+    assert_eq!(
+        get(r#"orch_agent_run_duration_seconds_count{stage="development"}"#),
+        3.0
+    );
+    assert_eq!(
+        bucket("review", "7200"),
+        0.0,
+        "20000 s is past the last bound"
+    );
+    assert_eq!(
+        bucket("review", "+Inf"),
+        1.0,
+        "the running run has no duration yet"
+    );
+    assert_eq!(
+        get(r#"orch_agent_run_duration_seconds_count{stage="review"}"#),
+        1.0
+    );
+    assert_eq!(get(r#"orch_cost_usd_total{stage="development"}"#), 1.75);
+    assert_eq!(get(r#"orch_cost_usd_total{stage="review"}"#), 2.0);
+    assert_eq!(
+        get(r#"orch_agent_runs_unknown_cost_total{stage="development"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"orch_agent_runs_unknown_cost_total{stage="review"}"#),
+        0.0,
+        "a running run's cost is not unknown yet"
+    );
+    // The existing cost family still holds every run, by repository.
+    assert_eq!(
+        get(r#"orch_agent_cost_usd_total{repo="demo",stage="development"}"#),
+        1.75
+    );
+    for kind in [
+        "blocked",
+        "awaiting-approval",
+        "awaiting-confirm-deploy",
+        "failed-job",
+        "dead-owner",
+        "dead-outbox",
+    ] {
+        assert_eq!(
+            get(&format!(r#"orch_attention{{kind="{kind}"}}"#)),
+            0.0,
+            "{kind}"
+        );
+    }
+    assert_eq!(get(r#"orch_attention{kind="escalated"}"#), 1.0);
 }

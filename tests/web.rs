@@ -147,7 +147,10 @@ fn inetd_serves_the_board_escaped_and_changes_nothing() {
         "{}",
         done.body
     );
-    assert!(done.body.contains(" UTC</td>"), "absolute UTC times");
+    assert!(
+        done.body.contains("Z</td>"),
+        "absolute UTC times (RFC 3339)"
+    );
 
     assert_eq!(before, snapshot(&env), "a GET changed the database");
 }

@@ -5,7 +5,8 @@
 //! runs this command and writes a `.prom` file that node_exporter serves. The
 //! file is replaced atomically (temporary file in the same directory, fsync,
 //! rename), so the collector never reads half a file. Everything comes from
-//! one read snapshot of the database plus a lock probe per running job.
+//! one read snapshot of the database plus a lock probe per running job; the
+//! queries live in the library (`pipeline::run_stats`, `pipeline::attention`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,6 +19,7 @@ use rusqlite::Connection;
 
 use crate::context::Ctx;
 use crate::liveness::{self, Liveness};
+use crate::pipeline::{attention, run_stats};
 use crate::storage::{self, counters, schema};
 
 /// Arguments of `orch metrics`.
@@ -51,7 +53,8 @@ pub struct Exposition {
 }
 
 impl Exposition {
-    /// Start family `name` (already prefixed) of `kind` (`gauge`, `counter`).
+    /// Start family `name` (already prefixed) of `kind` (`gauge`, `counter`,
+    /// `histogram`: then its samples are `name_bucket`, `name_sum`, `name_count`).
     pub fn family(&mut self, name: &str, kind: &str, help: &str) {
         let help = help.replace('\\', r"\\").replace('\n', r"\n");
         let _ = writeln!(self.text, "# HELP {name} {help}");
@@ -136,233 +139,117 @@ fn group_counts(
     rows.collect()
 }
 
+/// Everything the metrics are made of, read in one snapshot.
+struct Snapshot {
+    jobs: Vec<(Vec<String>, f64)>,
+    running: Vec<crate::queue::Job>,
+    tasks: Vec<(Vec<String>, f64)>,
+    counters: BTreeMap<String, counters::Counter>,
+    leases: Vec<crate::pipeline::lease::Lease>,
+    outbox: BTreeMap<String, i64>,
+    oldest_pending: Option<i64>,
+    deliveries: Vec<(Vec<String>, f64)>,
+    cost: Vec<(Vec<String>, f64)>,
+    tokens: Vec<(Vec<String>, f64)>,
+    runs: Vec<(Vec<String>, f64)>,
+    durations: Vec<run_stats::StageDurations>,
+    stage_costs: Vec<run_stats::StageCost>,
+    attention: Vec<attention::Item>,
+}
+
+/// The agent runs joined to their job and task (for the repository label).
+const RUNS_FROM: &str = "FROM agent_runs a LEFT JOIN jobs j ON j.id = a.job_id \
+                         LEFT JOIN tasks t ON t.id = a.task_id";
+
+/// Read every figure in one snapshot; each running job's owner is probed
+/// once (`dead` holds the tokens found dead) and the answer reused.
+fn read(ctx: &Ctx, tx: &Connection) -> anyhow::Result<Snapshot> {
+    let running = crate::queue::running(tx)?;
+    let locks = ctx.locks_dir();
+    let mut probe =
+        |token: &str| liveness::probe(&locks, token).unwrap_or(Liveness::Dead) == Liveness::Dead;
+    let attention = attention::list_probed(tx, &ctx.config, &mut probe)?;
+    Ok(Snapshot {
+        jobs: group_counts(
+            tx,
+            "SELECT status, agent, count(*) FROM jobs GROUP BY status, agent ORDER BY status, agent",
+            2,
+        )?,
+        running,
+        tasks: group_counts(tx, "SELECT stage, count(*) FROM tasks GROUP BY stage", 1)?,
+        counters: counters::all(tx)?,
+        leases: crate::pipeline::lease::all(tx)?,
+        outbox: crate::outbox::counts(tx)?,
+        oldest_pending: tx.query_row(
+            "SELECT min(created_at) FROM outbox WHERE status = 'pending'",
+            [],
+            |r| r.get(0),
+        )?,
+        deliveries: group_counts(
+            tx,
+            "SELECT source, status, count(*) FROM webhook_deliveries GROUP BY source, status ORDER BY source, status",
+            2,
+        )?,
+        cost: group_counts(
+            tx,
+            &format!(
+                "SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), sum(a.cost_usd) {RUNS_FROM} \
+                 GROUP BY 1, 2 ORDER BY 1, 2"
+            ),
+            2,
+        )?,
+        tokens: read_tokens(tx)?,
+        runs: read_runs(tx)?,
+        durations: run_stats::durations(tx)?,
+        stage_costs: run_stats::costs(tx)?,
+        attention,
+    })
+}
+
+/// Tokens by repository, stage and kind.
+fn read_tokens(tx: &Connection) -> rusqlite::Result<Vec<(Vec<String>, f64)>> {
+    group_counts(
+        tx,
+        &format!(
+            "SELECT repo, stage, kind, sum(n) FROM (\
+               SELECT coalesce(j.repo, t.repo, '') AS repo, coalesce(a.stage, '') AS stage, 'input' AS kind, a.input_tokens AS n {RUNS_FROM} \
+               UNION ALL SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), 'output', a.output_tokens {RUNS_FROM} \
+               UNION ALL SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), 'cache_read', a.cache_read_tokens {RUNS_FROM} \
+               UNION ALL SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), 'cache_creation', a.cache_creation_tokens {RUNS_FROM}) \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ),
+        3,
+    )
+}
+
+/// Runs by repository, stage and outcome kind.
+fn read_runs(tx: &Connection) -> rusqlite::Result<Vec<(Vec<String>, f64)>> {
+    // The outcome text is "success", "transient: why" or "failure: why":
+    // only the kind is a label (the reason would explode cardinality).
+    group_counts(
+        tx,
+        &format!(
+            "SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), \
+               CASE WHEN a.outcome IS NULL THEN 'unfinished' \
+                    WHEN instr(a.outcome, ':') > 0 THEN substr(a.outcome, 1, instr(a.outcome, ':') - 1) \
+                    ELSE a.outcome END, count(*) {RUNS_FROM} \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ),
+        3,
+    )
+}
+
 /// Render every metric from the database of `ctx`.
 pub fn render(ctx: &Ctx) -> anyhow::Result<String> {
     let mut db = ctx.open_db()?;
     let now = storage::now();
-    let snapshot = db.read(|tx| {
-        let jobs = group_counts(
-            tx,
-            "SELECT status, agent, count(*) FROM jobs GROUP BY status, agent ORDER BY status, agent",
-            2,
-        )?;
-        let running = crate::queue::running(tx)?;
-        let tasks = group_counts(tx, "SELECT stage, count(*) FROM tasks GROUP BY stage", 1)?;
-        let counters = counters::all(tx)?;
-        let leases = crate::pipeline::lease::all(tx)?;
-        let outbox = crate::outbox::counts(tx)?;
-        let oldest_pending: Option<i64> = tx.query_row(
-            "SELECT min(created_at) FROM outbox WHERE status = 'pending'",
-            [],
-            |r| r.get(0),
-        )?;
-        let deliveries = group_counts(
-            tx,
-            "SELECT source, status, count(*) FROM webhook_deliveries GROUP BY source, status ORDER BY source, status",
-            2,
-        )?;
-        let runs_from = "FROM agent_runs a LEFT JOIN jobs j ON j.id = a.job_id \
-                         LEFT JOIN tasks t ON t.id = a.task_id";
-        let cost = group_counts(
-            tx,
-            &format!(
-                "SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), sum(a.cost_usd) {runs_from} \
-                 GROUP BY 1, 2 ORDER BY 1, 2"
-            ),
-            2,
-        )?;
-        let tokens = group_counts(
-            tx,
-            &format!(
-                "SELECT repo, stage, kind, sum(n) FROM (\
-                   SELECT coalesce(j.repo, t.repo, '') AS repo, coalesce(a.stage, '') AS stage, 'input' AS kind, a.input_tokens AS n {runs_from} \
-                   UNION ALL SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), 'output', a.output_tokens {runs_from} \
-                   UNION ALL SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), 'cache_read', a.cache_read_tokens {runs_from} \
-                   UNION ALL SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), 'cache_creation', a.cache_creation_tokens {runs_from}) \
-                 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-            ),
-            3,
-        )?;
-        // The outcome text is "success", "transient: why" or "failure: why":
-        // only the kind is a label (the reason would explode cardinality).
-        let runs = group_counts(
-            tx,
-            &format!(
-                "SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), \
-                   CASE WHEN a.outcome IS NULL THEN 'unfinished' \
-                        WHEN instr(a.outcome, ':') > 0 THEN substr(a.outcome, 1, instr(a.outcome, ':') - 1) \
-                        ELSE a.outcome END, count(*) {runs_from} \
-                 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-            ),
-            3,
-        )?;
-        Ok((
-            jobs,
-            running,
-            tasks,
-            counters,
-            leases,
-            outbox,
-            oldest_pending,
-            deliveries,
-            cost,
-            tokens,
-            runs,
-        ))
-    })?;
-    let (
-        jobs,
-        running,
-        tasks,
-        counters,
-        leases,
-        outbox,
-        oldest_pending,
-        deliveries,
-        cost,
-        tokens,
-        runs,
-    ) = snapshot;
-
+    let s = db.read(|tx| read(ctx, tx))?;
     let mut e = Exposition::default();
-    e.family("orch_jobs", "gauge", "Jobs by status and agent.");
-    for (l, n) in &jobs {
-        e.sample("orch_jobs", &[("status", &l[0]), ("agent", &l[1])], *n);
-    }
-
-    let locks = ctx.locks_dir();
-    let dead = running
-        .iter()
-        .filter(|job| {
-            job.claim_token.as_deref().is_none_or(|token| {
-                liveness::probe(&locks, token).unwrap_or(Liveness::Dead) == Liveness::Dead
-            })
-        })
-        .count();
-    e.family(
-        "orch_running_jobs",
-        "gauge",
-        "Running jobs by owner liveness (owner lock held = alive); dead ones wait for `orch reap`.",
-    );
-    e.sample(
-        "orch_running_jobs",
-        &[("owner", "alive")],
-        (running.len() - dead) as f64,
-    );
-    e.sample("orch_running_jobs", &[("owner", "dead")], dead as f64);
-
-    e.family("orch_tasks", "gauge", "Tasks by pipeline stage.");
-    let by_stage: BTreeMap<&str, f64> = tasks.iter().map(|(l, n)| (l[0].as_str(), *n)).collect();
-    for stage in STAGES {
-        e.sample(
-            "orch_tasks",
-            &[("stage", stage)],
-            by_stage.get(stage).copied().unwrap_or(0.0),
-        );
-    }
-
-    for (name, c) in &counters {
-        let metric = counter_metric_name(name);
-        e.family(
-            &metric,
-            "counter",
-            &format!("Persistent counter {name} (the counters table, shown by `orch status`)."),
-        );
-        e.sample(&metric, &[], c.value as f64);
-    }
-
-    e.family(
-        "orch_merge_leases_held",
-        "gauge",
-        "Merge leases currently held.",
-    );
-    e.sample("orch_merge_leases_held", &[], leases.len() as f64);
-    e.family(
-        "orch_merge_lease_age_seconds",
-        "gauge",
-        "Age of each held merge lease, by repository.",
-    );
-    for lease in &leases {
-        e.sample(
-            "orch_merge_lease_age_seconds",
-            &[("repo", &lease.repo)],
-            (now - lease.acquired_at).max(0) as f64,
-        );
-    }
-
-    e.family(
-        "orch_outbox_messages",
-        "gauge",
-        "Outbox messages by status (pending = backlog, dead = gave up).",
-    );
-    for status in ["pending", "delivered", "dead"] {
-        e.sample(
-            "orch_outbox_messages",
-            &[("status", status)],
-            outbox.get(status).copied().unwrap_or(0) as f64,
-        );
-    }
-    e.family(
-        "orch_outbox_oldest_pending_age_seconds",
-        "gauge",
-        "Age of the oldest pending outbox message (0 when none is pending).",
-    );
-    e.sample(
-        "orch_outbox_oldest_pending_age_seconds",
-        &[],
-        oldest_pending.map_or(0, |t| (now - t).max(0)) as f64,
-    );
-
-    e.family(
-        "orch_webhook_deliveries",
-        "gauge",
-        "Stored webhook deliveries by source and status.",
-    );
-    for (l, n) in &deliveries {
-        e.sample(
-            "orch_webhook_deliveries",
-            &[("source", &l[0]), ("status", &l[1])],
-            *n,
-        );
-    }
-
-    e.family(
-        "orch_agent_cost_usd_total",
-        "counter",
-        "Agent run cost reported by the agent (Claude's total_cost_usd), by repository and stage.",
-    );
-    for (l, usd) in &cost {
-        e.sample(
-            "orch_agent_cost_usd_total",
-            &[("repo", &l[0]), ("stage", &l[1])],
-            *usd,
-        );
-    }
-    e.family(
-        "orch_agent_tokens_total",
-        "counter",
-        "Agent tokens by repository, stage and kind (input, output, cache_read, cache_creation).",
-    );
-    for (l, n) in &tokens {
-        e.sample(
-            "orch_agent_tokens_total",
-            &[("repo", &l[0]), ("stage", &l[1]), ("kind", &l[2])],
-            *n,
-        );
-    }
-    e.family(
-        "orch_agent_runs_total",
-        "counter",
-        "Agent runs by repository, stage and outcome (success, transient, failure, unfinished).",
-    );
-    for (l, n) in &runs {
-        e.sample(
-            "orch_agent_runs_total",
-            &[("repo", &l[0]), ("stage", &l[1]), ("outcome", &l[2])],
-            *n,
-        );
-    }
-
+    write_queue(&mut e, &s);
+    write_leases_and_outbox(&mut e, &s, now);
+    write_agent_runs(&mut e, &s);
+    write_run_durations(&mut e, &s);
+    write_attention(&mut e, &s);
     e.family(
         "orch_reaper_last_pass_timestamp_seconds",
         "gauge",
@@ -371,7 +258,7 @@ pub fn render(ctx: &Ctx) -> anyhow::Result<String> {
     e.sample(
         "orch_reaper_last_pass_timestamp_seconds",
         &[],
-        counters
+        s.counters
             .get("reaper_passes_total")
             .map_or(0, |c| c.updated_at) as f64,
     );
@@ -384,6 +271,210 @@ pub fn render(ctx: &Ctx) -> anyhow::Result<String> {
     );
     e.sample("orch_metrics_generated_timestamp_seconds", &[], now as f64);
     Ok(e.finish())
+}
+
+/// Jobs, running jobs by owner liveness, tasks by stage, every counter.
+fn write_queue(e: &mut Exposition, s: &Snapshot) {
+    e.family("orch_jobs", "gauge", "Jobs by status and agent.");
+    for (l, n) in &s.jobs {
+        e.sample("orch_jobs", &[("status", &l[0]), ("agent", &l[1])], *n);
+    }
+    // The attention list already probed every running job's owner.
+    let dead = s
+        .attention
+        .iter()
+        .filter(|i| i.kind == attention::Kind::DeadOwner)
+        .count();
+    e.family(
+        "orch_running_jobs",
+        "gauge",
+        "Running jobs by owner liveness (owner lock held = alive); dead ones wait for `orch reap`.",
+    );
+    e.sample(
+        "orch_running_jobs",
+        &[("owner", "alive")],
+        s.running.len().saturating_sub(dead) as f64,
+    );
+    e.sample("orch_running_jobs", &[("owner", "dead")], dead as f64);
+
+    e.family("orch_tasks", "gauge", "Tasks by pipeline stage.");
+    let by_stage: BTreeMap<&str, f64> = s.tasks.iter().map(|(l, n)| (l[0].as_str(), *n)).collect();
+    for stage in STAGES {
+        e.sample(
+            "orch_tasks",
+            &[("stage", stage)],
+            by_stage.get(stage).copied().unwrap_or(0.0),
+        );
+    }
+    for (name, c) in &s.counters {
+        let metric = counter_metric_name(name);
+        e.family(
+            &metric,
+            "counter",
+            &format!("Persistent counter {name} (the counters table, shown by `orch status`)."),
+        );
+        e.sample(&metric, &[], c.value as f64);
+    }
+}
+
+/// Merge leases, the outbox and webhook deliveries.
+fn write_leases_and_outbox(e: &mut Exposition, s: &Snapshot, now: i64) {
+    e.family(
+        "orch_merge_leases_held",
+        "gauge",
+        "Merge leases currently held.",
+    );
+    e.sample("orch_merge_leases_held", &[], s.leases.len() as f64);
+    e.family(
+        "orch_merge_lease_age_seconds",
+        "gauge",
+        "Age of each held merge lease, by repository.",
+    );
+    for lease in &s.leases {
+        e.sample(
+            "orch_merge_lease_age_seconds",
+            &[("repo", &lease.repo)],
+            (now - lease.acquired_at).max(0) as f64,
+        );
+    }
+    e.family(
+        "orch_outbox_messages",
+        "gauge",
+        "Outbox messages by status (pending = backlog, dead = gave up).",
+    );
+    for status in ["pending", "delivered", "dead"] {
+        e.sample(
+            "orch_outbox_messages",
+            &[("status", status)],
+            s.outbox.get(status).copied().unwrap_or(0) as f64,
+        );
+    }
+    e.family(
+        "orch_outbox_oldest_pending_age_seconds",
+        "gauge",
+        "Age of the oldest pending outbox message (0 when none is pending).",
+    );
+    e.sample(
+        "orch_outbox_oldest_pending_age_seconds",
+        &[],
+        s.oldest_pending.map_or(0, |t| (now - t).max(0)) as f64,
+    );
+    e.family(
+        "orch_webhook_deliveries",
+        "gauge",
+        "Stored webhook deliveries by source and status.",
+    );
+    for (l, n) in &s.deliveries {
+        e.sample(
+            "orch_webhook_deliveries",
+            &[("source", &l[0]), ("status", &l[1])],
+            *n,
+        );
+    }
+}
+
+/// Agent cost, tokens and runs by repository and stage; cost per stage.
+fn write_agent_runs(e: &mut Exposition, s: &Snapshot) {
+    e.family(
+        "orch_agent_cost_usd_total",
+        "counter",
+        "Agent run cost reported by the agent (Claude's total_cost_usd), by repository and stage.",
+    );
+    for (l, usd) in &s.cost {
+        e.sample(
+            "orch_agent_cost_usd_total",
+            &[("repo", &l[0]), ("stage", &l[1])],
+            *usd,
+        );
+    }
+    e.family(
+        "orch_agent_tokens_total",
+        "counter",
+        "Agent tokens by repository, stage and kind (input, output, cache_read, cache_creation).",
+    );
+    for (l, n) in &s.tokens {
+        e.sample(
+            "orch_agent_tokens_total",
+            &[("repo", &l[0]), ("stage", &l[1]), ("kind", &l[2])],
+            *n,
+        );
+    }
+    e.family(
+        "orch_agent_runs_total",
+        "counter",
+        "Agent runs by repository, stage and outcome (success, transient, failure, unfinished).",
+    );
+    for (l, n) in &s.runs {
+        e.sample(
+            "orch_agent_runs_total",
+            &[("repo", &l[0]), ("stage", &l[1]), ("outcome", &l[2])],
+            *n,
+        );
+    }
+    e.family(
+        "orch_cost_usd_total",
+        "counter",
+        "Known cost of finished agent runs by stage, in USD (runs of unknown cost are not in it: see orch_agent_runs_unknown_cost_total).",
+    );
+    for c in &s.stage_costs {
+        e.sample("orch_cost_usd_total", &[("stage", &c.stage)], c.known_usd);
+    }
+    e.family(
+        "orch_agent_runs_unknown_cost_total",
+        "counter",
+        "Finished agent runs whose cost is unknown (not zero: the ledger charges them), by stage.",
+    );
+    for c in &s.stage_costs {
+        e.sample(
+            "orch_agent_runs_unknown_cost_total",
+            &[("stage", &c.stage)],
+            c.unknown_runs as f64,
+        );
+    }
+}
+
+/// The run-duration histogram per stage.
+fn write_run_durations(e: &mut Exposition, s: &Snapshot) {
+    let name = "orch_agent_run_duration_seconds";
+    e.family(
+        name,
+        "histogram",
+        "Duration of finished agent runs (started_at to finished_at), by stage.",
+    );
+    for d in &s.durations {
+        let bucket = format!("{name}_bucket");
+        for (le, n) in run_stats::DURATION_BUCKETS_S.iter().zip(&d.buckets) {
+            let le = le.to_string();
+            e.sample(&bucket, &[("stage", &d.stage), ("le", &le)], *n as f64);
+        }
+        e.sample(
+            &bucket,
+            &[("stage", &d.stage), ("le", "+Inf")],
+            d.count as f64,
+        );
+        e.sample(
+            &format!("{name}_sum"),
+            &[("stage", &d.stage)],
+            d.sum_s as f64,
+        );
+        e.sample(
+            &format!("{name}_count"),
+            &[("stage", &d.stage)],
+            d.count as f64,
+        );
+    }
+}
+
+/// What needs a human, one gauge per kind (zeros included).
+fn write_attention(e: &mut Exposition, s: &Snapshot) {
+    e.family(
+        "orch_attention",
+        "gauge",
+        "Things that need a human, by kind (`orch status` lists each with the command that resolves it).",
+    );
+    for (kind, n) in attention::counts(&s.attention) {
+        e.sample("orch_attention", &[("kind", kind.as_str())], n as f64);
+    }
 }
 
 /// Replace `path` with `text` atomically: write a temporary file in the same

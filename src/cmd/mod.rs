@@ -20,6 +20,7 @@ pub mod reconcile;
 pub mod run_agent;
 pub mod status;
 pub mod task;
+pub mod view;
 pub mod web;
 
 use std::process::ExitCode;

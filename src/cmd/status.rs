@@ -3,15 +3,19 @@
 //! what an operator reads when something is wrong, so each block is read on
 //! its own: one that fails shows its error and the rest still prints.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
+use std::time::Duration;
 
+use rusqlite::Connection;
 use serde::Serialize;
 
+use crate::cmd::view;
+use crate::config::Config;
 use crate::context::Ctx;
 use crate::liveness::{self, Liveness};
 use crate::output::{self, Table};
-use crate::pipeline::post_deploy;
+use crate::pipeline::{attention, budget, overview, post_deploy, task};
 use crate::queue::{self, Job};
 use crate::storage::{self, counters};
 
@@ -24,6 +28,11 @@ pub struct Args {
     /// How many recent jobs to show.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub recent: u32,
+    /// Redraw every SECONDS (default 2) until interrupted, like watch(1);
+    /// with --json, print one JSON document per line each time.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub watch: Option<u64>,
 }
 
 /// A running job and what its lock says about its owner.
@@ -56,6 +65,10 @@ pub struct Report {
     pub database: String,
     /// Now, in epoch seconds (all other times are relative to this clock).
     pub now: i64,
+    /// What needs a human, each with the command that resolves it.
+    pub attention: Vec<attention::Item>,
+    /// The newest unfinished tasks, with their times and cost.
+    pub tasks: Vec<overview::TaskSummary>,
     /// Jobs per status (every status present, zeros included).
     pub counts: BTreeMap<String, i64>,
     /// The concurrency limit.
@@ -110,193 +123,288 @@ fn value_block(
     )
 }
 
+/// How many unfinished tasks `status` lists (newest first); `orch task
+/// list` shows them all.
+const TASKS_SHOWN: u32 = 50;
+
 /// Gather the report in one read snapshot. Only opening the database can
 /// fail the whole report; every block after that is best-effort.
 pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
     let mut db = ctx.open_db()?;
     let database = db.path().display().to_string();
     let now = storage::now();
-    let c = &ctx.config;
-    let locks = ctx.locks_dir();
     let mut errors = BTreeMap::new();
-    let errs = &mut errors;
-    let report = db.read(|tx| {
-        let counts = block(errs, "counts", queue::counts(tx).map_err(Into::into)).unwrap_or_default();
-        let recent =
-            block(errs, "recent", queue::list(tx, None, recent).map_err(Into::into)).unwrap_or_default();
-        let counters = block(errs, "counters", counters::all(tx).map_err(Into::into));
-        let counter = |name: &str| {
-            counters
-                .as_ref()
-                .and_then(|cs| cs.get(name))
-                .map_or(0, |c| c.value)
-        };
-        let last = |name: &str| {
-            counters
-                .as_ref()
-                .and_then(|cs| cs.get(name))
-                .and_then(|c| c.last.clone())
-        };
-        let running = block(errs, "running", queue::running(tx).map_err(Into::into))
-            .unwrap_or_default()
-            .into_iter()
-            .map(|job| {
-                let owner = match job.claim_token.as_deref() {
-                    Some(token) => liveness::probe(&locks, token).unwrap_or_else(|e| {
-                        log::warn!("probing the owner lock of job {}: {e}", job.id);
-                        Liveness::Dead
-                    }),
-                    None => Liveness::Dead,
-                };
-                let running_for_s = job.started_at.map_or(0, |t| now - t);
-                RunningJob {
-                    job,
-                    owner,
-                    running_for_s,
-                }
-            })
-            .collect();
-        let outbox =
-            block(errs, "outbox", crate::outbox::counts(tx).map_err(Into::into)).unwrap_or_default();
-        let stop = value_block(errs, "stop", (|| {
-            let cancelled = crate::pipeline::task::list(tx, Some("cancelled"), None, 10)?;
-            let cancelled_count: i64 = tx.query_row(
-                "SELECT count(*) FROM tasks WHERE stage = 'cancelled'",
-                [],
-                |r| r.get(0),
-            )?;
-            let pending_cancels: i64 = tx.query_row(
-                "SELECT count(*) FROM tasks WHERE cancel_requested_at IS NOT NULL AND stage NOT IN ('cancelled', 'done')",
-                [],
-                |r| r.get(0),
-            )?;
-            Ok(serde_json::json!({
-                "enabled": c.stop_status_enabled,
-                "repos": crate::config::csv(&c.stop_status_repos),
-                "cancelled_count": cancelled_count,
-                "pending_requests": pending_cancels,
-                "recent": cancelled.iter().map(|t| serde_json::json!({
-                    "task_id": t.id, "work_item_id": t.work_item_id, "repo": t.repo, "cancelled_at": t.cancelled_at
-                })).collect::<Vec<_>>(),
-            }))
-        })());
-        let costs = value_block(errs, "costs", (|| {
-            let active = crate::pipeline::task::list(tx, None, None, 10_000)?
-                .into_iter()
-                .filter(|t| !t.stage().is_terminal())
-                .take(50);
-            let mut tasks_cost = Vec::new();
-            for t in active {
-                let l = crate::pipeline::budget::ledger(tx, c, &t)?;
-                tasks_cost.push(serde_json::json!({
-                    "task_id": t.id, "work_item_id": t.work_item_id, "stage": t.stage,
-                    "spent_usd": l.spent_usd, "unknown_runs": l.unknown_runs,
-                    "budget_usd": l.budget_usd, "remaining_usd": l.remaining_usd,
-                    "blocked": l.blocked_reason, "stages": l.stages,
-                }));
-            }
-            let total: f64 = tx.query_row(
-                "SELECT coalesce(sum(cost_usd), 0) FROM agent_runs",
-                [],
-                |r| r.get(0),
-            )?;
-            Ok(serde_json::json!({ "total_usd": total, "tasks": tasks_cost }))
-        })());
-        let post_deploy = value_block(errs, "post_deploy", (|| {
-            Ok(serde_json::json!({
-                "enabled": c.post_deploy_enabled,
-                "window_s": c.post_deploy_window_s,
-                "checks": c.post_deploy_checks,
-                "probe_timeout_s": c.post_deploy_probe_timeout_s,
-                "max_failures": c.post_deploy_max_failures,
-                "auto_rollback": c.post_deploy_auto_rollback,
-                "base_url": c.post_deploy_base_url,
-                "repos": c.repos.iter()
-                    .filter(|(_, r)| r.has_post_deploy_probe())
-                    .map(|(name, _)| name.clone())
-                    .collect::<Vec<_>>(),
-                "running": post_deploy::running(tx)?,
-                "recent": post_deploy::recent(tx, 5)?,
-            }))
-        })());
-        let reaper = serde_json::json!({
-            "enabled": c.reaper_enabled,
-            "max_running_s": c.reaper_max_running_s,
-            "finalize_grace_s": c.reaper_finalize_grace_s,
-            "start_grace_s": c.reaper_start_grace_s,
-            "finalizer_liveness_enabled": c.reaper_finalizer_liveness_enabled,
-            "impossible_queued_sanitize_enabled": c.impossible_queued_sanitize_enabled,
-            "passes_total": counter("reaper_passes_total"),
-            "last_pass": last("reaper_passes_total"),
-            "reaped_total": counter("reaped_total"),
-            "last_reaped": last("reaped_total"),
-            "finalizer_defers_total": counter("finalizer_defers_total"),
-            "backstop_total": counter("reaper_backstop_total"),
-            "impossible_queued_total": counter("impossible_queued_total"),
-        });
-        let reconcile = serde_json::json!({
-            "enabled": c.reconcile_enabled,
-            "passes_total": counter("reconcile_passes_total"),
-            "last_pass": last("reconcile_passes_total"),
-            "skipped_terminal_total": counter("reconcile_skipped_terminal_total"),
-        });
-        let merge_gate = value_block(errs, "merge_gate", (|| {
-            Ok(serde_json::json!({
-                "enabled": c.merge_gate_enabled,
-                "repos": c.merge_gate_scope(),
-                "lease_reclaim_enabled": c.lease_reclaim_enabled,
-                "lease_ttl_s": c.merge_lock_timeout_s,
-                "leases": crate::pipeline::lease::all(tx)?,
-                "lease_reclaimed_total": counter("lease_reclaimed_total"),
-                "retests_total": counter("merge_gate_retests_total"),
-                "rebases_total": counter("merge_gate_rebases_total"),
-                "retest_timeouts_total": counter("merge_gate_retest_timeouts_total"),
-                "red_total": counter("merge_gate_red_total"),
-                "lock_busy_total": counter("merge_gate_lock_busy_total"),
-            }))
-        })());
-        let mut gates = BTreeMap::new();
-        gates.insert(
-            "serial_gate",
-            GateStatus {
-                enabled: c.serial_gate_enabled,
-            },
-        );
-        gates.insert(
-            "task_deps",
-            GateStatus {
-                enabled: c.task_deps_enabled,
-            },
-        );
-        Ok(Report {
-            schema: 1,
-            state_dir: ctx.state_dir.display().to_string(),
-            database: database.clone(),
-            now,
-            counts,
-            max_concurrency: c.max_concurrency,
-            gates,
-            running,
-            recent,
-            counters: counters.unwrap_or_default(),
-            reaper,
-            reconcile,
-            merge_gate,
-            outbox,
-            stop,
-            costs,
-            post_deploy,
-            errors: BTreeMap::new(),
-        })
-    });
-    let mut report = report?;
+    let mut report = db.read(|tx| Ok(gather(ctx, tx, now, recent, &mut errors)))?;
+    report.database = database;
     report.errors = errors;
     Ok(report)
 }
 
+/// Every block, each read on its own (a failed one is recorded in `errs`).
+fn gather(
+    ctx: &Ctx,
+    tx: &Connection,
+    now: i64,
+    recent: u32,
+    errs: &mut BTreeMap<String, String>,
+) -> Report {
+    let c = &ctx.config;
+    let counts = block(errs, "counts", queue::counts(tx).map_err(Into::into)).unwrap_or_default();
+    let recent = block(
+        errs,
+        "recent",
+        queue::list(tx, None, recent).map_err(Into::into),
+    )
+    .unwrap_or_default();
+    let counters =
+        block(errs, "counters", counters::all(tx).map_err(Into::into)).unwrap_or_default();
+    let running = block(errs, "running", running_jobs(ctx, tx, now)).unwrap_or_default();
+    let attention =
+        block(errs, "attention", attention_items(ctx, tx, &running)).unwrap_or_default();
+    let unfinished = overview::Filter {
+        unfinished: true,
+        ..overview::Filter::default()
+    };
+    let mut tasks = block(
+        errs,
+        "tasks",
+        overview::list(tx, unfinished, TASKS_SHOWN, now).map_err(Into::into),
+    )
+    .unwrap_or_default();
+    overview::attach(&mut tasks, &attention);
+    let outbox = block(
+        errs,
+        "outbox",
+        crate::outbox::counts(tx).map_err(Into::into),
+    )
+    .unwrap_or_default();
+    Report {
+        schema: 1,
+        state_dir: ctx.state_dir.display().to_string(),
+        database: String::new(),
+        now,
+        attention,
+        tasks,
+        counts,
+        max_concurrency: c.max_concurrency,
+        gates: gates(c),
+        running,
+        recent,
+        reaper: reaper_block(c, &counters),
+        reconcile: reconcile_block(c, &counters),
+        merge_gate: value_block(errs, "merge_gate", merge_gate_block(tx, c, &counters)),
+        counters,
+        outbox,
+        stop: value_block(errs, "stop", stop_block(tx, c)),
+        costs: value_block(errs, "costs", costs_block(tx, c)),
+        post_deploy: value_block(errs, "post_deploy", post_deploy_block(tx, c)),
+        errors: BTreeMap::new(),
+    }
+}
+
+/// Running jobs, each owner probed through its lock (one probe per job is
+/// inherent: liveness is a lock, not a row).
+fn running_jobs(ctx: &Ctx, tx: &Connection, now: i64) -> anyhow::Result<Vec<RunningJob>> {
+    let locks = ctx.locks_dir();
+    Ok(queue::running(tx)?
+        .into_iter()
+        .map(|job| {
+            let owner = match job.claim_token.as_deref() {
+                Some(token) => liveness::probe(&locks, token).unwrap_or_else(|e| {
+                    log::warn!("probing the owner lock of job {}: {e}", job.id);
+                    Liveness::Dead
+                }),
+                None => Liveness::Dead,
+            };
+            let running_for_s = job.started_at.map_or(0, |t| now - t);
+            RunningJob {
+                job,
+                owner,
+                running_for_s,
+            }
+        })
+        .collect())
+}
+
+/// What needs a human, reusing the owner probes of `running` (a job that
+/// started since is probed itself).
+fn attention_items(
+    ctx: &Ctx,
+    tx: &Connection,
+    running: &[RunningJob],
+) -> anyhow::Result<Vec<attention::Item>> {
+    let probed: HashMap<&str, Liveness> = running
+        .iter()
+        .filter_map(|r| Some((r.job.claim_token.as_deref()?, r.owner)))
+        .collect();
+    let locks = ctx.locks_dir();
+    attention::list_probed(tx, &ctx.config, &mut |token| {
+        probed.get(token).map_or_else(
+            || matches!(liveness::probe(&locks, token), Ok(Liveness::Dead)),
+            |l| *l == Liveness::Dead,
+        )
+    })
+}
+
+/// The value of counter `name` (0 when absent).
+fn counter(cs: &BTreeMap<String, counters::Counter>, name: &str) -> i64 {
+    cs.get(name).map_or(0, |c| c.value)
+}
+
+/// The last event recorded with counter `name`.
+fn last(cs: &BTreeMap<String, counters::Counter>, name: &str) -> Option<serde_json::Value> {
+    cs.get(name).and_then(|c| c.last.clone())
+}
+
+/// The claim gates.
+fn gates(c: &Config) -> BTreeMap<&'static str, GateStatus> {
+    BTreeMap::from([
+        (
+            "serial_gate",
+            GateStatus {
+                enabled: c.serial_gate_enabled,
+            },
+        ),
+        (
+            "task_deps",
+            GateStatus {
+                enabled: c.task_deps_enabled,
+            },
+        ),
+    ])
+}
+
+/// STOP: its settings and the cancelled tasks.
+fn stop_block(tx: &Connection, c: &Config) -> anyhow::Result<serde_json::Value> {
+    let cancelled = task::list(tx, Some("cancelled"), None, 10)?;
+    let cancelled_count: i64 = tx.query_row(
+        "SELECT count(*) FROM tasks WHERE stage = 'cancelled'",
+        [],
+        |r| r.get(0),
+    )?;
+    let pending_cancels: i64 = tx.query_row(
+        "SELECT count(*) FROM tasks WHERE cancel_requested_at IS NOT NULL AND stage NOT IN ('cancelled', 'done')",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(serde_json::json!({
+        "enabled": c.stop_status_enabled,
+        "repos": crate::config::csv(&c.stop_status_repos),
+        "cancelled_count": cancelled_count,
+        "pending_requests": pending_cancels,
+        "recent": cancelled.iter().map(|t| serde_json::json!({
+            "task_id": t.id, "work_item_id": t.work_item_id, "repo": t.repo, "cancelled_at": t.cancelled_at
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+/// The ledger of the active tasks (at most 50), and the totals of every run.
+fn costs_block(tx: &Connection, c: &Config) -> anyhow::Result<serde_json::Value> {
+    let active = task::list(tx, None, None, 10_000)?
+        .into_iter()
+        .filter(|t| !t.stage().is_terminal())
+        .take(50);
+    let mut tasks_cost = Vec::new();
+    for t in active {
+        let l = budget::ledger(tx, c, &t)?;
+        tasks_cost.push(serde_json::json!({
+            "task_id": t.id, "work_item_id": t.work_item_id, "stage": t.stage,
+            "spent_usd": l.spent_usd, "unknown_runs": l.unknown_runs,
+            "budget_usd": l.budget_usd, "remaining_usd": l.remaining_usd,
+            "blocked": l.blocked_reason, "stages": l.stages,
+        }));
+    }
+    // Unknown costs are counted apart: they are not zero.
+    let (total, unknown): (f64, i64) = tx.query_row(
+        "SELECT coalesce(sum(cost_usd), 0), count(*) - count(cost_usd) FROM agent_runs",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(serde_json::json!({ "total_usd": total, "unknown_runs": unknown, "tasks": tasks_cost }))
+}
+
+/// The post-deploy monitor: settings, monitors watching, last results.
+fn post_deploy_block(tx: &Connection, c: &Config) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::json!({
+        "enabled": c.post_deploy_enabled,
+        "window_s": c.post_deploy_window_s,
+        "checks": c.post_deploy_checks,
+        "probe_timeout_s": c.post_deploy_probe_timeout_s,
+        "max_failures": c.post_deploy_max_failures,
+        "auto_rollback": c.post_deploy_auto_rollback,
+        "base_url": c.post_deploy_base_url,
+        "repos": c.repos.iter()
+            .filter(|(_, r)| r.has_post_deploy_probe())
+            .map(|(name, _)| name.clone())
+            .collect::<Vec<_>>(),
+        "running": post_deploy::running(tx)?,
+        "recent": post_deploy::recent(tx, 5)?,
+    }))
+}
+
+/// The reaper's settings and counters.
+fn reaper_block(c: &Config, cs: &BTreeMap<String, counters::Counter>) -> serde_json::Value {
+    serde_json::json!({
+        "enabled": c.reaper_enabled,
+        "max_running_s": c.reaper_max_running_s,
+        "finalize_grace_s": c.reaper_finalize_grace_s,
+        "start_grace_s": c.reaper_start_grace_s,
+        "finalizer_liveness_enabled": c.reaper_finalizer_liveness_enabled,
+        "impossible_queued_sanitize_enabled": c.impossible_queued_sanitize_enabled,
+        "passes_total": counter(cs, "reaper_passes_total"),
+        "last_pass": last(cs, "reaper_passes_total"),
+        "reaped_total": counter(cs, "reaped_total"),
+        "last_reaped": last(cs, "reaped_total"),
+        "finalizer_defers_total": counter(cs, "finalizer_defers_total"),
+        "backstop_total": counter(cs, "reaper_backstop_total"),
+        "impossible_queued_total": counter(cs, "impossible_queued_total"),
+    })
+}
+
+/// The reconciler's setting and counters.
+fn reconcile_block(c: &Config, cs: &BTreeMap<String, counters::Counter>) -> serde_json::Value {
+    serde_json::json!({
+        "enabled": c.reconcile_enabled,
+        "passes_total": counter(cs, "reconcile_passes_total"),
+        "last_pass": last(cs, "reconcile_passes_total"),
+        "skipped_terminal_total": counter(cs, "reconcile_skipped_terminal_total"),
+    })
+}
+
+/// The merge gate: scope, leases held, counters.
+fn merge_gate_block(
+    tx: &Connection,
+    c: &Config,
+    cs: &BTreeMap<String, counters::Counter>,
+) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::json!({
+        "enabled": c.merge_gate_enabled,
+        "repos": c.merge_gate_scope(),
+        "lease_reclaim_enabled": c.lease_reclaim_enabled,
+        "lease_ttl_s": c.merge_lock_timeout_s,
+        "leases": crate::pipeline::lease::all(tx)?,
+        "lease_reclaimed_total": counter(cs, "lease_reclaimed_total"),
+        "retests_total": counter(cs, "merge_gate_retests_total"),
+        "rebases_total": counter(cs, "merge_gate_rebases_total"),
+        "retest_timeouts_total": counter(cs, "merge_gate_retest_timeouts_total"),
+        "red_total": counter(cs, "merge_gate_red_total"),
+        "lock_busy_total": counter(cs, "merge_gate_lock_busy_total"),
+    }))
+}
+
 /// Run `orch status`. Exit 0, or 1 when a block could not be read (the
-/// others were printed).
+/// others were printed). With `--watch`, redraw until interrupted.
 pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
+    if let Some(secs) = args.watch {
+        output::watch(Duration::from_secs(secs), args.json, || {
+            show(ctx, args).map(|_| ())
+        });
+    }
+    show(ctx, args)
+}
+
+/// Print the report once (one line of JSON per tick under `--watch`).
+fn show(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     let report = report(ctx, args.recent)?;
     // Partial: a block could not be read; the others are shown (docs/exit-codes.md).
     let code = if report.errors.is_empty() {
@@ -305,13 +413,24 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         ExitCode::FAILURE
     };
     if args.json {
-        output::print_json(&report)?;
+        if args.watch.is_some() {
+            output::print_json_line(&report)?;
+        } else {
+            output::print_json(&report)?;
+        }
         return Ok(code);
+    }
+    if let Some(secs) = args.watch {
+        crate::say!("every {secs}s: orch status  {}\n", output::utc(report.now));
+    }
+    if !print_error(&report, "attention", "attention") {
+        view::print_attention(&report.attention, report.now);
     }
     print_summary(&report);
     for name in ["counts", "running", "recent", "counters"] {
         print_error(&report, name, name);
     }
+    print_tasks(&report);
     print_running(&report);
     print_recent(&report);
     print_task_costs(&report);
@@ -322,8 +441,6 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
 /// The one-line-per-subsystem summary at the top of the text view; a block
 /// that could not be read shows its error instead.
 fn print_summary(report: &Report) {
-    let failed = |name: &str, label: &str| print_error(report, name, label);
-    let now = report.now;
     let counts: Vec<String> = report
         .counts
         .iter()
@@ -341,11 +458,42 @@ fn print_summary(report: &Report) {
         .map(|(name, g)| format!("{name} {}", if g.enabled { "on" } else { "off" }))
         .collect();
     crate::say!("gates      {}", gates.join(", "));
+    print_reaper_and_reconcile(report);
+    if !print_error(report, "merge_gate", "merge gate") {
+        print_merge_gate(report);
+    }
+    if !print_error(report, "stop", "stop") {
+        print_stop(report);
+    }
+    if !print_error(report, "costs", "cost") {
+        print_cost(report);
+    }
+    if !print_error(report, "post_deploy", "post-deploy") {
+        print_post_deploy(report);
+    }
+    let o = &report.outbox;
+    if !print_error(report, "outbox", "outbox") {
+        crate::say!(
+            "outbox     pending {}, delivered {}, dead {}",
+            o.get("pending").copied().unwrap_or(0),
+            o.get("delivered").copied().unwrap_or(0),
+            o.get("dead").copied().unwrap_or(0)
+        );
+    }
+}
 
+/// `on` or `OFF` (a subsystem turned off is worth noticing).
+fn on_off(v: &serde_json::Value) -> &'static str {
+    if *v == true { "on" } else { "OFF" }
+}
+
+/// The reaper and reconcile lines.
+fn print_reaper_and_reconcile(report: &Report) {
+    let now = report.now;
     let r = &report.reaper;
     crate::say!(
         "reaper     {}  passes {}, reaped {}, finalizer deferrals {}, backstops {}{}",
-        if r["enabled"] == true { "on" } else { "OFF" },
+        on_off(&r["enabled"]),
         r["passes_total"],
         r["reaped_total"],
         r["finalizer_defers_total"],
@@ -358,7 +506,7 @@ fn print_summary(report: &Report) {
     let rc = &report.reconcile;
     crate::say!(
         "reconcile  {}  passes {}{}",
-        if rc["enabled"] == true { "on" } else { "OFF" },
+        on_off(&rc["enabled"]),
         rc["passes_total"],
         match rc["last_pass"]["at"].as_i64() {
             Some(at) => format!(
@@ -372,6 +520,31 @@ fn print_summary(report: &Report) {
             None => ", never ran".to_owned(),
         }
     );
+}
+
+/// The strings of a JSON array, joined by `sep`.
+fn joined(v: &serde_json::Value, sep: &str) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(sep)
+        })
+        .unwrap_or_default()
+}
+
+/// `items` joined by "; ", or "none".
+fn or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join("; ")
+    }
+}
+
+/// The merge gate line.
+fn print_merge_gate(report: &Report) {
     let m = &report.merge_gate;
     let leases: Vec<String> = m["leases"]
         .as_array()
@@ -387,60 +560,53 @@ fn print_summary(report: &Report) {
                 .collect()
         })
         .unwrap_or_default();
-    if !failed("merge_gate", "merge gate") {
-        crate::say!(
-            "merge gate {}  repos {}, leases held: {}, reclaimed {}, re-tests {} (timeouts {}, red {})",
-            if m["enabled"] == true { "on" } else { "OFF" },
-            m["repos"]
-                .as_array()
-                .map(|a| a
-                    .iter()
-                    .filter_map(|v| v.as_str())
-                    .collect::<Vec<_>>()
-                    .join(","))
-                .unwrap_or_default(),
-            if leases.is_empty() {
-                "none".to_owned()
-            } else {
-                leases.join("; ")
-            },
-            m["lease_reclaimed_total"],
-            m["retests_total"],
-            m["retest_timeouts_total"],
-            m["red_total"]
-        );
-    }
+    crate::say!(
+        "merge gate {}  repos {}, leases held: {}, reclaimed {}, re-tests {} (timeouts {}, red {})",
+        on_off(&m["enabled"]),
+        joined(&m["repos"], ","),
+        or_none(&leases),
+        m["lease_reclaimed_total"],
+        m["retests_total"],
+        m["retest_timeouts_total"],
+        m["red_total"]
+    );
+}
+
+/// The STOP line.
+fn print_stop(report: &Report) {
     let st = &report.stop;
-    if !failed("stop", "stop") {
-        crate::say!(
-            "stop       {}  repos {}, cancelled {}, pending requests {}",
-            if st["enabled"] == true { "on" } else { "OFF" },
-            st["repos"]
-                .as_array()
-                .filter(|a| !a.is_empty())
-                .map_or_else(
-                    || "all".to_owned(),
-                    |a| a
-                        .iter()
-                        .filter_map(|v| v.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ),
-            st["cancelled_count"],
-            st["pending_requests"]
-        );
-    }
+    let repos = joined(&st["repos"], ",");
+    crate::say!(
+        "stop       {}  repos {}, cancelled {}, pending requests {}",
+        on_off(&st["enabled"]),
+        if repos.is_empty() { "all" } else { &repos },
+        st["cancelled_count"],
+        st["pending_requests"]
+    );
+}
+
+/// The cost line: what is known, and how many runs are not.
+fn print_cost(report: &Report) {
     let costs = &report.costs;
     let blocked = costs["tasks"].as_array().map_or(0, |ts| {
         ts.iter().filter(|t| !t["blocked"].is_null()).count()
     });
-    if !failed("costs", "cost") {
-        crate::say!(
-            "cost       ${:.2} over every run; {} active task(s), {blocked} blocked over budget",
-            costs["total_usd"].as_f64().unwrap_or(0.0),
-            costs["tasks"].as_array().map_or(0, Vec::len)
-        );
-    }
+    let unknown = costs["unknown_runs"].as_i64().unwrap_or(0);
+    crate::say!(
+        "cost       ${:.2} over every run{}; {} active task(s), {blocked} blocked over budget",
+        costs["total_usd"].as_f64().unwrap_or(0.0),
+        if unknown > 0 {
+            format!(" + {unknown} run(s) of unknown cost")
+        } else {
+            String::new()
+        },
+        costs["tasks"].as_array().map_or(0, Vec::len)
+    );
+}
+
+/// The post-deploy line: settings, monitors watching, last results.
+fn print_post_deploy(report: &Report) {
+    let now = report.now;
     let pd = &report.post_deploy;
     let watching: Vec<String> = pd["running"]
         .as_array()
@@ -453,12 +619,9 @@ fn print_summary(report: &Report) {
                         r["checks_done"],
                         r["checks_total"],
                         r["checks_failed"],
-                        r["next_check_at"]
-                            .as_i64()
-                            .map_or_else(String::new, |at| format!(
-                                ", next in {}",
-                                output::duration((at - now).max(0))
-                            ))
+                        r["next_check_at"].as_i64().map_or_else(String::new, |at| {
+                            format!(", next in {}", output::duration((at - now).max(0)))
+                        })
                     )
                 })
                 .collect()
@@ -481,38 +644,38 @@ fn print_summary(report: &Report) {
                 .collect()
         })
         .unwrap_or_default();
-    if !failed("post_deploy", "post-deploy") {
-        crate::say!(
-            "post-deploy {}  window {}s, {} checks, max failures {}, auto-rollback {}; watching: {}; last: {}",
-            if pd["enabled"] == true { "on" } else { "OFF" },
-            pd["window_s"],
-            pd["checks"],
-            pd["max_failures"],
-            if pd["auto_rollback"] == true {
-                "on"
-            } else {
-                "off"
-            },
-            if watching.is_empty() {
-                "none".to_owned()
-            } else {
-                watching.join("; ")
-            },
-            if last.is_empty() {
-                "none".to_owned()
-            } else {
-                last.join("; ")
-            }
-        );
+    crate::say!(
+        "post-deploy {}  window {}s, {} checks, max failures {}, auto-rollback {}; watching: {}; last: {}",
+        on_off(&pd["enabled"]),
+        pd["window_s"],
+        pd["checks"],
+        pd["max_failures"],
+        if pd["auto_rollback"] == true {
+            "on"
+        } else {
+            "off"
+        },
+        or_none(&watching),
+        or_none(&last)
+    );
+}
+
+/// The unfinished tasks: stage, tracker state, times, run time and cost.
+fn print_tasks(report: &Report) {
+    if print_error(report, "tasks", "tasks") {
+        return;
     }
-    let o = &report.outbox;
-    if !failed("outbox", "outbox") {
-        crate::say!(
-            "outbox     pending {}, delivered {}, dead {}",
-            o.get("pending").copied().unwrap_or(0),
-            o.get("delivered").copied().unwrap_or(0),
-            o.get("dead").copied().unwrap_or(0)
+    crate::say!("\nunfinished tasks");
+    if report.tasks.is_empty() {
+        crate::say!("  (none)");
+    } else {
+        print!(
+            "{}",
+            view::indent(&view::task_table(&report.tasks, report.now).render())
         );
+        if report.tasks.len() >= TASKS_SHOWN as usize {
+            crate::say!("  (the newest {TASKS_SHOWN}; all of them: orch task list)");
+        }
     }
 }
 
@@ -552,7 +715,7 @@ fn print_running(report: &Report) {
                 output::duration(r.running_for_s),
             ]);
         }
-        print!("{}", indent(&t.render()));
+        print!("{}", view::indent(&t.render()));
     }
 }
 
@@ -579,7 +742,7 @@ fn print_recent(report: &Report) {
                 j.error.clone().unwrap_or_default(),
             ]);
         }
-        print!("{}", indent(&t.render()));
+        print!("{}", view::indent(&t.render()));
     }
 }
 
@@ -626,7 +789,7 @@ fn print_task_costs(report: &Report) {
                 },
             ]);
         }
-        print!("{}", indent(&t.render()));
+        print!("{}", view::indent(&t.render()));
     }
 }
 
@@ -646,15 +809,6 @@ fn print_counters(report: &Report) {
                 output::ago(Some(c.updated_at), now),
             ]);
         }
-        print!("{}", indent(&t.render()));
+        print!("{}", view::indent(&t.render()));
     }
-}
-
-fn indent(s: &str) -> String {
-    s.lines().fold(String::new(), |mut out, l| {
-        out.push_str("  ");
-        out.push_str(l);
-        out.push('\n');
-        out
-    })
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::liveness::{self, Liveness};
-use crate::pipeline::{self_deploy, task};
+use crate::pipeline::{Stage, self_deploy};
 
 /// Why something needs a human.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -79,11 +79,25 @@ pub struct Item {
     pub command: String,
 }
 
-/// Everything that needs a human, oldest first within each kind.
+/// Everything that needs a human, oldest first within each kind; each
+/// running job's owner is probed through its lock in `locks_dir`.
 pub fn list(conn: &Connection, config: &Config, locks_dir: &Path) -> anyhow::Result<Vec<Item>> {
+    list_probed(conn, config, &mut |token| {
+        matches!(liveness::probe(locks_dir, token), Ok(Liveness::Dead))
+    })
+}
+
+/// [`list`], with `dead(token)` saying whether a running job's owner is
+/// dead: a caller that already probed every running job (`orch status`,
+/// `orch metrics`) passes its answers, so no lock is probed twice.
+pub fn list_probed(
+    conn: &Connection,
+    config: &Config,
+    dead: &mut dyn FnMut(&str) -> bool,
+) -> anyhow::Result<Vec<Item>> {
     let mut items = task_items(conn, config)?;
     items.extend(failed_jobs(conn)?);
-    items.extend(dead_owners(conn, locks_dir)?);
+    items.extend(dead_owners(conn, dead)?);
     items.extend(dead_outbox(conn)?);
     items.sort_by_key(|i| (i.kind, i.since));
     Ok(items)
@@ -97,61 +111,98 @@ pub fn counts(items: &[Item]) -> Vec<(Kind, usize)> {
         .collect()
 }
 
+/// What one query tells about an unfinished task that may need a human.
+struct TaskRow {
+    id: i64,
+    stage: String,
+    repo: String,
+    updated_at: i64,
+    escalated_at: Option<i64>,
+    blocked_reason: Option<String>,
+    /// On analysis, not being cancelled, no active job, its analyst done.
+    analysis_waits: bool,
+    /// Phase B of a self-hosting deploy started.
+    deploy_initiated: bool,
+}
+
+/// The unfinished tasks that may need a human, in one query (a status with
+/// thousands of tasks must not pay one query per task).
+fn task_rows(conn: &Connection) -> rusqlite::Result<Vec<TaskRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT t.id, t.stage, t.repo, t.updated_at, t.escalated_at, t.blocked_reason,
+                t.stage = 'analysis' AND t.cancel_requested_at IS NULL
+                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.task_id = t.id AND j.status IN ('queued', 'running'))
+                  AND EXISTS (SELECT 1 FROM jobs j WHERE j.task_id = t.id AND j.stage = 'analysis' AND j.status = 'done'),
+                EXISTS (SELECT 1 FROM deploys d WHERE d.task_id = t.id AND d.initiated_at IS NOT NULL)
+         FROM tasks t
+         WHERE t.stage NOT IN ('created', 'done', 'cancelled')
+           AND (t.escalated_at IS NOT NULL OR t.blocked_reason IS NOT NULL OR t.stage IN ('analysis', 'deploy'))
+         ORDER BY t.id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(TaskRow {
+            id: r.get(0)?,
+            stage: r.get(1)?,
+            repo: r.get(2)?,
+            updated_at: r.get(3)?,
+            escalated_at: r.get(4)?,
+            blocked_reason: r.get(5)?,
+            analysis_waits: r.get(6)?,
+            deploy_initiated: r.get(7)?,
+        })
+    })?;
+    rows.collect()
+}
+
 /// Escalated, blocked and waiting tasks.
 fn task_items(conn: &Connection, config: &Config) -> anyhow::Result<Vec<Item>> {
     let mut items = Vec::new();
-    for t in task::unfinished(conn)? {
-        let item = |kind, reason: String, command: String| Item {
+    for t in task_rows(conn)? {
+        let item = |kind, since, reason: String, command: String| Item {
             kind,
             task_id: Some(t.id),
             job_id: None,
-            since: t.updated_at,
+            since,
             reason,
             command,
         };
+        // The same order of precedence as the pipeline: an escalated task
+        // waits for `resume` whatever else is true of it.
         if let Some(at) = t.escalated_at {
-            items.push(Item {
-                since: at,
-                ..item(
-                    Kind::Escalated,
-                    format!("task {} escalated on stage {}", t.id, t.stage),
-                    format!("orch task resume --task {}", t.id),
-                )
-            });
+            items.push(item(
+                Kind::Escalated,
+                at,
+                format!("task {} escalated on stage {}", t.id, t.stage),
+                format!("orch task resume --task {}", t.id),
+            ));
         } else if let Some(why) = &t.blocked_reason {
             items.push(item(
                 Kind::Blocked,
+                t.updated_at,
                 why.clone(),
                 format!("orch task resume --task {} --budget <usd>", t.id),
             ));
-        } else if self_deploy::awaiting_confirm(conn, config, &t)? {
+        } else if t.stage == Stage::Deploy.as_str()
+            && self_deploy::applies(config, &t.repo)
+            && !t.deploy_initiated
+        {
+            // As self_deploy::awaiting_confirm, from the row already read.
             items.push(item(
                 Kind::AwaitingConfirmDeploy,
+                t.updated_at,
                 format!("task {}: staging verified, production waits", t.id),
                 format!("orch advance --task {} --confirm-deploy", t.id),
             ));
-        } else if awaits_approval(conn, &t)? {
+        } else if t.analysis_waits {
             items.push(item(
                 Kind::AwaitingApproval,
+                t.updated_at,
                 format!("task {}: the analysis waits for a person's approval", t.id),
                 format!("orch advance --task {} --approve", t.id),
             ));
         }
     }
     Ok(items)
-}
-
-/// An analysis whose agent finished and that nothing else works on.
-fn awaits_approval(conn: &Connection, t: &task::Task) -> rusqlite::Result<bool> {
-    if t.stage != "analysis" || t.cancel_requested_at.is_some() {
-        return Ok(false);
-    }
-    conn.query_row(
-        "SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE task_id = ?1 AND status IN ('queued', 'running'))
-            AND EXISTS (SELECT 1 FROM jobs WHERE task_id = ?1 AND stage = 'analysis' AND status = 'done')",
-        [t.id],
-        |r| r.get(0),
-    )
 }
 
 /// Jobs that failed for good and are their unfinished task's latest.
@@ -181,7 +232,7 @@ fn failed_jobs(conn: &Connection) -> anyhow::Result<Vec<Item>> {
 }
 
 /// Running jobs whose owner lock is free: dead until a reaper ends them.
-fn dead_owners(conn: &Connection, locks_dir: &Path) -> anyhow::Result<Vec<Item>> {
+fn dead_owners(conn: &Connection, dead: &mut dyn FnMut(&str) -> bool) -> anyhow::Result<Vec<Item>> {
     let mut stmt = conn.prepare(
         "SELECT id, task_id, claim_token, COALESCE(started_at, created_at)
          FROM jobs WHERE status = 'running' ORDER BY id",
@@ -197,9 +248,7 @@ fn dead_owners(conn: &Connection, locks_dir: &Path) -> anyhow::Result<Vec<Item>>
     let mut items = Vec::new();
     for row in rows {
         let (id, task_id, token, since) = row?;
-        let dead =
-            token.is_none_or(|t| matches!(liveness::probe(locks_dir, &t), Ok(Liveness::Dead)));
-        if dead {
+        if token.is_none_or(|t| dead(&t)) {
             items.push(Item {
                 kind: Kind::DeadOwner,
                 task_id,

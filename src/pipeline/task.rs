@@ -52,12 +52,14 @@ pub struct Task {
     pub tracker_state: Option<String>,
 }
 
-const TASK_COLUMNS: &str = "id, work_item_id, title, description, repo, branch, stage, \
+/// The columns [`Task::from_row`] reads, in its order.
+pub(crate) const TASK_COLUMNS: &str = "id, work_item_id, title, description, repo, branch, stage, \
      plane_id, plane_issue_id, depends_on, created_at, updated_at, escalated_at, cancelled_at, \
      cancel_requested_at, tracker_state, plane_project_id, budget_usd, blocked_reason";
 
 impl Task {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
+    /// A task from a row whose first columns are [`TASK_COLUMNS`].
+    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
         Ok(Task {
             id: r.get(0)?,
             work_item_id: r.get(1)?,
@@ -261,6 +263,37 @@ pub fn count_by_stage(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>>
     let mut stmt = conn.prepare("SELECT stage, count(*) FROM tasks GROUP BY stage")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect()
+}
+
+/// Clear the escalation of `t` and queue its stage's agent again, unless a
+/// job of the task is already queued or running. The developer-retry count
+/// starts afresh from the `resume` transition the caller records
+/// (`budget::resume`): only rollbacks after it count.
+pub fn clear_escalation(
+    conn: &Connection,
+    config: &Config,
+    t: &Task,
+    now: i64,
+) -> anyhow::Result<()> {
+    conn.execute("UPDATE tasks SET escalated_at = NULL WHERE id = ?1", [t.id])?;
+    let active = queue::for_task(conn, t.id)?
+        .iter()
+        .any(|j| j.status == "queued" || j.status == "running");
+    if let (false, Some(agent)) = (active, t.stage().agent()) {
+        queue::enqueue(
+            conn,
+            &NewJob {
+                agent,
+                repo: &t.repo,
+                task_id: Some(t.id),
+                stage: Some(t.stage.as_str()),
+                task_content: &t.description,
+                max_attempts: config.max_attempts,
+            },
+            now,
+        )?;
+    }
+    Ok(())
 }
 
 /// One entry of a task's history (a stage transition, approval or escalation).
