@@ -11,8 +11,11 @@
 
 pub mod counters;
 pub mod schema;
+pub mod wake;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -24,6 +27,17 @@ use crate::error::OrchError;
 pub struct Db {
     conn: Connection,
     path: PathBuf,
+    /// Set by SQLite's update hook when a statement inserted or changed a
+    /// job; taken after the commit to wake idle workers ([`wake`]).
+    jobs_changed: Arc<AtomicBool>,
+}
+
+/// Writes made outside [`Db::write`] (single statements in autocommit)
+/// wake workers when the process lets go of the database.
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.wake_if_jobs_changed();
+    }
 }
 
 /// How to treat a database file that does not exist yet.
@@ -63,9 +77,18 @@ impl Db {
         let mut db = Db {
             conn,
             path: path.to_path_buf(),
+            jobs_changed: Arc::new(AtomicBool::new(false)),
         };
         db.prepare(busy_timeout, missing)
             .with_context(|| format!("opening database {}", path.display()))?;
+        let flag = Arc::clone(&db.jobs_changed);
+        db.conn.update_hook(Some(
+            move |action: rusqlite::hooks::Action, _: &str, table: &str, _: i64| {
+                if table == "jobs" && action != rusqlite::hooks::Action::SQLITE_DELETE {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            },
+        ))?;
         Ok(db)
     }
 
@@ -113,6 +136,7 @@ impl Db {
         Ok(Db {
             conn,
             path: path.to_path_buf(),
+            jobs_changed: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -140,7 +164,19 @@ impl Db {
             .map_err(busy_is_temporary)?;
         let out = f(&tx)?;
         tx.commit().map_err(busy_is_temporary)?;
+        self.wake_if_jobs_changed();
         Ok(out)
+    }
+
+    /// After a commit that inserted or changed a job, wake idle workers.
+    /// A rolled-back change may leave the flag set: a spurious wake-up costs
+    /// one short worker run, a lost one costs a timer period.
+    fn wake_if_jobs_changed(&self) {
+        if self.jobs_changed.swap(false, Ordering::Relaxed)
+            && let Some(state_dir) = self.path.parent()
+        {
+            wake::notify(state_dir);
+        }
     }
 
     /// Run `f` in one read transaction, so it sees a single consistent snapshot.
