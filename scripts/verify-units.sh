@@ -36,7 +36,7 @@ mkdir -p "$work/units" "$work/man/man1"
 cp "$root"/man/*.1 "$work/man/man1/"
 
 fail=0
-for unit in "$root"/systemd/*.service "$root"/systemd/*.timer "$root"/systemd/*.socket; do
+for unit in "$root"/systemd/*.service "$root"/systemd/*.timer "$root"/systemd/*.socket "$root"/systemd/*.path; do
     name=$(basename "$unit")
     sed "s|/usr/bin/orch|$bin|g" "$unit" > "$work/units/$name"
     # Templates are verified as instance 1 (the template stays for socket lookups).
