@@ -129,6 +129,13 @@ pub enum Command {
     /// Inspect, enqueue and retry jobs.
     #[command(subcommand)]
     Job(cmd::job::Command),
+    /// Print or follow (-f) the agent log of a job's run, or of a task's current job.
+    ///
+    /// The log is printed as the agent wrote it, its rotated older half
+    /// first, with control characters other than newline and tab escaped.
+    /// Exit 0; 1 when the job, task or run does not exist; 3 when it has no
+    /// agent run (or log) yet.
+    Logs(cmd::logs::Args),
     /// List outbox messages (tracker comments, states, notifications) and retry dead ones.
     #[command(subcommand)]
     Outbox(cmd::outbox::Command),

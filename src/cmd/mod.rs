@@ -12,6 +12,7 @@ pub mod generate;
 pub mod ingest_webhook;
 pub mod init;
 pub mod job;
+pub mod logs;
 pub mod metrics;
 pub mod outbox;
 pub mod reap;
@@ -65,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Claim(a) => claim::run(&ctx, &a),
                 Command::Task(c) => task::run(&ctx, c),
                 Command::Job(c) => job::run(&ctx, c),
+                Command::Logs(a) => logs::run(&ctx, &a),
                 Command::Outbox(c) => outbox::run(&ctx, c),
                 Command::RunAgent(a) => run_agent::run(&ctx, &a),
                 Command::Advance(a) => advance::run(&ctx, &a),

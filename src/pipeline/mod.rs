@@ -17,5 +17,7 @@ pub mod lease;
 pub mod merge_gate;
 pub mod post_deploy;
 pub mod reconcile;
+pub mod run_log;
+pub mod runs;
 pub mod self_deploy;
 pub mod worker;

@@ -1,0 +1,171 @@
+//! The operator's view through the real binary: `orch logs` (with rotation
+//! and `--follow`), `orch job show` with every attempt, `orch run-agent`'s
+//! outcome and exit codes, and `orch gates check`.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::Env;
+use predicates::prelude::*;
+
+/// An installation made by `orch demo --setup-only` with task 1 on analysis.
+fn demo_task() -> Env {
+    let env = Env::bare();
+    env.orch().args(["demo", "--setup-only"]).assert().success();
+    env.orch()
+        .args(["task", "create", "--repo", "demo", "--title", "x"])
+        .assert()
+        .success();
+    env
+}
+
+/// The numbers of the `line-N` lines of `text`, in order.
+fn line_numbers(text: &str) -> Vec<u32> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("line-"))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn logs_of_a_finished_job_print_the_rotated_half_first_and_escape_controls() {
+    let env = demo_task();
+    // Nothing ran yet: nothing to show; no such job: exit 1.
+    env.orch()
+        .args(["logs", "--task", "1"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("has no agent run yet"));
+    env.orch().args(["logs", "99"]).assert().code(1);
+    env.orch().args(["logs", "--run", "99"]).assert().code(1);
+    let agent = "i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo line-$i; done; \
+                 printf 'evil \\033[2J\\tend\\n'";
+    env.orch()
+        .env("ORCH_AGENT_CMD", agent)
+        .env("ORCH_LOG_MAX_BYTES", "1000")
+        .args(["run-agent", "--next", "--json"])
+        .output()
+        .expect("run-agent");
+    let dir = env.state().join("runs/job-1-run1");
+    assert!(dir.join("agent.log.1").exists(), "the log was rotated");
+    let out = env.orch().args(["logs", "1"]).output().expect("logs");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let numbers = line_numbers(&text);
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    assert_eq!(numbers.last(), Some(&300));
+    let older = std::fs::read_to_string(dir.join("agent.log.1")).expect("older half");
+    assert!(text.starts_with(&older), "the rotated half comes first");
+    assert!(text.contains("was moved to"), "{text}");
+    assert!(text.contains("evil \\x1b[2J\tend\n"), "{text}");
+    assert!(!text.contains('\u{1b}'));
+    // The same run by task and by run id; a run of another job is refused.
+    let by_task = env
+        .orch()
+        .args(["logs", "--task", "1"])
+        .output()
+        .expect("logs");
+    assert_eq!(String::from_utf8_lossy(&by_task.stdout), text);
+    let by_run = env
+        .orch()
+        .args(["logs", "--run", "1"])
+        .output()
+        .expect("logs");
+    assert_eq!(String::from_utf8_lossy(&by_run.stdout), text);
+    env.orch()
+        .args(["logs", "2", "--run", "1"])
+        .assert()
+        .failure();
+    env.orch()
+        .args(["logs", "--task", "1", "--list"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("job-1-run1/agent.log (+ "));
+}
+
+/// Lines of a child's stdout, as they come.
+fn lines_of(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn logs_follow_shows_new_lines_across_a_rotation_and_ends_with_the_run() {
+    let env = demo_task();
+    let go = env.shared().join("go");
+    let block = "x".repeat(600);
+    let agent = format!(
+        "echo first; n=0; while [ ! -e '{go}' ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done; \
+         for b in 1 2 3 4; do echo block-$b {block}; sleep 0.5; done; echo last",
+        go = go.display()
+    );
+    let mut worker = env
+        .orch_std()
+        .env("ORCH_AGENT_CMD", &agent)
+        .env("ORCH_LOG_MAX_BYTES", "1000")
+        .args(["run-agent", "--next"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run-agent");
+    let log = env.state().join("runs/job-1-run1/agent.log");
+    wait_until("the agent's first line", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("first"))
+    });
+    let mut follower = env
+        .orch_std()
+        .args(["logs", "-f", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("logs -f");
+    let lines = lines_of(&mut follower);
+    let mut seen = Vec::new();
+    let first = lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("first line");
+    seen.push(first);
+    std::fs::write(&go, "").expect("go");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        seen.push(line);
+    }
+    let status = follower.wait().expect("wait logs -f");
+    assert!(status.success(), "logs -f ended by itself: {status:?}");
+    assert!(worker.wait().expect("wait run-agent").code().is_some());
+    let tags: Vec<&str> = seen
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| ["first", "block-1", "block-2", "block-3", "block-4", "last"].contains(w))
+        .collect();
+    assert_eq!(
+        tags,
+        ["first", "block-1", "block-2", "block-3", "block-4", "last"],
+        "{seen:#?}"
+    );
+    assert!(seen.iter().any(|l| l.contains("was moved to")), "{seen:#?}");
+    assert!(
+        log.with_extension("log.1").exists(),
+        "it was rotated meanwhile"
+    );
+}
