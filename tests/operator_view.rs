@@ -169,3 +169,55 @@ fn logs_follow_shows_new_lines_across_a_rotation_and_ends_with_the_run() {
         "it was rotated meanwhile"
     );
 }
+
+#[test]
+fn job_show_lists_every_attempt_with_its_times_outcome_and_log() {
+    let env = demo_task();
+    for agent in ["echo attempt-one; exit 7", "echo attempt-two"] {
+        env.orch()
+            .env("ORCH_AGENT_CMD", agent)
+            .args(["run-agent", "--next"])
+            .output()
+            .expect("run-agent");
+    }
+    let v = env.json(&["job", "show", "1"]);
+    assert_eq!(v["attempts"], 2, "the claim count keeps its meaning");
+    let runs = v["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "{v:#}");
+    assert_eq!(runs[0]["number"], 1);
+    assert_eq!(runs[0]["exit_code"], 7);
+    assert!(
+        runs[0]["outcome"]
+            .as_str()
+            .unwrap_or("")
+            .contains("exited with code 7")
+    );
+    assert_eq!(runs[1]["number"], 2);
+    assert_eq!(runs[1]["exit_code"], 0);
+    assert_eq!(runs[1]["outcome"], "success");
+    for (run, word) in runs.iter().zip(["attempt-one", "attempt-two"]) {
+        assert!(run["started_at"].is_i64() && run["finished_at"].is_i64());
+        assert!(run["duration_s"].is_i64());
+        let log = run["log_path"].as_str().expect("log path");
+        let text = std::fs::read_to_string(log).expect("log");
+        assert!(text.contains(word), "{log}: {text}");
+    }
+    assert_ne!(runs[0]["log_path"], runs[1]["log_path"]);
+    let human = env
+        .orch()
+        .args(["job", "show", "1"])
+        .output()
+        .expect("show");
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("run 1 (#1)") && text.contains("run 2 (#2)"),
+        "{text}"
+    );
+    assert!(text.contains("exit 7: failure"), "{text}");
+    assert!(text.contains("job-1-run1/agent.log") && text.contains("job-1-run2/agent.log"));
+    let started = runs[0]["started_at"].as_i64().unwrap_or(0);
+    assert!(
+        text.contains(&orch::pipeline::runs::rfc3339(started)),
+        "{text}"
+    );
+}
