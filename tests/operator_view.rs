@@ -42,7 +42,9 @@ fn logs_of_a_finished_job_print_the_rotated_half_first_and_escape_controls() {
         .stderr(predicate::str::contains("has no agent run yet"));
     env.orch().args(["logs", "99"]).assert().code(1);
     env.orch().args(["logs", "--run", "99"]).assert().code(1);
-    let agent = "i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo line-$i; done; \
+    // Six batches of 50 lines, apart, so the runner sees several writes.
+    let agent = "i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo line-$i; \
+                 [ $((i % 50)) -eq 0 ] && sleep 0.1; done; \
                  printf 'evil \\033[2J\\tend\\n'";
     env.orch()
         .env("ORCH_AGENT_CMD", agent)
