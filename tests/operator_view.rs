@@ -223,3 +223,86 @@ fn job_show_lists_every_attempt_with_its_times_outcome_and_log() {
         "{text}"
     );
 }
+
+/// `run-agent` on task 1's next job with `envs`: exit code, JSON report,
+/// and the human output of the same kind of run is checked elsewhere.
+fn run_agent(env: &Env, envs: &[(&str, &str)], json: bool) -> (Option<i32>, String) {
+    let mut cmd = env.orch();
+    cmd.args(["run-agent", "--next"]);
+    if json {
+        cmd.arg("--json");
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run-agent");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn run_agent_exit_codes_tell_success_gates_agent_timeout_and_refusal_apart() {
+    // Agent failure: 5, and the human output says what happens next.
+    let env = demo_task();
+    let (code, text) = run_agent(&env, &[("ORCH_AGENT_CMD", "echo oops; exit 7")], false);
+    assert_eq!(code, Some(5), "{text}");
+    assert!(text.contains("agent exited with code 7"), "{text}");
+    assert!(text.contains("outcome: the agent failed"), "{text}");
+    assert!(text.contains("`orch run-agent --job 1`"), "{text}");
+    assert!(text.contains("job-1-run1/agent.log"), "{text}");
+    // Timeout: 5 as well, `agent_killed`.
+    let (code, text) = run_agent(
+        &env,
+        &[
+            ("ORCH_AGENT_CMD", "sleep 30"),
+            ("ORCH_AGENT_TIMEOUT_S", "1"),
+            ("ORCH_AGENT_KILL_GRACE_SECONDS", "1"),
+        ],
+        true,
+    );
+    assert_eq!(code, Some(5), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(
+        (v["ending"].as_str(), v["timed_out"].as_str()),
+        (Some("agent_killed"), Some("wall"))
+    );
+    // Both attempts spent: nothing left, and run-agent says which job failed for good.
+    env.orch()
+        .args(["run-agent", "--next"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains(
+            "job 1 (analyst of task 1) failed for good",
+        ))
+        .stderr(predicate::str::contains("orch job retry 1"));
+    env.orch().args(["job", "retry", "1"]).assert().success();
+    // A run without artifacts: the gates fail, 4.
+    let (code, text) = run_agent(&env, &[("ORCH_AGENT_CMD", "echo did nothing")], false);
+    assert_eq!(code, Some(4), "{text}");
+    assert!(
+        text.contains("gate check_analysis_complete fail:"),
+        "{text}"
+    );
+    assert!(text.contains("outcome: gates failed"), "{text}");
+    // The demo agent writes the analysis: success, waiting for the human (0).
+    let (code, text) = run_agent(&env, &[], false);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("outcome: waiting for a human"), "{text}");
+    assert!(text.contains("orch advance --task 1 --approve"), "{text}");
+    // Refused: the task cannot afford the next run (6), nothing is started.
+    let env = demo_task();
+    let (code, text) = run_agent(
+        &env,
+        &[
+            ("ORCH_TASK_BUDGET_USD", "0.5"),
+            ("ORCH_AGENT_MAX_BUDGET_USD", "1"),
+        ],
+        true,
+    );
+    assert_eq!(code, Some(6), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["ending"], "refused");
+    assert!(v["run_id"].is_null());
+}

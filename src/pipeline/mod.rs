@@ -18,6 +18,7 @@ pub mod merge_gate;
 pub mod post_deploy;
 pub mod reconcile;
 pub mod run_log;
+pub mod run_summary;
 pub mod runs;
 pub mod self_deploy;
 pub mod worker;
