@@ -18,7 +18,7 @@ use crate::cmd;
 /// the state directory.
 ///
 /// Exit codes: 0 success, 1 failure, 2 usage, 3 nothing to do, 4 gates did
-/// not pass, 5 agent failed, 6 refused (4-6: run-agent), 65
+/// not pass, 5 agent failed, 6 refused (4-6: run-agent; 4: gates check), 65
 /// malformed input, 74 the webhook client went away before its answer, 75
 /// temporary failure (retry later), 77 signature rejected, 78 configuration
 /// error.
@@ -147,6 +147,9 @@ pub enum Command {
     /// Inspect, enqueue and retry jobs.
     #[command(subcommand)]
     Job(cmd::job::Command),
+    /// Check a task's gates now, without running anything (`gates check --task N`).
+    #[command(subcommand)]
+    Gates(cmd::gates::Command),
     /// Print or follow (-f) the agent log of a job's run, or of a task's current job.
     ///
     /// The log is printed as the agent wrote it, its rotated older half

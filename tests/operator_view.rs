@@ -306,3 +306,76 @@ fn run_agent_exit_codes_tell_success_gates_agent_timeout_and_refusal_apart() {
     assert_eq!(v["ending"], "refused");
     assert!(v["run_id"].is_null());
 }
+
+/// Every table's row count, and task 1's row: what a dry run must not change.
+fn snapshot(env: &Env) -> Vec<Vec<serde_json::Value>> {
+    let tables = env.rows("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name");
+    let mut all: Vec<Vec<serde_json::Value>> = tables
+        .iter()
+        .filter_map(|t| t[0].as_str())
+        .map(|t| {
+            let count = env.rows(&format!("SELECT count(*) FROM \"{t}\""));
+            vec![serde_json::json!(t), count[0][0].clone()]
+        })
+        .collect();
+    all.extend(env.rows("SELECT * FROM tasks WHERE id = 1"));
+    all.extend(env.rows("SELECT * FROM jobs ORDER BY id"));
+    all
+}
+
+#[test]
+fn gates_check_lists_every_problem_at_once_and_changes_nothing() {
+    let env = demo_task();
+    // An analyst that writes a broken analysis: three files with problems, one missing.
+    let agent = "d=$ORCH_ARTIFACT_DIR; mkdir -p $d; printf '# BRD\\n' > $d/01-brd.md; \
+                 printf -- '---\\ntype: brd\\n---\\n' > $d/02-trz.md; \
+                 printf 'tests:\\n  - TC-1\\n  - type: unit\\n' > $d/04-test-plan.yaml";
+    let (code, text) = run_agent(&env, &[("ORCH_AGENT_CMD", agent)], false);
+    assert_eq!(code, Some(4), "{text}");
+    let before = snapshot(&env);
+    let out = env
+        .orch()
+        .args(["gates", "check", "--task", "1", "--json"])
+        .output()
+        .expect("gates check");
+    assert_eq!(out.status.code(), Some(4));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["stage"], "analysis");
+    assert_eq!(v["passed"], false);
+    let complete = &v["gates"][0];
+    assert_eq!(complete["gate"], "check_analysis_complete");
+    assert_eq!(complete["status"], "fail");
+    let problems: Vec<&str> = complete["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            "01-brd.md: no frontmatter (the file must start with a '---' line)",
+            "02-trz.md: type must be trz, found \"brd\"",
+            "02-trz.md: no text after the frontmatter",
+            "docs/work-items/DEMO-1/03-acceptance-criteria.md is missing",
+            "04-test-plan.yaml: tests[0] is a string, not a mapping with an 'id'",
+            "04-test-plan.yaml: tests[1] has no 'id'",
+        ]
+    );
+    assert_eq!(v["gates"][1]["gate"], "check_analysis_approved");
+    env.orch()
+        .args(["gates", "check", "--task", "1"])
+        .assert()
+        .code(4)
+        .stdout(predicate::str::contains(
+            "check_analysis_complete fail: 6 problems",
+        ))
+        .stdout(predicate::str::contains(
+            "    - 02-trz.md: no text after the frontmatter",
+        ));
+    assert_eq!(snapshot(&env), before, "a dry run changes nothing");
+    env.orch()
+        .args(["gates", "check", "--task", "9"])
+        .assert()
+        .code(1);
+}

@@ -12,6 +12,7 @@ pub mod cancel;
 pub mod confine;
 pub mod engine;
 pub mod evaluate;
+pub mod gate_check;
 pub mod judge;
 pub mod lease;
 pub mod merge_gate;
