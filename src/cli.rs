@@ -17,9 +17,11 @@ use crate::cmd;
 /// systemd timers, a webhook shim or a person, share one SQLite database in
 /// the state directory.
 ///
-/// Exit codes: 0 success, 1 failure, 2 usage, 3 nothing to do, 65 malformed
-/// input, 74 the webhook client went away before its answer, 75 temporary
-/// failure (retry later), 77 signature rejected, 78 configuration error.
+/// Exit codes: 0 success, 1 failure, 2 usage, 3 nothing to do, 4 gates did
+/// not pass, 5 agent failed, 6 refused (4-6: run-agent; 4: gates check), 65
+/// malformed input, 74 the webhook client went away before its answer, 75
+/// temporary failure (retry later), 77 signature rejected, 78 configuration
+/// error.
 #[derive(Debug, Parser)]
 #[command(name = "orch", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
@@ -80,9 +82,25 @@ pub enum Command {
     /// what needs a human by kind, the reaper's last pass. With
     /// --output the file is replaced atomically (temporary file + rename).
     Metrics(cmd::metrics::Args),
-    /// Claim the next eligible job (exit 3 when nothing is claimable, saying why).
+    /// Scripting primitive: claim the next eligible job without running it (exit 3: nothing claimable, and why).
+    ///
+    /// The claimed job is left `running` with this (exited) process as its
+    /// owner: unless an external worker takes it over with `orch run-agent
+    /// --job N`, `orch reap` requeues it after `reaper_start_grace_s` and the
+    /// claim has cost one of its attempts. To run the next job, use `orch
+    /// run-agent --next`.
     Claim(cmd::claim::Args),
     /// Take a lock, claim a job, run its agent in the task's worktree, and finalize it.
+    ///
+    /// Prints what ran, how it ended, each gate with its reason, and what
+    /// happens next with the command to use (--json: the run report). Exit 0
+    /// when the task advanced, finished, or waits for a human; 3 when no job
+    /// could be claimed (and why: also the jobs that failed for good); 4 when
+    /// the run was fine but the gates did not pass (the job is retried, or
+    /// the task rolled back or escalated); 5 when the agent failed or was
+    /// killed (timeout, stall, signal); 6 when the job was claimed but no
+    /// agent was started (task over budget, sandbox unavailable); 1 when orch
+    /// could not finish the job (worktree, push, gate evaluation).
     RunAgent(cmd::run_agent::Args),
     /// Evaluate a task's current gate and advance it or roll it back (the human/CI path).
     Advance(cmd::advance::Args),
@@ -138,6 +156,16 @@ pub enum Command {
     /// Inspect, enqueue and retry jobs.
     #[command(subcommand)]
     Job(cmd::job::Command),
+    /// Check a task's gates now, without running anything (`gates check --task N`).
+    #[command(subcommand)]
+    Gates(cmd::gates::Command),
+    /// Print or follow (-f) the agent log of a job's run, or of a task's current job.
+    ///
+    /// The log is printed as the agent wrote it, its rotated older half
+    /// first, with control characters other than newline and tab escaped.
+    /// Exit 0; 1 when the job, task or run does not exist; 3 when it has no
+    /// agent run (or log) yet.
+    Logs(cmd::logs::Args),
     /// List outbox messages (tracker comments, states, notifications) and retry dead ones.
     #[command(subcommand)]
     Outbox(cmd::outbox::Command),

@@ -398,6 +398,34 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
         )],
     ),
     (
+        "orch-logs",
+        &[
+            (
+                "Follow the agent of task 1 as it works.",
+                "orch logs -f --task 1",
+            ),
+            ("The log of job 7's latest attempt.", "orch logs 7"),
+            (
+                "Every run of task 1 and its check logs.",
+                "orch logs --list --task 1",
+            ),
+        ],
+    ),
+    (
+        "orch-gates",
+        &[(
+            "Every problem the gates of task 1's stage see now.",
+            "orch gates check --task 1",
+        )],
+    ),
+    (
+        "orch-gates-check",
+        &[(
+            "Every problem the gates of task 1's stage see now, without running anything.",
+            "orch gates check --task 1",
+        )],
+    ),
+    (
         "orch-web",
         &[
             (

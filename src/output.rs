@@ -147,6 +147,12 @@ pub fn safe_lines(text: &str) -> Cow<'_, str> {
     escape_unsafe(text, |c| c == '\n')
 }
 
+/// [`safe`] for a log streamed as it is (an agent's output): newlines and
+/// tabs stay, every other control character is escaped.
+pub fn safe_log(text: &str) -> Cow<'_, str> {
+    escape_unsafe(text, |c| c == '\n' || c == '\t')
+}
+
 /// Print one line of human output on stdout, made [safe](safe_lines): the
 /// one way commands print text, so a value from outside cannot slip past.
 pub fn say(line: &str) {

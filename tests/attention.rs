@@ -121,7 +121,8 @@ fn an_escalated_task_is_listed_until_task_resume() {
 fn a_task_blocked_over_budget_is_listed_until_its_budget_is_raised() {
     let env = demo_env("task_budget_usd = 0.5\nagent_max_budget_usd = \"1\"");
     create_task(&env, "b");
-    env.orch().args(["run-agent", "--next"]).assert().success();
+    // 6: refused, over budget (docs/exit-codes.md).
+    env.orch().args(["run-agent", "--next"]).assert().code(6);
     expect_item(
         &env,
         "blocked",
@@ -175,11 +176,12 @@ fn a_self_hosting_deploy_awaiting_confirm_deploy_is_listed() {
 fn a_job_failed_for_good_is_listed_with_job_retry() {
     let env = demo_env("max_attempts = 1");
     create_task(&env, "f");
+    // 5: the agent failed.
     env.orch()
         .env("ORCH_AGENT_CMD", "exit 1")
         .args(["run-agent", "--next"])
         .assert()
-        .success();
+        .code(5);
     env.orch().args(["run-agent", "--next"]).assert().code(3);
     expect_item(&env, "failed-job", Some(1), Some(1), "orch job retry 1");
     env.orch().args(["job", "retry", "1"]).assert().success();

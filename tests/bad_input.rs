@@ -338,7 +338,8 @@ fn long_repo_names_and_titles_still_give_a_branch_and_the_task_runs() {
             .args(["run-agent", "--next"])
             .assert()
             .success()
-            .stdout(predicate::str::contains("run success"));
+            .stdout(predicate::str::contains("(success)"))
+            .stdout(predicate::str::contains("outcome: waiting for a human"));
         env.orch()
             .args(["advance", "--task", id, "--approve"])
             .assert()

@@ -190,7 +190,7 @@ fn a_claude_run_without_a_result_event_costs_unknown_not_zero() {
         .env("ORCH_AGENT_PROTOCOL", "claude")
         .args(["run-agent", "--next"])
         .assert()
-        .success();
+        .code(5);
     let cost: Option<f64> = env
         .db()
         .conn()
@@ -209,7 +209,7 @@ fn a_claude_run_without_a_result_event_costs_unknown_not_zero() {
         .env("ORCH_AGENT_CMD", "exit 1")
         .args(["run-agent", "--next"])
         .assert()
-        .success();
+        .code(5);
     let cost: Option<f64> = env
         .db()
         .conn()

@@ -401,7 +401,8 @@ fn orch090_d7_stop_in_the_critical_window_defers_then_applies() {
         ),
         1
     );
-    assert!(worker.wait().expect("wait").success());
+    // The actor's agent exits 1: an agent failure (5).
+    assert_eq!(worker.wait().expect("wait").code(), Some(5));
     // The worker leaving the window applied the pending request at once;
     // the next reap finds nothing left to apply.
     assert_eq!(task_json(&env, 1)["task"]["stage"], "cancelled");

@@ -371,8 +371,10 @@ fn the_network_setting_decides_what_the_agent_reaches() {
             .timeout(Duration::from_secs(60))
             .output()
             .expect("run");
-        assert!(
-            out.status.success(),
+        // The agent ran and wrote no artifacts: the gates fail (4).
+        assert_eq!(
+            out.status.code(),
+            Some(4),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
@@ -401,7 +403,8 @@ fn a_gibibyte_of_output_leaves_orch_under_32_mib() {
         .assert()
         .success();
     let agent = "head -c 1073741824 /dev/zero | tr '\\0' x; echo; exit 0";
-    let peak_kib = common::run_agent_peak_rss_kib(&env, agent).expect("peak RSS");
+    // The agent ran and wrote no artifacts: the gates fail (4).
+    let peak_kib = common::run_agent_peak_rss_kib(&env, agent, 4).expect("peak RSS");
     assert!(
         peak_kib < 32 * 1024,
         "peak RSS {peak_kib} KiB for 1 GiB of output"
@@ -509,11 +512,14 @@ fn without_a_working_bwrap_auto_says_so_and_required_refuses() {
     };
     // Required: nothing runs, nothing is recorded, the job waits to retry.
     let required = run("bwrap");
-    assert!(
-        required.status.code().is_some(),
-        "{}",
+    assert_eq!(
+        required.status.code(),
+        Some(6),
+        "refused: {}",
         String::from_utf8_lossy(&required.stderr)
     );
+    let refused: serde_json::Value = serde_json::from_slice(&required.stdout).expect("json");
+    assert_eq!(refused["ending"], "refused", "{refused}");
     let job = env.json(&["job", "show", "1"]);
     assert_eq!(job["status"], "queued", "{job}");
     let error = job["error"].as_str().unwrap_or_default();
@@ -586,7 +592,7 @@ fn each_run_gets_a_fresh_home_from_the_seed() {
             .env("ORCH_AGENT_CMD", &agent)
             .args(["run-agent", "--next"])
             .assert()
-            .success();
+            .code(4); // no artifacts: the gates fail
     }
     let text = std::fs::read_to_string(&seen).expect("seen");
     let _ = std::fs::remove_dir_all(&seed);

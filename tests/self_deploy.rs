@@ -324,8 +324,9 @@ fn a_main_that_moved_since_staging_is_refused_and_restaged() {
     );
 }
 
-/// Press STOP during the production deploy (phase B done, hook running).
-fn stop_during_the_deploy(env: &Env) {
+/// Press STOP during the production deploy (phase B done, hook running);
+/// the finalizer exits `code` (0 deployed, 4 rolled back).
+fn stop_during_the_deploy(env: &Env, code: i32) {
     to_phase_a(env);
     env.orch()
         .args(["advance", "--task", "1", "--confirm-deploy"])
@@ -335,7 +336,7 @@ fn stop_during_the_deploy(env: &Env) {
     assert_eq!(v["note"], "deferred-critical-window", "{v}");
     assert_eq!(stage(env), "deploy");
     wait_for_hook(env);
-    env.orch().args(["run-agent", "--next"]).assert().success();
+    env.orch().args(["run-agent", "--next"]).assert().code(code);
 }
 
 fn outbox_count(env: &Env, key_like: &str) -> i64 {
@@ -356,7 +357,7 @@ fn a_deploy_that_succeeded_under_a_pending_stop_ends_done_and_says_the_stop_came
     let path = env.state().join("orch.toml");
     let config = std::fs::read_to_string(&path).expect("config");
     std::fs::write(&path, format!("{config}health_check_cmd = \"true\"\n")).expect("config");
-    stop_during_the_deploy(&env);
+    stop_during_the_deploy(&env, 0);
     // Production runs the change: the task tells the truth.
     assert_eq!(stage(&env), "done", "production runs the change");
     assert_eq!(hook_runs(&env), 1);
@@ -396,7 +397,7 @@ fn a_deploy_that_succeeded_under_a_pending_stop_ends_done_and_says_the_stop_came
 fn orch090_d7_deferred_stop_applied_after_a_failed_deploy() {
     let env = self_hosting();
     std::fs::write(env.state().join("hook.exit"), "1").expect("hook exit");
-    stop_during_the_deploy(&env);
+    stop_during_the_deploy(&env, 4);
     assert_eq!(
         stage(&env),
         "cancelled",

@@ -4,8 +4,9 @@
 //! The claiming process is the job's owner: once it exits, `orch status`
 //! shows the owner dead and `orch reap` requeues the job after
 //! `reaper_start_grace_s` unless a worker (`orch run-agent --job N`) takes it
-//! over. It is meant for inspection, scripts and external workers; the
-//! pipeline's own workers claim inside `orch run-agent --next`.
+//! over, and the claim has cost one of the job's attempts. It is a scripting
+//! primitive for external workers; the pipeline's own workers claim inside
+//! `orch run-agent --next`.
 
 use std::process::ExitCode;
 

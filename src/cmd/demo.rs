@@ -90,7 +90,9 @@ fn orch(exe: &Path, state: &Path, script: &str, args: &[&str]) -> anyhow::Result
         .with_context(|| format!("running orch {}", args.join(" ")))?;
     let code = out.status.code().unwrap_or(1);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if code != 0 && code != 3 {
+    // `run-agent` exits 4, 5 or 6 with its report when a stage did not pass.
+    let reported = matches!(code, 4..=6) && !stdout.trim().is_empty();
+    if code != 0 && code != 3 && !reported {
         bail!(
             "orch {} failed ({code}): {}",
             args.join(" "),
@@ -177,7 +179,7 @@ pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     let mut runs = 0;
     loop {
         let (code, out) = orch(&exe, &state, script, &["run-agent", "--next", "--json"])?;
-        if code == 0 {
+        if code != 3 {
             runs += 1;
             let r = json(&out);
             let eval = &r["evaluation"];

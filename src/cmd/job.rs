@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use crate::context::Ctx;
 use crate::error::OrchError;
 use crate::output::{self, Table};
+use crate::pipeline::runs::{self, Attempt};
 use crate::pipeline::{Stage, task};
 use crate::queue::{self, NewJob};
 use crate::storage;
@@ -115,35 +116,7 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                 print!("{}", t.render());
             }
         }
-        Command::Show(a) => {
-            let job = queue::get(db.conn(), a.id)?
-                .ok_or_else(|| OrchError::NotFound(format!("job {} not found", a.id)))?;
-            if a.json {
-                output::print_json(&job)?;
-            } else {
-                crate::say!("job          {}", job.id);
-                crate::say!("agent        {}", job.agent);
-                crate::say!("repo         {}", job.repo);
-                crate::say!("task         {}", output::opt(job.task_id));
-                crate::say!("stage        {}", output::opt(job.stage.as_deref()));
-                crate::say!("status       {}", job.status);
-                crate::say!("attempts     {}/{}", job.attempts, job.max_attempts);
-                crate::say!("transient    {}", job.transient_attempts);
-                if job.available_at > now {
-                    crate::say!("available in {}", output::duration(job.available_at - now));
-                }
-                crate::say!("owner pid    {}", output::opt(job.owner_pid));
-                crate::say!("agent pid    {}", output::opt(job.pid));
-                crate::say!("run          {}", output::opt(job.run_id));
-                crate::say!("created      {}", output::ago(Some(job.created_at), now));
-                crate::say!("started      {}", output::ago(job.started_at, now));
-                crate::say!("finished     {}", output::ago(job.finished_at, now));
-                crate::say!(
-                    "error        {}",
-                    output::safe(&output::opt(job.error.as_deref()))
-                );
-            }
-        }
+        Command::Show(a) => show(&db, &a, now)?,
         Command::Retry(a) => {
             db.write(|tx| queue::retry(tx, a.id))?;
             crate::say!("job {} queued again", a.id);
@@ -206,4 +179,91 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `job show --json`: the job object plus its agent runs.
+#[derive(serde::Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    job: &'a queue::Job,
+    /// Every agent run of the job, oldest first (`attempts` is the count of claims).
+    runs: &'a [Attempt],
+}
+
+fn show(db: &storage::Db, a: &ShowArgs, now: i64) -> anyhow::Result<()> {
+    let job = queue::get(db.conn(), a.id)?
+        .ok_or_else(|| OrchError::NotFound(format!("job {} not found", a.id)))?;
+    let attempts = runs::for_job(db.conn(), job.id)?;
+    if a.json {
+        return output::print_json(&Shown {
+            job: &job,
+            runs: &attempts,
+        });
+    }
+    crate::say!("job          {}", job.id);
+    crate::say!("agent        {}", job.agent);
+    crate::say!("repo         {}", job.repo);
+    crate::say!("task         {}", output::opt(job.task_id));
+    crate::say!("stage        {}", output::opt(job.stage.as_deref()));
+    crate::say!("status       {}", job.status);
+    crate::say!("attempts     {}/{}", job.attempts, job.max_attempts);
+    crate::say!("transient    {}", job.transient_attempts);
+    if job.available_at > now {
+        crate::say!("available in {}", output::duration(job.available_at - now));
+    }
+    crate::say!("owner pid    {}", output::opt(job.owner_pid));
+    crate::say!("agent pid    {}", output::opt(job.pid));
+    crate::say!("run          {}", output::opt(job.run_id));
+    crate::say!("created      {}", output::ago(Some(job.created_at), now));
+    crate::say!("started      {}", output::ago(job.started_at, now));
+    crate::say!("finished     {}", output::ago(job.finished_at, now));
+    crate::say!(
+        "error        {}",
+        output::safe(&output::opt(job.error.as_deref()))
+    );
+    if attempts.is_empty() {
+        crate::say!("runs         none (no agent was started)");
+    }
+    for attempt in &attempts {
+        say_attempt(attempt, now);
+    }
+    Ok(())
+}
+
+/// Three lines about one agent run.
+fn say_attempt(a: &Attempt, now: i64) {
+    let ended = match a.finished_at {
+        Some(t) => format!(
+            "{} ({})",
+            output::utc(t),
+            output::duration(a.duration_s.unwrap_or(0))
+        ),
+        None => format!(
+            "not ended ({} so far)",
+            output::duration(now - a.started_at)
+        ),
+    };
+    crate::say!(
+        "run {} (#{})  {} → {}",
+        a.run_id,
+        a.number,
+        output::utc(a.started_at),
+        ended
+    );
+    let tokens = match (a.input_tokens, a.output_tokens) {
+        (None, None) => "-".to_owned(),
+        (i, o) => format!("{} in / {} out", output::opt(i), output::opt(o)),
+    };
+    crate::say!(
+        "  {}: {}; cost {}, tokens {tokens}",
+        a.ending(),
+        output::safe(a.outcome.as_deref().unwrap_or("-")),
+        a.cost_usd
+            .map_or_else(|| "-".to_owned(), |c| format!("${c:.4}")),
+    );
+    let log = a.log_path.as_deref().unwrap_or("-");
+    match &a.rotated_log_path {
+        Some(older) => crate::say!("  log {log} (older half {older})"),
+        None => crate::say!("  log {log}"),
+    }
 }

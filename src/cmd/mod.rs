@@ -8,10 +8,12 @@ pub mod demo;
 pub mod demo_agent;
 pub mod doctor;
 pub mod finalize_deploy;
+pub mod gates;
 pub mod generate;
 pub mod ingest_webhook;
 pub mod init;
 pub mod job;
+pub mod logs;
 pub mod metrics;
 pub mod outbox;
 pub mod reap;
@@ -69,6 +71,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Claim(a) => claim::run(&ctx, &a),
                 Command::Task(c) => task::run(&ctx, c),
                 Command::Job(c) => job::run(&ctx, c),
+                Command::Logs(a) => logs::run(&ctx, &a),
+                Command::Gates(c) => gates::run(&ctx, c),
                 Command::Outbox(c) => outbox::run(&ctx, c),
                 Command::RunAgent(a) => run_agent::run(&ctx, &a),
                 Command::Advance(a) => advance::run(&ctx, &a),

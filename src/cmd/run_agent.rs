@@ -9,9 +9,10 @@ use crate::context::Ctx;
 use crate::error::exit;
 use crate::liveness::{self, WorkerLock};
 use crate::output;
-use crate::pipeline::worker::{self, RunReport};
+use crate::pipeline::run_summary;
+use crate::pipeline::worker;
 use crate::queue::{self, ClaimById, Claimer};
-use crate::storage;
+use crate::storage::{self, Db};
 
 /// Arguments of `orch run-agent`.
 #[derive(Debug, clap::Args)]
@@ -47,7 +48,8 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             ClaimById::Claimed(job) => *job,
             ClaimById::Refused(why) => {
                 lock.release();
-                return nothing(args.json, &why);
+                let why = refused_by_id(&db, id, why)?;
+                return nothing(&db, args.json, &why, false);
             }
         }
     } else {
@@ -55,7 +57,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             Ok(job) => job,
             Err(why) => {
                 lock.release();
-                return nothing(args.json, &why.to_string());
+                return nothing(&db, args.json, &why.to_string(), true);
             }
         }
     };
@@ -72,47 +74,47 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     if args.json {
         output::print_json(&report)?;
     } else {
-        print_human(&report);
+        let after = queue::get(db.conn(), job.id)?;
+        for line in run_summary::lines(db.conn(), &report, after.as_ref()) {
+            crate::say!("{line}");
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(report.ending.exit_code()))
 }
 
-fn nothing(json: bool, why: &str) -> anyhow::Result<ExitCode> {
-    if json {
-        output::print_json(&serde_json::json!({ "job_id": null, "why": why }))?;
+/// Nothing was claimed: say why (exit 3), and with `stuck`, name the jobs
+/// that failed for good and hold their tasks up: no worker runs them again.
+fn nothing(db: &Db, json: bool, why: &str, stuck: bool) -> anyhow::Result<ExitCode> {
+    let stuck = if stuck {
+        run_summary::stuck_failed(db.conn())?
     } else {
-        log::warn!("nothing to run: {why}");
+        Vec::new()
+    };
+    if json {
+        output::print_json(&serde_json::json!({ "job_id": null, "why": why, "failed": stuck }))?;
+        return Ok(ExitCode::from(exit::NOTHING_TO_DO));
+    }
+    log::warn!("nothing to run: {}", output::safe(why));
+    for s in &stuck {
+        log::warn!(
+            "job {} ({} of task {}) failed for good: {}; see `orch job show {}`, then `orch job retry {}`",
+            s.job_id,
+            s.agent,
+            s.task_id,
+            output::safe(s.error.as_deref().unwrap_or("-")),
+            s.job_id,
+            s.job_id
+        );
     }
     Ok(ExitCode::from(exit::NOTHING_TO_DO))
 }
 
-fn print_human(r: &RunReport) {
-    crate::say!(
-        "job {} ({} on stage {}, task {}): run {}",
-        r.job_id,
-        r.agent,
-        output::opt(r.stage.as_deref()),
-        output::opt(r.task_id),
-        if r.run_verdict.is_empty() {
-            "not started"
-        } else {
-            &r.run_verdict
-        }
-    );
-    if let Some(e) = &r.evaluation {
-        for g in &e.gates {
-            crate::say!("  gate {} {}: {}", g.gate, g.verdict, g.reason);
-        }
-        crate::say!(
-            "  decision: {}",
-            serde_json::to_string(&e.decision).unwrap_or_default()
-        );
-    }
-    crate::say!(
-        "  committed: {}",
-        serde_json::to_string(&r.committed).unwrap_or_default()
-    );
-    if let Some(log) = &r.log_path {
-        crate::say!("  log: {log}");
-    }
+/// Why `--job N` was refused, with the way out when the job failed for good.
+fn refused_by_id(db: &Db, id: i64, why: String) -> anyhow::Result<String> {
+    let failed = queue::get(db.conn(), id)?.is_some_and(|j| j.status == "failed");
+    Ok(if failed {
+        format!("{why} (it failed for good: `orch job show {id}`, then `orch job retry {id}`)")
+    } else {
+        why
+    })
 }

@@ -6,6 +6,10 @@
 //! Problems with the files themselves are `Fail` (retry the agent); only an
 //! explicit "no" written by the agent (`REQUEST_CHANGES`, `FAIL`, `FAILED`) is
 //! `Reject`. Values are trimmed and compared case-sensitively.
+//!
+//! Each check first collects every problem it finds ([`Findings`]), so a dry
+//! run (`orch gates check`) can list them all at once; the verdict and its
+//! reason (the first problem) are what the gate has always decided.
 
 use std::io;
 use std::path::Path;
@@ -30,57 +34,110 @@ struct StatusField {
     reject: &'static str,
 }
 
+/// What a gate decided, and every problem it found on the way (the
+/// decision's reason is the first of them when it fails).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Findings {
+    /// The gate's verdict and reason, exactly as when it runs in the pipeline.
+    pub result: GateResult,
+    /// Every problem found, in order; empty when it passes or rejects.
+    pub problems: Vec<String>,
+}
+
+impl Findings {
+    fn fail(gate: Gate, problems: Vec<String>) -> Findings {
+        let first = problems.first().cloned().unwrap_or_default();
+        Findings {
+            result: GateResult::fail(gate, first),
+            problems,
+        }
+    }
+
+    fn decided(result: GateResult) -> Findings {
+        Findings {
+            result,
+            problems: Vec::new(),
+        }
+    }
+}
+
+/// Every problem an artifact gate finds in `dir`, or `None` for the gates
+/// the pipeline implements.
+pub fn findings(gate: Gate, dir: &Path) -> Option<Findings> {
+    let status_field = |file, key, pass, reject| StatusField {
+        gate,
+        file,
+        key,
+        pass,
+        reject,
+    };
+    Some(match gate {
+        Gate::AnalysisComplete => analysis_findings(dir),
+        Gate::ArchitectureDone => architecture_findings(dir),
+        Gate::ReviewApproved => review(gate, dir, false),
+        Gate::ReviewerVerdict => review(gate, dir, true),
+        Gate::TestsPassed => status(
+            &status_field("13-test-report.md", "result", "PASS", "FAIL"),
+            dir,
+            None,
+        ),
+        Gate::StagingStatus => status(
+            &status_field("15-staging-log.md", "staging_status", "SUCCESS", "FAILED"),
+            dir,
+            None,
+        ),
+        Gate::DeployStatus => status(
+            &status_field("14-deploy-log.md", "deploy_status", "SUCCESS", "FAILED"),
+            dir,
+            None,
+        ),
+        Gate::AnalysisApproved
+        | Gate::CiGreen
+        | Gate::TestsLocal
+        | Gate::BranchMergeable
+        | Gate::StagingImageFresh => return None,
+    })
+}
+
 /// `12-review.md` frontmatter `verdict`: `APPROVED` passes, `REQUEST_CHANGES`
 /// rejects (back to development), anything else fails. The reason carries the
 /// review's `version` when present.
 pub fn check_review_approved(dir: &Path) -> GateResult {
-    review(Gate::ReviewApproved, dir, false)
+    review(Gate::ReviewApproved, dir, false).result
 }
 
 /// Like [`check_review_approved`], but stricter about what the file is: its
 /// frontmatter must also say `type: review`, so a stray file that merely has a
 /// `verdict` key does not count as a review.
 pub fn check_reviewer_verdict(dir: &Path) -> GateResult {
-    review(Gate::ReviewerVerdict, dir, true)
+    review(Gate::ReviewerVerdict, dir, true).result
 }
 
 /// `13-test-report.md` frontmatter `result`: `PASS` passes, `FAIL` rejects,
 /// anything else fails.
 pub fn check_tests_passed(dir: &Path) -> GateResult {
-    let field = StatusField {
-        gate: Gate::TestsPassed,
-        file: "13-test-report.md",
-        key: "result",
-        pass: "PASS",
-        reject: "FAIL",
-    };
-    status(&field, dir, |_| String::new())
+    findings(Gate::TestsPassed, dir).map_or_else(
+        || GateResult::fail(Gate::TestsPassed, "not an artifact gate"),
+        |f| f.result,
+    )
 }
 
 /// `15-staging-log.md` frontmatter `staging_status`: `SUCCESS` passes,
 /// `FAILED` rejects, anything else fails.
 pub fn check_staging_status(dir: &Path) -> GateResult {
-    let field = StatusField {
-        gate: Gate::StagingStatus,
-        file: "15-staging-log.md",
-        key: "staging_status",
-        pass: "SUCCESS",
-        reject: "FAILED",
-    };
-    status(&field, dir, |_| String::new())
+    findings(Gate::StagingStatus, dir).map_or_else(
+        || GateResult::fail(Gate::StagingStatus, "not an artifact gate"),
+        |f| f.result,
+    )
 }
 
 /// `14-deploy-log.md` frontmatter `deploy_status`: `SUCCESS` passes,
 /// `FAILED` rejects, anything else fails.
 pub fn check_deploy_status(dir: &Path) -> GateResult {
-    let field = StatusField {
-        gate: Gate::DeployStatus,
-        file: "14-deploy-log.md",
-        key: "deploy_status",
-        pass: "SUCCESS",
-        reject: "FAILED",
-    };
-    status(&field, dir, |_| String::new())
+    findings(Gate::DeployStatus, dir).map_or_else(
+        || GateResult::fail(Gate::DeployStatus, "not an artifact gate"),
+        |f| f.result,
+    )
 }
 
 /// The analyst's artifacts: `01-brd.md`, `02-trz.md` and
@@ -89,10 +146,15 @@ pub fn check_deploy_status(dir: &Path) -> GateResult {
 /// `04-test-plan.yaml` is a mapping whose `tests` is a non-empty list of
 /// mappings, each with an `id`. The first problem found is the reason.
 pub fn check_analysis_complete(dir: &Path) -> GateResult {
+    analysis_findings(dir).result
+}
+
+fn analysis_findings(dir: &Path) -> Findings {
     let gate = Gate::AnalysisComplete;
     if let Err(reason) = check_dir(dir) {
-        return GateResult::fail(gate, reason);
+        return Findings::fail(gate, vec![reason]);
     }
+    let mut problems = Vec::new();
     for (file, kind) in [
         ("01-brd.md", "brd"),
         ("02-trz.md", "trz"),
@@ -100,50 +162,52 @@ pub fn check_analysis_complete(dir: &Path) -> GateResult {
     ] {
         let doc = match read(dir, file) {
             Ok(doc) => doc,
-            Err(reason) => return GateResult::fail(gate, reason),
+            Err(reason) => {
+                problems.push(reason);
+                continue;
+            }
         };
         if let Err(problem) = expect_type(&doc.frontmatter, kind) {
-            return GateResult::fail(gate, format!("{file}: {problem}"));
+            problems.push(format!("{file}: {problem}"));
         }
         if doc.body.trim().is_empty() {
-            return GateResult::fail(gate, format!("{file}: no text after the frontmatter"));
+            problems.push(format!("{file}: no text after the frontmatter"));
         }
     }
     let plan = "04-test-plan.yaml";
     let tests = match read_yaml_mapping(&dir.join(plan)) {
-        Ok(fields) => match test_plan_problem(&fields) {
-            Ok(tests) => tests,
-            Err(problem) => return GateResult::fail(gate, format!("{plan}: {problem}")),
-        },
-        Err(err) => return GateResult::fail(gate, describe(dir, plan, &err)),
+        Ok(fields) => {
+            let (tests, found) = test_plan_problems(&fields);
+            problems.extend(found.into_iter().map(|p| format!("{plan}: {p}")));
+            tests
+        }
+        Err(err) => {
+            problems.push(describe(dir, plan, &err));
+            0
+        }
     };
-    GateResult::pass(
+    if !problems.is_empty() {
+        return Findings::fail(gate, problems);
+    }
+    Findings::decided(GateResult::pass(
         gate,
         format!(
             "01-brd.md, 02-trz.md, 03-acceptance-criteria.md and {plan} ({tests} test{}) are complete",
             if tests == 1 { "" } else { "s" }
         ),
-    )
+    ))
 }
 
 /// At least one `06-adr/ADR-*.md` regular file has frontmatter with
 /// `type: adr` and `status` `proposed` or `accepted`.
 pub fn check_architecture_done(dir: &Path) -> GateResult {
-    let gate = Gate::ArchitectureDone;
-    if let Err(reason) = check_dir(dir) {
-        return GateResult::fail(gate, reason);
-    }
-    let adr_dir = dir.join("06-adr");
-    if let Err(reason) = check_dir(&adr_dir) {
-        return GateResult::fail(gate, reason);
-    }
-    let entries = match std::fs::read_dir(&adr_dir) {
-        Ok(entries) => entries,
-        Err(e) => {
-            let label = long_label(&adr_dir);
-            return GateResult::fail(gate, format!("{label} cannot be read: {e}"));
-        }
-    };
+    architecture_findings(dir).result
+}
+
+/// The `ADR-*.md` names in `adr_dir`, sorted, or why it cannot be read.
+fn adr_names(adr_dir: &Path) -> Result<Vec<String>, String> {
+    let entries = std::fs::read_dir(adr_dir)
+        .map_err(|e| format!("{} cannot be read: {e}", long_label(adr_dir)))?;
     let mut names: Vec<String> = entries
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().into_string().ok())
@@ -157,36 +221,51 @@ pub fn check_architecture_done(dir: &Path) -> GateResult {
         .take(MAX_ADR_FILES)
         .collect();
     names.sort();
-    if names.is_empty() {
-        return GateResult::fail(gate, "06-adr/ holds no ADR-*.md file");
-    }
-    let mut first_problem = None;
-    for name in &names {
-        let rel = format!("06-adr/{name}");
-        let problem = match read(dir, &rel) {
-            Ok(doc) => match adr_problem(&doc.frontmatter) {
-                Ok(status) => {
-                    return GateResult::pass(gate, format!("{rel}: type adr, status {status}"));
-                }
-                Err(problem) => format!("{rel}: {problem}"),
-            },
-            Err(reason) => reason,
-        };
-        first_problem.get_or_insert(problem);
-    }
-    let problem = first_problem.unwrap_or_default();
-    let reason = if names.len() > 1 {
-        format!(
-            "{problem} (none of the {} ADR files qualifies)",
-            names.len()
-        )
-    } else {
-        problem
-    };
-    GateResult::fail(gate, reason)
+    Ok(names)
 }
 
-fn review(gate: Gate, dir: &Path, require_type: bool) -> GateResult {
+fn architecture_findings(dir: &Path) -> Findings {
+    let gate = Gate::ArchitectureDone;
+    let adr_dir = dir.join("06-adr");
+    let names = match check_dir(dir)
+        .and_then(|()| check_dir(&adr_dir))
+        .and_then(|()| adr_names(&adr_dir))
+    {
+        Ok(names) => names,
+        Err(reason) => return Findings::fail(gate, vec![reason]),
+    };
+    if names.is_empty() {
+        return Findings::fail(gate, vec!["06-adr/ holds no ADR-*.md file".to_owned()]);
+    }
+    let mut problems = Vec::new();
+    for name in &names {
+        let rel = format!("06-adr/{name}");
+        match read(dir, &rel) {
+            Ok(doc) => match adr_problems(&doc.frontmatter) {
+                Ok(status) => {
+                    return Findings::decided(GateResult::pass(
+                        gate,
+                        format!("{rel}: type adr, status {status}"),
+                    ));
+                }
+                Err(found) => problems.extend(found.into_iter().map(|p| format!("{rel}: {p}"))),
+            },
+            Err(reason) => problems.push(reason),
+        }
+    }
+    let first = problems.first().cloned().unwrap_or_default();
+    let reason = if names.len() > 1 {
+        format!("{first} (none of the {} ADR files qualifies)", names.len())
+    } else {
+        first
+    };
+    Findings {
+        result: GateResult::fail(gate, reason),
+        problems,
+    }
+}
+
+fn review(gate: Gate, dir: &Path, require_type: bool) -> Findings {
     let field = StatusField {
         gate,
         file: "12-review.md",
@@ -194,16 +273,7 @@ fn review(gate: Gate, dir: &Path, require_type: bool) -> GateResult {
         pass: "APPROVED",
         reject: "REQUEST_CHANGES",
     };
-    if require_type {
-        let doc = match check_dir(dir).and_then(|()| read(dir, field.file)) {
-            Ok(doc) => doc,
-            Err(reason) => return GateResult::fail(gate, reason),
-        };
-        if let Err(problem) = expect_type(&doc.frontmatter, "review") {
-            return GateResult::fail(gate, format!("{}: {problem}", field.file));
-        }
-    }
-    status(&field, dir, review_version)
+    status(&field, dir, require_type.then_some("review"))
 }
 
 /// " (review v3)" when the review has a usable `version`.
@@ -220,8 +290,9 @@ fn review_version(fields: &Fields) -> String {
     format!(" (review v{version})")
 }
 
-/// Reads `field.key` from `field.file`'s frontmatter and maps it to a verdict.
-fn status(field: &StatusField, dir: &Path, suffix: impl Fn(&Fields) -> String) -> GateResult {
+/// Reads `field.key` from `field.file`'s frontmatter and maps it to a
+/// verdict; with `kind`, the frontmatter must also say `type: <kind>`.
+fn status(field: &StatusField, dir: &Path, kind: Option<&str>) -> Findings {
     let StatusField {
         gate,
         file,
@@ -231,28 +302,44 @@ fn status(field: &StatusField, dir: &Path, suffix: impl Fn(&Fields) -> String) -
     } = *field;
     let doc = match check_dir(dir).and_then(|()| read(dir, file)) {
         Ok(doc) => doc,
-        Err(reason) => return GateResult::fail(gate, reason),
+        Err(reason) => return Findings::fail(gate, vec![reason]),
     };
     let fields = &doc.frontmatter;
-    let extra = suffix(fields);
-    match fields.get(key) {
-        None => GateResult::fail(
+    let mut problems = Vec::new();
+    if let Some(kind) = kind
+        && let Err(problem) = expect_type(fields, kind)
+    {
+        problems.push(format!("{file}: {problem}"));
+    }
+    let extra = if file == "12-review.md" {
+        review_version(fields)
+    } else {
+        String::new()
+    };
+    let decided = match fields.get(key) {
+        None => Err(format!(
+            "{file}: no '{key}' in the frontmatter (expected {pass} or {reject}){extra}"
+        )),
+        Some(Value::String(s)) if s.trim() == pass => Ok(GateResult::pass(
             gate,
-            format!("{file}: no '{key}' in the frontmatter (expected {pass} or {reject}){extra}"),
-        ),
-        Some(Value::String(s)) if s.trim() == pass => {
-            GateResult::pass(gate, format!("{file}: {key} is {pass}{extra}"))
-        }
-        Some(Value::String(s)) if s.trim() == reject => {
-            GateResult::reject(gate, format!("{file}: {key} is {reject}{extra}"))
-        }
-        Some(value) => GateResult::fail(
+            format!("{file}: {key} is {pass}{extra}"),
+        )),
+        Some(Value::String(s)) if s.trim() == reject => Ok(GateResult::reject(
             gate,
-            format!(
-                "{file}: {key} must be {pass} or {reject}, found {}{extra}",
-                found(value)
-            ),
-        ),
+            format!("{file}: {key} is {reject}{extra}"),
+        )),
+        Some(value) => Err(format!(
+            "{file}: {key} must be {pass} or {reject}, found {}{extra}",
+            found(value)
+        )),
+    };
+    match decided {
+        Ok(result) if problems.is_empty() => Findings::decided(result),
+        Ok(_) => Findings::fail(gate, problems),
+        Err(problem) => {
+            problems.push(problem);
+            Findings::fail(gate, problems)
+        }
     }
 }
 
@@ -265,46 +352,69 @@ fn expect_type(fields: &Fields, kind: &str) -> Result<(), String> {
     }
 }
 
-/// An ADR's frontmatter problem, or its (qualifying) status.
-fn adr_problem(fields: &Fields) -> Result<&'static str, String> {
-    expect_type(fields, "adr")?;
-    match fields.get("status") {
-        None => Err("no 'status' in the frontmatter (expected proposed or accepted)".to_owned()),
-        Some(Value::String(s)) if s.trim() == "proposed" => Ok("proposed"),
-        Some(Value::String(s)) if s.trim() == "accepted" => Ok("accepted"),
-        Some(value) => Err(format!(
-            "status must be proposed or accepted, found {}",
-            found(value)
-        )),
+/// An ADR's (qualifying) status, or every problem of its frontmatter.
+fn adr_problems(fields: &Fields) -> Result<&'static str, Vec<String>> {
+    let mut problems = Vec::new();
+    if let Err(problem) = expect_type(fields, "adr") {
+        problems.push(problem);
+    }
+    let status = match fields.get("status") {
+        None => {
+            problems.push("no 'status' in the frontmatter (expected proposed or accepted)".into());
+            ""
+        }
+        Some(Value::String(s)) if s.trim() == "proposed" => "proposed",
+        Some(Value::String(s)) if s.trim() == "accepted" => "accepted",
+        Some(value) => {
+            problems.push(format!(
+                "status must be proposed or accepted, found {}",
+                found(value)
+            ));
+            ""
+        }
+    };
+    if problems.is_empty() {
+        Ok(status)
+    } else {
+        Err(problems)
     }
 }
 
-/// The number of tests in a test plan, or its first problem.
-fn test_plan_problem(fields: &Fields) -> Result<usize, String> {
+/// The number of tests in a test plan, and every problem of it.
+fn test_plan_problems(fields: &Fields) -> (usize, Vec<String>) {
     let tests = match fields.get("tests") {
-        None => return Err("no 'tests' list".to_owned()),
-        Some(Value::Null) => return Err("'tests' is empty".to_owned()),
+        None => return (0, vec!["no 'tests' list".to_owned()]),
+        Some(Value::Null) => return (0, vec!["'tests' is empty".to_owned()]),
         Some(Value::Array(tests)) => tests,
-        Some(other) => return Err(format!("'tests' must be a list, found {}", kind_of(other))),
+        Some(other) => {
+            return (
+                0,
+                vec![format!("'tests' must be a list, found {}", kind_of(other))],
+            );
+        }
     };
     if tests.is_empty() {
-        return Err("'tests' is an empty list".to_owned());
+        return (0, vec!["'tests' is an empty list".to_owned()]);
     }
-    for (i, test) in tests.iter().enumerate() {
-        let Value::Object(test) = test else {
-            return Err(format!(
-                "tests[{i}] is {}, not a mapping with an 'id'",
-                kind_of(test)
-            ));
-        };
-        match test.get("id") {
-            Some(Value::String(id)) if !id.trim().is_empty() => {}
-            Some(Value::Number(_)) => {}
-            Some(other) => return Err(format!("tests[{i}] has an unusable id {}", found(other))),
-            None => return Err(format!("tests[{i}] has no 'id'")),
-        }
-    }
-    Ok(tests.len())
+    let problems = tests
+        .iter()
+        .enumerate()
+        .filter_map(|(i, test)| {
+            let Value::Object(test) = test else {
+                return Some(format!(
+                    "tests[{i}] is {}, not a mapping with an 'id'",
+                    kind_of(test)
+                ));
+            };
+            match test.get("id") {
+                Some(Value::String(id)) if !id.trim().is_empty() => None,
+                Some(Value::Number(_)) => None,
+                Some(other) => Some(format!("tests[{i}] has an unusable id {}", found(other))),
+                None => Some(format!("tests[{i}] has no 'id'")),
+            }
+        })
+        .collect();
+    (tests.len(), problems)
 }
 
 /// A value as quoted back in a reason.
@@ -410,6 +520,54 @@ mod tests {
             (verdict, reason),
             "{result}"
         );
+    }
+
+    #[test]
+    fn findings_list_every_problem_at_once() {
+        let fx = Fixture::new();
+        fx.write("01-brd.md", "# no frontmatter\n")
+            .write("02-trz.md", "---\ntype: brd\n---\n")
+            .write("04-test-plan.yaml", "tests:\n  - TC-01\n  - type: unit\n");
+        let f = findings(Gate::AnalysisComplete, &fx.dir).expect("artifact gate");
+        assert_eq!(f.result.verdict, Verdict::Fail);
+        assert_eq!(
+            f.problems,
+            [
+                "01-brd.md: no frontmatter (the file must start with a '---' line)",
+                "02-trz.md: type must be trz, found \"brd\"",
+                "02-trz.md: no text after the frontmatter",
+                "docs/work-items/DEMO-1/03-acceptance-criteria.md is missing",
+                "04-test-plan.yaml: tests[0] is a string, not a mapping with an 'id'",
+                "04-test-plan.yaml: tests[1] has no 'id'",
+            ]
+        );
+        assert_eq!(
+            f.result.reason, f.problems[0],
+            "the verdict's reason is unchanged"
+        );
+        fx.write("06-adr/ADR-001.md", "---\ntype: note\nstatus: draft\n---\n");
+        let f = findings(Gate::ArchitectureDone, &fx.dir).expect("artifact gate");
+        assert_eq!(
+            f.problems,
+            [
+                "06-adr/ADR-001.md: type must be adr, found \"note\"",
+                "06-adr/ADR-001.md: status must be proposed or accepted, found \"draft\"",
+            ]
+        );
+        fx.write("12-review.md", "---\ntype: note\nverdict: maybe\n---\n");
+        let f = findings(Gate::ReviewerVerdict, &fx.dir).expect("artifact gate");
+        assert_eq!(
+            f.problems,
+            [
+                "12-review.md: type must be review, found \"note\"",
+                "12-review.md: verdict must be APPROVED or REQUEST_CHANGES, found \"maybe\"",
+            ]
+        );
+        // A "no" is a decision, not a problem.
+        fx.write("13-test-report.md", "---\nresult: FAIL\n---\n");
+        let f = findings(Gate::TestsPassed, &fx.dir).expect("artifact gate");
+        assert_eq!((f.result.verdict, f.problems.len()), (Verdict::Reject, 0));
+        assert!(findings(Gate::CiGreen, &fx.dir).is_none());
     }
 
     // ---- review ----

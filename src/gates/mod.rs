@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub use checks::{
-    check_analysis_complete, check_architecture_done, check_deploy_status, check_review_approved,
-    check_reviewer_verdict, check_staging_status, check_tests_passed,
+    Findings, check_analysis_complete, check_architecture_done, check_deploy_status,
+    check_review_approved, check_reviewer_verdict, check_staging_status, check_tests_passed,
+    findings,
 };
 
 /// A quality gate, by its name in the seeds (`QG_CHECKS`).

@@ -1,10 +1,13 @@
-//! Agent runs (attempts) as recorded in `agent_runs`, and the tail of a
-//! run's log read with bounded memory.
+//! The agent runs (attempts) of a job or a task, as an operator reads them:
+//! when each started and ended, how it ended, what it cost, and where its log
+//! is. One job can run its agent several times (a failed gate retries it, a
+//! crash gives the attempt back), and each run keeps its own directory
+//! `<state>/runs/job-<id>-run<n>/`; `orch job show`, `orch logs` and the web
+//! board read the `agent_runs` rows through this module so all name runs the
+//! same way.
 //!
-//! A run's log is `<state>/runs/job-<id>-run<n>/agent.log`, rotated to
-//! `agent.log.1` once it holds `log_max_bytes` (runner::pump). Logs are
-//! written by agents, so they can be any size and hold anything: a tail
-//! seeks to the end and reads at most the bytes asked for, only from a
+//! Logs are written by agents, so they can be any size and hold anything: a
+//! tail seeks to the end and reads at most the bytes asked for, only from a
 //! regular file (a symlink, FIFO or device planted in its place is refused
 //! without being opened or read), and only under the state directory's
 //! `runs/`.
@@ -16,106 +19,156 @@ use std::path::{Component, Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension as _, Row};
 use serde::Serialize;
 
-/// One agent run.
+/// One agent run of a job: a row of `agent_runs`, plus where its log is.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Run {
-    /// Run id.
-    pub id: i64,
-    /// The job it was an attempt of.
+pub struct Attempt {
+    /// The run's id (`agent_runs.id`, `ORCH_RUN_ID`).
+    pub run_id: i64,
+    /// Which run of its job this is, from 1 (the `<n>` of `job-<id>-run<n>`).
+    pub number: i64,
+    /// The job.
     pub job_id: Option<i64>,
     /// The task.
     pub task_id: Option<i64>,
-    /// The agent (`analyst`, `developer`, …).
+    /// The agent.
     pub agent: String,
-    /// The stage it ran on.
+    /// The stage it worked on.
     pub stage: Option<String>,
+    /// The agent's process group, once started.
+    pub pid: Option<i64>,
     /// Start (epoch seconds).
     pub started_at: i64,
-    /// End (epoch seconds); `None` while it runs.
+    /// End (epoch seconds); `null` while it runs, or if its worker died.
     pub finished_at: Option<i64>,
-    /// Exit code, if it exited.
-    pub exit_code: Option<i64>,
-    /// The signal that ended it, if one did.
-    pub signal: Option<i64>,
-    /// `wall` or `stall` if a timeout stopped it.
-    pub timed_out: Option<String>,
-    /// The verdict (`success`, `failed: …`, `orch-died: …`).
+    /// `finished_at - started_at`.
+    pub duration_s: Option<i64>,
+    /// How the run was judged (`success`, `failure: …`, `transient: …`).
     pub outcome: Option<String>,
-    /// Cost in USD; `None` = unknown (or still running).
+    /// The agent's exit code.
+    pub exit_code: Option<i64>,
+    /// The signal that killed it.
+    pub signal: Option<i64>,
+    /// `wall` or `stall` when stopped for time.
+    pub timed_out: Option<String>,
+    /// Cost reported by the agent, in USD.
     pub cost_usd: Option<f64>,
     /// Input tokens.
     pub input_tokens: Option<i64>,
     /// Output tokens.
     pub output_tokens: Option<i64>,
-    /// The log file.
-    pub output_path: Option<String>,
+    /// The run's log (`.../agent.log`).
+    pub log_path: Option<String>,
+    /// The log's older half (`agent.log.1`), when the log was rotated.
+    pub rotated_log_path: Option<String>,
 }
 
-const RUN_COLUMNS: &str = "id, job_id, task_id, agent, stage, started_at, finished_at, exit_code, \
-     signal, timed_out, outcome, cost_usd, input_tokens, output_tokens, output_path";
+const COLUMNS: &str = "a.id, (SELECT count(*) FROM agent_runs b WHERE b.job_id = a.job_id \
+     AND b.id <= a.id), a.job_id, a.task_id, a.agent, a.stage, a.pid, a.started_at, \
+     a.finished_at, a.outcome, a.exit_code, a.signal, a.timed_out, a.cost_usd, \
+     a.input_tokens, a.output_tokens, a.output_path";
 
-impl Run {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Run> {
-        Ok(Run {
-            id: r.get(0)?,
-            job_id: r.get(1)?,
-            task_id: r.get(2)?,
-            agent: r.get(3)?,
-            stage: r.get(4)?,
-            started_at: r.get(5)?,
-            finished_at: r.get(6)?,
-            exit_code: r.get(7)?,
-            signal: r.get(8)?,
-            timed_out: r.get(9)?,
-            outcome: r.get(10)?,
-            cost_usd: r.get(11)?,
-            input_tokens: r.get(12)?,
-            output_tokens: r.get(13)?,
-            output_path: r.get(14)?,
+impl Attempt {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
+        let started_at: i64 = r.get(7)?;
+        let finished_at: Option<i64> = r.get(8)?;
+        let log_path: Option<String> = r.get(16)?;
+        let rotated_log_path = log_path
+            .as_deref()
+            .map(|p| rotated(Path::new(p)))
+            .filter(|p| p.exists())
+            .map(|p| p.display().to_string());
+        Ok(Attempt {
+            run_id: r.get(0)?,
+            number: r.get(1)?,
+            job_id: r.get(2)?,
+            task_id: r.get(3)?,
+            agent: r.get(4)?,
+            stage: r.get(5)?,
+            pid: r.get(6)?,
+            started_at,
+            finished_at,
+            duration_s: finished_at.map(|f| (f - started_at).max(0)),
+            outcome: r.get(9)?,
+            exit_code: r.get(10)?,
+            signal: r.get(11)?,
+            timed_out: r.get(12)?,
+            cost_usd: r.get(13)?,
+            input_tokens: r.get(14)?,
+            output_tokens: r.get(15)?,
+            log_path,
+            rotated_log_path,
         })
     }
 
-    /// Seconds it ran (until `now` while it still runs).
-    pub fn duration_s(&self, now: i64) -> i64 {
-        (self.finished_at.unwrap_or(now) - self.started_at).max(0)
+    /// How the process ended, in a few words: `exit 0`, `signal 9`,
+    /// `wall timeout (signal 15)`, or `running`.
+    pub fn ending(&self) -> String {
+        let how = match (self.exit_code, self.signal) {
+            (Some(c), _) => format!("exit {c}"),
+            (None, Some(s)) => format!("signal {s}"),
+            (None, None) if self.finished_at.is_none() => return "running".to_owned(),
+            (None, None) => "no exit status".to_owned(),
+        };
+        match &self.timed_out {
+            Some(t) => format!("{t} timeout ({how})"),
+            None => how,
+        }
     }
 }
 
-/// A task's runs, oldest first.
-pub fn for_task(conn: &Connection, task_id: i64) -> rusqlite::Result<Vec<Run>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {RUN_COLUMNS} FROM agent_runs WHERE task_id = ?1 ORDER BY id"
-    ))?;
-    let rows = stmt.query_map([task_id], Run::from_row)?;
+fn select(conn: &Connection, filter: &str, id: i64) -> rusqlite::Result<Vec<Attempt>> {
+    let sql = format!("SELECT {COLUMNS} FROM agent_runs a WHERE {filter} ORDER BY a.id");
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([id], Attempt::from_row)?;
     rows.collect()
 }
 
-/// One run by id.
-pub fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<Run>> {
-    conn.query_row(
-        &format!("SELECT {RUN_COLUMNS} FROM agent_runs WHERE id = ?1"),
-        [id],
-        Run::from_row,
-    )
-    .optional()
+/// Every run of job `job_id`, oldest first.
+pub fn for_job(conn: &Connection, job_id: i64) -> rusqlite::Result<Vec<Attempt>> {
+    select(conn, "a.job_id = ?1", job_id)
+}
+
+/// Every run of task `task_id`, oldest first.
+pub fn for_task(conn: &Connection, task_id: i64) -> rusqlite::Result<Vec<Attempt>> {
+    select(conn, "a.task_id = ?1", task_id)
+}
+
+/// Run `run_id`, if it exists.
+pub fn get(conn: &Connection, run_id: i64) -> rusqlite::Result<Option<Attempt>> {
+    Ok(select(conn, "a.id = ?1", run_id)?.into_iter().next())
+}
+
+/// Whether run `run_id` of job `job_id` may still write to its log: the run
+/// is not finished, and the job is running this very run.
+pub fn is_live(conn: &Connection, job_id: i64, run_id: i64) -> rusqlite::Result<bool> {
+    let live: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM agent_runs r JOIN jobs j ON j.id = r.job_id
+             WHERE r.id = ?2 AND j.id = ?1 AND r.finished_at IS NULL
+               AND j.status = 'running' AND j.run_id = r.id",
+            [job_id, run_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(live.is_some())
+}
+
+/// Where a full log is moved when it is rotated: `<log>.1`.
+pub fn rotated(log: &Path) -> PathBuf {
+    let mut name = log.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
 }
 
 /// A task's latest run: the current attempt while one runs.
-pub fn latest_for_task(conn: &Connection, task_id: i64) -> rusqlite::Result<Option<Run>> {
-    conn.query_row(
-        &format!(
-            "SELECT {RUN_COLUMNS} FROM agent_runs WHERE task_id = ?1 ORDER BY id DESC LIMIT 1"
-        ),
-        [task_id],
-        Run::from_row,
-    )
-    .optional()
+pub fn latest_for_task(conn: &Connection, task_id: i64) -> rusqlite::Result<Option<Attempt>> {
+    Ok(select(conn, "a.task_id = ?1", task_id)?.pop())
 }
 
 /// The run's log, if it is recorded and lies under `<state_dir>/runs/`
 /// (no `..`): a path from the database is never followed elsewhere.
-pub fn log_path(state_dir: &Path, run: &Run) -> Option<PathBuf> {
-    let path = PathBuf::from(run.output_path.as_deref()?);
+pub fn log_path(state_dir: &Path, run: &Attempt) -> Option<PathBuf> {
+    let path = PathBuf::from(run.log_path.as_deref()?);
     let inside = path.starts_with(state_dir.join("runs"))
         && !path.components().any(|c| matches!(c, Component::ParentDir));
     inside.then_some(path)
@@ -131,9 +184,7 @@ pub fn tail_log(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     if current.cut || room == 0 {
         return Ok(current.bytes);
     }
-    let mut rotated = path.as_os_str().to_owned();
-    rotated.push(".1");
-    let mut out = tail_of(Path::new(&rotated), room)?.bytes;
+    let mut out = tail_of(&rotated(path), room)?.bytes;
     out.extend_from_slice(&current.bytes);
     Ok(out)
 }
@@ -201,6 +252,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rotated_log_is_dot_one() {
+        assert_eq!(
+            rotated(Path::new("/s/runs/job-1-run2/agent.log")),
+            PathBuf::from("/s/runs/job-1-run2/agent.log.1")
+        );
+    }
+
+    #[test]
     fn the_tail_is_bounded_and_reaches_into_the_rotated_log() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("agent.log");
@@ -230,8 +289,8 @@ mod tests {
         std::fs::remove_file(&log).expect("rm");
         nix::unistd::mkfifo(&log, nix::sys::stat::Mode::S_IRWXU).expect("fifo");
         assert!(tail_log(&log, 100).is_err());
-        let run = |p: &str| Run {
-            output_path: Some(p.to_owned()),
+        let run = |p: &str| Attempt {
+            log_path: Some(p.to_owned()),
             ..sample()
         };
         let state = Path::new("/var/lib/orch");
@@ -240,9 +299,13 @@ mod tests {
         assert!(log_path(state, &run("/etc/shadow")).is_none());
     }
 
-    fn sample() -> Run {
-        Run {
-            id: 1,
+    fn sample() -> Attempt {
+        Attempt {
+            run_id: 1,
+            number: 1,
+            pid: None,
+            duration_s: None,
+            rotated_log_path: None,
             job_id: None,
             task_id: None,
             agent: "developer".into(),
@@ -256,7 +319,7 @@ mod tests {
             cost_usd: None,
             input_tokens: None,
             output_tokens: None,
-            output_path: None,
+            log_path: None,
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::liveness::{self, WorkerLock};
 use crate::outbox;
 use crate::pipeline::engine::{self, Committed, Fence};
 use crate::pipeline::evaluate::{self, Decision, Evaluation};
+use crate::pipeline::run_summary::Ending;
 use crate::pipeline::task::{self, Task};
 use crate::pipeline::{Stage, brief, budget, cancel, confine, judge, post_deploy, self_deploy};
 use crate::queue::{Job, Outcome};
@@ -58,9 +59,17 @@ pub struct RunReport {
     pub committed: Committed,
     /// Wall time of the whole job, in seconds.
     pub duration_s: f64,
+    /// How it ended, in one word; decides `run-agent`'s exit code.
+    pub ending: Ending,
 }
 
 impl RunReport {
+    fn ending(job: &Job, committed: Committed, ending: Ending) -> RunReport {
+        let mut report = RunReport::new(job, committed);
+        report.ending = ending;
+        report
+    }
+
     fn new(job: &Job, committed: Committed) -> RunReport {
         RunReport {
             job_id: job.id,
@@ -75,6 +84,7 @@ impl RunReport {
             log_path: None,
             cost_usd: None,
             evaluation: None,
+            ending: Ending::of_committed(&committed),
             committed,
             duration_s: 0.0,
         }
@@ -292,7 +302,7 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
     }
     let (ws, worktree) = match worktree_for(ctx, db, fence, job, &task, "launch error")? {
         Ok(found) => found,
-        Err(c) => return Ok(RunReport::new(job, c)),
+        Err(c) => return Ok(RunReport::ending(job, c, Ending::Error)),
     };
     crash::point("run.worktree");
 
@@ -301,10 +311,10 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
         Err(why) => {
             // Nothing ran: the job waits and tries again, a bounded number of times.
             let outcome = Outcome::Transient(format!("the agent could not be started: {why}"));
-            return Ok(RunReport::new(
-                job,
-                fail_job(ctx, db, job, fence, &outcome)?,
-            ));
+            let mut report = RunReport::new(job, fail_job(ctx, db, job, fence, &outcome)?);
+            report.run_verdict = format!("not started: the agent could not be started: {why}");
+            report.ending = Ending::Refused;
+            return Ok(report);
         }
     };
     let failed = match verdict {
@@ -315,6 +325,11 @@ fn run_inner(ctx: &Ctx, db: &mut Db, fence: Fence<'_>, job: &Job) -> anyhow::Res
     };
     if let Some(outcome) = failed {
         report.committed = fail_job(ctx, db, job, fence, &outcome)?;
+        report.ending = if report.committed == Committed::LostClaim {
+            Ending::Error
+        } else {
+            Ending::of_agent(report.timed_out.is_some(), report.signal)
+        };
         return Ok(report);
     }
     push_and_finalize(
@@ -346,21 +361,33 @@ fn run_reserved(
         let finalized = self_deploy::finalize(ctx, db, task.id, Some(fence), wait)?;
         report.run_verdict = format!("deploy-finalizer: {}", finalized.note);
         report.committed = match finalized.committed {
-            Some(c) => c,
-            None if finalized.note == "waiting" => fail_job(
-                ctx,
-                db,
-                job,
-                fence,
-                &Outcome::Transient("the deploy hook is still running".into()),
-            )?,
-            None => fail_job(
-                ctx,
-                db,
-                job,
-                fence,
-                &Outcome::Failed(format!("deploy finalizer: {}", finalized.note)),
-            )?,
+            Some(c) => {
+                report.ending = match finalized.deploy_status.as_deref() {
+                    Some("FAILED") if c != Committed::LostClaim => Ending::RolledBack,
+                    _ => Ending::of_committed(&c),
+                };
+                c
+            }
+            None if finalized.note == "waiting" => {
+                report.ending = Ending::RetryLater;
+                fail_job(
+                    ctx,
+                    db,
+                    job,
+                    fence,
+                    &Outcome::Transient("the deploy hook is still running".into()),
+                )?
+            }
+            None => {
+                report.ending = Ending::Error;
+                fail_job(
+                    ctx,
+                    db,
+                    job,
+                    fence,
+                    &Outcome::Failed(format!("deploy finalizer: {}", finalized.note)),
+                )?
+            }
         };
         return Ok(Some(report));
     }
@@ -368,12 +395,14 @@ fn run_reserved(
         match post_deploy::run(ctx, db, task, fence) {
             Ok(m) => {
                 report.run_verdict = format!("post-deploy-monitor: {}", m.note);
+                report.ending = Ending::of_committed(&m.committed);
                 report.committed = m.committed;
             }
             // orch could not run a check (git, the worktree, the runner):
             // not production's fault; retry the job, counters are kept.
             Err(e) => {
                 report.run_verdict = format!("post-deploy-monitor: error: {e:#}");
+                report.ending = Ending::Error;
                 report.committed = fail_job(
                     ctx,
                     db,
@@ -416,6 +445,7 @@ fn refuse_over_budget(
         job: None,
         stage: task.stage.clone(),
     };
+    report.ending = Ending::Refused;
     Ok(Some(report))
 }
 
@@ -722,6 +752,7 @@ fn push_and_finalize(
             fence,
             &Outcome::Retry(format!("push failed: {e:#}")),
         )?;
+        report.ending = Ending::Error;
         return Ok(());
     }
     crash::point("finalize.pushed");
@@ -753,11 +784,13 @@ fn finalize_only(
             None,
         )?)
     })? {
+        report.ending = Ending::Error;
         return Ok(report);
     }
     let (task, stage) = match task_for(ctx, db, fence, job)? {
         Ok(found) => found,
         Err(c) => {
+            report.ending = Ending::of_committed(&c);
             report.committed = c;
             return Ok(report);
         }
@@ -766,6 +799,7 @@ fn finalize_only(
         Ok(found) => found,
         Err(c) => {
             report.committed = c;
+            report.ending = Ending::Error;
             return Ok(report);
         }
     };
@@ -805,6 +839,7 @@ fn finalize(
                 fence,
                 &Outcome::Retry(format!("gate evaluation failed: {e:#}")),
             )?;
+            report.ending = Ending::Error;
             return Ok(());
         }
     };
@@ -824,6 +859,7 @@ fn finalize(
         )
     })?;
     crash::point("finalize.committed");
+    report.ending = Ending::of_decision(&evaluation.decision, &report.committed);
     report.evaluation = Some(evaluation);
     Ok(())
 }

@@ -13,7 +13,7 @@ use crate::output::{self, utc};
 use crate::pipeline::Stage;
 use crate::pipeline::attention::Item;
 use crate::pipeline::budget::Ledger;
-use crate::pipeline::runs::Run;
+use crate::pipeline::runs::Attempt;
 use crate::pipeline::task::{Task, Transition};
 
 use super::escape::html;
@@ -60,7 +60,7 @@ pub struct TaskView {
     /// Its stage history, oldest first.
     pub history: Vec<Transition>,
     /// Its agent runs, oldest first.
-    pub runs: Vec<Run>,
+    pub runs: Vec<Attempt>,
     /// Its cost ledger.
     pub ledger: Ledger,
 }
@@ -71,7 +71,7 @@ pub struct LogView {
     /// The task.
     pub task_id: i64,
     /// The run shown, if the task has any.
-    pub run: Option<Run>,
+    pub run: Option<Attempt>,
     /// The end of its log, already text.
     pub text: String,
     /// How many bytes the tail is capped at.
@@ -363,7 +363,7 @@ fn timeline(history: &[Transition]) -> String {
 }
 
 /// The task's agent runs.
-fn attempts(runs: &[Run], now: i64) -> String {
+fn attempts(runs: &[Attempt], now: i64) -> String {
     let mut out = String::from("<h2>Attempts</h2>");
     if runs.is_empty() {
         out.push_str("<p>No agent has run yet.</p>");
@@ -386,12 +386,12 @@ fn attempts(runs: &[Run], now: i64) -> String {
             "<tr><td>{id}</td><td>{job}</td><td>{stage}</td><td>{agent}</td><td>{start}</td>\
              <td>{ended}</td><td>{dur}</td><td>{outcome}</td><td>{cost}</td>\
              <td><a href=\"/run/{id}/log\">log</a></td></tr>",
-            id = r.id,
+            id = r.run_id,
             job = output::opt(r.job_id),
             stage = html(r.stage.as_deref().unwrap_or("-")),
             agent = html(&r.agent),
             start = utc(r.started_at),
-            dur = output::duration(r.duration_s(now)),
+            dur = output::duration(r.duration_s.unwrap_or(now - r.started_at).max(0)),
             outcome = html(&outcome(r)),
         );
     }
@@ -400,7 +400,7 @@ fn attempts(runs: &[Run], now: i64) -> String {
 }
 
 /// How a run ended, in a few words.
-fn outcome(r: &Run) -> String {
+fn outcome(r: &Attempt) -> String {
     if r.finished_at.is_none() {
         return "running".to_owned();
     }
@@ -435,7 +435,7 @@ pub fn log_tail(v: &LogView) -> String {
          <a href=\"/run/{id}/log\" target=\"_top\">plain text</a></div>\
          <div class=\"tail\"><pre id=\"tail\">{text}</pre></div>",
         text = html(&v.text),
-        id = run.id,
+        id = run.run_id,
         agent = html(&run.agent),
         kib = v.max_bytes / 1024,
     );

@@ -184,7 +184,7 @@ enum Latest {
     /// There is no such task.
     NoTask,
     /// The task's latest run; `None` before its first.
-    Run(Option<Box<runs::Run>>),
+    Run(Option<Box<runs::Attempt>>),
 }
 
 /// The latest run of task `id`.
@@ -200,7 +200,7 @@ fn latest_run(ctx: &Ctx, id: i64) -> anyhow::Result<Latest> {
 
 /// The end of `run`'s log as text (empty when it has none to show; a line
 /// saying so when it cannot be read, the reason going to orch's log).
-fn tail_text(ctx: &Ctx, run: &runs::Run) -> String {
+fn tail_text(ctx: &Ctx, run: &runs::Attempt) -> String {
     let Some(path) = runs::log_path(&ctx.state_dir, run) else {
         return String::new();
     };
@@ -249,7 +249,7 @@ fn run_log(ctx: &Ctx, id: i64) -> anyhow::Result<Response> {
 }
 
 /// A run's log tail as a `text/plain` answer.
-fn plain_log(ctx: &Ctx, run: &runs::Run) -> Response {
+fn plain_log(ctx: &Ctx, run: &runs::Attempt) -> Response {
     Response {
         status: 200,
         content_type: TEXT,

@@ -283,9 +283,9 @@ pub fn host_pids_of(argv: &[&str]) -> Vec<i32> {
 
 /// Run `orch run-agent --next` with `agent` under a python3 parent and
 /// return orch's peak RSS in KiB (`getrusage(RUSAGE_CHILDREN)`: only orch
-/// and what it started count), or `None` without python3. Panics if the
-/// worker fails.
-pub fn run_agent_peak_rss_kib(env: &Env, agent: &str) -> Option<u64> {
+/// and what it started count), or `None` without python3. Panics unless the
+/// worker exits with `exit` (docs/exit-codes.md).
+pub fn run_agent_peak_rss_kib(env: &Env, agent: &str, exit: i32) -> Option<u64> {
     std::process::Command::new("python3")
         .arg("-V")
         .output()
@@ -310,9 +310,10 @@ pub fn run_agent_peak_rss_kib(env: &Env, agent: &str) -> Option<u64> {
         .expect("python3");
     let text = String::from_utf8_lossy(&out.stdout);
     let mut fields = text.split_whitespace();
+    let code = exit.to_string();
     assert_eq!(
         fields.next(),
-        Some("0"),
+        Some(code.as_str()),
         "{text} {}",
         String::from_utf8_lossy(&out.stderr)
     );
