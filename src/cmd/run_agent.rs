@@ -25,7 +25,13 @@ pub struct Args {
     /// max_concurrency), or adopt a running one whose owner is dead.
     #[arg(long, value_name = "N")]
     pub job: Option<i64>,
-    /// Print the run report as JSON.
+    /// With --next: keep claiming while work is claimable (at most N jobs,
+    /// default 50), so a stage's successor starts the moment it is
+    /// committed; each job is claimed under a lock of its own. What the
+    /// worker unit runs, woken by orch-worker@.path (docs/architecture.md).
+    #[arg(long, value_name = "N", requires = "next", num_args = 0..=1, default_missing_value = "50")]
+    pub until_idle: Option<u32>,
+    /// Print the run report as JSON (with --until-idle, one per line).
     #[arg(long)]
     pub json: bool,
 }
@@ -34,6 +40,30 @@ pub struct Args {
 pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     let mut db = ctx.open_db()?;
     claim::sanitize_sweep(ctx, &mut db)?;
+    let Some(max_jobs) = args.until_idle else {
+        return run_one(ctx, &mut db, args, true);
+    };
+    // The exit code of the last job that did not end well, 0 when all
+    // did, 3 when there was nothing to run at all.
+    let mut exit = None;
+    for _ in 0..max_jobs.max(1) {
+        // Taken before the claim: work committed from now on wakes a
+        // worker again, even if this one finds nothing and stops.
+        storage::wake::consume(&ctx.state_dir);
+        let code = run_one(ctx, &mut db, args, exit.is_none())?;
+        if code == ExitCode::from(exit::NOTHING_TO_DO) {
+            break;
+        }
+        if code != ExitCode::SUCCESS || exit.is_none() {
+            exit = Some(code);
+        }
+    }
+    Ok(exit.unwrap_or(ExitCode::from(exit::NOTHING_TO_DO)))
+}
+
+/// Claim one job (or the one named) and run it to its committed end;
+/// `explain_nothing` says why when there is nothing to claim.
+fn run_one(ctx: &Ctx, db: &mut Db, args: &Args, explain_nothing: bool) -> anyhow::Result<ExitCode> {
     let lock = WorkerLock::acquire(&ctx.locks_dir())?;
     let job = if let Some(id) = args.job {
         let boot_id = liveness::boot_id();
@@ -48,16 +78,21 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             ClaimById::Claimed(job) => *job,
             ClaimById::Refused(why) => {
                 lock.release();
-                let why = refused_by_id(&db, id, why)?;
-                return nothing(&db, args.json, &why, false);
+                let why = refused_by_id(db, id, why)?;
+                return nothing(db, args.json, &why, false);
             }
         }
     } else {
-        match claim::claim_with(ctx, &mut db, &lock)? {
+        match claim::claim_with(ctx, db, &lock)? {
             Ok(job) => job,
+            Err(why) if !explain_nothing => {
+                lock.release();
+                log::info!("nothing more to run: {}", output::safe(&why.to_string()));
+                return Ok(ExitCode::from(exit::NOTHING_TO_DO));
+            }
             Err(why) => {
                 lock.release();
-                return nothing(&db, args.json, &why.to_string(), true);
+                return nothing(db, args.json, &why.to_string(), true);
             }
         }
     };
@@ -68,10 +103,12 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         job.repo,
         output::opt(job.stage.as_deref())
     );
-    let report = worker::run_claimed(ctx, &mut db, &lock, &job);
+    let report = worker::run_claimed(ctx, db, &lock, &job);
     lock.release();
     let report = report?;
-    if args.json {
+    if args.json && args.until_idle.is_some() {
+        output::print_json_line(&report)?;
+    } else if args.json {
         output::print_json(&report)?;
     } else {
         let after = queue::get(db.conn(), job.id)?;
