@@ -3,7 +3,8 @@
 #
 # Usage: scripts/bench.sh        (BENCH_* knobs of the benches still apply)
 #
-# Runs `cargo bench --bench queue`, `--bench reap` and `--bench ingest`
+# Runs `cargo bench --bench queue`, `--bench reap`, `--bench ingest` and
+# `--bench handoff`
 # (release build), then measures with the release binary:
 #   - peak RSS of `orch status` and of `orch run-agent --next` (one demo-agent
 #     run), with /usr/bin/time -v when present, else by polling VmHWM in
@@ -17,7 +18,7 @@ out=$root/target/bench
 mkdir -p "$out"
 export CARGO_TERM_COLOR=never
 
-for b in queue reap ingest; do
+for b in queue reap ingest handoff; do
     echo "== cargo bench --bench $b" >&2
     cargo bench --locked --quiet --bench "$b" 2>&2 | tee "$out/$b.txt" >&2
 done
@@ -69,7 +70,12 @@ orphan_ms=$(grep -E '^\(a\) SIGKILL' "$out/reap.txt" | grep -oE ': [0-9.]+ ms' |
 reap_ms=$(grep -E '^\(b\) one' "$out/reap.txt" | grep -oE ': [0-9.]+ ms' | grep -oE '[0-9.]+')
 live=$(grep -E '^\(b\) one' "$out/reap.txt" | grep -oE 'over [0-9]+' | grep -oE '[0-9]+')
 
+handoff_stage=$(grep -E 'stage -> next stage' "$out/handoff.txt" | sed -E 's/.*: //')
+handoff_queued=$(grep -E 'queued -> analyst' "$out/handoff.txt" | sed -E 's/.*: +//')
+
 printf '\n| benchmark | figure | goal |\n|---|---|---|\n'
+printf '| hand-off: a stage committed -> next agent starts | %s | < 1 s (timer alone: 30-35 s) |\n' "${handoff_stage:-?}"
+printf '| hand-off: work queued -> its agent starts (path unit) | %s | < 1 s (timer alone: 30-35 s) |\n' "${handoff_queued:-?}"
 printf '| claim throughput / no-op spawn (8 loops) | %s | >= 0.5 |\n' "${claim_ratio:-?}"
 printf '| `orch status` per call (3 jobs) | %s ms, %sx a no-op spawn | <= 5x |\n' "${status_ms:-?}" "${status_ratio:-?}"
 printf '| `orch ingest-webhook` per call | %s ms, %sx a no-op spawn | <= 5x |\n' "${ingest_ms:-?}" "${ingest_ratio:-?}"
