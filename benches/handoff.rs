@@ -43,7 +43,10 @@ fn orch(state: &Path) -> Command {
 
 fn run(c: &mut Command) {
     let status = c.status().expect("orch");
-    assert!(status.code().is_some_and(|c| c == 0 || c == 3), "{c:?}: {status}");
+    assert!(
+        status.code().is_some_and(|c| c == 0 || c == 3),
+        "{c:?}: {status}"
+    );
 }
 
 fn now_s() -> f64 {
@@ -118,11 +121,21 @@ fn main() {
     let mut stage_to_stage = Vec::new();
     for i in 0..tasks {
         let before = stamps(&state).len();
-        run(orch(&state).args(["task", "create", "--repo", "demo", "--title", &format!("t{i}")]));
+        run(orch(&state).args([
+            "task",
+            "create",
+            "--repo",
+            "demo",
+            "--title",
+            &format!("t{i}"),
+        ]));
         let created = now_s();
         path_unit(&state, Instant::now() + Duration::from_millis(1500));
         let s = stamps(&state);
-        let first = s[before..].iter().find(|(w, _)| w == "start").expect("analyst ran");
+        let first = s[before..]
+            .iter()
+            .find(|(w, _)| w == "start")
+            .expect("analyst ran");
         queued_to_start.push(first.1 - created);
         // The human approval, then every later stage in one activation.
         run(orch(&state).args(["advance", "--task", &(i + 1).to_string(), "--approve"]));
@@ -140,10 +153,23 @@ fn main() {
             .output()
             .expect("show");
         let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
-        assert_eq!(shown["task"]["stage"], "done", "task {} did not finish", i + 1);
+        assert_eq!(
+            shown["task"]["stage"],
+            "done",
+            "task {} did not finish",
+            i + 1
+        );
     }
     println!("hand-off (wake-up + --until-idle), {tasks} tasks:");
-    println!("  stage -> next stage's agent: {}", percentiles(stage_to_stage));
-    println!("  queued -> analyst start:     {}", percentiles(queued_to_start));
-    println!("timer alone (OnUnitInactiveSec=30s, RandomizedDelaySec=5s): 30000-35000 ms per hand-off");
+    println!(
+        "  stage -> next stage's agent: {}",
+        percentiles(stage_to_stage)
+    );
+    println!(
+        "  queued -> analyst start:     {}",
+        percentiles(queued_to_start)
+    );
+    println!(
+        "timer alone (OnUnitInactiveSec=30s, RandomizedDelaySec=5s): 30000-35000 ms per hand-off"
+    );
 }
