@@ -89,11 +89,11 @@ fn setup(dir: &Path) -> std::path::PathBuf {
     );
     let config = state.join("orch.toml");
     let text = std::fs::read_to_string(&config).expect("config");
-    let text: String = text
+    let text: Vec<&str> = text
         .lines()
         .filter(|l| !l.starts_with("agent_cmd ="))
-        .map(|l| format!("{l}\n"))
         .collect();
+    let text = text.join("\n");
     std::fs::write(&config, format!("agent_cmd = {agent:?}\n{text}")).expect("config");
     state
 }
