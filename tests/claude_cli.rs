@@ -535,7 +535,15 @@ fn one_run(model: impl messages_api::Model, extra_config: &str) -> Option<(Rig, 
     let rig = Rig::new(model, extra_config, true)?;
     rig.create_task();
     let (code, report) = rig.run_next();
-    assert_eq!(code, Some(0), "{report:#}");
+    // run-agent's exit code tells the ending apart (docs/exit-codes.md).
+    let expected = match report["ending"].as_str().unwrap_or("") {
+        "advanced" | "awaiting_human" | "finished" => 0,
+        "gates_failed" | "rolled_back" | "retry_later" => 4,
+        "agent_failed" | "agent_killed" => 5,
+        "refused" => 6,
+        _ => 1,
+    };
+    assert_eq!(code, Some(expected), "{report:#}");
     let job = rig.job();
     Some((rig, report, job))
 }
