@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::cmd::view;
 use crate::config::Config;
 use crate::context::Ctx;
+use crate::liveness::census::Census;
 use crate::liveness::{self, Liveness};
 use crate::output::{self, Table};
 use crate::pipeline::{attention, budget, overview, post_deploy, task};
@@ -205,12 +206,14 @@ fn gather(
 /// Running jobs, each owner probed through its lock (one probe per job is
 /// inherent: liveness is a lock, not a row).
 fn running_jobs(ctx: &Ctx, tx: &Connection, now: i64) -> anyhow::Result<Vec<RunningJob>> {
-    let locks = ctx.locks_dir();
-    Ok(queue::running(tx)?
+    let jobs = queue::running(tx)?;
+    // After the read: a job claimed since has its lock file created since.
+    let census = Census::take(&ctx.locks_dir());
+    Ok(jobs
         .into_iter()
         .map(|job| {
             let owner = match job.claim_token.as_deref() {
-                Some(token) => liveness::probe(&locks, token).unwrap_or_else(|e| {
+                Some(token) => census.probe(token).unwrap_or_else(|e| {
                     log::warn!("probing the owner lock of job {}: {e}", job.id);
                     Liveness::Dead
                 }),
@@ -699,7 +702,10 @@ fn print_running(report: &Report) {
         let mut t = Table::new(&[
             "JOB", "AGENT", "REPO", "TASK", "STAGE", "OWNER", "PID", "ATTEMPT", "RUNNING",
         ]);
-        for r in &report.running {
+        // Dead owners first (they need a look), then the longest running.
+        let mut shown: Vec<&RunningJob> = report.running.iter().collect();
+        shown.sort_by_key(|r| (r.owner == Liveness::Alive, -r.running_for_s));
+        for r in shown.iter().take(RUNNING_SHOWN) {
             t.row(vec![
                 r.job.id.to_string(),
                 r.job.agent.clone(),
@@ -716,8 +722,27 @@ fn print_running(report: &Report) {
             ]);
         }
         print!("{}", view::indent(&t.render()));
+        if let Some(more) = report
+            .running
+            .len()
+            .checked_sub(RUNNING_SHOWN)
+            .filter(|n| *n > 0)
+        {
+            let dead = report
+                .running
+                .iter()
+                .filter(|r| r.owner == Liveness::Dead)
+                .count();
+            crate::say!(
+                "  … and {more} more ({} running, {dead} with a dead owner): orch job list --status running, or --json",
+                report.running.len()
+            );
+        }
     }
 }
+
+/// Running jobs the text view lists; the rest are counted (`--json` has all).
+const RUNNING_SHOWN: usize = 20;
 
 /// The `recent jobs` table of the text view.
 fn print_recent(report: &Report) {

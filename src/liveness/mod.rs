@@ -12,6 +12,7 @@
 //! std opens every file with `O_CLOEXEC`, so a lock fd is never inherited by a
 //! spawned agent: the agent cannot keep a dead worker looking alive.
 
+pub mod census;
 pub mod lock;
 
 pub use lock::{Liveness, RepoLock, WorkerLock, lock_file_exists, pid_holds_lock, probe};

@@ -13,7 +13,8 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::liveness::{self, Liveness};
+use crate::liveness::Liveness;
+use crate::liveness::census::Census;
 use crate::pipeline::{Stage, self_deploy};
 
 /// Why something needs a human.
@@ -82,8 +83,11 @@ pub struct Item {
 /// Everything that needs a human, oldest first within each kind; each
 /// running job's owner is probed through its lock in `locks_dir`.
 pub fn list(conn: &Connection, config: &Config, locks_dir: &Path) -> anyhow::Result<Vec<Item>> {
+    // Taken at the first question, after the running jobs were read.
+    let mut census: Option<Census> = None;
     list_probed(conn, config, &mut |token| {
-        matches!(liveness::probe(locks_dir, token), Ok(Liveness::Dead))
+        let census = census.get_or_insert_with(|| Census::take(locks_dir));
+        matches!(census.probe(token), Ok(Liveness::Dead))
     })
 }
 
