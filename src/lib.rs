@@ -19,6 +19,7 @@ pub mod gates;
 pub mod git;
 pub mod git_config_guard;
 pub mod git_locks;
+pub mod html;
 pub mod http1;
 pub mod liveness;
 pub mod manual;

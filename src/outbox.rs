@@ -220,8 +220,8 @@ fn deliver_one(ctx: &Ctx, db: &mut Db, id: i64, message: &Message) -> anyhow::Re
             if let Some((client, project, issue)) = plane_target(ctx, db, *task_id)? {
                 let html = format!(
                     "<p><b>{}</b>: {}</p>",
-                    tracker::plane::html_escape(author),
-                    tracker::plane::html_escape(body)
+                    crate::html::escape(author),
+                    crate::html::escape(body)
                 );
                 client.comment(&project, &issue, &html, &format!("orch-outbox-{id}"))?;
             }

@@ -10,19 +10,7 @@ use std::borrow::Cow;
 
 /// `text` safe inside an HTML element or a quoted attribute value.
 pub fn html(text: &str) -> String {
-    let text = crate::output::safe_lines(text);
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    crate::html::escape(&crate::output::safe_lines(text))
 }
 
 /// Bytes of a log as text: invalid UTF-8 replaced, controls escaped (a log

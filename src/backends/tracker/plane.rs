@@ -345,7 +345,7 @@ impl PlaneClient {
 
     /// Comment on a work item once per `external_id`: when a comment with the
     /// same `external_id` and `external_source = "orch"` exists, nothing is
-    /// posted. `html` must already be HTML (escape text with [`html_escape`]).
+    /// posted. `html` must already be HTML (escape text with [`crate::html::escape`]).
     /// Returns whether a comment was posted. An empty `external_id` cannot be
     /// deduplicated and is refused.
     pub fn comment(
@@ -443,22 +443,6 @@ fn id_of(v: Option<&Value>) -> Option<String> {
     }
 }
 
-/// Escape text for Plane's `comment_html`: `& < > " '`.
-pub fn html_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// The fields orch uses of a work item as Plane serializes it, `None`
 /// without an id. `project` falls back to the project asked about.
 fn issue_of(v: &Value, project_id: &str) -> Option<Issue> {
@@ -540,14 +524,6 @@ mod tests {
         assert_eq!(s.key_of("c"), Some("confirm_deploy"));
         assert!(s.is("approved", "a"));
         assert!(!s.is("done", ""));
-    }
-
-    #[test]
-    fn escapes_html() {
-        assert_eq!(
-            html_escape(r#"<b>&"x'</b>"#),
-            "&lt;b&gt;&amp;&quot;x&#39;&lt;/b&gt;"
-        );
     }
 
     #[test]
