@@ -14,7 +14,8 @@ use orch::backends::forge::{Forge as _, MergeRefused, Merged};
 use orch::backends::http::{HttpError, is_retryable};
 use orch::backends::notifier::telegram::Telegram;
 use orch::backends::tracker::key_for_name;
-use orch::backends::tracker::plane::{PlaneClient, States, html_escape};
+use orch::backends::tracker::plane::{PlaneClient, States};
+use orch::html::escape as html_escape;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
