@@ -300,7 +300,7 @@ pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
 fn invocation() -> String {
     let me = std::env::current_exe().and_then(std::fs::canonicalize).ok();
     let on_path =
-        crate::runner::sandbox::find_in_path("orch").and_then(|p| std::fs::canonicalize(p).ok());
+        crate::runner::program::find_in_path("orch").and_then(|p| std::fs::canonicalize(p).ok());
     match (me, on_path) {
         (Some(me), Some(found)) if me == found => "orch".to_owned(),
         (Some(me), _) => format!("'{}'", me.display()),

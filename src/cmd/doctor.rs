@@ -403,21 +403,6 @@ fn check_database(r: &mut Report, ctx: &Ctx, config_ok: bool) {
 
 /// The full path of `program` on `PATH` (or `program` itself if it has a `/`
 /// and is executable).
-fn which(program: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let executable = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.contains('/') {
-        let p = PathBuf::from(program);
-        return executable(&p).then_some(p);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| executable(p))
-}
-
 fn check_tools(r: &mut Report) {
     for (tool, why) in [
         ("git", "orch clones, branches, rebases and pushes with git"),
@@ -426,7 +411,7 @@ fn check_tools(r: &mut Report) {
             "the self-deploy hook is detached with setsid (util-linux)",
         ),
     ] {
-        match which(tool) {
+        match crate::runner::program::find_in_path(tool) {
             Some(p) => r.ok(&format!("tool {tool}"), p.display().to_string()),
             None => r.fail(
                 &format!("tool {tool}"),
@@ -578,7 +563,7 @@ fn check_agents(r: &mut Report, config: &Config) {
             );
             continue;
         };
-        match which(&program) {
+        match crate::runner::program::find_in_path(&program) {
             Some(p) => {
                 r.ok(&check, format!("{program} → {}{from}", p.display()));
                 if p.file_name().is_some_and(|n| n == "claude") {

@@ -76,6 +76,23 @@ pub fn shell_words(command: &str) -> Vec<String> {
     words
 }
 
+/// Where a shell would find `program`: the path itself when it has a `/`,
+/// else the first executable regular file of that name on `PATH`.
+pub fn find_in_path(program: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = std::path::PathBuf::from(program);
+        return executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| executable(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,7 +73,7 @@ pub struct Plan {
 pub fn probe() -> &'static Result<PathBuf, String> {
     static PROBE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     PROBE.get_or_init(|| {
-        let bwrap = find_in_path("bwrap")
+        let bwrap = super::program::find_in_path("bwrap")
             .ok_or_else(|| "bwrap (Debian package bubblewrap) is not installed".to_owned())?;
         let out = Command::new(&bwrap)
             .args(["--ro-bind", "/", "/", "--unshare-user", "--unshare-pid"])
@@ -187,23 +187,11 @@ fn push(args: &mut Vec<String>, flag: &str, src: &Path, dest: Option<&Path>) {
     }
 }
 
-/// The first `name` on `PATH`, as a shell would find it.
-pub fn find_in_path(name: &str) -> Option<PathBuf> {
-    if name.contains('/') {
-        let p = PathBuf::from(name);
-        return p.is_file().then_some(p);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
 /// The directories `program` needs visible to run: where `PATH` finds it
 /// and where it really lives (a symlinked launcher's target, the rest of an
 /// npm package whose `bin/` holds it).
 pub fn program_dirs(program: &str) -> Vec<PathBuf> {
-    let Some(found) = find_in_path(program) else {
+    let Some(found) = super::program::find_in_path(program) else {
         return Vec::new();
     };
     let mut dirs = Vec::new();
