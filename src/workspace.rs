@@ -141,7 +141,7 @@ impl Workspace {
         if path.join(".git").exists() {
             self.verify_worktree(&path)?;
             let wt = Git::at(&path);
-            self.abort_interrupted_rebase(&path, &wt)?;
+            self.abort_interrupted_rebase(&path, &wt, branch)?;
             if let Some(remote) = clone.rev(&remote_branch)? {
                 reconcile(&wt, &remote_branch, &remote)?;
             }
@@ -207,18 +207,36 @@ impl Workspace {
 
     /// Abort a rebase a killed process left in progress in the worktree at
     /// `path` (the merge gate's, or an agent's): it leaves HEAD detached
-    /// mid-way and makes every later rebase refuse to start. Aborting puts the
-    /// branch back where it was before the rebase; a rebase starts only from a
-    /// clean tree, so there is no work of a run to lose.
-    fn abort_interrupted_rebase(&self, path: &Path, wt: &Git) -> anyhow::Result<()> {
+    /// mid-way and makes every later rebase refuse to start. Aborting puts
+    /// `branch` back where it was before the rebase; a rebase starts only from
+    /// a committed tree, so there is no work of a run to lose.
+    ///
+    /// A kill in the middle of one of the rebase's checkouts can leave files
+    /// on disk that the index does not know, and `git rebase --abort` refuses
+    /// to overwrite them ("untracked working tree files would be overwritten
+    /// by reset"). Then the rebase is dropped (`--quit`), the branch checked
+    /// out by force and the untracked leftovers cleaned (ignored files stay).
+    fn abort_interrupted_rebase(&self, path: &Path, wt: &Git, branch: &str) -> anyhow::Result<()> {
         let Some(own) = self.worktree_git_dir(path) else {
             return Ok(());
         };
-        if own.join("rebase-merge").exists() || own.join("rebase-apply").exists() {
-            log::warn!("{}: aborting a rebase left in progress", path.display());
-            wt.run(["rebase", "--abort"])
-                .with_context(|| format!("aborting the rebase left in {}", path.display()))?;
+        if !own.join("rebase-merge").exists() && !own.join("rebase-apply").exists() {
+            return Ok(());
         }
+        log::warn!("{}: aborting a rebase left in progress", path.display());
+        let aborted = wt.output(["rebase", "--abort"])?;
+        if aborted.status.success() {
+            return Ok(());
+        }
+        log::warn!(
+            "{}: git rebase --abort failed ({}); checking out {branch} by force",
+            path.display(),
+            String::from_utf8_lossy(&aborted.stderr).trim()
+        );
+        wt.run(["rebase", "--quit"])
+            .and_then(|_| wt.run(["checkout", "--force", "--quiet", branch, "--"]))
+            .and_then(|_| wt.run(["clean", "-d", "--force", "--quiet"]))
+            .with_context(|| format!("dropping the rebase left in {}", path.display()))?;
         Ok(())
     }
 

@@ -1306,6 +1306,53 @@ fn a_rebase_left_in_progress_is_aborted_by_the_next_worker() {
     assert_correct_end(&env, task, "rebase left in progress");
 }
 
+/// A kill inside one of the rebase's checkouts leaves files on disk that the
+/// index does not know (seen in the chaos test: `git rebase --abort` then
+/// refuses with "untracked working tree files would be overwritten by reset"
+/// and the job failed for good). The next worker still drops the rebase,
+/// restores the branch and finishes the task.
+#[test]
+fn a_rebase_killed_mid_checkout_is_dropped_even_when_abort_refuses() {
+    let env = install("");
+    let task = create_task(&env, "greet");
+    drive_to(&env, task, "deploy-staging");
+    move_main(&env, "other");
+    let worktree = env.state().join("repos/demo/worktrees/DEMO-1");
+    let git = orch::git::Git::at(&worktree);
+    git.run(["fetch", "--quiet", "origin"]).expect("fetch");
+    let stopped = git
+        .output(["rebase", "--quiet", "--exec", "false", "origin/main"])
+        .expect("rebase");
+    assert!(!stopped.status.success(), "the rebase did not stop");
+    // A file of the branch's tip the stopped rebase has not written yet,
+    // left on disk with other bytes as a half-done checkout leaves it.
+    let listed = |rev: &str| -> Vec<String> {
+        git.run(["ls-tree", "-r", "--name-only", rev])
+            .expect("ls-tree")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let head = listed("HEAD");
+    let in_the_way = listed("ORIG_HEAD")
+        .into_iter()
+        .find(|f| !head.contains(f))
+        .expect("the stopped rebase has a file still to write");
+    std::fs::write(worktree.join(&in_the_way), "half written\n").expect("plant");
+    let abort = git.output(["rebase", "--abort"]).expect("abort");
+    assert!(!abort.status.success(), "plain --abort copes here already");
+    assert!(worktree_git_dir(&env).join("rebase-merge").exists());
+    let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
+    assert_eq!(stage_of(&env, task), "deploy", "{v}");
+    assert!(!worktree_git_dir(&env).join("rebase-merge").exists());
+    assert_ne!(
+        std::fs::read_to_string(worktree.join(&in_the_way)).unwrap_or_default(),
+        "half written\n",
+        "the branch's own file is back"
+    );
+    assert_correct_end(&env, task, "rebase killed mid-checkout");
+}
+
 /// Issue #13 (4): a task blocked over budget while it holds the merge lease
 /// (its re-test timed out and is retried in place) releases the lease in the
 /// blocking transaction, so another task merges meanwhile; resumed, it takes
