@@ -269,3 +269,34 @@ fn the_merge_lease_of_another_task_holds_deploy_jobs_under_the_serial_gate() {
         .expect("release");
     env.orch().arg("claim").assert().success();
 }
+
+/// Processes that run one after another (as timers start them) each rebuild
+/// SQLite's WAL index from the whole log, so the log must not keep growing:
+/// 80 claims in a row, each a commit of several pages, leave a WAL of at most
+/// a few commits (with the close checkpoint skipped it grew by every commit,
+/// 2.5 MiB here, and every process read and checkpointed all of it again).
+#[test]
+fn the_wal_stays_small_when_processes_run_one_after_another() {
+    let env = Env::new();
+    env.write_config(
+        "max_concurrency = 100000\nserial_gate_enabled = false\ntask_deps_enabled = false",
+    );
+    env.enqueue_many(100);
+    let wal = env.state().join("orch.db-wal");
+    let mut largest = 0;
+    for _ in 0..80 {
+        env.orch().args(["claim"]).assert().success();
+        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    assert!(largest <= 256 * 1024, "the WAL grew to {largest} bytes");
+    let running: i64 = env
+        .db()
+        .conn()
+        .query_row(
+            "SELECT count(*) FROM jobs WHERE status = 'running'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(running, 80);
+}
