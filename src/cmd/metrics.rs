@@ -5,7 +5,7 @@
 //! runs this command and writes a `.prom` file that node_exporter serves. The
 //! file is replaced atomically (temporary file in the same directory, fsync,
 //! rename), so the collector never reads half a file. Everything comes from
-//! one read snapshot of the database plus a lock probe per running job; the
+//! one read snapshot of the database plus one census of the owner locks; the
 //! queries live in the library (`pipeline::run_stats`, `pipeline::attention`).
 
 use std::collections::BTreeMap;
@@ -18,8 +18,8 @@ use anyhow::Context as _;
 use rusqlite::Connection;
 
 use crate::context::Ctx;
-use crate::liveness::{self, Liveness};
-use crate::pipeline::{attention, run_stats};
+use crate::liveness::Liveness;
+use crate::pipeline::{attention, owners, run_stats};
 use crate::storage::{self, counters, schema};
 
 /// Arguments of `orch metrics`.
@@ -142,7 +142,7 @@ fn group_counts(
 /// Everything the metrics are made of, read in one snapshot.
 struct Snapshot {
     jobs: Vec<(Vec<String>, f64)>,
-    running: Vec<crate::queue::Job>,
+    running: Vec<owners::Owner>,
     tasks: Vec<(Vec<String>, f64)>,
     counters: BTreeMap<String, counters::Counter>,
     leases: Vec<crate::pipeline::lease::Lease>,
@@ -164,11 +164,8 @@ const RUNS_FROM: &str = "FROM agent_runs a LEFT JOIN jobs j ON j.id = a.job_id \
 /// Read every figure in one snapshot; each running job's owner is probed
 /// once (`dead` holds the tokens found dead) and the answer reused.
 fn read(ctx: &Ctx, tx: &Connection) -> anyhow::Result<Snapshot> {
-    let running = crate::queue::running(tx)?;
-    let locks = ctx.locks_dir();
-    let mut probe =
-        |token: &str| liveness::probe(&locks, token).unwrap_or(Liveness::Dead) == Liveness::Dead;
-    let attention = attention::list_probed(tx, &ctx.config, &mut probe)?;
+    let running = owners::probe_running(tx, &ctx.locks_dir())?;
+    let attention = attention::list_probed(tx, &ctx.config, &running)?;
     Ok(Snapshot {
         jobs: group_counts(
             tx,
@@ -279,11 +276,10 @@ fn write_queue(e: &mut Exposition, s: &Snapshot) {
     for (l, n) in &s.jobs {
         e.sample("orch_jobs", &[("status", &l[0]), ("agent", &l[1])], *n);
     }
-    // The attention list already probed every running job's owner.
     let dead = s
-        .attention
+        .running
         .iter()
-        .filter(|i| i.kind == attention::Kind::DeadOwner)
+        .filter(|o| o.liveness == Liveness::Dead)
         .count();
     e.family(
         "orch_running_jobs",

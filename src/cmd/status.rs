@@ -13,10 +13,9 @@ use serde::Serialize;
 use crate::cmd::view;
 use crate::config::Config;
 use crate::context::Ctx;
-use crate::liveness::census::Census;
-use crate::liveness::{self, Liveness};
+use crate::liveness::Liveness;
 use crate::output::{self, Table};
-use crate::pipeline::{attention, budget, overview, post_deploy, task};
+use crate::pipeline::{attention, budget, overview, owners, post_deploy, task};
 use crate::queue::{self, Job};
 use crate::storage::{self, counters};
 
@@ -76,8 +75,13 @@ pub struct Report {
     pub max_concurrency: u32,
     /// The claim gates.
     pub gates: BTreeMap<&'static str, GateStatus>,
-    /// Running jobs with owner liveness.
+    /// Running jobs with owner liveness: all of them by id (`--json`), or
+    /// the first few in reading order (the text view).
     pub running: Vec<RunningJob>,
+    /// How many jobs are running.
+    pub running_total: usize,
+    /// How many of them have a dead owner.
+    pub running_dead: usize,
     /// The most recent jobs, newest first.
     pub recent: Vec<Job>,
     /// Persistent counters by name.
@@ -128,14 +132,24 @@ fn value_block(
 /// list` shows them all.
 const TASKS_SHOWN: u32 = 50;
 
+/// How much of the long lists a report carries.
+#[derive(Debug, Clone, Copy)]
+pub struct Extent {
+    /// Recent jobs.
+    pub recent: u32,
+    /// Running jobs read whole, in reading order; `None`: every one, by id.
+    /// The others are only counted (`running_total`, `running_dead`).
+    pub running: Option<usize>,
+}
+
 /// Gather the report in one read snapshot. Only opening the database can
 /// fail the whole report; every block after that is best-effort.
-pub fn report(ctx: &Ctx, recent: u32) -> anyhow::Result<Report> {
+pub fn report(ctx: &Ctx, extent: Extent) -> anyhow::Result<Report> {
     let mut db = ctx.open_db()?;
     let database = db.path().display().to_string();
     let now = storage::now();
     let mut errors = BTreeMap::new();
-    let mut report = db.read(|tx| Ok(gather(ctx, tx, now, recent, &mut errors)))?;
+    let mut report = db.read(|tx| Ok(gather(ctx, tx, now, extent, &mut errors)))?;
     report.database = database;
     report.errors = errors;
     Ok(report)
@@ -146,7 +160,7 @@ fn gather(
     ctx: &Ctx,
     tx: &Connection,
     now: i64,
-    recent: u32,
+    extent: Extent,
     errs: &mut BTreeMap<String, String>,
 ) -> Report {
     let c = &ctx.config;
@@ -154,14 +168,25 @@ fn gather(
     let recent = block(
         errs,
         "recent",
-        queue::list(tx, None, recent).map_err(Into::into),
+        queue::list(tx, None, extent.recent).map_err(Into::into),
     )
     .unwrap_or_default();
     let counters =
         block(errs, "counters", counters::all(tx).map_err(Into::into)).unwrap_or_default();
-    let running = block(errs, "running", running_jobs(ctx, tx, now)).unwrap_or_default();
+    let owners = block(
+        errs,
+        "running",
+        owners::probe_running(tx, &ctx.locks_dir()).map_err(Into::into),
+    )
+    .unwrap_or_default();
+    let running = block(
+        errs,
+        "running",
+        running_jobs(tx, &owners, extent.running, now),
+    )
+    .unwrap_or_default();
     let attention =
-        block(errs, "attention", attention_items(ctx, tx, &running)).unwrap_or_default();
+        block(errs, "attention", attention::list_probed(tx, c, &owners)).unwrap_or_default();
     let unfinished = overview::Filter {
         unfinished: true,
         ..overview::Filter::default()
@@ -189,6 +214,11 @@ fn gather(
         counts,
         max_concurrency: c.max_concurrency,
         gates: gates(c),
+        running_total: owners.len(),
+        running_dead: owners
+            .iter()
+            .filter(|o| o.liveness == Liveness::Dead)
+            .count(),
         running,
         recent,
         reaper: reaper_block(c, &counters),
@@ -203,50 +233,37 @@ fn gather(
     }
 }
 
-/// Running jobs, each owner probed through its lock (one probe per job is
-/// inherent: liveness is a lock, not a row).
-fn running_jobs(ctx: &Ctx, tx: &Connection, now: i64) -> anyhow::Result<Vec<RunningJob>> {
-    let jobs = queue::running(tx)?;
-    // After the read: a job claimed since has its lock file created since.
-    let census = Census::take(&ctx.locks_dir());
-    Ok(jobs
+/// The running jobs to show, whole: the first `shown` in reading order
+/// (dead owners first, then the longest running), or all of them by id.
+fn running_jobs(
+    tx: &Connection,
+    owners: &[owners::Owner],
+    shown: Option<usize>,
+    now: i64,
+) -> anyhow::Result<Vec<RunningJob>> {
+    let mut picked = owners.to_vec();
+    if let Some(n) = shown {
+        owners::sort_for_reading(&mut picked);
+        picked.truncate(n);
+    }
+    let ids: Vec<i64> = picked.iter().map(|o| o.job_id).collect();
+    let mut jobs: HashMap<i64, Job> = queue::by_ids(tx, &ids)?
         .into_iter()
-        .map(|job| {
-            let owner = match job.claim_token.as_deref() {
-                Some(token) => census.probe(token).unwrap_or_else(|e| {
-                    log::warn!("probing the owner lock of job {}: {e}", job.id);
-                    Liveness::Dead
-                }),
-                None => Liveness::Dead,
-            };
-            let running_for_s = job.started_at.map_or(0, |t| now - t);
-            RunningJob {
+        .map(|j| (j.id, j))
+        .collect();
+    // A job that ended between the two reads of this snapshot cannot: one
+    // read transaction. `remove` only keeps the types honest.
+    Ok(picked
+        .into_iter()
+        .filter_map(|o| {
+            let job = jobs.remove(&o.job_id)?;
+            Some(RunningJob {
+                running_for_s: job.started_at.map_or(0, |t| now - t),
+                owner: o.liveness,
                 job,
-                owner,
-                running_for_s,
-            }
+            })
         })
         .collect())
-}
-
-/// What needs a human, reusing the owner probes of `running` (a job that
-/// started since is probed itself).
-fn attention_items(
-    ctx: &Ctx,
-    tx: &Connection,
-    running: &[RunningJob],
-) -> anyhow::Result<Vec<attention::Item>> {
-    let probed: HashMap<&str, Liveness> = running
-        .iter()
-        .filter_map(|r| Some((r.job.claim_token.as_deref()?, r.owner)))
-        .collect();
-    let locks = ctx.locks_dir();
-    attention::list_probed(tx, &ctx.config, &mut |token| {
-        probed.get(token).map_or_else(
-            || matches!(liveness::probe(&locks, token), Ok(Liveness::Dead)),
-            |l| *l == Liveness::Dead,
-        )
-    })
 }
 
 /// The value of counter `name` (0 when absent).
@@ -280,15 +297,13 @@ fn gates(c: &Config) -> BTreeMap<&'static str, GateStatus> {
 /// STOP: its settings and the cancelled tasks.
 fn stop_block(tx: &Connection, c: &Config) -> anyhow::Result<serde_json::Value> {
     let cancelled = task::list(tx, Some("cancelled"), None, 10)?;
-    let cancelled_count: i64 = tx.query_row(
-        "SELECT count(*) FROM tasks WHERE stage = 'cancelled'",
+    let (cancelled_count, pending_cancels): (i64, i64) = tx.query_row(
+        "SELECT count(*) FILTER (WHERE stage = 'cancelled'),
+                count(*) FILTER (WHERE cancel_requested_at IS NOT NULL
+                                   AND stage NOT IN ('cancelled', 'done'))
+         FROM tasks",
         [],
-        |r| r.get(0),
-    )?;
-    let pending_cancels: i64 = tx.query_row(
-        "SELECT count(*) FROM tasks WHERE cancel_requested_at IS NOT NULL AND stage NOT IN ('cancelled', 'done')",
-        [],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     Ok(serde_json::json!({
         "enabled": c.stop_status_enabled,
@@ -303,13 +318,10 @@ fn stop_block(tx: &Connection, c: &Config) -> anyhow::Result<serde_json::Value> 
 
 /// The ledger of the active tasks (at most 50), and the totals of every run.
 fn costs_block(tx: &Connection, c: &Config) -> anyhow::Result<serde_json::Value> {
-    let active = task::list(tx, None, None, 10_000)?
-        .into_iter()
-        .filter(|t| !t.stage().is_terminal())
-        .take(50);
+    let active = task::active(tx, 50)?;
+    let ledgers = budget::ledgers(tx, c, &active)?;
     let mut tasks_cost = Vec::new();
-    for t in active {
-        let l = budget::ledger(tx, c, &t)?;
+    for (t, l) in active.iter().zip(ledgers) {
         tasks_cost.push(serde_json::json!({
             "task_id": t.id, "work_item_id": t.work_item_id, "stage": t.stage,
             "spent_usd": l.spent_usd, "unknown_runs": l.unknown_runs,
@@ -408,7 +420,11 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
 
 /// Print the report once (one line of JSON per tick under `--watch`).
 fn show(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
-    let report = report(ctx, args.recent)?;
+    let extent = Extent {
+        recent: args.recent,
+        running: (!args.json).then_some(RUNNING_SHOWN),
+    };
+    let report = report(ctx, extent)?;
     // Partial: a block could not be read; the others are shown (docs/exit-codes.md).
     let code = if report.errors.is_empty() {
         ExitCode::SUCCESS
@@ -702,10 +718,8 @@ fn print_running(report: &Report) {
         let mut t = Table::new(&[
             "JOB", "AGENT", "REPO", "TASK", "STAGE", "OWNER", "PID", "ATTEMPT", "RUNNING",
         ]);
-        // Dead owners first (they need a look), then the longest running.
-        let mut shown: Vec<&RunningJob> = report.running.iter().collect();
-        shown.sort_by_key(|r| (r.owner == Liveness::Alive, -r.running_for_s));
-        for r in shown.iter().take(RUNNING_SHOWN) {
+        // Already in reading order: dead owners first, then the longest running.
+        for r in &report.running {
             t.row(vec![
                 r.job.id.to_string(),
                 r.job.agent.clone(),
@@ -723,19 +737,14 @@ fn print_running(report: &Report) {
         }
         print!("{}", view::indent(&t.render()));
         if let Some(more) = report
-            .running
-            .len()
-            .checked_sub(RUNNING_SHOWN)
+            .running_total
+            .checked_sub(report.running.len())
             .filter(|n| *n > 0)
         {
-            let dead = report
-                .running
-                .iter()
-                .filter(|r| r.owner == Liveness::Dead)
-                .count();
             crate::say!(
-                "  … and {more} more ({} running, {dead} with a dead owner): orch job list --status running, or --json",
-                report.running.len()
+                "  … and {more} more ({} running, {} with a dead owner): orch job list --status running, or --json",
+                report.running_total,
+                report.running_dead
             );
         }
     }

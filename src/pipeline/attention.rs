@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::liveness::Liveness;
-use crate::liveness::census::Census;
+use crate::pipeline::owners::{self, Owner};
 use crate::pipeline::{Stage, self_deploy};
 
 /// Why something needs a human.
@@ -83,25 +83,19 @@ pub struct Item {
 /// Everything that needs a human, oldest first within each kind; each
 /// running job's owner is probed through its lock in `locks_dir`.
 pub fn list(conn: &Connection, config: &Config, locks_dir: &Path) -> anyhow::Result<Vec<Item>> {
-    // Taken at the first question, after the running jobs were read.
-    let mut census: Option<Census> = None;
-    list_probed(conn, config, &mut |token| {
-        let census = census.get_or_insert_with(|| Census::take(locks_dir));
-        matches!(census.probe(token), Ok(Liveness::Dead))
-    })
+    list_probed(conn, config, &owners::probe_running(conn, locks_dir)?)
 }
 
-/// [`list`], with `dead(token)` saying whether a running job's owner is
-/// dead: a caller that already probed every running job (`orch status`,
-/// `orch metrics`) passes its answers, so no lock is probed twice.
+/// [`list`], with the running jobs' owners already probed: a caller that
+/// shows them too (`orch status`, `orch metrics`) probes them once.
 pub fn list_probed(
     conn: &Connection,
     config: &Config,
-    dead: &mut dyn FnMut(&str) -> bool,
+    running: &[Owner],
 ) -> anyhow::Result<Vec<Item>> {
     let mut items = task_items(conn, config)?;
     items.extend(failed_jobs(conn)?);
-    items.extend(dead_owners(conn, dead)?);
+    items.extend(dead_owners(running));
     items.extend(dead_outbox(conn)?);
     items.sort_by_key(|i| (i.kind, i.since));
     Ok(items)
@@ -236,34 +230,18 @@ fn failed_jobs(conn: &Connection) -> anyhow::Result<Vec<Item>> {
 }
 
 /// Running jobs whose owner lock is free: dead until a reaper ends them.
-fn dead_owners(conn: &Connection, dead: &mut dyn FnMut(&str) -> bool) -> anyhow::Result<Vec<Item>> {
-    let mut stmt = conn.prepare(
-        "SELECT id, task_id, claim_token, COALESCE(started_at, created_at)
-         FROM jobs WHERE status = 'running' ORDER BY id",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, Option<i64>>(1)?,
-            r.get::<_, Option<String>>(2)?,
-            r.get::<_, i64>(3)?,
-        ))
-    })?;
-    let mut items = Vec::new();
-    for row in rows {
-        let (id, task_id, token, since) = row?;
-        if token.is_none_or(|t| dead(&t)) {
-            items.push(Item {
-                kind: Kind::DeadOwner,
-                task_id,
-                job_id: Some(id),
-                since,
-                reason: format!("job {id} is running but its owner is gone"),
-                command: "orch reap".to_owned(),
-            });
-        }
-    }
-    Ok(items)
+fn dead_owners(running: &[Owner]) -> impl Iterator<Item = Item> + '_ {
+    running
+        .iter()
+        .filter(|o| o.liveness == Liveness::Dead)
+        .map(|o| Item {
+            kind: Kind::DeadOwner,
+            task_id: o.task_id,
+            job_id: Some(o.job_id),
+            since: o.since,
+            reason: format!("job {} is running but its owner is gone", o.job_id),
+            command: "orch reap".to_owned(),
+        })
 }
 
 /// One item for all dead outbox messages.

@@ -77,27 +77,63 @@ pub fn budget_of(config: &Config, task: &Task) -> Option<f64> {
 
 /// The ledger of `task`.
 pub fn ledger(conn: &Connection, config: &Config, task: &Task) -> rusqlite::Result<Ledger> {
-    let cap = config.run_budget_usd().unwrap_or(0.0);
-    let mut stmt = conn.prepare(
-        "SELECT coalesce(stage, ''), count(*), coalesce(sum(cost_usd), 0),
+    let mut one = ledgers(conn, config, std::slice::from_ref(task))?;
+    Ok(one
+        .pop()
+        .unwrap_or_else(|| settle(config, task, Vec::new())))
+}
+
+/// The ledgers of `tasks`, in their order, from one query whatever their
+/// number (a view of many tasks must not pay a query per task).
+pub fn ledgers(
+    conn: &Connection,
+    config: &Config,
+    tasks: &[Task],
+) -> rusqlite::Result<Vec<Ledger>> {
+    if tasks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = tasks.iter().map(|t| t.id).collect();
+    let mut stmt = conn.prepare_cached(
+        "SELECT task_id, coalesce(stage, ''), count(*), coalesce(sum(cost_usd), 0),
                 sum(CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END),
                 sum(CASE WHEN cost_usd IS NULL AND outcome LIKE ?2 THEN 1 ELSE 0 END),
                 coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0)
-         FROM agent_runs WHERE task_id = ?1 GROUP BY stage",
+         FROM agent_runs WHERE task_id IN (SELECT value FROM json_each(?1))
+         GROUP BY task_id, stage",
     )?;
-    let mut stages: Vec<StageCost> = stmt
-        .query_map(params![task.id, format!("{ORCH_DIED}:%")], |r| {
-            Ok(StageCost {
-                stage: r.get(0)?,
-                runs: r.get(1)?,
-                cost_usd: r.get(2)?,
-                unknown_runs: r.get(3)?,
-                orch_died_unknown_runs: r.get(4)?,
-                input_tokens: r.get(5)?,
-                output_tokens: r.get(6)?,
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+    let rows = stmt.query_map(
+        params![crate::storage::json_ids(&ids), format!("{ORCH_DIED}:%")],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                StageCost {
+                    stage: r.get(1)?,
+                    runs: r.get(2)?,
+                    cost_usd: r.get(3)?,
+                    unknown_runs: r.get(4)?,
+                    orch_died_unknown_runs: r.get(5)?,
+                    input_tokens: r.get(6)?,
+                    output_tokens: r.get(7)?,
+                },
+            ))
+        },
+    )?;
+    let mut by_task: std::collections::HashMap<i64, Vec<StageCost>> =
+        std::collections::HashMap::new();
+    for row in rows {
+        let (task_id, stage) = row?;
+        by_task.entry(task_id).or_default().push(stage);
+    }
+    Ok(tasks
+        .iter()
+        .map(|t| settle(config, t, by_task.remove(&t.id).unwrap_or_default()))
+        .collect())
+}
+
+/// A task's ledger from its runs' costs per stage.
+fn settle(config: &Config, task: &Task, mut stages: Vec<StageCost>) -> Ledger {
+    let cap = config.run_budget_usd().unwrap_or(0.0);
     let order = |s: &str| {
         crate::pipeline::Stage::PIPELINE
             .iter()
@@ -113,7 +149,7 @@ pub fn ledger(conn: &Connection, config: &Config, task: &Task) -> rusqlite::Resu
     let charged_runs = (unknown - orch_died) + orch_died.min(1);
     let charged = spent + charged_runs as f64 * cap;
     let budget = budget_of(config, task);
-    Ok(Ledger {
+    Ledger {
         budget_usd: budget,
         spent_usd: spent,
         unknown_runs: unknown,
@@ -122,7 +158,7 @@ pub fn ledger(conn: &Connection, config: &Config, task: &Task) -> rusqlite::Resu
         remaining_usd: budget.map(|b| (b - charged).max(0.0)),
         stages,
         blocked_reason: task.blocked_reason.clone(),
-    })
+    }
 }
 
 /// The known cost of every task that has runs, by task id (the sum the

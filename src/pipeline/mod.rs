@@ -18,6 +18,7 @@ pub mod judge;
 pub mod lease;
 pub mod merge_gate;
 pub mod overview;
+pub mod owners;
 pub mod post_deploy;
 pub mod reconcile;
 pub mod run_log;

@@ -2,17 +2,22 @@
 //! task itself, how long its agents ran, how long it has been under way and
 //! what it cost, plus what of it needs a human ([`attention`]).
 //!
-//! Everything comes from one query, whatever the number of tasks: the runs
-//! and transitions are aggregated for the tasks picked, not read task by
-//! task. Costs follow the ledger (`budget`): a run without a recorded cost is
+//! Three queries, whatever the number of tasks: the tasks picked, then their
+//! runs and their transitions to `done` aggregated for all of them at once,
+//! never read task by task. (One query with common table expressions did the
+//! same but cost SQLite three times as much to compile as to run, in every
+//! process.) Costs follow the ledger (`budget`): a run without a recorded cost is
 //! unknown, never zero, so a task with such runs has no total (`cost_usd` is
 //! `None`), only what is known plus how many runs are not.
+
+use std::collections::HashMap;
 
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use crate::pipeline::attention;
 use crate::pipeline::task::{self, Task};
+use crate::storage;
 
 /// Which tasks to list.
 #[derive(Debug, Clone, Copy, Default)]
@@ -62,53 +67,94 @@ pub fn list(
     limit: u32,
     now: i64,
 ) -> rusqlite::Result<Vec<TaskSummary>> {
-    let mut stmt = conn.prepare(&format!(
-        "WITH picked AS (
-            SELECT {cols} FROM tasks
-            WHERE (?1 IS NULL OR stage = ?1) AND (?2 IS NULL OR repo = ?2)
-              AND (?3 = 0 OR stage NOT IN ('created', 'done', 'cancelled'))
-            ORDER BY id DESC LIMIT ?4),
-         runs AS (
-            SELECT task_id, count(*) AS n, sum(max(coalesce(finished_at, ?5) - started_at, 0)) AS secs,
-                   min(started_at) AS first, coalesce(sum(cost_usd), 0) AS known,
-                   sum(cost_usd IS NULL) AS unknown
-            FROM agent_runs WHERE task_id IN (SELECT id FROM picked) GROUP BY task_id),
-         done AS (
-            SELECT task_id, max(at) AS at FROM task_transitions
-            WHERE to_stage = 'done' AND task_id IN (SELECT id FROM picked) GROUP BY task_id)
-         SELECT p.*, coalesce(r.n, 0), coalesce(r.secs, 0), r.first, coalesce(r.known, 0),
-                coalesce(r.unknown, 0), d.at
-         FROM picked p LEFT JOIN runs r ON r.task_id = p.id LEFT JOIN done d ON d.task_id = p.id
-         ORDER BY p.id DESC",
-        cols = task::TASK_COLUMNS
-    ))?;
-    let n = task::TASK_COLUMNS.split(',').count();
-    let rows = stmt.query_map(
-        params![filter.stage, filter.repo, filter.unfinished, limit, now],
-        |r| {
-            let task = Task::from_row(r)?;
-            let first_run_at: Option<i64> = r.get(n + 2)?;
-            let done_at: Option<i64> = r.get(n + 5)?;
-            let known: f64 = r.get(n + 3)?;
-            let unknown: i64 = r.get(n + 4)?;
-            Ok(TaskSummary {
+    let tasks = pick(conn, filter, limit)?;
+    if tasks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = tasks.iter().map(|t| t.id).collect();
+    let ids = storage::json_ids(&ids);
+    let mut runs = run_totals(conn, &ids, now)?;
+    let mut done = done_at(conn, &ids)?;
+    Ok(tasks
+        .into_iter()
+        .map(|task| {
+            let r = runs.remove(&task.id).unwrap_or_default();
+            let done_at = done.remove(&task.id);
+            TaskSummary {
                 age_s: (now - task.created_at).max(0),
-                runs: r.get(n)?,
-                run_time_s: r.get(n + 1)?,
-                first_run_at,
+                runs: r.runs,
+                run_time_s: r.secs,
+                first_run_at: r.first,
                 done_at,
-                elapsed_s: first_run_at.map(|f| {
+                elapsed_s: r.first.map(|f| {
                     let end = done_at.or(task.cancelled_at).unwrap_or(now);
                     (end - f).max(0)
                 }),
-                cost_usd: (unknown == 0).then_some(known),
-                known_cost_usd: known,
-                unknown_cost_runs: unknown,
+                cost_usd: (r.unknown == 0).then_some(r.known),
+                known_cost_usd: r.known,
+                unknown_cost_runs: r.unknown,
                 attention: Vec::new(),
                 task,
-            })
-        },
+            }
+        })
+        .collect())
+}
+
+/// The tasks matching `filter`, newest first.
+fn pick(conn: &Connection, filter: Filter<'_>, limit: u32) -> rusqlite::Result<Vec<Task>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {cols} FROM tasks
+         WHERE (?1 IS NULL OR stage = ?1) AND (?2 IS NULL OR repo = ?2)
+           AND (?3 = 0 OR stage NOT IN ('created', 'done', 'cancelled'))
+         ORDER BY id DESC LIMIT ?4",
+        cols = task::TASK_COLUMNS
+    ))?;
+    let rows = stmt.query_map(
+        params![filter.stage, filter.repo, filter.unfinished, limit],
+        Task::from_row,
     )?;
+    rows.collect()
+}
+
+/// What the agent runs of one task add up to.
+#[derive(Debug, Default)]
+struct RunTotals {
+    runs: i64,
+    secs: i64,
+    first: Option<i64>,
+    known: f64,
+    unknown: i64,
+}
+
+/// The run totals of the tasks in `ids` (a JSON array), by task.
+fn run_totals(conn: &Connection, ids: &str, now: i64) -> rusqlite::Result<HashMap<i64, RunTotals>> {
+    let mut stmt = conn.prepare(
+        "SELECT task_id, count(*), sum(max(coalesce(finished_at, ?2) - started_at, 0)),
+                min(started_at), coalesce(sum(cost_usd), 0), sum(cost_usd IS NULL)
+         FROM agent_runs WHERE task_id IN (SELECT value FROM json_each(?1)) GROUP BY task_id",
+    )?;
+    let rows = stmt.query_map(params![ids, now], |r| {
+        Ok((
+            r.get(0)?,
+            RunTotals {
+                runs: r.get(1)?,
+                secs: r.get(2)?,
+                first: r.get(3)?,
+                known: r.get(4)?,
+                unknown: r.get(5)?,
+            },
+        ))
+    })?;
+    rows.collect()
+}
+
+/// When each task in `ids` (a JSON array) reached `done`, if it did.
+fn done_at(conn: &Connection, ids: &str) -> rusqlite::Result<HashMap<i64, i64>> {
+    let mut stmt = conn.prepare(
+        "SELECT task_id, max(at) FROM task_transitions
+         WHERE to_stage = 'done' AND task_id IN (SELECT value FROM json_each(?1)) GROUP BY task_id",
+    )?;
+    let rows = stmt.query_map([ids], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect()
 }
 

@@ -248,6 +248,17 @@ pub fn list(
     rows.collect()
 }
 
+/// Tasks not done or cancelled (created ones included), newest first, at
+/// most `limit`.
+pub fn active(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<Task>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {TASK_COLUMNS} FROM tasks
+         WHERE stage NOT IN ('done', 'cancelled') ORDER BY id DESC LIMIT ?1"
+    ))?;
+    let rows = stmt.query_map([limit], Task::from_row)?;
+    rows.collect()
+}
+
 /// Tasks still in the pipeline (started, not done or cancelled), oldest first.
 pub fn unfinished(conn: &Connection) -> rusqlite::Result<Vec<Task>> {
     let mut stmt = conn.prepare(&format!(

@@ -670,6 +670,49 @@ pub fn running(conn: &Connection) -> rusqlite::Result<Vec<Job>> {
     select(conn, "WHERE status = 'running' ORDER BY id", [])
 }
 
+/// What a view needs to know of a running job's owner, without the rest of
+/// its row (a status over thousands of running jobs reads only this).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningOwner {
+    /// The job.
+    pub job_id: i64,
+    /// Its task, if any.
+    pub task_id: Option<i64>,
+    /// The token of its owner's lock (absent only on rows older than tokens).
+    pub claim_token: Option<String>,
+    /// When it was claimed (when it was created, if it never started).
+    pub since: i64,
+}
+
+/// Every running job's owner, by job id.
+pub fn running_owners(conn: &Connection) -> rusqlite::Result<Vec<RunningOwner>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, task_id, claim_token, COALESCE(started_at, created_at)
+         FROM jobs WHERE status = 'running' ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(RunningOwner {
+            job_id: r.get(0)?,
+            task_id: r.get(1)?,
+            claim_token: r.get(2)?,
+            since: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// The jobs with these ids (those that exist), by id, in one query.
+pub fn by_ids(conn: &Connection, ids: &[i64]) -> rusqlite::Result<Vec<Job>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    select(
+        conn,
+        "WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id",
+        [crate::storage::json_ids(ids)],
+    )
+}
+
 /// Number of jobs per status, with a zero for every status that has none.
 pub fn counts(conn: &Connection) -> rusqlite::Result<BTreeMap<String, i64>> {
     let mut out: BTreeMap<String, i64> = schema::JOB_STATUSES

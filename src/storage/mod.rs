@@ -23,6 +23,22 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::error::OrchError;
 
+/// `ids` as a JSON array, the one parameter a query reads a set of ids from
+/// (`WHERE id IN (SELECT value FROM json_each(?1))`): one statement for any
+/// number of rows, compiled once.
+pub fn json_ids(ids: &[i64]) -> String {
+    let mut out = String::with_capacity(ids.len() * 6 + 2);
+    out.push('[');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&id.to_string());
+    }
+    out.push(']');
+    out
+}
+
 /// An open, migrated orch database.
 pub struct Db {
     conn: Connection,
