@@ -9,7 +9,8 @@
 //!   spawning `/bin/true` → the ratio (goal ≥ 0.5). Exactly-once is checked
 //!   afterwards: as many successful claims as jobs, every job `running` with
 //!   `attempts = 1` and its own claim token, nothing left `queued`.
-//! - (b) `orch status` wall time per call (`BENCH_STATUS_CALLS`, 50 calls) on a
+//! - (b) `orch status` wall time per call (`BENCH_STATUS_CALLS`, 100 calls, each
+//!   alternating with a `/bin/true` spawn so both see the same machine) on a
 //!   small queue and on the drained one (every job running, so every owner lock
 //!   is probed), against one `/bin/true` spawn → the ratios (goal ≤ 5×).
 //!
@@ -113,17 +114,20 @@ fn race(
 }
 
 /// Median wall time of `calls` sequential runs of `make()`, which must succeed.
-fn per_call(calls: u64, make: &dyn Fn() -> Command) -> Duration {
-    let mut times: Vec<Duration> = (0..calls.max(1))
-        .map(|_| {
-            let start = Instant::now();
-            let ok = make().status().expect("spawn").success();
-            assert!(ok, "command failed");
-            start.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[times.len() / 2]
+/// Median wall time of `a` and of `b`, run alternately so that both see the
+/// same machine (a shared VM's speed drifts by tens of percent over seconds).
+fn paired(calls: u64, a: &dyn Fn() -> Command, b: &dyn Fn() -> Command) -> (Duration, Duration) {
+    let time = |make: &dyn Fn() -> Command| {
+        let start = Instant::now();
+        let ok = make().status().expect("spawn").success();
+        assert!(ok, "command failed");
+        start.elapsed()
+    };
+    let (mut ta, mut tb): (Vec<Duration>, Vec<Duration>) =
+        (0..calls.max(1)).map(|_| (time(a), time(b))).unzip();
+    ta.sort();
+    tb.sort();
+    (ta[ta.len() / 2], tb[tb.len() / 2])
 }
 
 fn ms(d: Duration) -> f64 {
@@ -193,7 +197,7 @@ fn main() {
     // `cargo bench` passes `--bench`; there is nothing to filter.
     let jobs = env_num("BENCH_JOBS", 2000);
     let workers = env_num("BENCH_WORKERS", 8);
-    let status_calls = env_num("BENCH_STATUS_CALLS", 50);
+    let status_calls = env_num("BENCH_STATUS_CALLS", 100);
     let dir = tempfile::tempdir().expect("tempdir");
     let state: PathBuf = dir.path().join("state");
     println!(
@@ -228,21 +232,19 @@ fn main() {
 
     // (b) status wall time vs one no-op spawn, each measured next to the other.
     println!("(b) `orch status` wall time per call (median of {status_calls})");
-    let status_full = per_call(status_calls, &|| {
-        let mut c = orch(&state);
-        c.arg("status");
-        c
-    });
-    let noop_full = per_call(status_calls, &noop);
+    let status = |state: &Path| {
+        let state = state.to_path_buf();
+        move || {
+            let mut c = orch(&state);
+            c.arg("status");
+            c
+        }
+    };
+    let (status_full, noop_full) = paired(status_calls, &status(&state), &noop);
     let _ = std::fs::remove_dir_all(&state);
     init(&state);
     seed(&state.join("orch.db"), 3);
-    let status_small = per_call(status_calls, &|| {
-        let mut c = orch(&state);
-        c.arg("status");
-        c
-    });
-    let noop_small = per_call(status_calls, &noop);
+    let (status_small, noop_small) = paired(status_calls, &status(&state), &noop);
     for (what, status, noop) in [
         ("3 queued jobs", status_small, noop_small),
         (&format!("{jobs} running jobs")[..], status_full, noop_full),

@@ -72,12 +72,13 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
     let mut db = ctx.open_db()?;
     match command {
         Command::List(a) => {
-            let mut stmt = db.conn().prepare(
+            let mut stmt = db.conn().prepare(&format!(
                 "SELECT id, channel, task_id, status, attempts, last_error, payload, created_at
-                 FROM outbox WHERE (?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT ?2",
-            )?;
+                 FROM outbox WHERE (?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT {}",
+                a.limit
+            ))?;
             let rows: Vec<Row> = stmt
-                .query_map(params![a.status, a.limit], |r| {
+                .query_map([&a.status], |r| {
                     let payload: String = r.get(6)?;
                     Ok(Row {
                         id: r.get(0)?,

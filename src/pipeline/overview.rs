@@ -106,11 +106,11 @@ fn pick(conn: &Connection, filter: Filter<'_>, limit: u32) -> rusqlite::Result<V
         "SELECT {cols} FROM tasks
          WHERE (?1 IS NULL OR stage = ?1) AND (?2 IS NULL OR repo = ?2)
            AND (?3 = 0 OR stage NOT IN ('created', 'done', 'cancelled'))
-         ORDER BY id DESC LIMIT ?4",
+         ORDER BY id DESC LIMIT {limit}",
         cols = task::TASK_COLUMNS
     ))?;
     let rows = stmt.query_map(
-        params![filter.stage, filter.repo, filter.unfinished, limit],
+        params![filter.stage, filter.repo, filter.unfinished],
         Task::from_row,
     )?;
     rows.collect()

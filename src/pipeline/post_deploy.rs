@@ -184,9 +184,9 @@ pub fn running(conn: &Connection) -> rusqlite::Result<Vec<Record>> {
 pub fn recent(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<Record>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {RECORD_COLUMNS} FROM post_deploys WHERE finished_at IS NOT NULL
-         ORDER BY finished_at DESC, task_id DESC LIMIT ?1"
+         ORDER BY finished_at DESC, task_id DESC LIMIT {limit}"
     ))?;
-    stmt.query_map([limit], record_from_row)?.collect()
+    stmt.query_map([], record_from_row)?.collect()
 }
 
 /// One check, as recorded.

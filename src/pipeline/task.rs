@@ -242,9 +242,9 @@ pub fn list(
     let mut stmt = conn.prepare(&format!(
         "SELECT {TASK_COLUMNS} FROM tasks
          WHERE (?1 IS NULL OR stage = ?1) AND (?2 IS NULL OR repo = ?2)
-         ORDER BY id DESC LIMIT ?3"
+         ORDER BY id DESC LIMIT {limit}"
     ))?;
-    let rows = stmt.query_map(params![stage, repo, limit], Task::from_row)?;
+    let rows = stmt.query_map(params![stage, repo], Task::from_row)?;
     rows.collect()
 }
 
@@ -253,9 +253,9 @@ pub fn list(
 pub fn active(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<Task>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {TASK_COLUMNS} FROM tasks
-         WHERE stage NOT IN ('done', 'cancelled') ORDER BY id DESC LIMIT ?1"
+         WHERE stage NOT IN ('done', 'cancelled') ORDER BY id DESC LIMIT {limit}"
     ))?;
-    let rows = stmt.query_map([limit], Task::from_row)?;
+    let rows = stmt.query_map([], Task::from_row)?;
     rows.collect()
 }
 

@@ -8,6 +8,13 @@
 //! classic way to surface "database is locked" to a user. Keeping storage
 //! behind this one module is what keeps a PostgreSQL backend possible
 //! (docs/scaling.md).
+//!
+//! Every process compiles its statements anew, so their compile cost is
+//! part of every command's start-up. Two rules follow. A `LIMIT` is written
+//! into the SQL, never bound: SQLite compiles a statement with a bound
+//! `LIMIT` a second time once the value is known. And a view reads sets in
+//! one statement (`WHERE id IN (SELECT value FROM json_each(?1))`, see
+//! [`json_ids`]), never one statement per row.
 
 pub mod counters;
 pub mod schema;

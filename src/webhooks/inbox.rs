@@ -129,11 +129,11 @@ pub fn store(
 
 /// Up to `limit` deliveries still `pending`, oldest first.
 pub fn pending(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<Delivery>> {
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT id, source, event, delivery_id, body, status, attempts, received_at
-         FROM webhook_deliveries WHERE status = 'pending' ORDER BY id LIMIT ?1",
-    )?;
-    stmt.query_map([limit], |r| {
+         FROM webhook_deliveries WHERE status = 'pending' ORDER BY id LIMIT {limit}"
+    ))?;
+    stmt.query_map([], |r| {
         Ok(Delivery {
             id: r.get(0)?,
             source: r.get(1)?,
