@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 
 use crate::cmd;
 
@@ -61,19 +61,19 @@ pub struct GlobalOpts {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create the state directory and database (idempotent).
-    Init(cmd::init::Args),
+    Init(Lazy<cmd::init::Args>),
     /// Show what needs a human, the queue, unfinished tasks, running jobs and whether their owners live, counters.
     ///
     /// Every block is read on its own: one that cannot be read shows its error
     /// and the others are still shown. Exit 0, or 1 when a block failed.
-    Status(cmd::status::Args),
+    Status(Lazy<cmd::status::Args>),
     /// Check the installation: config, state dir, database, tools, remotes, agent, credentials, APIs.
     ///
     /// One line per check, `ok`, `warn` or `fail`, with what to do about it.
     /// Secrets are reported as present or absent and where they come from,
     /// never by value or length. Exit 0 when nothing failed (warnings
     /// allowed), 1 when any check failed.
-    Doctor(cmd::doctor::Args),
+    Doctor(Lazy<cmd::doctor::Args>),
     /// Print Prometheus metrics (text exposition format) for the node_exporter textfile collector.
     ///
     /// Jobs by status and agent, owner-dead running jobs, tasks by stage, every
@@ -81,7 +81,7 @@ pub enum Command {
     /// agent cost and tokens, runs by outcome, run durations and cost by stage,
     /// what needs a human by kind, the reaper's last pass. With
     /// --output the file is replaced atomically (temporary file + rename).
-    Metrics(cmd::metrics::Args),
+    Metrics(Lazy<cmd::metrics::Args>),
     /// Scripting primitive: claim the next eligible job without running it (exit 3: nothing claimable, and why).
     ///
     /// The claimed job is left `running` with this (exited) process as its
@@ -89,7 +89,7 @@ pub enum Command {
     /// --job N`, `orch reap` requeues it after `reaper_start_grace_s` and the
     /// claim has cost one of its attempts. To run the next job, use `orch
     /// run-agent --next`.
-    Claim(cmd::claim::Args),
+    Claim(Lazy<cmd::claim::Args>),
     /// Take a lock, claim a job, run its agent in the task's worktree, and finalize it.
     ///
     /// Prints what ran, how it ended, each gate with its reason, and what
@@ -101,26 +101,26 @@ pub enum Command {
     /// killed (timeout, stall, signal); 6 when the job was claimed but no
     /// agent was started (task over budget, sandbox unavailable); 1 when orch
     /// could not finish the job (worktree, push, gate evaluation).
-    RunAgent(cmd::run_agent::Args),
+    RunAgent(Lazy<cmd::run_agent::Args>),
     /// Evaluate a task's current gate and advance it or roll it back (the human/CI path).
-    Advance(cmd::advance::Args),
+    Advance(Lazy<cmd::advance::Args>),
     /// STOP a task: stop its agent, cancel its jobs, release its lease, remove its worktree and branch.
-    Cancel(cmd::cancel::Args),
+    Cancel(Lazy<cmd::cancel::Args>),
     /// Phase C of the self-hosting deploy: read the deploy hook's result, then advance or roll back.
-    FinalizeDeploy(cmd::finalize_deploy::Args),
+    FinalizeDeploy(Lazy<cmd::finalize_deploy::Args>),
     /// One reaper pass: end the jobs of dead owners exactly once, stop runs past the backstop, reclaim leases.
     ///
     /// Never runs a test suite, a rebase, a push or a merge: a dead owner's
     /// successful run is handed to a worker to finalize. Every step is
     /// best-effort; exit 1 when any failed (listed in `errors`), the rest ran.
-    Reap(cmd::reap::Args),
+    Reap(Lazy<cmd::reap::Args>),
     /// One reconciler pass: pending webhooks, the outbox, stuck stages, the tracker poll.
     ///
     /// Every step is best-effort and the final outbox flush always runs; exit
     /// 1 when any step failed (listed in `errors`).
-    Reconcile(cmd::reconcile::Args),
+    Reconcile(Lazy<cmd::reconcile::Args>),
     /// One merge-lease pass: reclaim leases whose holder can no longer use them.
-    ReclaimLeases(cmd::reclaim_leases::Args),
+    ReclaimLeases(Lazy<cmd::reclaim_leases::Args>),
     /// Verify one webhook delivery (HMAC over the raw body), store it once, answer at once.
     ///
     /// The body comes from --body-file or stdin, the headers from the options or, as
@@ -136,7 +136,7 @@ pub enum Command {
     /// nothing is stored on failure. With --inetd, 74 when a stored delivery's
     /// answer could not be written (the client closed or reset the connection).
     #[command(visible_alias = "ingest")]
-    IngestWebhook(cmd::ingest_webhook::Args),
+    IngestWebhook(Lazy<cmd::ingest_webhook::Args>),
     /// Serve the read-only web board: tasks by stage, what needs a human, each task's timeline, attempts, cost and live log.
     ///
     /// No daemon: --inetd answers one HTTP request on stdin/stdout (systemd
@@ -144,37 +144,114 @@ pub enum Command {
     /// interrupted. Only GET and HEAD; the database is opened read-only. No
     /// authentication: bind to loopback and put a reverse proxy with auth in
     /// front of it (docs/web.md).
-    Web(cmd::web::Args),
+    Web(Lazy<cmd::web::Args>),
     /// Run the whole pipeline offline on the embedded defaults, from nothing to `done`.
-    Demo(cmd::demo::Args),
+    Demo(Lazy<cmd::demo::Args>),
     /// The scripted agent used by `orch demo` (reads ORCH_STAGE, ORCH_ARTIFACT_DIR, ...).
     #[command(hide = true)]
-    DemoAgent(cmd::demo_agent::Args),
+    DemoAgent(Lazy<cmd::demo_agent::Args>),
     /// Create and inspect tasks.
     #[command(subcommand)]
-    Task(cmd::task::Command),
+    Task(Lazy<cmd::task::Command>),
     /// Inspect, enqueue and retry jobs.
     #[command(subcommand)]
-    Job(cmd::job::Command),
+    Job(Lazy<cmd::job::Command>),
     /// Check a task's gates now, without running anything (`gates check --task N`).
     #[command(subcommand)]
-    Gates(cmd::gates::Command),
+    Gates(Lazy<cmd::gates::Command>),
     /// Print or follow (-f) the agent log of a job's run, or of a task's current job.
     ///
     /// The log is printed as the agent wrote it, its rotated older half
     /// first, with control characters other than newline and tab escaped.
     /// Exit 0; 1 when the job, task or run does not exist; 3 when it has no
     /// agent run (or log) yet.
-    Logs(cmd::logs::Args),
+    Logs(Lazy<cmd::logs::Args>),
     /// List outbox messages (tracker comments, states, notifications) and retry dead ones.
     #[command(subcommand)]
-    Outbox(cmd::outbox::Command),
+    Outbox(Lazy<cmd::outbox::Command>),
     /// Generate man pages or shell completions.
     #[command(subcommand, hide = true)]
-    Generate(cmd::generate::Command),
+    Generate(Lazy<cmd::generate::Command>),
     /// Test facilities (crash points, the agent runner and its guardian).
     #[command(subcommand, hide = true)]
-    Debug(cmd::debug::Command),
+    Debug(Lazy<cmd::debug::Command>),
+}
+
+/// A subcommand's arguments, defined only when that subcommand runs or its
+/// help is shown ([`clap::Command::defer`]).
+///
+/// Every `orch` process parses its command line, and most live for a few
+/// milliseconds. Building every subcommand's arguments up front (and
+/// copying the global options into each) was a fifth of the work of an
+/// `orch claim`; deferred, a process builds the one subcommand it runs.
+#[derive(Debug, Clone)]
+pub struct Lazy<T>(pub T);
+
+impl<T> std::ops::Deref for Lazy<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: FromArgMatches> FromArgMatches for Lazy<T> {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches(matches).map(Lazy)
+    }
+
+    fn from_arg_matches_mut(matches: &mut ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches_mut(matches).map(Lazy)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(matches)
+    }
+
+    fn update_from_arg_matches_mut(&mut self, matches: &mut ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches_mut(matches)
+    }
+}
+
+impl<T: Args> Args for Lazy<T> {
+    fn group_id() -> Option<clap::Id> {
+        T::group_id()
+    }
+
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.defer(|cmd| keep_about(cmd, T::augment_args))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        cmd.defer(|cmd| keep_about(cmd, T::augment_args_for_update))
+    }
+}
+
+/// `augment(cmd)`, keeping the description the subcommand's variant gave
+/// `cmd`: the doc comment of an `Args` struct or a subcommand enum would
+/// otherwise replace it, as the deferred part runs last.
+fn keep_about(cmd: clap::Command, augment: fn(clap::Command) -> clap::Command) -> clap::Command {
+    use clap::builder::Resettable;
+    let reset_or = |s: Option<&clap::builder::StyledStr>| {
+        s.cloned().map_or(Resettable::Reset, Resettable::Value)
+    };
+    let about = reset_or(cmd.get_about());
+    let long_about = reset_or(cmd.get_long_about());
+    augment(cmd).about(about).long_about(long_about)
+}
+
+impl<T: Subcommand> Subcommand for Lazy<T> {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        cmd.defer(|cmd| keep_about(cmd, T::augment_subcommands))
+    }
+
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        cmd.defer(|cmd| keep_about(cmd, T::augment_subcommands_for_update))
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        T::has_subcommand(name)
+    }
 }
 
 #[cfg(test)]

@@ -93,16 +93,28 @@ pub fn visible_only(cmd: &clap::Command) -> clap::Command {
     }
     // clap cannot remove a subcommand: a copy of the command without any is
     // given back the visible ones.
+    // Without the --help and --version a built command was given: the
+    // completion generator builds the copy, which adds its own.
+    let own = cmd.get_arguments().filter(|a| {
+        !matches!(
+            a.get_action(),
+            clap::ArgAction::Help
+                | clap::ArgAction::HelpShort
+                | clap::ArgAction::HelpLong
+                | clap::ArgAction::Version
+        )
+    });
     let mut bare = clap::Command::new(cmd.get_name().to_owned())
-        .args(cmd.get_arguments().cloned())
+        .args(own.cloned())
         .aliases(cmd.get_all_aliases().map(str::to_owned).collect::<Vec<_>>())
         .subcommand_required(cmd.is_subcommand_required_set());
     if let Some(about) = cmd.get_about() {
         bare = bare.about(about.clone());
     }
+    // `help` too is the generator's to add.
     bare.subcommands(
         cmd.get_subcommands()
-            .filter(|s| !s.is_hide_set())
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
             .map(visible_only),
     )
 }

@@ -28,7 +28,10 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Man { dir } => crate::manual::write_pages(Cli::command(), &dir)?,
         Command::Completions { shell } => {
-            let mut cmd = crate::manual::visible_only(&Cli::command());
+            // Built first: the subcommands' arguments are deferred (`cli::Lazy`).
+            let mut full = Cli::command();
+            full.build();
+            let mut cmd = crate::manual::visible_only(&full);
             clap_complete::generate(shell, &mut cmd, "orch", &mut std::io::stdout());
         }
     }

@@ -43,8 +43,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         // These need no state directory.
-        Command::Generate(c) => generate::run(c),
-        Command::Debug(c) => debug::run(c),
+        Command::Generate(c) => generate::run(c.0),
+        Command::Debug(c) => debug::run(c.0),
         Command::DemoAgent(a) => demo_agent::run(&a),
         // Doctor reports a broken config as a check instead of failing on it.
         Command::Doctor(a) => doctor::run(&cli.global, &a),
@@ -69,11 +69,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Init(a) => init::run(&ctx, &a),
                 Command::Status(a) => status::run(&ctx, &a),
                 Command::Claim(a) => claim::run(&ctx, &a),
-                Command::Task(c) => task::run(&ctx, c),
-                Command::Job(c) => job::run(&ctx, c),
+                Command::Task(c) => task::run(&ctx, c.0),
+                Command::Job(c) => job::run(&ctx, c.0),
                 Command::Logs(a) => logs::run(&ctx, &a),
-                Command::Gates(c) => gates::run(&ctx, c),
-                Command::Outbox(c) => outbox::run(&ctx, c),
+                Command::Gates(c) => gates::run(&ctx, c.0),
+                Command::Outbox(c) => outbox::run(&ctx, c.0),
                 Command::RunAgent(a) => run_agent::run(&ctx, &a),
                 Command::Advance(a) => advance::run(&ctx, &a),
                 Command::Reap(a) => reap::run(&ctx, &a),
