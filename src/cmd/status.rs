@@ -67,6 +67,10 @@ pub struct Report {
     pub now: i64,
     /// What needs a human, each with the command that resolves it.
     pub attention: Vec<attention::Item>,
+    /// How many items of each kind need a human: the text view lists only
+    /// the first dead owners (`attention` has them all with `--json`).
+    #[serde(skip)]
+    pub attention_counts: Vec<(attention::Kind, usize)>,
     /// The newest unfinished tasks, with their times and cost.
     pub tasks: Vec<overview::TaskSummary>,
     /// Jobs per status (every status present, zeros included).
@@ -173,20 +177,29 @@ fn gather(
     .unwrap_or_default();
     let counters =
         block(errs, "counters", counters::all(tx).map_err(Into::into)).unwrap_or_default();
-    let owners = block(
+    // `None` if the counts could not be read: then every owner is probed.
+    let running_count = counts.get("running").copied();
+    let survey = block(
         errs,
         "running",
-        owners::probe_running(tx, &ctx.locks_dir()).map_err(Into::into),
+        survey_running(ctx, tx, running_count, extent.running),
     )
     .unwrap_or_default();
-    let running = block(
+    let running = block(errs, "running", running_jobs(tx, &survey.first, now)).unwrap_or_default();
+    let attention = block(
         errs,
-        "running",
-        running_jobs(tx, &owners, extent.running, now),
+        "attention",
+        attention::list_probed(tx, c, &survey.first),
     )
     .unwrap_or_default();
-    let attention =
-        block(errs, "attention", attention::list_probed(tx, c, &owners)).unwrap_or_default();
+    // Only the dead owners shown were listed; the survey counted them all.
+    let attention_counts = attention::counts(&attention)
+        .into_iter()
+        .map(|(kind, n)| match kind {
+            attention::Kind::DeadOwner => (kind, survey.dead),
+            _ => (kind, n),
+        })
+        .collect();
     let unfinished = overview::Filter {
         unfinished: true,
         ..overview::Filter::default()
@@ -214,12 +227,10 @@ fn gather(
         counts,
         max_concurrency: c.max_concurrency,
         gates: gates(c),
-        running_total: owners.len(),
-        running_dead: owners
-            .iter()
-            .filter(|o| o.liveness == Liveness::Dead)
-            .count(),
+        running_total: survey.total,
+        running_dead: survey.dead,
         running,
+        attention_counts,
         recent,
         reaper: reaper_block(c, &counters),
         reconcile: reconcile_block(c, &counters),
@@ -235,26 +246,38 @@ fn gather(
 
 /// The running jobs to show, whole: the first `shown` in reading order
 /// (dead owners first, then the longest running), or all of them by id.
+/// The running jobs' owners: every one, by id, when `shown` is `None`
+/// (`--json`), else the first `shown` in reading order, the rest counted.
+/// `running` is the count read earlier in this snapshot, if it could be.
+fn survey_running(
+    ctx: &Ctx,
+    tx: &Connection,
+    running: Option<i64>,
+    shown: Option<usize>,
+) -> anyhow::Result<owners::Survey> {
+    let locks = ctx.locks_dir();
+    if let (Some(n), Some(running)) = (shown, running) {
+        let running = usize::try_from(running).unwrap_or(0);
+        return Ok(owners::survey(tx, &locks, running, n)?);
+    }
+    Ok(owners::survey_each(tx, &locks, shown)?)
+}
+
+/// The whole rows of the running jobs `owners`, in their order.
 fn running_jobs(
     tx: &Connection,
     owners: &[owners::Owner],
-    shown: Option<usize>,
     now: i64,
 ) -> anyhow::Result<Vec<RunningJob>> {
-    let mut picked = owners.to_vec();
-    if let Some(n) = shown {
-        owners::sort_for_reading(&mut picked);
-        picked.truncate(n);
-    }
-    let ids: Vec<i64> = picked.iter().map(|o| o.job_id).collect();
+    let ids: Vec<i64> = owners.iter().map(|o| o.job_id).collect();
     let mut jobs: HashMap<i64, Job> = queue::by_ids(tx, &ids)?
         .into_iter()
         .map(|j| (j.id, j))
         .collect();
-    // A job that ended between the two reads of this snapshot cannot: one
-    // read transaction. `remove` only keeps the types honest.
-    Ok(picked
-        .into_iter()
+    // Every one is there: one read transaction. `remove` only keeps the
+    // types honest.
+    Ok(owners
+        .iter()
         .filter_map(|o| {
             let job = jobs.remove(&o.job_id)?;
             Some(RunningJob {
@@ -443,7 +466,7 @@ fn show(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         crate::say!("every {secs}s: orch status  {}\n", output::utc(report.now));
     }
     if !print_error(&report, "attention", "attention") {
-        view::print_attention(&report.attention, report.now);
+        view::print_attention_counted(&report.attention, &report.attention_counts, report.now);
     }
     print_summary(&report);
     for name in ["counts", "running", "recent", "counters"] {

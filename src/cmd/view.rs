@@ -13,14 +13,22 @@ const SHOWN_PER_KIND: usize = 10;
 /// The attention section: one line per item with the command that resolves
 /// it, or one line saying nothing needs a human.
 pub fn print_attention(items: &[Item], now: i64) {
-    if items.is_empty() {
+    print_attention_counted(items, &attention::counts(items), now);
+}
+
+/// [`print_attention`] when `items` holds only the first of each kind and
+/// `counts` says how many there are (`orch status` reads only the dead
+/// owners it shows).
+pub fn print_attention_counted(items: &[Item], counts: &[(attention::Kind, usize)], now: i64) {
+    let total: usize = counts.iter().map(|(_, n)| n).sum();
+    if total == 0 {
         crate::say!("attention  nothing needs a human");
         return;
     }
-    crate::say!("attention  {} item(s) need a human", items.len());
+    crate::say!("attention  {total} item(s) need a human");
     let mut t = Table::new(&["KIND", "TASK", "JOB", "SINCE", "REASON", "COMMAND"]);
     let mut more = Vec::new();
-    for (kind, n) in attention::counts(items) {
+    for &(kind, n) in counts {
         let of_kind = items.iter().filter(|i| i.kind == kind);
         for i in of_kind.take(SHOWN_PER_KIND) {
             t.row(vec![

@@ -50,6 +50,27 @@ impl Census {
     }
 }
 
+impl Census {
+    /// The token of every owner that is alive: each lock file the kernel
+    /// lists as held, and each one it does not list that the exact probe
+    /// finds locked. `None` when the lock directory could not be listed
+    /// (ask [`Census::probe`] owner by owner then). Bounded by the lock files
+    /// present, not by the jobs a database says are running.
+    pub fn alive_tokens(&self) -> Option<Vec<String>> {
+        let files = self.files.as_ref()?;
+        Some(
+            files
+                .iter()
+                .filter(|(token, ino)| {
+                    self.held.contains(ino)
+                        || matches!(probe(&self.locks_dir, token), Ok(Liveness::Alive))
+                })
+                .map(|(token, _)| token.clone())
+                .collect(),
+        )
+    }
+}
+
 /// `<token>.lock` → inode, from one directory read.
 fn lock_files(locks_dir: &Path) -> Option<HashMap<String, u64>> {
     let mut files = HashMap::new();
@@ -111,6 +132,7 @@ mod tests {
             );
         }
         assert_eq!(census.probe(live.token()).expect("live"), Liveness::Alive);
+        assert_eq!(census.alive_tokens(), Some(vec![live.token().to_owned()]));
         assert!(
             !census.held.is_empty(),
             "this kernel's /proc/locks lists the held lock: the fast path is exercised"

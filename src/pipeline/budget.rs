@@ -103,7 +103,7 @@ pub fn ledgers(
          GROUP BY task_id, stage",
     )?;
     let rows = stmt.query_map(
-        params![crate::storage::json_ids(&ids), format!("{ORCH_DIED}:%")],
+        params![crate::storage::json_array(&ids), format!("{ORCH_DIED}:%")],
         |r| {
             Ok((
                 r.get::<_, i64>(0)?,

@@ -72,7 +72,7 @@ pub fn list(
         return Ok(Vec::new());
     }
     let ids: Vec<i64> = tasks.iter().map(|t| t.id).collect();
-    let ids = storage::json_ids(&ids);
+    let ids = storage::json_array(&ids);
     let mut runs = run_totals(conn, &ids, now)?;
     let mut done = done_at(conn, &ids)?;
     Ok(tasks

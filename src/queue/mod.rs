@@ -705,6 +705,50 @@ pub fn running_owners(conn: &Connection) -> rusqlite::Result<Vec<RunningOwner>> 
     Ok(owners)
 }
 
+/// How many running jobs have an owner whose token is in `alive` (a JSON
+/// array of tokens, see [`crate::storage::json_array`]): one index lookup
+/// per token.
+pub fn running_count_in(conn: &Connection, alive: &str) -> rusqlite::Result<usize> {
+    conn.query_row(
+        "SELECT count(*) FROM jobs INDEXED BY jobs_running_token
+         WHERE status = 'running' AND claim_token IN (SELECT value FROM json_each(?1))",
+        [alive],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| usize::try_from(n).unwrap_or(0))
+}
+
+/// The first `limit` running jobs, longest running first, whose owner's
+/// token is in `alive` (a JSON array of tokens) or, with `among_alive`
+/// false, is not. Reads the index in order and stops at `limit`.
+pub fn running_owners_page(
+    conn: &Connection,
+    alive: &str,
+    among_alive: bool,
+    limit: usize,
+) -> rusqlite::Result<Vec<RunningOwner>> {
+    let test = if among_alive {
+        "claim_token IN (SELECT value FROM json_each(?1))"
+    } else {
+        "(claim_token IS NULL OR claim_token NOT IN (SELECT value FROM json_each(?1)))"
+    };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT id, task_id, claim_token, coalesce(started_at, created_at)
+         FROM jobs INDEXED BY jobs_running_since
+         WHERE status = 'running' AND {test}
+         ORDER BY coalesce(started_at, created_at), id LIMIT {limit}"
+    ))?;
+    let rows = stmt.query_map([alive], |r| {
+        Ok(RunningOwner {
+            job_id: r.get(0)?,
+            task_id: r.get(1)?,
+            claim_token: r.get(2)?,
+            since: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
 /// The jobs with these ids (those that exist), by id, in one query.
 pub fn by_ids(conn: &Connection, ids: &[i64]) -> rusqlite::Result<Vec<Job>> {
     if ids.is_empty() {
@@ -713,7 +757,7 @@ pub fn by_ids(conn: &Connection, ids: &[i64]) -> rusqlite::Result<Vec<Job>> {
     select(
         conn,
         "WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id",
-        [crate::storage::json_ids(ids)],
+        [crate::storage::json_array(ids)],
     )
 }
 

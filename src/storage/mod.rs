@@ -14,7 +14,7 @@
 //! into the SQL, never bound: SQLite compiles a statement with a bound
 //! `LIMIT` a second time once the value is known. And a view reads sets in
 //! one statement (`WHERE id IN (SELECT value FROM json_each(?1))`, see
-//! [`json_ids`]), never one statement per row.
+//! [`json_array`]), never one statement per row.
 
 pub mod counters;
 pub mod schema;
@@ -30,20 +30,12 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::error::OrchError;
 
-/// `ids` as a JSON array, the one parameter a query reads a set of ids from
-/// (`WHERE id IN (SELECT value FROM json_each(?1))`): one statement for any
-/// number of rows, compiled once.
-pub fn json_ids(ids: &[i64]) -> String {
-    let mut out = String::with_capacity(ids.len() * 6 + 2);
-    out.push('[');
-    for (i, id) in ids.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&id.to_string());
-    }
-    out.push(']');
-    out
+/// `items` (ids, tokens) as a JSON array: the one parameter a query reads
+/// a set from (`WHERE id IN (SELECT value FROM json_each(?1))`), so one
+/// statement, compiled once, serves any number of rows.
+pub fn json_array<T: serde::Serialize>(items: &[T]) -> String {
+    // Numbers and strings always serialize.
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_owned())
 }
 
 /// An open, migrated orch database.

@@ -17,7 +17,7 @@ pub const APPLICATION_ID: i32 = 0x6f72_6368;
 pub const JOB_STATUSES: &[&str] = &["queued", "running", "done", "failed", "cancelled"];
 
 /// The migrations, oldest first. Index + 1 is the `user_version` after it.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 const V1: &str = r"
 CREATE TABLE tasks (
@@ -253,4 +253,15 @@ const V5: &str = r"
 -- The successful agent run this job finalizes instead of running its agent;
 -- NULL = a normal job. Set by the reaper, cleared with the job's ownership.
 ALTER TABLE jobs ADD COLUMN finalize_run_id INTEGER REFERENCES agent_runs(id);
+";
+
+/// The running jobs in the order a person reads them (longest running
+/// first), with what liveness needs, and by owner token: `orch status` shows
+/// the first few and counts the live ones without reading every running
+/// job's row.
+const V6: &str = r"
+CREATE INDEX jobs_running_since
+    ON jobs(coalesce(started_at, created_at), id, claim_token, task_id)
+    WHERE status = 'running';
+CREATE INDEX jobs_running_token ON jobs(claim_token) WHERE status = 'running';
 ";
