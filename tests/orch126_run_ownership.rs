@@ -304,29 +304,28 @@ fn orch126_tc08b_sanitize_sweep_counts_and_shows_in_status_and_honours_its_kill_
     let env = Env::new();
     let ids = env.enqueue_many(2);
     seed_impossible(&env.db(), ids[0], 759, 35);
-    // Kill-switch off: the sweep does nothing (the claim itself still cleans the row it takes).
+    // Kill-switch off: the reaper's sweep does nothing.
     env.orch()
         .env("ORCH_IMPOSSIBLE_QUEUED_SANITIZE_ENABLED", "false")
-        .env("ORCH_MAX_CONCURRENCY", "10")
-        .env("ORCH_SERIAL_GATE_ENABLED", "false")
-        .args(["claim", "--json"])
+        .args(["reap", "--json"])
         .assert()
         .success();
     let status = env.json(&["status"]);
     assert!(status["counters"].get("impossible_queued_total").is_none());
 
-    seed_impossible(&env.db(), ids[1], 760, 42);
-    env.orch()
-        .env("ORCH_MAX_CONCURRENCY", "10")
-        .env("ORCH_SERIAL_GATE_ENABLED", "false")
-        .args(["claim", "--json"])
-        .assert()
-        .success();
+    // Switch on: one reaper pass heals the row, once.
+    env.orch().args(["reap", "--json"]).assert().success();
+    env.orch().args(["reap", "--json"]).assert().success();
     let status = env.json(&["status"]);
     let counter = &status["counters"]["impossible_queued_total"];
     assert_eq!(counter["value"], 1);
     assert_eq!(counter["last"]["count"], 1);
-    assert_eq!(counter["last"]["job_ids"][0], ids[1]);
+    assert_eq!(counter["last"]["job_ids"][0], ids[0]);
+    assert!(
+        queue::find_impossible_queued(env.db().conn())
+            .expect("find")
+            .is_empty()
+    );
     env.orch()
         .arg("status")
         .assert()

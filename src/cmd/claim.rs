@@ -26,17 +26,6 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Heal impossible queued rows if the kill-switch allows (cheap; every claimer runs it).
-pub fn sanitize_sweep(ctx: &Ctx, db: &mut Db) -> anyhow::Result<usize> {
-    // A read first: the write lock is only taken when there is something to heal.
-    if !ctx.config.impossible_queued_sanitize_enabled || !queue::any_impossible_queued(db.conn())? {
-        return Ok(0);
-    }
-    let now = storage::now();
-    let healed = db.write(|tx| Ok(queue::sanitize_impossible_queued(tx, now)?))?;
-    Ok(healed.len())
-}
-
 /// Claim the next job for the holder of `lock`.
 pub fn claim_with(
     ctx: &Ctx,
@@ -72,7 +61,6 @@ pub fn claim_with(
 /// Run `orch claim`.
 pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     let mut db = ctx.open_db()?;
-    sanitize_sweep(ctx, &mut db)?;
     let lock = WorkerLock::acquire(&ctx.locks_dir())?;
     let result = claim_with(ctx, &mut db, &lock)?;
     lock.release();

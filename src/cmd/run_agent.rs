@@ -39,7 +39,6 @@ pub struct Args {
 /// Run `orch run-agent`.
 pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     let mut db = ctx.open_db()?;
-    claim::sanitize_sweep(ctx, &mut db)?;
     let Some(max_jobs) = args.until_idle else {
         return run_one(ctx, &mut db, args, true);
     };
