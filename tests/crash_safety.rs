@@ -1281,6 +1281,23 @@ fn stale_git_locks_of_a_killed_worker_do_not_fail_the_next_run() {
     assert_correct_end(&env, task, "stale git locks");
 }
 
+/// Drive `task` to deploy-staging, move main on, and leave a rebase of the
+/// task's branch stopped after its first commit in its worktree (`--exec
+/// false` stops it there, as a kill would). Returns the worktree and its git.
+fn stop_a_rebase_midway(env: &Env, task: i64) -> (std::path::PathBuf, orch::git::Git) {
+    drive_to(env, task, "deploy-staging");
+    move_main(env, "other");
+    let worktree = env.state().join("repos/demo/worktrees/DEMO-1");
+    let git = orch::git::Git::at(&worktree);
+    git.run(["fetch", "--quiet", "origin"]).expect("fetch");
+    let stopped = git
+        .output(["rebase", "--quiet", "--exec", "false", "origin/main"])
+        .expect("rebase");
+    assert!(!stopped.status.success(), "the rebase did not stop");
+    assert!(worktree_git_dir(env).join("rebase-merge").exists());
+    (worktree, git)
+}
+
 /// Issue #13 (2): a rebase left in progress in the task's worktree (its
 /// process killed mid-way: HEAD detached, `rebase-merge/` present) is aborted
 /// by the next worker, whose merge gate then rebases cleanly — instead of
@@ -1289,17 +1306,7 @@ fn stale_git_locks_of_a_killed_worker_do_not_fail_the_next_run() {
 fn a_rebase_left_in_progress_is_aborted_by_the_next_worker() {
     let env = install("");
     let task = create_task(&env, "greet");
-    drive_to(&env, task, "deploy-staging");
-    move_main(&env, "other");
-    let worktree = env.state().join("repos/demo/worktrees/DEMO-1");
-    let git = orch::git::Git::at(&worktree);
-    git.run(["fetch", "--quiet", "origin"]).expect("fetch");
-    // `--exec false` stops the rebase after its first commit, as a kill would.
-    let stopped = git
-        .output(["rebase", "--quiet", "--exec", "false", "origin/main"])
-        .expect("rebase");
-    assert!(!stopped.status.success(), "the rebase did not stop");
-    assert!(worktree_git_dir(&env).join("rebase-merge").exists());
+    stop_a_rebase_midway(&env, task);
     let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
     assert_eq!(stage_of(&env, task), "deploy", "{v}");
     assert!(!worktree_git_dir(&env).join("rebase-merge").exists());
@@ -1315,15 +1322,7 @@ fn a_rebase_left_in_progress_is_aborted_by_the_next_worker() {
 fn a_rebase_killed_mid_checkout_is_dropped_even_when_abort_refuses() {
     let env = install("");
     let task = create_task(&env, "greet");
-    drive_to(&env, task, "deploy-staging");
-    move_main(&env, "other");
-    let worktree = env.state().join("repos/demo/worktrees/DEMO-1");
-    let git = orch::git::Git::at(&worktree);
-    git.run(["fetch", "--quiet", "origin"]).expect("fetch");
-    let stopped = git
-        .output(["rebase", "--quiet", "--exec", "false", "origin/main"])
-        .expect("rebase");
-    assert!(!stopped.status.success(), "the rebase did not stop");
+    let (worktree, git) = stop_a_rebase_midway(&env, task);
     // A file of the branch's tip the stopped rebase has not written yet,
     // left on disk with other bytes as a half-done checkout leaves it.
     let listed = |rev: &str| -> Vec<String> {

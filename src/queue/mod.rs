@@ -684,20 +684,26 @@ pub struct RunningOwner {
     pub since: i64,
 }
 
-/// Every running job's owner, by job id.
-pub fn running_owners(conn: &Connection) -> rusqlite::Result<Vec<RunningOwner>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, task_id, claim_token, COALESCE(started_at, created_at)
-         FROM jobs WHERE status = 'running'",
-    )?;
-    let rows = stmt.query_map([], |r| {
+/// The columns [`RunningOwner::from_row`] reads, in its order.
+const OWNER_COLUMNS: &str = "id, task_id, claim_token, coalesce(started_at, created_at)";
+
+impl RunningOwner {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<RunningOwner> {
         Ok(RunningOwner {
             job_id: r.get(0)?,
             task_id: r.get(1)?,
             claim_token: r.get(2)?,
             since: r.get(3)?,
         })
-    })?;
+    }
+}
+
+/// Every running job's owner, by job id.
+pub fn running_owners(conn: &Connection) -> rusqlite::Result<Vec<RunningOwner>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {OWNER_COLUMNS} FROM jobs WHERE status = 'running'"
+    ))?;
+    let rows = stmt.query_map([], RunningOwner::from_row)?;
     // Sorted here: SQLite would sort through a temporary B-tree (the
     // status index is ordered by availability), at several times the cost.
     let mut owners = rows.collect::<rusqlite::Result<Vec<_>>>()?;
@@ -733,19 +739,11 @@ pub fn running_owners_page(
         "(claim_token IS NULL OR claim_token NOT IN (SELECT value FROM json_each(?1)))"
     };
     let mut stmt = conn.prepare(&format!(
-        "SELECT id, task_id, claim_token, coalesce(started_at, created_at)
-         FROM jobs INDEXED BY jobs_running_since
+        "SELECT {OWNER_COLUMNS} FROM jobs INDEXED BY jobs_running_since
          WHERE status = 'running' AND {test}
          ORDER BY coalesce(started_at, created_at), id LIMIT {limit}"
     ))?;
-    let rows = stmt.query_map([alive], |r| {
-        Ok(RunningOwner {
-            job_id: r.get(0)?,
-            task_id: r.get(1)?,
-            claim_token: r.get(2)?,
-            since: r.get(3)?,
-        })
-    })?;
+    let rows = stmt.query_map([alive], RunningOwner::from_row)?;
     rows.collect()
 }
 
