@@ -26,10 +26,6 @@ fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
 }
 
-fn sql_i64(env: &Env, sql: &str) -> i64 {
-    env.db().conn().query_row(sql, [], |r| r.get(0)).expect(sql)
-}
-
 fn task_json(env: &Env, id: i64) -> serde_json::Value {
     env.json(&["task", "show", &id.to_string()])
 }
@@ -201,10 +197,7 @@ fn orch090_tc07_idempotent_on_cancelled_done_and_missing_tasks() {
     assert_eq!(done.status.code(), Some(3));
     // One comment and one notification for the one real cancel.
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM outbox WHERE dedup_key LIKE 'cancel-1:%'"
-        ),
+        env.sql_i64("SELECT count(*) FROM outbox WHERE dedup_key LIKE 'cancel-1:%'"),
         2
     );
 }
@@ -395,10 +388,7 @@ fn orch090_d7_stop_in_the_critical_window_defers_then_applies() {
     assert_eq!(task_json(&env, 1)["task"]["stage"], "deploy-staging");
     assert!(task_json(&env, 1)["task"]["cancel_requested_at"].is_i64());
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM outbox WHERE dedup_key = 'cancel-deferred-1'"
-        ),
+        env.sql_i64("SELECT count(*) FROM outbox WHERE dedup_key = 'cancel-deferred-1'"),
         1
     );
     // The actor's agent exits 1: an agent failure (5).
@@ -409,13 +399,10 @@ fn orch090_d7_stop_in_the_critical_window_defers_then_applies() {
     let pass = json(&out(&env, &[], &["reap", "--json"]));
     assert_eq!(pass["cancels_applied"], serde_json::json!([]), "{pass}");
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM task_transitions WHERE kind = 'cancel'"
-        ),
+        env.sql_i64("SELECT count(*) FROM task_transitions WHERE kind = 'cancel'"),
         1
     );
-    assert_eq!(sql_i64(&env, "SELECT count(*) FROM merge_leases"), 0);
+    assert_eq!(env.sql_i64("SELECT count(*) FROM merge_leases"), 0);
     assert!(!remote_branches(&env).contains("feature/DEMO-1"));
 }
 
@@ -432,6 +419,6 @@ fn orch090_d7_stop_on_deploy_awaiting_confirm_is_a_full_reset() {
     hold_lease(&env);
     let v = json(&out(&env, &[], &["cancel", "--task", "1", "--json"]));
     assert_eq!(v["note"], "cancelled", "{v}");
-    assert_eq!(sql_i64(&env, "SELECT count(*) FROM merge_leases"), 0);
+    assert_eq!(env.sql_i64("SELECT count(*) FROM merge_leases"), 0);
     assert!(!remote_branches(&env).contains("feature/DEMO-1"));
 }

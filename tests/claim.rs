@@ -289,14 +289,8 @@ fn the_wal_stays_small_when_processes_run_one_after_another() {
         largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
     }
     assert!(largest <= 256 * 1024, "the WAL grew to {largest} bytes");
-    let running: i64 = env
-        .db()
-        .conn()
-        .query_row(
-            "SELECT count(*) FROM jobs WHERE status = 'running'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("count");
-    assert_eq!(running, 80);
+    assert_eq!(
+        env.sql_i64("SELECT count(*) FROM jobs WHERE status = 'running'"),
+        80
+    );
 }

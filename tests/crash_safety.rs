@@ -104,10 +104,6 @@ fn move_main(env: &Env, name: &str) {
     common::push_to_main(env, name, &format!("{name}.md"), "another change on main\n");
 }
 
-fn sql_i64(env: &Env, sql: &str) -> i64 {
-    env.db().conn().query_row(sql, [], |r| r.get(0)).expect(sql)
-}
-
 /// The invariants that must hold after any crash followed by `orch reap`.
 fn assert_recovered(env: &Env, context: &str) {
     let status = env.json(&["status"]);
@@ -118,9 +114,7 @@ fn assert_recovered(env: &Env, context: &str) {
         );
     }
     assert_eq!(
-        sql_i64(
-            env,
-            "SELECT count(*) FROM jobs WHERE status = 'queued' AND (run_id IS NOT NULL OR pid IS NOT NULL OR started_at IS NOT NULL OR claim_token IS NOT NULL)"
+        env.sql_i64("SELECT count(*) FROM jobs WHERE status = 'queued' AND (run_id IS NOT NULL OR pid IS NOT NULL OR started_at IS NOT NULL OR claim_token IS NOT NULL)"
         ),
         0,
         "{context}: run-ownership invariant"
@@ -163,12 +157,12 @@ fn assert_correct_end(env: &Env, task: i64, context: &str) {
         "{context}: a stage's job was enqueued twice: {jobs:?}"
     );
     assert_eq!(
-        sql_i64(env, "SELECT count(*) FROM merge_leases"),
+        env.sql_i64("SELECT count(*) FROM merge_leases"),
         0,
         "{context}: lease left held"
     );
     assert_eq!(
-        sql_i64(env, "SELECT count(*) FROM jobs WHERE status <> 'done'"),
+        env.sql_i64("SELECT count(*) FROM jobs WHERE status <> 'done'"),
         0,
         "{context}: job lost"
     );
@@ -285,17 +279,11 @@ fn cancel_crash_and_recover(point: &str) {
         .expect("branches");
     assert!(!branches.contains("feature/DEMO-1"), "{point}: branch left");
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"
-        ),
+        env.sql_i64("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"),
         0
     );
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM outbox WHERE dedup_key LIKE 'cancel-1:%'"
-        ),
+        env.sql_i64("SELECT count(*) FROM outbox WHERE dedup_key LIKE 'cancel-1:%'"),
         2,
         "{point}: the cancel must be reported exactly once"
     );
@@ -370,15 +358,12 @@ fn deploy_crash_and_recover(point: &str) {
         "{point}: main is not the verified commit"
     );
     assert_eq!(
-        sql_i64(&env, "SELECT count(*) FROM merge_leases"),
+        env.sql_i64("SELECT count(*) FROM merge_leases"),
         0,
         "{point}: lease left"
     );
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"
-        ),
+        env.sql_i64("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"),
         0,
         "{point}"
     );
@@ -416,11 +401,7 @@ fn monitor_crash_and_recover(point: &str) {
     assert_eq!(reap["reaped"][0]["outcome"], "queued", "{point}: {reap}");
     assert_recovered(&env, point);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while sql_i64(
-        &env,
-        "SELECT count(*) FROM post_deploys WHERE finished_at IS NOT NULL",
-    ) == 0
-    {
+    while env.sql_i64("SELECT count(*) FROM post_deploys WHERE finished_at IS NOT NULL") == 0 {
         assert!(
             Instant::now() < deadline,
             "{point}: the monitor never finished"
@@ -430,15 +411,13 @@ fn monitor_crash_and_recover(point: &str) {
         }
     }
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM post_deploys WHERE status = 'healthy' AND checks_done = 3 AND checks_failed = 0"
+        env.sql_i64("SELECT count(*) FROM post_deploys WHERE status = 'healthy' AND checks_done = 3 AND checks_failed = 0"
         ),
         1,
         "{point}: counters"
     );
     assert_eq!(
-        sql_i64(&env, "SELECT count(*) FROM post_deploy_checks"),
+        env.sql_i64("SELECT count(*) FROM post_deploy_checks"),
         3,
         "{point}: a check was counted twice or lost"
     );
@@ -446,15 +425,12 @@ fn monitor_crash_and_recover(point: &str) {
         std::fs::read_to_string(env.state().join("probe.count")).map_or(0, |s| s.lines().count());
     assert_eq!(probes, 3, "{point}: a probe ran twice");
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM jobs WHERE agent = 'post-deploy-monitor'"
-        ),
+        env.sql_i64("SELECT count(*) FROM jobs WHERE agent = 'post-deploy-monitor'"),
         1,
         "{point}: one monitor per task"
     );
     assert_eq!(
-        sql_i64(&env, "SELECT count(*) FROM jobs WHERE status <> 'done'"),
+        env.sql_i64("SELECT count(*) FROM jobs WHERE status <> 'done'"),
         0,
         "{point}: job left"
     );
@@ -578,8 +554,7 @@ fn orch065_tc06_orch113_tc04_racing_reapers_advance_each_task_exactly_once() {
     }
     // The reapers finalized nothing themselves: every job waits for a worker.
     assert_eq!(
-        sql_i64(
-            &env,
+        env.sql_i64(
             "SELECT count(*) FROM jobs WHERE status = 'queued' AND finalize_run_id IS NOT NULL"
         ),
         TASKS
@@ -588,10 +563,7 @@ fn orch065_tc06_orch113_tc04_racing_reapers_advance_each_task_exactly_once() {
         env.orch().args(["run-agent", "--next"]).assert().success();
     }
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM agent_runs WHERE agent = 'analyst'"
-        ),
+        env.sql_i64("SELECT count(*) FROM agent_runs WHERE agent = 'analyst'"),
         TASKS,
         "an analyst ran again"
     );
@@ -977,7 +949,7 @@ fn orch065_tc07_kill_switches_keep_their_meaning() {
         );
     }
     assert_eq!(env.json(&["job", "show", "1"])["status"], "running");
-    assert_eq!(sql_i64(&env, "SELECT count(*) FROM merge_leases"), 1);
+    assert_eq!(env.sql_i64("SELECT count(*) FROM merge_leases"), 1);
 }
 
 /// Seed 001 TC-10…TC-15 as properties: a lease is reclaimed once its holder
@@ -1052,8 +1024,7 @@ fn orch065_tc17_redrive_skips_the_retest_and_tc24_red_catch_up_leaves_main_green
     );
     assert_eq!(signal_of(&out), Some(9));
     let retests = |env: &Env| {
-        sql_i64(
-            env,
+        env.sql_i64(
             "SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'merge_gate_retests_total'",
         )
     };
@@ -1081,7 +1052,7 @@ fn orch065_tc17_redrive_skips_the_retest_and_tc24_red_catch_up_leaves_main_green
     assert_eq!(v["evaluation"]["decision"]["decision"], "rollback", "{v}");
     assert_eq!(stage_of(&env, task), "development");
     assert_eq!(
-        sql_i64(&env, "SELECT count(*) FROM merge_leases"),
+        env.sql_i64("SELECT count(*) FROM merge_leases"),
         0,
         "lease kept after red"
     );
@@ -1108,8 +1079,7 @@ fn orch065_tc17_skip_when_current_switch_off_retests_the_caught_up_branch() {
     );
     assert_eq!(signal_of(&out), Some(9));
     let retests = |env: &Env| {
-        sql_i64(
-            env,
+        env.sql_i64(
             "SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'merge_gate_retests_total'",
         )
     };
@@ -1147,7 +1117,7 @@ fn orch065_merge_gate_rebase_conflict_rolls_back_and_releases_the_lease() {
     );
     assert_eq!(stage_of(&env, task), "development");
     assert_eq!(
-        sql_i64(&env, "SELECT count(*) FROM merge_leases"),
+        env.sql_i64("SELECT count(*) FROM merge_leases"),
         0,
         "lease kept"
     );
@@ -1383,7 +1353,7 @@ fn a_task_blocked_over_budget_releases_its_merge_lease() {
             .contains("timeout"),
         "a timeout must be named as one: {v}"
     );
-    assert_eq!(sql_i64(&env, "SELECT count(*) FROM merge_leases"), 1);
+    assert_eq!(env.sql_i64("SELECT count(*) FROM merge_leases"), 1);
     std::fs::write(&path, config).expect("config");
     // The task can no longer afford a run: its next attempt blocks it.
     env.db()
@@ -1399,7 +1369,7 @@ fn a_task_blocked_over_budget_releases_its_merge_lease() {
         "{v}"
     );
     assert_eq!(
-        sql_i64(&env, "SELECT count(*) FROM merge_leases"),
+        env.sql_i64("SELECT count(*) FROM merge_leases"),
         0,
         "a blocked task kept its merge lease"
     );
@@ -1418,7 +1388,7 @@ fn a_task_blocked_over_budget_releases_its_merge_lease() {
         .assert()
         .success();
     drive_to(&env, first, "done");
-    assert_eq!(sql_i64(&env, "SELECT count(*) FROM merge_leases"), 0);
+    assert_eq!(env.sql_i64("SELECT count(*) FROM merge_leases"), 0);
 }
 
 /// Issue #13 (4): a task escalated to a human (its merge re-test went red
@@ -1443,7 +1413,7 @@ fn an_escalated_task_releases_its_merge_lease() {
     let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
     assert_eq!(v["committed"]["escalated"], true, "{v}");
     assert_eq!(
-        sql_i64(&env, "SELECT count(*) FROM merge_leases"),
+        env.sql_i64("SELECT count(*) FROM merge_leases"),
         0,
         "an escalated task kept its merge lease"
     );
@@ -1472,12 +1442,11 @@ fn orch065_tc05_orch113_tc03_reap_hands_an_exit_0_orphan_to_a_worker_without_fin
     let forge = orch::git::Git::at(env.state().join("forge/demo.git"));
     let branch_before = forge.run(["show-ref"]).expect("refs");
     let counter = |env: &Env, name: &str| {
-        sql_i64(
-            env,
-            &format!("SELECT coalesce(sum(value), 0) FROM counters WHERE name = '{name}'"),
-        )
+        env.sql_i64(&format!(
+            "SELECT coalesce(sum(value), 0) FROM counters WHERE name = '{name}'"
+        ))
     };
-    let runs_before = sql_i64(&env, "SELECT count(*) FROM agent_runs");
+    let runs_before = env.sql_i64("SELECT count(*) FROM agent_runs");
     let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
     assert_eq!(pass["reaped"][0]["outcome"], "queued", "{pass}");
     assert_eq!(
@@ -1500,7 +1469,7 @@ fn orch065_tc05_orch113_tc03_reap_hands_an_exit_0_orphan_to_a_worker_without_fin
     let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
     assert_eq!(v["committed"]["stage"], "deploy", "{v}");
     assert_eq!(
-        sql_i64(&env, "SELECT count(*) FROM agent_runs"),
+        env.sql_i64("SELECT count(*) FROM agent_runs"),
         runs_before,
         "the agent ran again"
     );
@@ -1552,7 +1521,7 @@ fn a_finalization_killed_every_time_ends_failed_after_its_worker_died_too_often(
     );
     assert_eq!(job["transient_attempts"], 2, "{job}");
     assert_eq!(
-        sql_i64(&env, "SELECT count(*) FROM agent_runs"),
+        env.sql_i64("SELECT count(*) FROM agent_runs"),
         1,
         "the agent ran again"
     );
@@ -1606,7 +1575,7 @@ fn a_claude_run_that_succeeded_before_orch_died_is_finalized_not_rerun() {
         "{report}"
     );
     assert_eq!(
-        sql_i64(&env, "SELECT count(*) FROM agent_runs"),
+        env.sql_i64("SELECT count(*) FROM agent_runs"),
         1,
         "the agent ran again"
     );

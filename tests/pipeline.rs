@@ -16,13 +16,6 @@ fn demo_env() -> Env {
     env
 }
 
-fn sql_i64(env: &Env, sql: &str) -> i64 {
-    env.db()
-        .conn()
-        .query_row(sql, [], |r| r.get(0))
-        .expect("query")
-}
-
 fn forge(env: &Env) -> orch::git::Git {
     orch::git::Git::at(env.state().join("forge/demo.git"))
 }
@@ -110,16 +103,12 @@ fn orch065_tc19_demo_runs_every_stage_to_done_and_leaves_a_working_installation(
     assert!(main_files.contains("tests/greet_test.sh"), "{main_files}");
     // Every outbox message was delivered once.
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM outbox WHERE status <> 'delivered'"
-        ),
+        env.sql_i64("SELECT count(*) FROM outbox WHERE status <> 'delivered'"),
         0
     );
     assert_eq!(
-        sql_i64(&env, "SELECT count(*) FROM tracker_comments"),
-        sql_i64(
-            &env,
+        env.sql_i64("SELECT count(*) FROM tracker_comments"),
+        env.sql_i64(
             "SELECT count(*) FROM outbox WHERE channel = 'tracker' AND payload LIKE '%comment%'"
         )
     );
@@ -223,7 +212,7 @@ fn a_second_run_agent_on_a_finished_job_does_nothing() {
         .stderr(predicate::str::contains("job 1 is done; nothing to do"));
     let after = env.json(&["task", "show", "1"]);
     assert_eq!(before, after);
-    assert_eq!(sql_i64(&env, "SELECT count(*) FROM agent_runs"), 7);
+    assert_eq!(env.sql_i64("SELECT count(*) FROM agent_runs"), 7);
 }
 
 #[test]

@@ -72,10 +72,6 @@ fn stage(env: &Env) -> String {
         .to_owned()
 }
 
-fn sql_i64(env: &Env, sql: &str) -> i64 {
-    env.db().conn().query_row(sql, [], |r| r.get(0)).expect(sql)
-}
-
 /// Create task 1 and run the pipeline (the deployer agent path) to `done`.
 fn to_done(env: &Env, vars: &[(&str, &str)]) {
     env.orch()
@@ -124,8 +120,7 @@ fn monitor_to_end(env: &Env) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut verdicts = Vec::new();
     loop {
-        if sql_i64(
-            env,
+        if env.sql_i64(
             "SELECT count(*) FROM post_deploys WHERE task_id = 1 AND finished_at IS NOT NULL",
         ) == 1
         {
@@ -176,10 +171,9 @@ fn a_healthy_deploy_is_watched_over_the_whole_window_without_holding_a_worker() 
     );
     to_done(&env, &[]);
     // Armed by the commit that moved the task to done: one row, one job.
-    assert_eq!(sql_i64(&env, "SELECT count(*) FROM post_deploys"), 1);
+    assert_eq!(env.sql_i64("SELECT count(*) FROM post_deploys"), 1);
     assert_eq!(
-        sql_i64(
-            &env,
+        env.sql_i64(
             "SELECT count(*) FROM jobs WHERE agent = 'post-deploy-monitor' AND stage = 'done'"
         ),
         1
@@ -413,10 +407,7 @@ fn the_self_hosting_repo_only_alerts_even_with_auto_rollback_on() {
     );
     self_hosting_to_done(&env);
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM jobs WHERE agent = 'post-deploy-monitor'"
-        ),
+        env.sql_i64("SELECT count(*) FROM jobs WHERE agent = 'post-deploy-monitor'"),
         1,
         "the self-deploy finalizer path arms the monitor too"
     );
@@ -445,16 +436,13 @@ fn the_kill_switch_makes_the_monitor_inert() {
     );
     let off = [("ORCH_POST_DEPLOY_ENABLED", "false")];
     to_done(&env, &off);
-    assert_eq!(sql_i64(&env, "SELECT count(*) FROM post_deploys"), 0);
+    assert_eq!(env.sql_i64("SELECT count(*) FROM post_deploys"), 0);
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM jobs WHERE agent = 'post-deploy-monitor'"
-        ),
+        env.sql_i64("SELECT count(*) FROM jobs WHERE agent = 'post-deploy-monitor'"),
         0
     );
     assert_eq!(
-        sql_i64(&env, "SELECT count(*) FROM jobs WHERE status <> 'done'"),
+        env.sql_i64("SELECT count(*) FROM jobs WHERE status <> 'done'"),
         0
     );
     assert_eq!(health.hits.load(Ordering::SeqCst), 0);
@@ -483,7 +471,7 @@ fn a_monitor_killed_after_a_check_is_resumed_by_reap_without_double_counting() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert_eq!(
-        sql_i64(&env, "SELECT checks_done FROM post_deploys"),
+        env.sql_i64("SELECT checks_done FROM post_deploys"),
         1,
         "the check was counted before the crash"
     );
@@ -503,8 +491,7 @@ fn a_monitor_killed_after_a_check_is_resumed_by_reap_without_double_counting() {
     assert_eq!(seqs, vec![1, 2, 3]);
     assert_eq!(health.hits.load(Ordering::SeqCst), 3, "no check ran twice");
     assert_eq!(
-        sql_i64(
-            &env,
+        env.sql_i64(
             "SELECT count(*) FROM jobs WHERE agent = 'post-deploy-monitor' AND status = 'done'"
         ),
         1

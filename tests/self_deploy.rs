@@ -28,10 +28,6 @@ fn stage(env: &Env) -> String {
         .to_owned()
 }
 
-fn sql_i64(env: &Env, sql: &str) -> i64 {
-    env.db().conn().query_row(sql, [], |r| r.get(0)).expect(sql)
-}
-
 fn main_head(env: &Env) -> String {
     orch::git::Git::at(env.state().join("forge/demo.git"))
         .rev("main")
@@ -86,7 +82,7 @@ fn orch059_tc09_phase_a_parks_on_deploy_keeps_the_lease_and_asks_for_confirm_dep
         1
     );
     assert_eq!(
-        sql_i64(&env, "SELECT count(*) FROM merge_leases WHERE task_id = 1"),
+        env.sql_i64("SELECT count(*) FROM merge_leases WHERE task_id = 1"),
         1,
         "lease kept"
     );
@@ -96,15 +92,12 @@ fn orch059_tc09_phase_a_parks_on_deploy_keeps_the_lease_and_asks_for_confirm_dep
         "nothing merged before Confirm Deploy"
     );
     assert_eq!(
-        sql_i64(&env, "SELECT count(*) FROM jobs WHERE status = 'queued'"),
+        env.sql_i64("SELECT count(*) FROM jobs WHERE status = 'queued'"),
         0,
         "no deployer job"
     );
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM deploys WHERE staging_sha IS NOT NULL"
-        ),
+        env.sql_i64("SELECT count(*) FROM deploys WHERE staging_sha IS NOT NULL"),
         1
     );
     let notes = std::fs::read_to_string(env.state().join("notifications.log")).expect("notes");
@@ -144,7 +137,7 @@ fn orch059_tc07_approved_on_deploy_is_a_logged_noop() {
 }
 
 fn outbox_rows(env: &Env) -> i64 {
-    sql_i64(env, "SELECT count(*) FROM outbox")
+    env.sql_i64("SELECT count(*) FROM outbox")
 }
 
 /// Prepend top-level settings to the installation's config.
@@ -162,7 +155,7 @@ fn advance_and_approve_on_a_parked_deploy_post_nothing() {
     let env = self_hosting();
     to_phase_a(&env);
     let rows = outbox_rows(&env);
-    let transitions = sql_i64(&env, "SELECT count(*) FROM task_transitions");
+    let transitions = env.sql_i64("SELECT count(*) FROM task_transitions");
     for args in [
         &["advance", "--task", "1"][..],
         &["advance", "--task", "1", "--approve"][..],
@@ -175,7 +168,7 @@ fn advance_and_approve_on_a_parked_deploy_post_nothing() {
     }
     assert_eq!(outbox_rows(&env), rows, "tracker or notifier traffic");
     assert_eq!(
-        sql_i64(&env, "SELECT count(*) FROM task_transitions"),
+        env.sql_i64("SELECT count(*) FROM task_transitions"),
         transitions,
         "\"Approved\" was recorded on deploy"
     );
@@ -256,7 +249,7 @@ fn orch059_tc07_tc08_phase_b_merges_and_starts_the_hook_once_and_phase_c_finishe
         assert!(log.contains(field), "{field}: {log}");
     }
     assert_eq!(
-        sql_i64(&env, "SELECT count(*) FROM merge_leases"),
+        env.sql_i64("SELECT count(*) FROM merge_leases"),
         0,
         "lease released"
     );
@@ -285,7 +278,7 @@ fn a_failed_hook_rolls_back_to_development() {
     assert_eq!(v["deploy_status"], "FAILED", "{v}");
     assert_eq!(v["hook_exit_code"], 2);
     assert_eq!(stage(&env), "development");
-    assert_eq!(sql_i64(&env, "SELECT count(*) FROM merge_leases"), 0);
+    assert_eq!(env.sql_i64("SELECT count(*) FROM merge_leases"), 0);
 }
 
 #[test]
@@ -362,10 +355,7 @@ fn a_deploy_that_succeeded_under_a_pending_stop_ends_done_and_says_the_stop_came
     assert_eq!(stage(&env), "done", "production runs the change");
     assert_eq!(hook_runs(&env), 1);
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM jobs WHERE agent = 'post-deploy-monitor'"
-        ),
+        env.sql_i64("SELECT count(*) FROM jobs WHERE agent = 'post-deploy-monitor'"),
         1,
         "the monitor is armed"
     );
@@ -385,10 +375,7 @@ fn a_deploy_that_succeeded_under_a_pending_stop_ends_done_and_says_the_stop_came
     assert_eq!(stage(&env), "done");
     assert_eq!(outbox_count(&env, "stop-too-late-1:%"), 2);
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM task_transitions WHERE kind = 'cancel'"
-        ),
+        env.sql_i64("SELECT count(*) FROM task_transitions WHERE kind = 'cancel'"),
         0
     );
 }
@@ -488,18 +475,12 @@ fn a_stop_deferred_by_the_merge_gate_is_final_when_the_gate_passes() {
         "nobody asked to confirm"
     );
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"
-        ),
+        env.sql_i64("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"),
         0
     );
     assert_eq!(hook_runs(&env), 0);
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM task_transitions WHERE kind = 'cancel'"
-        ),
+        env.sql_i64("SELECT count(*) FROM task_transitions WHERE kind = 'cancel'"),
         1,
         "cancelled exactly once"
     );
@@ -507,10 +488,7 @@ fn a_stop_deferred_by_the_merge_gate_is_final_when_the_gate_passes() {
     env.orch().arg("reap").assert().success();
     env.orch().arg("reconcile").assert().success();
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM task_transitions WHERE kind = 'cancel'"
-        ),
+        env.sql_i64("SELECT count(*) FROM task_transitions WHERE kind = 'cancel'"),
         1
     );
 }
@@ -536,7 +514,7 @@ fn confirm_deploy_is_refused_while_a_stop_is_pending_and_reap_applies_the_stop()
     assert_eq!(stage(&env), "cancelled");
     assert_eq!(main_head(&env), before, "nothing merged");
     assert_eq!(
-        sql_i64(&env, "SELECT count(*) FROM merge_leases"),
+        env.sql_i64("SELECT count(*) FROM merge_leases"),
         0,
         "the lease is free"
     );
@@ -568,11 +546,9 @@ fn main_moving_under_confirm_deploy_never_counts_as_a_developer_retry() {
 fn orch059_tc12_other_repos_keep_the_deployer_agent_path() {
     let env = Env::bare();
     env.orch().args(["demo"]).assert().success();
-    assert_eq!(sql_i64(&env, "SELECT count(*) FROM deploys"), 0);
+    assert_eq!(env.sql_i64("SELECT count(*) FROM deploys"), 0);
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM jobs WHERE agent = 'deployer' AND stage = 'deploy' AND status = 'done'"
+        env.sql_i64("SELECT count(*) FROM jobs WHERE agent = 'deployer' AND stage = 'deploy' AND status = 'done'"
         ),
         1
     );
@@ -606,24 +582,15 @@ fn orch059_tc12_confirm_deploy_on_another_repo_initiates_nothing() {
     assert_eq!(o.status.code(), Some(3));
     assert_eq!(json(&o)["note"], "not-self-hosting");
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM deploys WHERE initiated_at IS NOT NULL"
-        ),
+        env.sql_i64("SELECT count(*) FROM deploys WHERE initiated_at IS NOT NULL"),
         0
     );
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM jobs WHERE agent = 'deploy-finalizer'"
-        ),
+        env.sql_i64("SELECT count(*) FROM jobs WHERE agent = 'deploy-finalizer'"),
         0
     );
     assert_eq!(
-        sql_i64(
-            &env,
-            "SELECT count(*) FROM jobs WHERE agent = 'deployer' AND status = 'queued'"
-        ),
+        env.sql_i64("SELECT count(*) FROM jobs WHERE agent = 'deployer' AND status = 'queued'"),
         1,
         "the deployer agent is the way on"
     );

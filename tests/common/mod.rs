@@ -86,6 +86,14 @@ impl Env {
     }
 
     /// Open the database through the library.
+    /// The one integer `sql` selects (a count, an id), read directly.
+    pub fn sql_i64(&self, sql: &str) -> i64 {
+        self.db()
+            .conn()
+            .query_row(sql, [], |r| r.get(0))
+            .expect(sql)
+    }
+
     pub fn db(&self) -> orch::storage::Db {
         orch::storage::Db::open(
             &self.db_path(),
