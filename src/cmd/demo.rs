@@ -77,29 +77,57 @@ fn create_forge(forge: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Run `orch <args>` against the demo state dir and return (exit code, stdout).
-fn orch(exe: &Path, state: &Path, script: &str, args: &[&str]) -> anyhow::Result<(i32, String)> {
-    let out = Command::new(exe)
-        .arg("--state-dir")
-        .arg(state)
-        .args(args)
-        .env("ORCH_DEMO_SCRIPT", script)
-        .env_remove("ORCH_CONFIG")
-        .env_remove("ORCH_AGENT_CMD")
-        .output()
-        .with_context(|| format!("running orch {}", args.join(" ")))?;
-    let code = out.status.code().unwrap_or(1);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    // `run-agent` exits 4, 5 or 6 with its report when a stage did not pass.
-    let reported = matches!(code, 4..=6) && !stdout.trim().is_empty();
-    if code != 0 && code != 3 && !reported {
-        bail!(
-            "orch {} failed ({code}): {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+/// The demo's installation: the binary that runs it, its state dir, the
+/// demo agent's script, and when it started (for the progress lines).
+struct Session<'a> {
+    exe: PathBuf,
+    state: PathBuf,
+    script: &'a str,
+    started: Instant,
+}
+
+impl Session<'_> {
+    /// Run `orch <args>` against the demo state dir; return (exit code, stdout).
+    fn orch(&self, args: &[&str]) -> anyhow::Result<(i32, String)> {
+        let out = Command::new(&self.exe)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(args)
+            .env("ORCH_DEMO_SCRIPT", self.script)
+            .env_remove("ORCH_CONFIG")
+            .env_remove("ORCH_AGENT_CMD")
+            .output()
+            .with_context(|| format!("running orch {}", args.join(" ")))?;
+        let code = out.status.code().unwrap_or(1);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        // `run-agent` exits 4, 5 or 6 with its report when a stage did not pass.
+        let reported = matches!(code, 4..=6) && !stdout.trim().is_empty();
+        if code != 0 && code != 3 && !reported {
+            bail!(
+                "orch {} failed ({code}): {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok((code, stdout))
+    }
+
+    /// Time since the demo started, for the progress lines.
+    fn elapsed(&self) -> String {
+        format!("{:6.1}s", self.started.elapsed().as_secs_f64())
+    }
+
+    /// One progress line: time, stage, who, gates, what happened.
+    fn progress(&self, stage: &str, who: &str, gates: &str, outcome: &str) {
+        crate::say!(
+            "{} {:<15} {:<10} {:<60} {}",
+            self.elapsed(),
+            stage,
+            who,
+            gates,
+            outcome
         );
     }
-    Ok((code, stdout))
 }
 
 fn json(s: &str) -> serde_json::Value {
@@ -117,174 +145,34 @@ pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("resolving {}", state.display()))?;
     let forge = state.join("forge").join("demo.git");
     create_forge(&forge)?;
-    let config = state.join("orch.toml");
-    if !config.exists() {
-        let agent = format!("{} demo-agent", sh_quote(&exe.to_string_lossy()));
-        std::fs::write(
-            &config,
-            format!(
-                "# Written by `orch demo`: embedded tracker, a bare repository as the forge,\n\
-                 # and the scripted demo agent for every stage.\n\
-                 agent_cmd = {}\n\
-                 agent_timeout_s = 120\n\
-                 agent_stall_timeout_s = 60\n\
-                 agent_kill_grace_seconds = 2\n\n\
-                 [repos.demo]\n\
-                 remote = {}\n\
-                 default_branch = \"main\"\n\
-                 test_command = \"sh ./test.sh\"\n\
-                 work_item_prefix = \"DEMO\"\n",
-                toml_string(&agent),
-                toml_string(&forge.to_string_lossy())
-            ),
-        )
-        .with_context(|| format!("writing {}", config.display()))?;
-    }
-    let script = args.script.as_str();
-    orch(&exe, &state, script, &["init"])?;
+    write_config_once(&state.join("orch.toml"), &exe, &forge)?;
+    let s = Session {
+        exe,
+        state,
+        script: args.script.as_str(),
+        started,
+    };
+    s.orch(&["init"])?;
     if args.setup_only {
         crate::say!(
             "orch demo: installation ready in {} (repo demo, forge {}); create a task with\n  orch --state-dir {} task create --repo demo --title \"...\"",
-            state.display(),
+            s.state.display(),
             forge.display(),
-            state.display()
+            s.state.display()
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let (_, out) = orch(
-        &exe,
-        &state,
-        script,
-        &[
-            "task",
-            "create",
-            "--repo",
-            "demo",
-            "--title",
-            &args.title,
-            "--json",
-        ],
-    )?;
-    let task = json(&out);
-    let task_id = task["id"].as_i64().context("task create printed no id")?;
-    crate::say!(
-        "orch demo: state dir {}\n  task {task_id} ({}) \"{}\" on repo demo (forge {})",
-        state.display(),
-        task["work_item_id"].as_str().unwrap_or("?"),
-        args.title,
-        forge.display()
-    );
-    let elapsed = |t: &Instant| format!("{:6.1}s", t.elapsed().as_secs_f64());
-    let id = task_id.to_string();
-    let mut runs = 0;
-    loop {
-        let (code, out) = orch(&exe, &state, script, &["run-agent", "--next", "--json"])?;
-        if code != 3 {
-            runs += 1;
-            let r = json(&out);
-            let eval = &r["evaluation"];
-            let gates: Vec<String> = eval["gates"]
-                .as_array()
-                .map(|gs| {
-                    gs.iter()
-                        .map(|g| {
-                            format!(
-                                "{} {}",
-                                g["gate"].as_str().unwrap_or("?"),
-                                g["verdict"].as_str().unwrap_or("?")
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let outcome = match eval["decision"]["decision"].as_str() {
-                Some("advance") => format!("→ {}", eval["decision"]["to"].as_str().unwrap_or("?")),
-                Some("rollback") => format!(
-                    "↩ development ({})",
-                    eval["decision"]["reason"].as_str().unwrap_or("")
-                ),
-                Some("await_human") => "waits for a human".to_owned(),
-                Some("retry") => format!(
-                    "retry ({})",
-                    eval["decision"]["reason"].as_str().unwrap_or("")
-                ),
-                _ => format!("run {}", r["run_verdict"].as_str().unwrap_or("?")),
-            };
-            let escalated = r["committed"]["escalated"].as_bool() == Some(true);
-            crate::say!(
-                "{} {:<15} {:<10} {:<60} {}{}",
-                elapsed(&started),
-                r["stage"].as_str().unwrap_or("?"),
-                r["agent"].as_str().unwrap_or("?"),
-                if gates.is_empty() {
-                    "-".to_owned()
-                } else {
-                    gates.join(", ")
-                },
-                outcome,
-                if escalated {
-                    " — escalated to a human"
-                } else {
-                    ""
-                }
-            );
-            if runs >= args.max_runs {
-                bail!(
-                    "gave up after {runs} agent runs; see `orch --state-dir {} status`",
-                    state.display()
-                );
-            }
-            continue;
-        }
-        // Nothing claimable: the task waits for a human, or it is finished.
-        let (_, out) = orch(&exe, &state, script, &["task", "show", &id, "--json"])?;
-        let shown = json(&out);
-        let stage = shown["task"]["stage"].as_str().unwrap_or("?").to_owned();
-        if stage == "done" {
-            break;
-        }
-        if shown["task"]["escalated_at"].is_i64() {
-            crate::say!(
-                "orch demo: task {task_id} was escalated to a human on {stage}; see `orch --state-dir {} task show {task_id}`",
-                state.display()
-            );
-            return Ok(ExitCode::from(1));
-        }
-        if stage == "analysis" {
-            let (code, _) = orch(
-                &exe,
-                &state,
-                script,
-                &["advance", "--task", &id, "--approve", "--json"],
-            )?;
-            crate::say!(
-                "{} {:<15} {:<10} {:<60} {}",
-                elapsed(&started),
-                "analysis",
-                "human",
-                "check_analysis_approved pass",
-                if code == 0 {
-                    "→ architecture (orch advance --approve)"
-                } else {
-                    "approval recorded"
-                }
-            );
-            if code == 0 {
-                continue;
-            }
-        }
-        bail!(
-            "task {task_id} is stuck on {stage} with nothing to run; see `orch --state-dir {} status`",
-            state.display()
-        );
-    }
+    let task_id = create_task(&s, &args.title, &forge)?;
+    let Some(runs) = drive(&s, task_id, args.max_runs)? else {
+        return Ok(ExitCode::from(1));
+    };
     let orch = invocation();
     crate::say!(
         "{} done: task {task_id} reached `done` after {runs} agent runs; main of {} holds the change.\n\
-         Look around:\n  {orch} --state-dir {s} status\n  {orch} --state-dir {s} task show {task_id}\n  {orch} --state-dir {s} job list\n  git -C {f} log --oneline main",
-        elapsed(&started),
+         Look around:\n  {orch} --state-dir {st} status\n  {orch} --state-dir {st} task show {task_id}\n  {orch} --state-dir {st} job list\n  git -C {f} log --oneline main",
+        s.elapsed(),
         forge.display(),
-        s = state.display(),
+        st = s.state.display(),
         f = forge.display()
     );
     if orch != "orch" {
@@ -293,6 +181,145 @@ pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Write the demo's `orch.toml` unless one exists: the scripted demo agent
+/// for every stage and the bare repository `forge` as the remote.
+fn write_config_once(config: &Path, exe: &Path, forge: &Path) -> anyhow::Result<()> {
+    if config.exists() {
+        return Ok(());
+    }
+    let agent = format!("{} demo-agent", sh_quote(&exe.to_string_lossy()));
+    std::fs::write(
+        config,
+        format!(
+            "# Written by `orch demo`: embedded tracker, a bare repository as the forge,\n\
+             # and the scripted demo agent for every stage.\n\
+             agent_cmd = {}\n\
+             agent_timeout_s = 120\n\
+             agent_stall_timeout_s = 60\n\
+             agent_kill_grace_seconds = 2\n\n\
+             [repos.demo]\n\
+             remote = {}\n\
+             default_branch = \"main\"\n\
+             test_command = \"sh ./test.sh\"\n\
+             work_item_prefix = \"DEMO\"\n",
+            toml_string(&agent),
+            toml_string(&forge.to_string_lossy())
+        ),
+    )
+    .with_context(|| format!("writing {}", config.display()))
+}
+
+/// Create the demo task and say so; return its id.
+fn create_task(s: &Session<'_>, title: &str, forge: &Path) -> anyhow::Result<i64> {
+    let (_, out) = s.orch(&[
+        "task", "create", "--repo", "demo", "--title", title, "--json",
+    ])?;
+    let task = json(&out);
+    let task_id = task["id"].as_i64().context("task create printed no id")?;
+    crate::say!(
+        "orch demo: state dir {}\n  task {task_id} ({}) \"{}\" on repo demo (forge {})",
+        s.state.display(),
+        task["work_item_id"].as_str().unwrap_or("?"),
+        title,
+        forge.display()
+    );
+    Ok(task_id)
+}
+
+/// Run agents as a timer would, approving the analysis as a person would,
+/// until the task is `done`: the number of agent runs, or `None` when the
+/// task was escalated to a human (said on the way).
+fn drive(s: &Session<'_>, task_id: i64, max_runs: u32) -> anyhow::Result<Option<u32>> {
+    let id = task_id.to_string();
+    let mut runs = 0;
+    loop {
+        let (code, out) = s.orch(&["run-agent", "--next", "--json"])?;
+        if code != 3 {
+            runs += 1;
+            report_run(s, &json(&out));
+            if runs >= max_runs {
+                bail!(
+                    "gave up after {runs} agent runs; see `orch --state-dir {} status`",
+                    s.state.display()
+                );
+            }
+            continue;
+        }
+        // Nothing claimable: the task waits for a human, or it is finished.
+        let (_, out) = s.orch(&["task", "show", &id, "--json"])?;
+        let shown = json(&out);
+        let stage = shown["task"]["stage"].as_str().unwrap_or("?").to_owned();
+        if stage == "done" {
+            return Ok(Some(runs));
+        }
+        if shown["task"]["escalated_at"].is_i64() {
+            crate::say!(
+                "orch demo: task {task_id} was escalated to a human on {stage}; see `orch --state-dir {} task show {task_id}`",
+                s.state.display()
+            );
+            return Ok(None);
+        }
+        if stage == "analysis" {
+            let (code, _) = s.orch(&["advance", "--task", &id, "--approve", "--json"])?;
+            let outcome = if code == 0 {
+                "→ architecture (orch advance --approve)"
+            } else {
+                "approval recorded"
+            };
+            s.progress("analysis", "human", "check_analysis_approved pass", outcome);
+            if code == 0 {
+                continue;
+            }
+        }
+        bail!(
+            "task {task_id} is stuck on {stage} with nothing to run; see `orch --state-dir {} status`",
+            s.state.display()
+        );
+    }
+}
+
+/// The progress line of one `run-agent --json` report: its gates and what
+/// the pipeline decided.
+fn report_run(s: &Session<'_>, r: &serde_json::Value) {
+    let eval = &r["evaluation"];
+    let gates: Vec<String> = eval["gates"]
+        .as_array()
+        .map(|gs| {
+            gs.iter()
+                .map(|g| {
+                    format!(
+                        "{} {}",
+                        g["gate"].as_str().unwrap_or("?"),
+                        g["verdict"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let reason = eval["decision"]["reason"].as_str().unwrap_or("");
+    let mut outcome = match eval["decision"]["decision"].as_str() {
+        Some("advance") => format!("→ {}", eval["decision"]["to"].as_str().unwrap_or("?")),
+        Some("rollback") => format!("↩ development ({reason})"),
+        Some("await_human") => "waits for a human".to_owned(),
+        Some("retry") => format!("retry ({reason})"),
+        _ => format!("run {}", r["run_verdict"].as_str().unwrap_or("?")),
+    };
+    if r["committed"]["escalated"].as_bool() == Some(true) {
+        outcome.push_str(" — escalated to a human");
+    }
+    let gates = if gates.is_empty() {
+        "-".to_owned()
+    } else {
+        gates.join(", ")
+    };
+    s.progress(
+        r["stage"].as_str().unwrap_or("?"),
+        r["agent"].as_str().unwrap_or("?"),
+        &gates,
+        &outcome,
+    );
 }
 
 /// How to run this very binary from a shell: `orch` when that is what PATH
