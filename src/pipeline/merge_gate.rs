@@ -61,19 +61,24 @@ fn bump(conn: &Connection, name: &str) {
     }
 }
 
+/// A gate result, and on failure the decision its class calls for.
+type Checked = (GateResult, Option<Decision>);
+
 /// Evaluate `check_branch_mergeable`. On failure the second value is the
 /// decision its class calls for.
+///
+/// In order: the merge lease of the repository (or a wait while another task
+/// holds it), the branch caught up with main (rebased and pushed with a
+/// lease, or found already tested on it), then the repository's tests run
+/// again on what will be merged.
 pub fn check(
     ctx: &Ctx,
     conn: &Connection,
     task: &Task,
     worktree: &Path,
     job_id: Option<i64>,
-) -> anyhow::Result<(GateResult, Option<Decision>)> {
+) -> anyhow::Result<Checked> {
     let gate = Gate::BranchMergeable;
-    let ws = Workspace::new(&ctx.repos_dir(), &task.repo, ctx.config.repo(&task.repo)?)?;
-    let base = ws.default_branch().to_owned();
-    let branch = task.branch.clone().unwrap_or_default();
     // Off (`merge_gate_enabled = false`) or out of scope (`merge_gate_repos`):
     // no lease, no rebase, no push, no re-test. The forge's merge still
     // refuses a branch that is behind (back to development) or that moved.
@@ -91,49 +96,92 @@ pub fn check(
             None,
         ));
     }
-    {
-        let holder = Holder {
-            task_id: task.id,
-            branch: &branch,
-            work_item_id: &task.work_item_id,
-            job_id,
-        };
-        let mut acquired = lease::acquire(conn, &task.repo, holder, now())?;
-        // With the proactive reclaim off, an expired lease is taken over here.
-        if let Acquired::Busy(other) = &acquired
-            && !ctx.config.lease_reclaim_enabled
-            && lease::reclaim_expired_on_acquire(conn, &ctx.config, &ctx.locks_dir(), other, now())?
-                .is_some()
-        {
-            acquired = lease::acquire(conn, &task.repo, holder, now())?;
-        }
-        if let Acquired::Busy(other) = acquired {
-            bump(conn, "merge_gate_lock_busy_total");
-            let reason = format!(
-                "merge lease of {} held by task {} ({}): waiting (lock-busy)",
-                task.repo,
-                other.task_id.unwrap_or(0),
-                other.branch
-            );
-            return Ok((
-                GateResult::fail(gate, reason.clone()),
-                Some(Decision::RetryLater {
-                    reason,
-                    budget: ctx.config.max_transient_attempts,
-                }),
-            ));
-        }
-        crash::point("merge.leased");
+    let branch = task.branch.clone().unwrap_or_default();
+    if let Some(busy) = take_lease(ctx, conn, task, &branch, job_id)? {
+        return Ok(busy);
     }
-    let release = || {
-        if let Err(e) = lease::release(conn, &task.repo, &branch) {
-            log::warn!("releasing the merge lease of {}: {e}", task.repo);
-        }
+    crash::point("merge.leased");
+    let current = match catch_up(ctx, conn, task, worktree, &branch)? {
+        CaughtUp::Ready { current } => current,
+        CaughtUp::Done(checked) => return Ok(checked),
     };
+    retest(ctx, conn, task, worktree, &branch, current)
+}
+
+/// Take the repository's merge lease for `task`; `Some` (wait, lock-busy)
+/// while another task holds it.
+fn take_lease(
+    ctx: &Ctx,
+    conn: &Connection,
+    task: &Task,
+    branch: &str,
+    job_id: Option<i64>,
+) -> anyhow::Result<Option<Checked>> {
+    let holder = Holder {
+        task_id: task.id,
+        branch,
+        work_item_id: &task.work_item_id,
+        job_id,
+    };
+    let mut acquired = lease::acquire(conn, &task.repo, holder, now())?;
+    // With the proactive reclaim off, an expired lease is taken over here.
+    if let Acquired::Busy(other) = &acquired
+        && !ctx.config.lease_reclaim_enabled
+        && lease::reclaim_expired_on_acquire(conn, &ctx.config, &ctx.locks_dir(), other, now())?
+            .is_some()
+    {
+        acquired = lease::acquire(conn, &task.repo, holder, now())?;
+    }
+    let Acquired::Busy(other) = acquired else {
+        return Ok(None);
+    };
+    bump(conn, "merge_gate_lock_busy_total");
+    let reason = format!(
+        "merge lease of {} held by task {} ({}): waiting (lock-busy)",
+        task.repo,
+        other.task_id.unwrap_or(0),
+        other.branch
+    );
+    Ok(Some((
+        GateResult::fail(Gate::BranchMergeable, reason.clone()),
+        Some(Decision::RetryLater {
+            reason,
+            budget: ctx.config.max_transient_attempts,
+        }),
+    )))
+}
+
+/// Give the merge lease back: the task goes back to development.
+fn release(conn: &Connection, task: &Task, branch: &str) {
+    if let Err(e) = lease::release(conn, &task.repo, branch) {
+        log::warn!("releasing the merge lease of {}: {e}", task.repo);
+    }
+}
+
+/// Where [`catch_up`] left the branch.
+enum CaughtUp {
+    /// Ready for the re-test; `current`: it was up to date already.
+    Ready { current: bool },
+    /// The gate is decided: already tested on main, a conflict, a failed push.
+    Done(Checked),
+}
+
+/// Bring `branch` up to date with main: rebase it and push it with a lease
+/// on what the remote had, unless it contains main already. Holds the
+/// repository lock (every git orch runs on the repository does) until the
+/// rebased branch is pushed, not during the re-test.
+fn catch_up(
+    ctx: &Ctx,
+    conn: &Connection,
+    task: &Task,
+    worktree: &Path,
+    branch: &str,
+) -> anyhow::Result<CaughtUp> {
+    let gate = Gate::BranchMergeable;
+    let ws = Workspace::new(&ctx.repos_dir(), &task.repo, ctx.config.repo(&task.repo)?)?;
+    let base = ws.default_branch().to_owned();
     let wt = Git::at(worktree);
-    // Held until the rebased branch is pushed (not during the re-test): every
-    // git orch runs on the repository holds it (see `Workspace::lock`).
-    let repo_lock = ws.lock()?;
+    let _repo_lock = ws.lock()?;
     ws.verify_worktree(worktree)?;
     wt.run(["fetch", "--quiet", "origin"])?;
     let origin_base = format!("origin/{base}");
@@ -154,47 +202,62 @@ pub fn check(
         None => false,
     };
     if current && tested_on_main && ctx.config.merge_retest_skip_when_current_enabled {
-        return Ok((
+        return Ok(CaughtUp::Done((
             GateResult::pass(gate, format!("branch up-to-date with {base}")),
             None,
-        ));
+        )));
     }
-    if !current {
-        let remote_branch = format!("origin/{branch}");
-        let expected = wt.rev(&remote_branch)?.unwrap_or_default();
-        let rebased = wt.output(["rebase", "--quiet", &origin_base])?;
-        if !rebased.status.success() {
-            let _ = wt.output(["rebase", "--abort"]);
-            release();
-            bump(conn, "merge_gate_red_total");
-            let reason = format!(
-                "conflict rebasing {branch} onto {base}: {}",
-                String::from_utf8_lossy(&rebased.stdout)
-                    .lines()
-                    .chain(String::from_utf8_lossy(&rebased.stderr).lines())
-                    .find(|l| l.contains("CONFLICT"))
-                    .unwrap_or("rebase failed")
-                    .trim()
-            );
-            return Ok((
-                GateResult::reject(gate, reason.clone()),
-                Some(Decision::Rollback { reason }),
-            ));
-        }
-        crash::point("merge.rebased_local");
-        let lease_spec = format!("--force-with-lease=refs/heads/{branch}:{expected}");
-        let refspec = format!("HEAD:refs/heads/{branch}");
-        if let Err(e) = wt.run(["push", "--quiet", &lease_spec, "origin", &refspec]) {
-            let reason = format!("pushing the rebased {branch}: {e:#}");
-            return Ok((
-                GateResult::fail(gate, reason.clone()),
-                Some(Decision::Retry { reason }),
-            ));
-        }
-        bump(conn, "merge_gate_rebases_total");
-        crash::point("merge.rebased");
+    if current {
+        return Ok(CaughtUp::Ready { current });
     }
-    drop(repo_lock);
+    let remote_branch = format!("origin/{branch}");
+    let expected = wt.rev(&remote_branch)?.unwrap_or_default();
+    let rebased = wt.output(["rebase", "--quiet", &origin_base])?;
+    if !rebased.status.success() {
+        let _ = wt.output(["rebase", "--abort"]);
+        release(conn, task, branch);
+        bump(conn, "merge_gate_red_total");
+        let reason = format!(
+            "conflict rebasing {branch} onto {base}: {}",
+            String::from_utf8_lossy(&rebased.stdout)
+                .lines()
+                .chain(String::from_utf8_lossy(&rebased.stderr).lines())
+                .find(|l| l.contains("CONFLICT"))
+                .unwrap_or("rebase failed")
+                .trim()
+        );
+        return Ok(CaughtUp::Done((
+            GateResult::reject(gate, reason.clone()),
+            Some(Decision::Rollback { reason }),
+        )));
+    }
+    crash::point("merge.rebased_local");
+    let lease_spec = format!("--force-with-lease=refs/heads/{branch}:{expected}");
+    let refspec = format!("HEAD:refs/heads/{branch}");
+    if let Err(e) = wt.run(["push", "--quiet", &lease_spec, "origin", &refspec]) {
+        let reason = format!("pushing the rebased {branch}: {e:#}");
+        return Ok(CaughtUp::Done((
+            GateResult::fail(gate, reason.clone()),
+            Some(Decision::Retry { reason }),
+        )));
+    }
+    bump(conn, "merge_gate_rebases_total");
+    crash::point("merge.rebased");
+    Ok(CaughtUp::Ready { current })
+}
+
+/// Run the repository's tests on the caught-up branch, confined like an
+/// agent, and classify the outcome: green passes, a timeout is retried in
+/// place, red rolls the task back (and gives the lease up).
+fn retest(
+    ctx: &Ctx,
+    conn: &Connection,
+    task: &Task,
+    worktree: &Path,
+    branch: &str,
+    current: bool,
+) -> anyhow::Result<Checked> {
+    let gate = Gate::BranchMergeable;
     let repo = ctx.config.repo(&task.repo)?;
     if repo.test_command.trim().is_empty() {
         let reason = format!(
@@ -232,11 +295,12 @@ pub fn check(
         timeout.as_secs()
     ));
     let outcome = runner::run(&spec, |_| {})?;
+    let failure = classify_retest(&outcome);
     crate::output::progress(&format!(
         "task {}: merge gate re-test of {branch} ended after {:.1}s: {}",
         task.id,
         retest_started.elapsed().as_secs_f64(),
-        match classify_retest(&outcome) {
+        match failure {
             None => "green",
             Some(RetestFailure::Timeout) => "timed out",
             Some(_) => "red",
@@ -247,7 +311,7 @@ pub fn check(
     } else {
         "rebased onto main, re-test"
     };
-    match classify_retest(&outcome) {
+    match failure {
         None => {
             crate::pipeline::evaluate::record_tested(conn, task, worktree)?;
             Ok((GateResult::pass(gate, format!("{what} green")), None))
@@ -267,7 +331,7 @@ pub fn check(
             ))
         }
         Some(_) => {
-            release();
+            release(conn, task, branch);
             bump(conn, "merge_gate_red_total");
             let reason = format!("{what} red (log {})", log_path.display());
             Ok((
