@@ -302,6 +302,15 @@ fn mark_delivered(conn: &Connection, id: i64, now: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// When the oldest message still pending was written, if any is.
+pub fn oldest_pending(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT min(created_at) FROM outbox WHERE status = 'pending'",
+        [],
+        |r| r.get(0),
+    )
+}
+
 /// Messages per status (`pending`, `delivered`, `dead`).
 pub fn counts(conn: &Connection) -> rusqlite::Result<std::collections::BTreeMap<String, i64>> {
     let mut out: std::collections::BTreeMap<String, i64> = ["pending", "delivered", "dead"]
@@ -314,4 +323,64 @@ pub fn counts(conn: &Connection) -> rusqlite::Result<std::collections::BTreeMap<
         out.insert(s, n);
     }
     Ok(out)
+}
+
+/// One outbox message, as `orch outbox list` shows it.
+#[derive(Debug, Serialize)]
+pub struct Listed {
+    /// Message id.
+    pub id: i64,
+    /// `tracker` or `notifier`.
+    pub channel: String,
+    /// The task it is about.
+    pub task_id: Option<i64>,
+    /// `pending`, `delivered` or `dead`.
+    pub status: String,
+    /// Delivery attempts so far.
+    pub attempts: i64,
+    /// The last delivery error.
+    pub last_error: Option<String>,
+    /// The message (JSON).
+    pub payload: serde_json::Value,
+    /// When it was written (epoch seconds).
+    pub created_at: i64,
+}
+
+/// The newest `limit` messages, of `status` only if given.
+pub fn list(conn: &Connection, status: Option<&str>, limit: u32) -> rusqlite::Result<Vec<Listed>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT id, channel, task_id, status, attempts, last_error, payload, created_at
+         FROM outbox WHERE (?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT {limit}"
+    ))?;
+    let rows = stmt.query_map([status], |r| {
+        let payload: String = r.get(6)?;
+        Ok(Listed {
+            id: r.get(0)?,
+            channel: r.get(1)?,
+            task_id: r.get(2)?,
+            status: r.get(3)?,
+            attempts: r.get(4)?,
+            last_error: r.get(5)?,
+            payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+            created_at: r.get(7)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Put message `id` (any not delivered), or with `None` every dead message,
+/// back in line for delivery now, its attempts reset. Returns how many.
+pub fn revive(conn: &Connection, id: Option<i64>, now: i64) -> rusqlite::Result<usize> {
+    match id {
+        Some(id) => conn.execute(
+            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?2
+             WHERE id = ?1 AND status <> 'delivered'",
+            params![id, now],
+        ),
+        None => conn.execute(
+            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?1
+             WHERE status = 'dead'",
+            [now],
+        ),
+    }
 }

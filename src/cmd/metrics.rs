@@ -6,7 +6,8 @@
 //! file is replaced atomically (temporary file in the same directory, fsync,
 //! rename), so the collector never reads half a file. Everything comes from
 //! one read snapshot of the database plus one census of the owner locks; the
-//! queries live in the library (`pipeline::run_stats`, `pipeline::attention`).
+//! queries live in the library (`pipeline::gauges`, `pipeline::run_stats`,
+//! `pipeline::attention`); this command only renders.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -19,6 +20,7 @@ use rusqlite::Connection;
 
 use crate::context::Ctx;
 use crate::liveness::Liveness;
+use crate::pipeline::gauges::{self, Labelled};
 use crate::pipeline::{attention, owners, run_stats};
 use crate::storage::{self, counters, schema};
 
@@ -123,43 +125,23 @@ pub fn counter_metric_name(name: &str) -> String {
     }
 }
 
-fn group_counts(
-    conn: &Connection,
-    sql: &str,
-    columns: usize,
-) -> rusqlite::Result<Vec<(Vec<String>, f64)>> {
-    let mut stmt = conn.prepare(sql)?;
-    let rows = stmt.query_map([], |r| {
-        let mut labels = Vec::with_capacity(columns);
-        for i in 0..columns {
-            labels.push(r.get::<_, Option<String>>(i)?.unwrap_or_default());
-        }
-        Ok((labels, r.get::<_, Option<f64>>(columns)?.unwrap_or(0.0)))
-    })?;
-    rows.collect()
-}
-
 /// Everything the metrics are made of, read in one snapshot.
 struct Snapshot {
-    jobs: Vec<(Vec<String>, f64)>,
+    jobs: Labelled,
     running: Vec<owners::Owner>,
-    tasks: Vec<(Vec<String>, f64)>,
+    tasks: Labelled,
     counters: BTreeMap<String, counters::Counter>,
     leases: Vec<crate::pipeline::lease::Lease>,
     outbox: BTreeMap<String, i64>,
     oldest_pending: Option<i64>,
-    deliveries: Vec<(Vec<String>, f64)>,
-    cost: Vec<(Vec<String>, f64)>,
-    tokens: Vec<(Vec<String>, f64)>,
-    runs: Vec<(Vec<String>, f64)>,
+    deliveries: Labelled,
+    cost: Labelled,
+    tokens: Labelled,
+    runs: Labelled,
     durations: Vec<run_stats::StageDurations>,
     stage_costs: Vec<run_stats::StageCost>,
     attention: Vec<attention::Item>,
 }
-
-/// The agent runs joined to their job and task (for the repository label).
-const RUNS_FROM: &str = "FROM agent_runs a LEFT JOIN jobs j ON j.id = a.job_id \
-                         LEFT JOIN tasks t ON t.id = a.task_id";
 
 /// Read every figure in one snapshot; each running job's owner is probed
 /// once (`dead` holds the tokens found dead) and the answer reused.
@@ -167,73 +149,21 @@ fn read(ctx: &Ctx, tx: &Connection) -> anyhow::Result<Snapshot> {
     let running = owners::probe_running(tx, &ctx.locks_dir())?;
     let attention = attention::list_probed(tx, &ctx.config, &running)?;
     Ok(Snapshot {
-        jobs: group_counts(
-            tx,
-            "SELECT status, agent, count(*) FROM jobs GROUP BY status, agent ORDER BY status, agent",
-            2,
-        )?,
+        jobs: gauges::jobs(tx)?,
         running,
-        tasks: group_counts(tx, "SELECT stage, count(*) FROM tasks GROUP BY stage", 1)?,
+        tasks: gauges::tasks(tx)?,
         counters: counters::all(tx)?,
         leases: crate::pipeline::lease::all(tx)?,
         outbox: crate::outbox::counts(tx)?,
-        oldest_pending: tx.query_row(
-            "SELECT min(created_at) FROM outbox WHERE status = 'pending'",
-            [],
-            |r| r.get(0),
-        )?,
-        deliveries: group_counts(
-            tx,
-            "SELECT source, status, count(*) FROM webhook_deliveries GROUP BY source, status ORDER BY source, status",
-            2,
-        )?,
-        cost: group_counts(
-            tx,
-            &format!(
-                "SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), sum(a.cost_usd) {RUNS_FROM} \
-                 GROUP BY 1, 2 ORDER BY 1, 2"
-            ),
-            2,
-        )?,
-        tokens: read_tokens(tx)?,
-        runs: read_runs(tx)?,
+        oldest_pending: crate::outbox::oldest_pending(tx)?,
+        deliveries: gauges::deliveries(tx)?,
+        cost: gauges::cost(tx)?,
+        tokens: gauges::tokens(tx)?,
+        runs: gauges::runs(tx)?,
         durations: run_stats::durations(tx)?,
         stage_costs: run_stats::costs(tx)?,
         attention,
     })
-}
-
-/// Tokens by repository, stage and kind.
-fn read_tokens(tx: &Connection) -> rusqlite::Result<Vec<(Vec<String>, f64)>> {
-    group_counts(
-        tx,
-        &format!(
-            "SELECT repo, stage, kind, sum(n) FROM (\
-               SELECT coalesce(j.repo, t.repo, '') AS repo, coalesce(a.stage, '') AS stage, 'input' AS kind, a.input_tokens AS n {RUNS_FROM} \
-               UNION ALL SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), 'output', a.output_tokens {RUNS_FROM} \
-               UNION ALL SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), 'cache_read', a.cache_read_tokens {RUNS_FROM} \
-               UNION ALL SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), 'cache_creation', a.cache_creation_tokens {RUNS_FROM}) \
-             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-        ),
-        3,
-    )
-}
-
-/// Runs by repository, stage and outcome kind.
-fn read_runs(tx: &Connection) -> rusqlite::Result<Vec<(Vec<String>, f64)>> {
-    // The outcome text is "success", "transient: why" or "failure: why":
-    // only the kind is a label (the reason would explode cardinality).
-    group_counts(
-        tx,
-        &format!(
-            "SELECT coalesce(j.repo, t.repo, ''), coalesce(a.stage, ''), \
-               CASE WHEN a.outcome IS NULL THEN 'unfinished' \
-                    WHEN instr(a.outcome, ':') > 0 THEN substr(a.outcome, 1, instr(a.outcome, ':') - 1) \
-                    ELSE a.outcome END, count(*) {RUNS_FROM} \
-             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-        ),
-        3,
-    )
 }
 
 /// Render every metric from the database of `ctx`.

@@ -4,8 +4,6 @@
 
 use std::process::ExitCode;
 
-use rusqlite::params;
-
 use crate::context::Ctx;
 use crate::error::OrchError;
 use crate::output::{self, Table};
@@ -46,53 +44,12 @@ pub struct RetryArgs {
     pub all_dead: bool,
 }
 
-/// One outbox row, as listed.
-#[derive(Debug, serde::Serialize)]
-pub struct Row {
-    /// Message id.
-    pub id: i64,
-    /// `tracker` or `notifier`.
-    pub channel: String,
-    /// The task it is about.
-    pub task_id: Option<i64>,
-    /// `pending`, `delivered` or `dead`.
-    pub status: String,
-    /// Delivery attempts so far.
-    pub attempts: i64,
-    /// The last delivery error.
-    pub last_error: Option<String>,
-    /// The message (JSON).
-    pub payload: serde_json::Value,
-    /// When it was written (epoch seconds).
-    pub created_at: i64,
-}
-
 /// Run an outbox subcommand.
 pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
     let mut db = ctx.open_db()?;
     match command {
         Command::List(a) => {
-            let mut stmt = db.conn().prepare(&format!(
-                "SELECT id, channel, task_id, status, attempts, last_error, payload, created_at
-                 FROM outbox WHERE (?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT {}",
-                a.limit
-            ))?;
-            let rows: Vec<Row> = stmt
-                .query_map([&a.status], |r| {
-                    let payload: String = r.get(6)?;
-                    Ok(Row {
-                        id: r.get(0)?,
-                        channel: r.get(1)?,
-                        task_id: r.get(2)?,
-                        status: r.get(3)?,
-                        attempts: r.get(4)?,
-                        last_error: r.get(5)?,
-                        payload: serde_json::from_str(&payload)
-                            .unwrap_or(serde_json::Value::String(payload)),
-                        created_at: r.get(7)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<_>>()?;
+            let rows = crate::outbox::list(db.conn(), a.status.as_deref(), a.limit)?;
             if a.json {
                 output::print_json(&rows)?;
             } else if rows.is_empty() {
@@ -124,20 +81,7 @@ pub fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Retry(a) => {
             let now = storage::now();
-            let n = db.write(|tx| {
-                Ok(match a.id {
-                    Some(id) => tx.execute(
-                        "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?2
-                         WHERE id = ?1 AND status <> 'delivered'",
-                        params![id, now],
-                    )?,
-                    None => tx.execute(
-                        "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?1
-                         WHERE status = 'dead'",
-                        [now],
-                    )?,
-                })
-            })?;
+            let n = db.write(|tx| Ok(crate::outbox::revive(tx, a.id, now)?))?;
             if n == 0 {
                 return Err(OrchError::NotFound(match a.id {
                     Some(id) => format!("outbox message {id} not found or already delivered"),

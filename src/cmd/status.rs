@@ -320,14 +320,7 @@ fn gates(c: &Config) -> BTreeMap<&'static str, GateStatus> {
 /// STOP: its settings and the cancelled tasks.
 fn stop_block(tx: &Connection, c: &Config) -> anyhow::Result<serde_json::Value> {
     let cancelled = task::list(tx, Some("cancelled"), None, 10)?;
-    let (cancelled_count, pending_cancels): (i64, i64) = tx.query_row(
-        "SELECT count(*) FILTER (WHERE stage = 'cancelled'),
-                count(*) FILTER (WHERE cancel_requested_at IS NOT NULL
-                                   AND stage NOT IN ('cancelled', 'done'))
-         FROM tasks",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (cancelled_count, pending_cancels) = task::cancel_counts(tx)?;
     Ok(serde_json::json!({
         "enabled": c.stop_status_enabled,
         "repos": crate::config::csv(&c.stop_status_repos),
@@ -353,11 +346,7 @@ fn costs_block(tx: &Connection, c: &Config) -> anyhow::Result<serde_json::Value>
         }));
     }
     // Unknown costs are counted apart: they are not zero.
-    let (total, unknown): (f64, i64) = tx.query_row(
-        "SELECT coalesce(sum(cost_usd), 0), count(*) - count(cost_usd) FROM agent_runs",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (total, unknown) = budget::all_runs(tx)?;
     Ok(serde_json::json!({ "total_usd": total, "unknown_runs": unknown, "tasks": tasks_cost }))
 }
 

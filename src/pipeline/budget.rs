@@ -161,6 +161,16 @@ fn settle(config: &Config, task: &Task, mut stages: Vec<StageCost>) -> Ledger {
     }
 }
 
+/// The known cost of every run there is, and how many runs' cost is
+/// unknown (counted apart: an unknown cost is not zero).
+pub fn all_runs(conn: &Connection) -> rusqlite::Result<(f64, i64)> {
+    conn.query_row(
+        "SELECT coalesce(sum(cost_usd), 0), count(*) - count(cost_usd) FROM agent_runs",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
 /// The known cost of every task that has runs, by task id (the sum the
 /// ledger calls `spent_usd`), in one query for a board of many tasks.
 pub fn spent_by_task(conn: &Connection) -> rusqlite::Result<std::collections::HashMap<i64, f64>> {

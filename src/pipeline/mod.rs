@@ -14,6 +14,7 @@ pub mod confine;
 pub mod engine;
 pub mod evaluate;
 pub mod gate_check;
+pub mod gauges;
 pub mod judge;
 pub mod lease;
 pub mod merge_gate;

@@ -259,6 +259,19 @@ pub fn active(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<Task>> {
     rows.collect()
 }
 
+/// How many tasks are cancelled, and how many have a STOP request not yet
+/// carried out (not cancelled or done).
+pub fn cancel_counts(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row(
+        "SELECT count(*) FILTER (WHERE stage = 'cancelled'),
+                count(*) FILTER (WHERE cancel_requested_at IS NOT NULL
+                                   AND stage NOT IN ('cancelled', 'done'))
+         FROM tasks",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
 /// Tasks still in the pipeline (started, not done or cancelled), oldest first.
 pub fn unfinished(conn: &Connection) -> rusqlite::Result<Vec<Task>> {
     let mut stmt = conn.prepare(&format!(
