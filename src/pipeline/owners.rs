@@ -2,10 +2,12 @@
 //!
 //! `orch status`, the attention list, the metrics and the board all ask the
 //! same question of every running job: is the process that claimed it still
-//! holding its lock? They share one light read of the running jobs (not their
-//! whole rows) and one [`Census`] of the lock directory, so a view over
-//! thousands of running jobs costs one query and two reads of the file
-//! system, not one query or lock probe per job.
+//! holding its lock? [`probe_running`] answers it for all of them with one
+//! light read of the running jobs (not their whole rows) and one [`Census`]
+//! of the lock directory, not one query or lock probe per job. A view that
+//! shows only the first few and counts the rest (`orch status` in text) does
+//! not read every running job at all: [`survey`] asks the census for the live
+//! owners' tokens and lets indexes count and order the jobs.
 
 use std::path::Path;
 
