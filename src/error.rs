@@ -92,6 +92,12 @@ pub fn exit_code_number(err: &anyhow::Error) -> u8 {
         return e.exit_code();
     }
     for cause in err.chain() {
+        if cause
+            .downcast_ref::<crate::storage::Error>()
+            .is_some_and(crate::storage::Error::is_busy)
+        {
+            return exit::TEMPORARY;
+        }
         if let Some(rusqlite::Error::SqliteFailure(e, _)) = cause.downcast_ref::<rusqlite::Error>()
             && matches!(
                 e.code,

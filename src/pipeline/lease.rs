@@ -10,7 +10,7 @@
 //! gone). The TTL `merge_lock_timeout_s` is only a backstop for a lease whose
 //! task has no live job; it never robs a live merge.
 
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -18,24 +18,10 @@ use crate::liveness::{self, Liveness};
 use crate::outbox::{self, Message};
 use crate::pipeline::Stage;
 use crate::pipeline::task;
-use crate::storage::counters;
+use crate::storage::{self, counters};
 
-/// One lease row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Lease {
-    /// The repository.
-    pub repo: String,
-    /// The holding task.
-    pub task_id: Option<i64>,
-    /// The holding branch.
-    pub branch: String,
-    /// The holding work item.
-    pub work_item_id: Option<String>,
-    /// The job that acquired it.
-    pub holder_job_id: Option<i64>,
-    /// When it was acquired (epoch seconds).
-    pub acquired_at: i64,
-}
+use crate::storage::leases::Leases as _;
+pub use crate::storage::leases::{Holder, Lease};
 
 /// The result of an acquire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,19 +32,6 @@ pub enum Acquired {
     Busy(Lease),
 }
 
-/// Who asks for the lease.
-#[derive(Debug, Clone, Copy)]
-pub struct Holder<'a> {
-    /// The task.
-    pub task_id: i64,
-    /// Its branch.
-    pub branch: &'a str,
-    /// Its work item.
-    pub work_item_id: &'a str,
-    /// The job doing the merge, if any.
-    pub job_id: Option<i64>,
-}
-
 /// Acquire `repo`'s lease for `holder` in one statement: idempotent for the
 /// same branch, refused while another branch holds it.
 pub fn acquire(
@@ -66,74 +39,31 @@ pub fn acquire(
     repo: &str,
     holder: Holder<'_>,
     now: i64,
-) -> rusqlite::Result<Acquired> {
-    conn.execute(
-        "INSERT INTO merge_leases (repo, task_id, branch, work_item_id, token, holder_job_id, owner_pid, acquired_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT(repo) DO UPDATE SET holder_job_id = excluded.holder_job_id,
-             owner_pid = excluded.owner_pid, task_id = excluded.task_id
-         WHERE merge_leases.branch = excluded.branch",
-        params![
-            repo,
-            holder.task_id,
-            holder.branch,
-            holder.work_item_id,
-            format!("task-{}", holder.task_id),
-            holder.job_id,
-            std::process::id(),
-            now
-        ],
-    )?;
-    match get(conn, repo)? {
-        Some(l) if l.branch == holder.branch => Ok(Acquired::Held),
-        Some(l) => Ok(Acquired::Busy(l)),
-        None => Ok(Acquired::Held),
-    }
+) -> storage::Result<Acquired> {
+    Ok(match conn.lease_take(repo, holder, now)? {
+        Some(l) if l.branch != holder.branch => Acquired::Busy(l),
+        _ => Acquired::Held,
+    })
 }
 
 /// Release `repo`'s lease if `branch` holds it; returns whether a row went.
-pub fn release(conn: &Connection, repo: &str, branch: &str) -> rusqlite::Result<bool> {
-    Ok(conn.execute(
-        "DELETE FROM merge_leases WHERE repo = ?1 AND branch = ?2",
-        params![repo, branch],
-    )? == 1)
+pub fn release(conn: &Connection, repo: &str, branch: &str) -> storage::Result<bool> {
+    conn.lease_release(repo, branch)
 }
 
 /// Release whatever lease `task_id` holds (any repository).
-pub fn release_for_task(conn: &Connection, task_id: i64) -> rusqlite::Result<usize> {
-    conn.execute("DELETE FROM merge_leases WHERE task_id = ?1", [task_id])
+pub fn release_for_task(conn: &Connection, task_id: i64) -> storage::Result<usize> {
+    conn.lease_release_for_task(task_id)
 }
 
 /// The lease of `repo`, if held.
-pub fn get(conn: &Connection, repo: &str) -> rusqlite::Result<Option<Lease>> {
-    conn.query_row(
-        "SELECT repo, task_id, branch, work_item_id, holder_job_id, acquired_at
-         FROM merge_leases WHERE repo = ?1",
-        [repo],
-        from_row,
-    )
-    .optional()
+pub fn get(conn: &Connection, repo: &str) -> storage::Result<Option<Lease>> {
+    conn.lease_get(repo)
 }
 
 /// Every lease.
-pub fn all(conn: &Connection) -> rusqlite::Result<Vec<Lease>> {
-    let mut stmt = conn.prepare(
-        "SELECT repo, task_id, branch, work_item_id, holder_job_id, acquired_at
-         FROM merge_leases ORDER BY repo",
-    )?;
-    let rows = stmt.query_map([], from_row)?;
-    rows.collect()
-}
-
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
-    Ok(Lease {
-        repo: r.get(0)?,
-        task_id: r.get(1)?,
-        branch: r.get(2)?,
-        work_item_id: r.get(3)?,
-        holder_job_id: r.get(4)?,
-        acquired_at: r.get(5)?,
-    })
+pub fn all(conn: &Connection) -> storage::Result<Vec<Lease>> {
+    conn.lease_all()
 }
 
 /// Why a lease can no longer be used by its holder, or `None` if it can.
@@ -232,7 +162,7 @@ pub struct Reclaimed {
 
 /// One reclaim pass over every lease (`orch reclaim-leases`, and each reap).
 pub fn reclaim_pass(
-    db: &mut crate::storage::Db,
+    db: &mut storage::Db,
     config: &Config,
     locks_dir: &std::path::Path,
     now: i64,

@@ -17,8 +17,13 @@
 //! [`json_array`]), never one statement per row.
 
 pub mod counters;
+mod error;
+pub mod leases;
 pub mod schema;
+mod sqlite;
 pub mod wake;
+
+pub use error::{Error, Result};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
