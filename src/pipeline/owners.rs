@@ -158,22 +158,15 @@ mod tests {
     use super::*;
     use crate::liveness::WorkerLock;
     use crate::queue::{Claimer, Gates, NewJob};
-    use crate::storage::{Db, Missing};
 
     /// Jobs claimed by live owners, by owners that died (their lock
     /// released), at different times: the survey that reads only the live
     /// tokens and a page agrees with probing every owner, for every page size.
     #[test]
     fn the_survey_agrees_with_probing_every_owner() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let (dir, db) = storage::test_db();
         let locks = dir.path().join("locks");
         std::fs::create_dir_all(&locks).expect("locks dir");
-        let db = Db::open(
-            &dir.path().join("orch.db"),
-            std::time::Duration::from_secs(5),
-            Missing::Create,
-        )
-        .expect("open");
         let conn = db.conn();
         let gates = Gates {
             max_concurrency: 100,

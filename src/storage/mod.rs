@@ -374,6 +374,20 @@ fn not_a_database(err: rusqlite::Error) -> anyhow::Error {
     }
 }
 
+/// A new database in a temporary directory, for unit tests (the directory
+/// goes when the first value is dropped).
+#[cfg(test)]
+pub(crate) fn test_db() -> (tempfile::TempDir, Db) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(
+        &dir.path().join("orch.db"),
+        Duration::from_secs(5),
+        Missing::Create,
+    )
+    .expect("open");
+    (dir, db)
+}
+
 /// Current time in epoch seconds: the one clock every process uses.
 pub fn now() -> i64 {
     std::time::SystemTime::now()

@@ -151,18 +151,7 @@ pub fn pending(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<Delivery>>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{Db, Missing};
-
-    fn db() -> (tempfile::TempDir, Db) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = Db::open(
-            &dir.path().join("orch.db"),
-            std::time::Duration::from_secs(5),
-            Missing::Create,
-        )
-        .expect("open");
-        (dir, db)
-    }
+    use crate::storage::test_db as db;
 
     #[test]
     fn content_hash_is_sha256_hex() {

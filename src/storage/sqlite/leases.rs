@@ -72,17 +72,9 @@ impl Leases for Connection {
 
 #[cfg(test)]
 mod tests {
-    use crate::storage::{Db, Missing};
-
     #[test]
     fn keeps_the_leases_contract() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = Db::open(
-            &dir.path().join("orch.db"),
-            std::time::Duration::from_secs(5),
-            Missing::Create,
-        )
-        .expect("open");
+        let (_dir, db) = crate::storage::test_db();
         // The contract's holders are tasks 1 and 2 (leases reference tasks).
         db.conn()
             .execute_batch(
