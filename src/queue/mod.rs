@@ -618,7 +618,7 @@ pub fn any_impossible_queued(conn: &Connection) -> rusqlite::Result<bool> {
 
 /// Heal impossible queued rows (they stay `queued`, ownership cleared) and
 /// return the ids healed. Idempotent: a second call returns nothing.
-pub fn sanitize_impossible_queued(conn: &Connection, now: i64) -> rusqlite::Result<Vec<i64>> {
+pub fn sanitize_impossible_queued(conn: &Connection, now: i64) -> crate::storage::Result<Vec<i64>> {
     let ids: Vec<i64> = find_impossible_queued(conn)?
         .into_iter()
         .map(|j| j.id)

@@ -3,4 +3,5 @@
 //! here, one module per concept. Concepts move here one by one
 //! (docs/scaling.md, "The storage boundary").
 
+mod counters;
 mod leases;
