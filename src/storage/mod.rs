@@ -17,6 +17,7 @@
 //! [`json_array`]), never one statement per row.
 
 pub mod counters;
+pub mod deliveries;
 mod error;
 pub mod leases;
 pub mod schema;

@@ -24,7 +24,7 @@ use crate::git::Git;
 use crate::pipeline::{Stage, advance, cancel, lease, self_deploy, task};
 use crate::queue::{self, NewJob};
 use crate::storage::{Db, now};
-use crate::webhooks::{self, Delivery};
+use crate::webhooks::{self, Delivery, inbox};
 use crate::workspace::Workspace;
 
 /// Attempts before a delivery that keeps failing is parked as `failed`.
@@ -81,15 +81,7 @@ pub fn process_pending(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Processed> {
         log::info!("webhook delivery {} ({}): {status}: {note}", d.id, d.source);
         out.notes
             .push(format!("delivery {}: {status}: {note}", d.id));
-        db.write(|tx| {
-            tx.execute(
-                "UPDATE webhook_deliveries SET status = ?2, attempts = attempts + 1, error = ?3,
-                     processed_at = CASE WHEN ?2 = 'pending' THEN NULL ELSE ?4 END
-                 WHERE id = ?1",
-                rusqlite::params![d.id, status, note, t],
-            )?;
-            Ok(())
-        })?;
+        db.write(|tx| Ok(inbox::settle(tx, d.id, status, &note, t)?))?;
     }
     Ok(out)
 }

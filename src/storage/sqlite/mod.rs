@@ -4,4 +4,5 @@
 //! (docs/scaling.md, "The storage boundary").
 
 mod counters;
+mod deliveries;
 mod leases;
