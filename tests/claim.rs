@@ -294,3 +294,54 @@ fn the_wal_stays_small_when_processes_run_one_after_another() {
         80
     );
 }
+
+/// A claimer SIGKILLed after its claim leaves its lock file. The file stays
+/// while its job runs (the reaper reads it as "not handed over"), and the
+/// reap that ends the job removes it; a file someone holds is never touched,
+/// and a leftover of a job long gone is removed too.
+#[test]
+fn the_reaper_removes_only_the_lock_files_of_dead_owners_whose_job_ended() {
+    let env = Env::new();
+    env.enqueue_many(1);
+    let killed = env
+        .orch()
+        .env("ORCH_CRASH_AT", "claim.committed")
+        .arg("claim")
+        .output()
+        .expect("run");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&killed.status),
+        Some(9)
+    );
+    let locks = env.state().join("locks");
+    let files = || -> HashSet<String> {
+        std::fs::read_dir(&locks)
+            .expect("locks dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect()
+    };
+    let left = files();
+    assert_eq!(left.len(), 1, "the killed claimer's file: {left:?}");
+    let held = orch::liveness::WorkerLock::acquire(&locks).expect("lock");
+    let stale = format!("{}.lock", "c".repeat(32));
+    std::fs::write(locks.join(&stale), "").expect("stale file");
+
+    // The reaper off: the job keeps running, and so does its file.
+    let out = env
+        .orch()
+        .env("ORCH_REAPER_ENABLED", "false")
+        .args(["reap", "--json"])
+        .output()
+        .expect("reap");
+    let off: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(off["lock_files_removed"], 1, "{off}");
+    assert!(left.is_subset(&files()), "a running job's file stays");
+    assert!(!files().contains(&stale));
+
+    // The pass that requeues the job removes its file; the held one stays.
+    let on = env.json(&["reap"]);
+    assert_eq!(on["reaped"][0]["outcome"], "queued", "{on}");
+    assert_eq!(on["lock_files_removed"], 1, "{on}");
+    assert_eq!(files(), HashSet::from([format!("{}.lock", held.token())]));
+    held.release();
+}

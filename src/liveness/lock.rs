@@ -50,8 +50,15 @@ impl WorkerLock {
                         .with_context(|| format!("creating lock file {}", path.display()));
                 }
             };
-            fs2::FileExt::try_lock_exclusive(&file)
-                .with_context(|| format!("locking {}", path.display()))?;
+            match fs2::FileExt::try_lock_exclusive(&file) {
+                Ok(()) => {}
+                // A sweeper ([`remove_if_free`]) took it between our create
+                // and our lock, and is removing it: take another token.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("locking {}", path.display()));
+                }
+            }
             // The lock must be on the file the path names: if a sweeper removed
             // the path between create and lock, probes would see "dead".
             let held_ino = file.metadata().map_or(0, |f| f.ino());
@@ -84,6 +91,40 @@ fn lock_path(locks_dir: &Path, token: &str) -> PathBuf {
     locks_dir.join(format!("{token}.lock"))
 }
 
+/// Remove the lock file of `token` if no process holds it, and say whether
+/// it went: the garbage a killed owner leaves (only an owner that lives to
+/// commit removes its own file).
+///
+/// Safe against a live owner at every step: a held file cannot be locked
+/// here, so it stays; the file is unlinked only while this process holds its
+/// lock and only if the path still names the locked file; and an owner that
+/// created the file but had not locked it yet finds it locked and takes
+/// another token ([`WorkerLock::acquire`]). Call it only for tokens no
+/// running job has: the reaper reads a killed claim's leftover file as "not
+/// handed over", so it must stay while that job runs.
+pub fn remove_if_free(locks_dir: &Path, token: &str) -> io::Result<bool> {
+    if token.len() != TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(false);
+    }
+    let path = lock_path(locks_dir, token);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    match fs2::FileExt::try_lock_exclusive(&file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let locked = file.metadata()?.ino();
+    if std::fs::metadata(&path).is_ok_and(|m| m.ino() == locked) {
+        std::fs::remove_file(&path)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
 /// Test whether the owner of `token` is alive, without blocking.
 ///
 /// A token that is not one of ours (wrong shape) cannot name a held lock, so
@@ -108,6 +149,24 @@ pub fn probe(locks_dir: &Path, token: &str) -> io::Result<Liveness> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_free_lock_file_is_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = WorkerLock::acquire(dir.path()).expect("lock");
+        let stale = "b".repeat(TOKEN_LEN);
+        std::fs::write(lock_path(dir.path(), &stale), "").expect("stale file");
+        assert!(!remove_if_free(dir.path(), held.token()).expect("held"));
+        assert!(lock_path(dir.path(), held.token()).exists());
+        assert!(remove_if_free(dir.path(), &stale).expect("stale"));
+        assert!(!lock_path(dir.path(), &stale).exists());
+        assert!(!remove_if_free(dir.path(), &stale).expect("gone"));
+        assert!(!remove_if_free(dir.path(), "../x").expect("not a token"));
+        assert_eq!(
+            probe(dir.path(), held.token()).expect("probe"),
+            Liveness::Alive
+        );
+    }
 
     #[test]
     fn held_lock_is_alive_released_is_dead() {

@@ -15,7 +15,9 @@
 pub mod census;
 pub mod lock;
 
-pub use lock::{Liveness, RepoLock, WorkerLock, lock_file_exists, pid_holds_lock, probe};
+pub use lock::{
+    Liveness, RepoLock, WorkerLock, lock_file_exists, pid_holds_lock, probe, remove_if_free,
+};
 
 pub mod reaper;
 

@@ -66,6 +66,8 @@ pub struct Pass {
     pub cancels_applied: Vec<i64>,
     /// Merge leases reclaimed.
     pub leases_reclaimed: Vec<lease::Reclaimed>,
+    /// Lock files of owners that died after their job ended, removed.
+    pub lock_files_removed: usize,
     /// Jobs whose handling failed (logged; the next pass retries them).
     pub errors: Vec<String>,
 }
@@ -152,6 +154,10 @@ pub fn reap_once(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Pass> {
         Ok(reclaimed) => pass.leases_reclaimed = reclaimed,
         Err(e) => step("lease reclaim", &mut pass, e),
     }
+    match sweep_lock_files(db, &ctx.locks_dir()) {
+        Ok(removed) => pass.lock_files_removed = removed,
+        Err(e) => step("lock-file sweep", &mut pass, e),
+    }
     let recorded = db.write(|tx| {
         let detail = serde_json::json!({
             "at": t0,
@@ -178,6 +184,41 @@ pub fn reap_once(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Pass> {
         log::warn!("delivering the outbox: {e:#}");
     }
     Ok(pass)
+}
+
+/// Remove the lock files a killed owner left behind once no running job has
+/// their token any more (the job was reaped, requeued or finished by another
+/// worker), so the lock directory does not grow with every crash and the
+/// views' census stays cheap. Tokens are never reused; a file that is held
+/// stays ([`liveness::remove_if_free`]).
+fn sweep_lock_files(db: &Db, locks_dir: &std::path::Path) -> anyhow::Result<usize> {
+    // The directory first, the running tokens second: a file listed here is
+    // a running job's (kept), a claimer's not yet committed (held, so kept),
+    // or garbage.
+    let Ok(entries) = std::fs::read_dir(locks_dir) else {
+        return Ok(0);
+    };
+    let files: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(".lock").map(str::to_owned)
+        })
+        .collect();
+    if files.is_empty() {
+        return Ok(0);
+    }
+    let running: std::collections::HashSet<String> = queue::running_owners(db.conn())?
+        .into_iter()
+        .filter_map(|o| o.claim_token)
+        .collect();
+    let mut removed = 0;
+    for token in files.iter().filter(|t| !running.contains(*t)) {
+        if liveness::remove_if_free(locks_dir, token)? {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 fn reap_job(
