@@ -109,7 +109,7 @@ fn enqueue_stage_job(
     stage: Stage,
     content: &str,
     now: i64,
-) -> rusqlite::Result<Option<i64>> {
+) -> crate::storage::Result<Option<i64>> {
     let Some(agent) = stage.agent() else {
         return Ok(None);
     };

@@ -34,7 +34,7 @@ pub struct Owner {
 /// Every running job's owner, by job id, each probed through its lock in
 /// `locks_dir`. A lock that cannot be probed counts as dead (with a warning):
 /// the view then points at `orch reap`, whose own exact probe decides.
-pub fn probe_running(conn: &Connection, locks_dir: &Path) -> rusqlite::Result<Vec<Owner>> {
+pub fn probe_running(conn: &Connection, locks_dir: &Path) -> storage::Result<Vec<Owner>> {
     let rows = queue::running_owners(conn)?;
     // After the read: a job claimed since has its lock file created since.
     let census = Census::take(locks_dir);
@@ -90,7 +90,7 @@ pub fn survey(
     locks_dir: &Path,
     running: usize,
     first: usize,
-) -> rusqlite::Result<Survey> {
+) -> storage::Result<Survey> {
     if running == 0 {
         return Ok(Survey::default());
     }
@@ -99,9 +99,8 @@ pub fn survey(
         // The lock directory cannot be listed: every owner is probed.
         return survey_each(conn, locks_dir, Some(first));
     };
-    let alive = storage::json_array(&alive);
     let dead = running.saturating_sub(queue::running_count_in(conn, &alive)?);
-    let page = |among_alive: bool, limit: usize| -> rusqlite::Result<Vec<Owner>> {
+    let page = |among_alive: bool, limit: usize| -> storage::Result<Vec<Owner>> {
         let liveness = if among_alive {
             Liveness::Alive
         } else {
@@ -136,7 +135,7 @@ pub fn survey_each(
     conn: &Connection,
     locks_dir: &Path,
     first: Option<usize>,
-) -> rusqlite::Result<Survey> {
+) -> storage::Result<Survey> {
     let mut all = probe_running(conn, locks_dir)?;
     let (total, dead) = (
         all.len(),

@@ -75,7 +75,7 @@ pub fn arm(
     config: &Config,
     task: &Task,
     now: i64,
-) -> rusqlite::Result<Option<i64>> {
+) -> crate::storage::Result<Option<i64>> {
     if !applies(config, &task.repo) {
         return Ok(None);
     }

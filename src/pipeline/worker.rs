@@ -544,11 +544,11 @@ fn run_agent(
     ));
     let outcome = runner::run(&spec, |pid| {
         let res = db.write(|tx| {
+            crate::queue::set_pid(tx, job.id, fence.token, pid)?;
             tx.execute(
-                "UPDATE jobs SET pid = ?3 WHERE id = ?1 AND status = 'running' AND claim_token = ?2",
-                params![job.id, fence.token, pid],
+                "UPDATE agent_runs SET pid = ?2 WHERE id = ?1",
+                params![run_id, pid],
             )?;
-            tx.execute("UPDATE agent_runs SET pid = ?2 WHERE id = ?1", params![run_id, pid])?;
             Ok(())
         });
         if let Err(e) = res {

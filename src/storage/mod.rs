@@ -19,6 +19,7 @@
 pub mod counters;
 pub mod deliveries;
 mod error;
+pub mod jobs;
 pub mod leases;
 pub mod schema;
 mod sqlite;

@@ -5,4 +5,5 @@
 
 mod counters;
 mod deliveries;
+mod jobs;
 mod leases;
