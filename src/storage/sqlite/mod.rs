@@ -2,11 +2,12 @@
 //! `rusqlite::Connection` (a transaction derefs to one), with its SQL kept
 //! here, one module per concept. Concepts move here one by one
 //! (docs/scaling.md, "The storage boundary"): so far merge leases,
-//! counters, webhook deliveries and tasks.
+//! counters, webhook deliveries, tasks and the local tracker.
 
 mod counters;
 mod deliveries;
 mod leases;
+mod local_tracker;
 mod tasks;
 
 /// A job of `task_id` for the contract tests, which need jobs before the
