@@ -18,6 +18,7 @@
 
 pub mod counters;
 pub mod deliveries;
+pub mod deploys;
 mod error;
 pub mod leases;
 pub mod local_tracker;

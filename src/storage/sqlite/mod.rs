@@ -2,10 +2,12 @@
 //! `rusqlite::Connection` (a transaction derefs to one), with its SQL kept
 //! here, one module per concept. Concepts move here one by one
 //! (docs/scaling.md, "The storage boundary"): so far merge leases,
-//! counters, webhook deliveries, tasks and the local tracker.
+//! counters, webhook deliveries, tasks, the local tracker and the
+//! self-hosting deploys.
 
 mod counters;
 mod deliveries;
+mod deploys;
 mod leases;
 mod local_tracker;
 mod tasks;
