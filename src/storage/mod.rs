@@ -22,6 +22,7 @@ pub mod deploys;
 mod error;
 pub mod leases;
 pub mod local_tracker;
+pub mod post_deploys;
 pub mod schema;
 mod sqlite;
 pub mod tasks;

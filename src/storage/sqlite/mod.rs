@@ -2,14 +2,15 @@
 //! `rusqlite::Connection` (a transaction derefs to one), with its SQL kept
 //! here, one module per concept. Concepts move here one by one
 //! (docs/scaling.md, "The storage boundary"): so far merge leases,
-//! counters, webhook deliveries, tasks, the local tracker and the
-//! self-hosting deploys.
+//! counters, webhook deliveries, tasks, the local tracker, the self-hosting
+//! deploys and the post-deploy monitors.
 
 mod counters;
 mod deliveries;
 mod deploys;
 mod leases;
 mod local_tracker;
+mod post_deploys;
 mod tasks;
 
 /// A job of `task_id` for the contract tests, which need jobs before the
