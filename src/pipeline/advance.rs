@@ -13,6 +13,7 @@ use crate::pipeline::engine::{self, Committed};
 use crate::pipeline::evaluate::{self, Decision, Evaluation};
 use crate::pipeline::{self_deploy, task};
 use crate::queue;
+use crate::storage::tasks::Tasks as _;
 use crate::storage::{Db, now};
 use crate::workspace::Workspace;
 
@@ -41,11 +42,7 @@ pub fn record_approval(ctx: &Ctx, db: &mut Db, task_id: i64, by: &str) -> anyhow
     }
     db.write(|tx| {
         tracker::local::set_state(tx, t.id, tracker::state::APPROVED, now())?;
-        tx.execute(
-            "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, reason, at)
-             VALUES (?1, ?2, ?2, 'approve', ?3, ?4)",
-            rusqlite::params![t.id, t.stage, format!("approved by {by}"), now()],
-        )?;
+        tx.task_record_approval(t.id, &t.stage, &format!("approved by {by}"), now())?;
         Ok(())
     })
 }
@@ -101,11 +98,7 @@ pub fn advance_task(ctx: &Ctx, db: &mut Db, task_id: i64) -> anyhow::Result<Adva
     let ws = Workspace::new(&ctx.repos_dir(), &t.repo, ctx.config.repo(&t.repo)?)?;
     let worktree = ws.prepare(&crate::pipeline::cancel::original(&t.work_item_id), &branch)?;
     let evaluation = evaluate::evaluate(ctx, db.conn(), &t, &worktree, None)?;
-    let transitions: i64 = db.conn().query_row(
-        "SELECT count(*) FROM task_transitions WHERE task_id = ?1",
-        [task_id],
-        |r| r.get(0),
-    )?;
+    let transitions = db.conn().task_transition_count(task_id)?;
     let key = format!("task-{task_id}-{}-{transitions}", t.stage);
     let committed = db.write(|tx| {
         engine::commit(

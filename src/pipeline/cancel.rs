@@ -20,8 +20,9 @@ use crate::context::Ctx;
 use crate::crash;
 use crate::liveness::{self, Liveness};
 use crate::outbox::{self, Message};
-use crate::pipeline::{lease, task};
+use crate::pipeline::{lease, self_deploy, task};
 use crate::queue;
+use crate::storage::tasks::Tasks as _;
 use crate::storage::{Db, counters, now};
 use crate::workspace::Workspace;
 
@@ -52,15 +53,9 @@ impl Cancelled {
 
 /// Whether `task_id` is inside a critical window, and why.
 pub fn critical_window(ctx: &Ctx, db: &Db, task: &task::Task) -> anyhow::Result<Option<String>> {
-    let initiated: Option<(Option<i64>, Option<i64>)> = db
-        .conn()
-        .query_row(
-            "SELECT initiated_at, finished_at FROM deploys WHERE task_id = ?1",
-            [task.id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .ok();
-    if let Some((Some(_), None)) = initiated {
+    // A deploy record that cannot be read counts as none.
+    let deploy = self_deploy::get(db.conn(), task.id).ok().flatten();
+    if deploy.is_some_and(|d| d.initiated_at.is_some() && d.finished_at.is_none()) {
         return Ok(Some("the production deploy is initiated".into()));
     }
     let holds_lease = lease::get(db.conn(), &task.repo)?
@@ -121,18 +116,11 @@ pub fn cancel_task(
         let first = db.write(|tx| {
             let first = t.cancel_requested_at.is_none();
             if first {
-                tx.execute(
-                    "UPDATE tasks SET cancel_requested_at = ?2, updated_at = ?2 WHERE id = ?1",
-                    rusqlite::params![task_id, t0],
-                )?;
+                tx.task_cancel_request(task_id, t0)?;
             }
             // Queued work stops; the deploy finalizer is part of the
             // irreversible step and must run to apply this request.
-            tx.execute(
-                "UPDATE jobs SET status = 'cancelled', finished_at = ?2
-                 WHERE task_id = ?1 AND status = 'queued' AND agent <> ?3",
-                rusqlite::params![task_id, t0, crate::pipeline::self_deploy::FINALIZER_AGENT],
-            )?;
+            tx.task_cancel_queued_jobs(task_id, self_deploy::FINALIZER_AGENT, t0)?;
             outbox::push(
                 tx,
                 &format!("cancel-deferred-{task_id}"),
@@ -160,11 +148,7 @@ pub fn cancel_task(
 
     // 1. The durable request, and no job of the task is claimable or finishable any more.
     let running = db.write(|tx| {
-        tx.execute(
-            "UPDATE tasks SET cancel_requested_at = coalesce(cancel_requested_at, ?2), updated_at = ?2
-             WHERE id = ?1",
-            rusqlite::params![task_id, t0],
-        )?;
+        tx.task_cancel_request_keep_first(task_id, t0)?;
         let running: Vec<queue::Job> = queue::for_task(tx, task_id)?
             .into_iter()
             .filter(|j| j.status == "running")
@@ -267,34 +251,25 @@ fn mark_cancelled(db: &mut Db, t: &task::Task, reason: &str) -> anyhow::Result<(
     let task_id = t.id;
     let original_wi = original(&t.work_item_id);
     db.write(|tx| {
-        let suffix = format!("#cancelled-{task_id}");
-        let marked = tx.execute(
-            "UPDATE tasks SET stage = 'cancelled', cancelled_at = ?2, updated_at = ?2,
-                 plane_id = CASE WHEN plane_id IS NULL OR instr(plane_id, '#cancelled-') > 0
-                            THEN plane_id ELSE plane_id || ?3 END,
-                 plane_issue_id = CASE WHEN plane_issue_id IS NULL OR instr(plane_issue_id, '#cancelled-') > 0
-                            THEN plane_issue_id ELSE plane_issue_id || ?3 END,
-                 work_item_id = CASE WHEN instr(work_item_id, '#cancelled-') > 0
-                            THEN work_item_id ELSE work_item_id || ?3 END
-             WHERE id = ?1 AND stage NOT IN ('cancelled', 'done')",
-            rusqlite::params![task_id, now(), suffix],
-        )?;
-        if marked == 0 {
+        if !tx.task_cancel_mark(task_id, &t.stage, reason, now())? {
             return Ok(());
         }
-        tx.execute(
-            "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, reason, at)
-             VALUES (?1, ?2, 'cancelled', 'cancel', ?3, ?4)",
-            rusqlite::params![task_id, t.stage, reason, now()],
+        counters::bump(
+            tx,
+            "cancelled_total",
+            1,
+            Some(&serde_json::json!({"task_id": task_id})),
+            now(),
         )?;
-        counters::bump(tx, "cancelled_total", 1, Some(&serde_json::json!({"task_id": task_id})), now())?;
         outbox::push(
             tx,
             &format!("cancel-{task_id}:comment"),
             &Message::Comment {
                 task_id,
                 author: "orch".into(),
-                body: format!("Cancelled ({reason}). Artifacts are kept; the issue can be started afresh."),
+                body: format!(
+                    "Cancelled ({reason}). Artifacts are kept; the issue can be started afresh."
+                ),
             },
             now(),
         )?;
@@ -345,14 +320,7 @@ pub struct PendingApplied {
 /// Apply every pending cancel whose critical window has closed (run by
 /// `orch reap` and `orch reconcile`).
 pub fn apply_pending(ctx: &Ctx, db: &mut Db) -> anyhow::Result<PendingApplied> {
-    let pending: Vec<i64> = {
-        let mut stmt = db.conn().prepare(
-            "SELECT id FROM tasks WHERE cancel_requested_at IS NOT NULL
-             AND stage NOT IN ('cancelled', 'done') ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
+    let pending = db.conn().task_cancel_pending()?;
     let mut out = PendingApplied::default();
     for id in pending {
         match apply_pending_for(ctx, db, id) {

@@ -7,7 +7,7 @@
 //! changes nothing, so no task ever advances twice and no next job is ever
 //! enqueued twice.
 
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -16,6 +16,8 @@ use crate::pipeline::evaluate::Decision;
 use crate::pipeline::task::{self, Task};
 use crate::pipeline::{Stage, lease};
 use crate::queue::{self, Backoff, Finished, NewJob, Outcome};
+use crate::storage;
+use crate::storage::tasks::{NewTransition, Tasks as _};
 
 /// Developer retries (rollbacks into development) before a task is escalated
 /// to a human instead of looping.
@@ -60,15 +62,8 @@ pub enum Committed {
 /// (the developer retry count). Only those: a non-code event — main moving
 /// under a confirmed deploy, which sends the task back to deploy-staging —
 /// never feeds the developer-retry loop (the ORCH-110 lesson).
-pub fn developer_retry_count(conn: &Connection, task_id: i64) -> rusqlite::Result<i64> {
-    conn.query_row(
-        "SELECT count(*) FROM task_transitions WHERE task_id = ?1 AND kind = 'rollback'
-           AND to_stage = 'development'
-           AND id > coalesce((SELECT max(id) FROM task_transitions
-                              WHERE task_id = ?1 AND kind = 'resume'), 0)",
-        [task_id],
-        |r| r.get(0),
-    )
+pub fn developer_retry_count(conn: &Connection, task_id: i64) -> storage::Result<i64> {
+    conn.task_developer_retries(task_id)
 }
 
 fn transition(
@@ -79,13 +74,16 @@ fn transition(
     reason: &str,
     job_id: Option<i64>,
     now: i64,
-) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, reason, job_id, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![task_id, from, to, kind, reason, job_id, now],
-    )?;
-    Ok(())
+) -> storage::Result<()> {
+    conn.task_record_transition(&NewTransition {
+        task_id,
+        from_stage: from,
+        to_stage: to,
+        kind,
+        reason,
+        job_id,
+        at: now,
+    })
 }
 
 /// Move the task from `from` to `to` if it is still on `from`.
@@ -95,11 +93,8 @@ fn move_stage(
     from: Stage,
     to: Stage,
     now: i64,
-) -> rusqlite::Result<bool> {
-    Ok(conn.execute(
-        "UPDATE tasks SET stage = ?3, updated_at = ?4 WHERE id = ?1 AND stage = ?2",
-        params![task_id, from.as_str(), to.as_str(), now],
-    )? == 1)
+) -> storage::Result<bool> {
+    conn.task_move_stage(task_id, from.as_str(), to.as_str(), now)
 }
 
 fn enqueue_stage_job(
@@ -109,7 +104,7 @@ fn enqueue_stage_job(
     stage: Stage,
     content: &str,
     now: i64,
-) -> crate::storage::Result<Option<i64>> {
+) -> storage::Result<Option<i64>> {
     let Some(agent) = stage.agent() else {
         return Ok(None);
     };
@@ -383,10 +378,7 @@ fn rollback(step: &Step<'_>, reason: &str) -> anyhow::Result<Applied> {
     lease::release_for_task(conn, task_id)?;
     let retries = developer_retry_count(conn, task_id)?;
     if retries >= MAX_DEVELOPER_RETRIES {
-        conn.execute(
-            "UPDATE tasks SET escalated_at = ?2, updated_at = ?2 WHERE id = ?1",
-            params![task_id, now],
-        )?;
+        conn.task_escalate(task_id, now)?;
         transition(
             conn,
             task_id,

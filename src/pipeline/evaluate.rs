@@ -20,6 +20,7 @@ use crate::git::Git;
 use crate::pipeline::Stage;
 use crate::pipeline::task::Task;
 use crate::runner;
+use crate::storage::tasks::Tasks as _;
 
 /// What should happen to a task after its gates were evaluated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -361,10 +362,7 @@ fn check_ci_green(
 /// Remember that the worktree's HEAD passed the repository's tests.
 pub fn record_tested(conn: &Connection, task: &Task, worktree: &Path) -> anyhow::Result<()> {
     if let Some(head) = Git::at(worktree).rev("HEAD")? {
-        conn.execute(
-            "UPDATE tasks SET tested_sha = ?2 WHERE id = ?1",
-            rusqlite::params![task.id, head],
-        )?;
+        conn.task_set_tested(task.id, &head)?;
     }
     Ok(())
 }

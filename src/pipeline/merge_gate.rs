@@ -29,6 +29,7 @@ use crate::pipeline::evaluate::Decision;
 use crate::pipeline::lease::{self, Acquired, Holder};
 use crate::pipeline::task::Task;
 use crate::runner;
+use crate::storage::tasks::Tasks as _;
 use crate::storage::{counters, now};
 use crate::workspace::Workspace;
 
@@ -189,11 +190,7 @@ fn catch_up(
     // The re-test is skipped only when it is proven redundant: the branch is
     // up to date AND the commit whose tests last passed already contained
     // main. A rebase whose re-test never finished (crash, timeout) is re-tested.
-    let tested: Option<String> = conn.query_row(
-        "SELECT tested_sha FROM tasks WHERE id = ?1",
-        [task.id],
-        |r| r.get(0),
-    )?;
+    let tested = conn.task_tested_sha(task.id)?;
     let tested_on_main = match &tested {
         Some(sha) => {
             wt.rev(sha)?.is_some()

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::backends::http::HttpClient;
@@ -42,7 +42,9 @@ use crate::pipeline::evaluate::Decision;
 use crate::pipeline::task::Task;
 use crate::queue::{self, NewJob, Outcome};
 use crate::runner;
-use crate::storage::{Db, now};
+pub use crate::storage::post_deploys::{Check, Record};
+use crate::storage::post_deploys::{NewCheck, PostDeploys as _};
+use crate::storage::{self, Db, now};
 use crate::workspace::Workspace;
 
 /// The reserved agent that runs the post-deploy checks (no LLM).
@@ -75,19 +77,14 @@ pub fn arm(
     config: &Config,
     task: &Task,
     now: i64,
-) -> crate::storage::Result<Option<i64>> {
+) -> storage::Result<Option<i64>> {
     if !applies(config, &task.repo) {
         return Ok(None);
     }
     let window = i64::try_from(config.post_deploy_window_s).unwrap_or(i64::MAX / 4);
     let total = i64::from(config.post_deploy_checks.max(1));
     let first = due_at(now, window, total, 1);
-    let inserted = conn.execute(
-        "INSERT OR IGNORE INTO post_deploys (task_id, started_at, window_s, checks_total, next_check_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![task.id, now, window, total, first],
-    )?;
-    if inserted == 0 {
+    if !conn.post_deploy_arm(task.id, now, window, total, first)? {
         return Ok(None);
     }
     let job = queue::enqueue(
@@ -102,123 +99,28 @@ pub fn arm(
         },
         now,
     )?;
-    conn.execute(
-        "UPDATE jobs SET available_at = ?2 WHERE id = ?1",
-        params![job, first],
-    )?;
+    conn.post_deploy_delay_job(job, first)?;
     Ok(Some(job))
 }
 
-/// The monitor record of one task (`post_deploys`).
-#[derive(Debug, Clone, Serialize)]
-pub struct Record {
-    /// The task.
-    pub task_id: i64,
-    /// When the monitor was armed (the task reached `done`).
-    pub started_at: i64,
-    /// The window, in seconds.
-    pub window_s: i64,
-    /// Checks planned over the window.
-    pub checks_total: i64,
-    /// Checks run so far.
-    pub checks_done: i64,
-    /// Checks that failed so far.
-    pub checks_failed: i64,
-    /// When the next check is due (`None` once no check is left).
-    pub next_check_at: Option<i64>,
-    /// `running`, `healthy` or `degraded`.
-    pub status: String,
-    /// `NONE`, `ALERT` or `ROLLBACK` once decided.
-    pub action_taken: Option<String>,
-    /// When the log was written and the job ended.
-    pub finished_at: Option<i64>,
-    /// The last failed check's reason.
-    pub last_error: Option<String>,
-    /// When `rollback_cmd` was started.
-    pub rollback_started_at: Option<i64>,
-    /// Its exit code (`None` while unknown).
-    pub rollback_exit_code: Option<i64>,
-}
-
-const RECORD_COLUMNS: &str = "task_id, started_at, window_s, checks_total, checks_done, \
-     checks_failed, next_check_at, status, action_taken, finished_at, last_error, \
-     rollback_started_at, rollback_exit_code";
-
-fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
-    Ok(Record {
-        task_id: r.get(0)?,
-        started_at: r.get(1)?,
-        window_s: r.get(2)?,
-        checks_total: r.get(3)?,
-        checks_done: r.get(4)?,
-        checks_failed: r.get(5)?,
-        next_check_at: r.get(6)?,
-        status: r.get(7)?,
-        action_taken: r.get(8)?,
-        finished_at: r.get(9)?,
-        last_error: r.get(10)?,
-        rollback_started_at: r.get(11)?,
-        rollback_exit_code: r.get(12)?,
-    })
-}
-
 /// The monitor record of `task_id`, if it was ever armed.
-pub fn get(conn: &Connection, task_id: i64) -> rusqlite::Result<Option<Record>> {
-    conn.query_row(
-        &format!("SELECT {RECORD_COLUMNS} FROM post_deploys WHERE task_id = ?1"),
-        [task_id],
-        record_from_row,
-    )
-    .optional()
+pub fn get(conn: &Connection, task_id: i64) -> storage::Result<Option<Record>> {
+    conn.post_deploy_get(task_id)
 }
 
 /// Monitors still watching, oldest first.
-pub fn running(conn: &Connection) -> rusqlite::Result<Vec<Record>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {RECORD_COLUMNS} FROM post_deploys WHERE finished_at IS NULL ORDER BY started_at, task_id"
-    ))?;
-    stmt.query_map([], record_from_row)?.collect()
+pub fn running(conn: &Connection) -> storage::Result<Vec<Record>> {
+    conn.post_deploy_running()
 }
 
 /// The last `limit` finished monitors, newest first.
-pub fn recent(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<Record>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {RECORD_COLUMNS} FROM post_deploys WHERE finished_at IS NOT NULL
-         ORDER BY finished_at DESC, task_id DESC LIMIT {limit}"
-    ))?;
-    stmt.query_map([], record_from_row)?.collect()
-}
-
-/// One check, as recorded.
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    /// Its number in the window (1-based).
-    pub seq: i64,
-    /// When it was counted.
-    pub at: i64,
-    /// Whether production answered healthy.
-    pub ok: bool,
-    /// What the probes said.
-    pub detail: String,
-    /// The monitor job that ran it.
-    pub job_id: Option<i64>,
+pub fn recent(conn: &Connection, limit: u32) -> storage::Result<Vec<Record>> {
+    conn.post_deploy_recent(limit)
 }
 
 /// The checks of `task_id`, in order.
-pub fn checks(conn: &Connection, task_id: i64) -> rusqlite::Result<Vec<Check>> {
-    let mut stmt = conn.prepare(
-        "SELECT seq, at, ok, detail, job_id FROM post_deploy_checks WHERE task_id = ?1 ORDER BY seq",
-    )?;
-    stmt.query_map([task_id], |r| {
-        Ok(Check {
-            seq: r.get(0)?,
-            at: r.get(1)?,
-            ok: r.get(2)?,
-            detail: r.get(3)?,
-            job_id: r.get(4)?,
-        })
-    })?
-    .collect()
+pub fn checks(conn: &Connection, task_id: i64) -> storage::Result<Vec<Check>> {
+    conn.post_deploy_checks(task_id)
 }
 
 /// What one monitor run did.
@@ -236,12 +138,8 @@ pub struct Monitored {
 }
 
 /// Whether `fence` still owns its job (read inside a write transaction).
-fn owns(conn: &Connection, fence: Fence<'_>) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1 AND status = 'running' AND claim_token = ?2)",
-        params![fence.job_id, fence.token],
-        |r| r.get(0),
-    )
+fn owns(conn: &Connection, fence: Fence<'_>) -> storage::Result<bool> {
+    conn.post_deploy_owns(fence.job_id, fence.token)
 }
 
 /// End the monitor job with `outcome`, fenced, plus `extra` in the same transaction.
@@ -326,22 +224,15 @@ pub fn run(ctx: &Ctx, db: &mut Db, task: &Task, fence: Fence<'_>) -> anyhow::Res
             }
             let next = (expected + 1 < rec.checks_total)
                 .then(|| due_at(rec.started_at, rec.window_s, rec.checks_total, expected + 2));
-            let changed = tx.execute(
-                "UPDATE post_deploys SET checks_done = checks_done + 1,
-                     checks_failed = checks_failed + ?3, next_check_at = ?4,
-                     last_error = CASE WHEN ?3 = 1 THEN ?5 ELSE last_error END
-                 WHERE task_id = ?1 AND status = 'running' AND checks_done = ?2",
-                params![task.id, expected, i64::from(!ok), next, detail],
-            )?;
-            if changed != 1 {
-                return Ok(false);
-            }
-            tx.execute(
-                "INSERT INTO post_deploy_checks (task_id, seq, at, ok, detail, job_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![task.id, expected + 1, now(), ok, detail, fence.job_id],
-            )?;
-            Ok(true)
+            Ok(tx.post_deploy_count_check(&NewCheck {
+                task_id: task.id,
+                seq: expected + 1,
+                ok,
+                detail: &detail,
+                next_check_at: next,
+                job_id: fence.job_id,
+                at: now(),
+            })?)
         })?;
         if !counted {
             "lost".clone_into(&mut out.note);
@@ -378,10 +269,7 @@ pub fn run(ctx: &Ctx, db: &mut Db, task: &Task, fence: Fence<'_>) -> anyhow::Res
     crash::point("monitor.logged");
     let degraded = rec.status == "degraded";
     out.committed = end_job(ctx, db, task, fence, &Outcome::Done, |tx| {
-        tx.execute(
-            "UPDATE post_deploys SET finished_at = ?2, next_check_at = NULL WHERE task_id = ?1 AND finished_at IS NULL",
-            params![task.id, now()],
-        )?;
+        tx.post_deploy_finish(task.id, now())?;
         if !degraded {
             outbox::push(
                 tx,
@@ -433,12 +321,7 @@ fn decide(
         if !owns(tx, fence)? {
             return Ok(());
         }
-        let changed = tx.execute(
-            "UPDATE post_deploys SET status = ?2, action_taken = ?3, next_check_at = NULL
-             WHERE task_id = ?1 AND status = 'running'",
-            params![task.id, status, action],
-        )?;
-        if changed == 1 && degraded {
+        if tx.post_deploy_decide(task.id, status, action)? && degraded {
             let what = if action == "ROLLBACK" {
                 "rolling back with rollback_cmd"
             } else if self_hosting {
@@ -491,11 +374,7 @@ fn rollback(
         if !owns(tx, fence)? {
             return Ok(false);
         }
-        Ok(tx.execute(
-            "UPDATE post_deploys SET rollback_started_at = ?2
-             WHERE task_id = ?1 AND rollback_started_at IS NULL",
-            params![task.id, now()],
-        )? == 1)
+        Ok(tx.post_deploy_rollback_start(task.id, now())?)
     })?;
     if !started {
         return Ok(());
@@ -527,10 +406,7 @@ fn rollback(
         }
     );
     db.write(|tx| {
-        tx.execute(
-            "UPDATE post_deploys SET rollback_exit_code = ?2 WHERE task_id = ?1",
-            params![task.id, code],
-        )?;
+        tx.post_deploy_rollback_end(task.id, code)?;
         outbox::push(
             tx,
             &format!("post-deploy-{}:rollback", task.id),

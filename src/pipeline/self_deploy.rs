@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::backends::forge::{self, Merged};
@@ -38,7 +38,9 @@ use crate::pipeline::engine::{self, Committed, Fence};
 use crate::pipeline::evaluate::Decision;
 use crate::pipeline::{Stage, task};
 use crate::queue::{self, NewJob};
-use crate::storage::{Db, now};
+pub use crate::storage::deploys::Deploy;
+use crate::storage::deploys::Deploys as _;
+use crate::storage::{self, Db, now};
 use crate::workspace::Workspace;
 
 /// The reserved agent that runs phase C (no LLM).
@@ -49,48 +51,13 @@ pub fn applies(config: &Config, repo: &str) -> bool {
     config.deploy_require_manual_approve && repo == config.self_hosting_repo
 }
 
-/// The deploy record of a task.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Deploy {
-    /// The commit verified on staging.
-    pub staging_sha: Option<String>,
-    /// When Confirm Deploy was asked for.
-    pub approve_requested_at: Option<i64>,
-    /// When the production deploy was started (phase B).
-    pub initiated_at: Option<i64>,
-    /// The hook's pid.
-    pub hook_pid: Option<i64>,
-    /// The hook's run directory (`started`, `result`, `hook.log`).
-    pub run_dir: Option<String>,
-    /// The hook's exit code.
-    pub exit_code: Option<i64>,
-    /// When phase C finished.
-    pub finished_at: Option<i64>,
-}
-
 /// The deploy record of `task_id`, if any.
-pub fn get(conn: &Connection, task_id: i64) -> rusqlite::Result<Option<Deploy>> {
-    conn.query_row(
-        "SELECT staging_sha, approve_requested_at, initiated_at, hook_pid, run_dir, exit_code, finished_at
-         FROM deploys WHERE task_id = ?1",
-        [task_id],
-        |r| {
-            Ok(Deploy {
-                staging_sha: r.get(0)?,
-                approve_requested_at: r.get(1)?,
-                initiated_at: r.get(2)?,
-                hook_pid: r.get(3)?,
-                run_dir: r.get(4)?,
-                exit_code: r.get(5)?,
-                finished_at: r.get(6)?,
-            })
-        },
-    )
-    .optional()
+pub fn get(conn: &Connection, task_id: i64) -> storage::Result<Option<Deploy>> {
+    conn.deploy_get(task_id)
 }
 
 /// Whether phase B started the current deploy of `task_id`.
-pub fn initiated(conn: &Connection, task_id: i64) -> rusqlite::Result<bool> {
+pub fn initiated(conn: &Connection, task_id: i64) -> storage::Result<bool> {
     Ok(get(conn, task_id)?.is_some_and(|d| d.initiated_at.is_some()))
 }
 
@@ -106,7 +73,7 @@ pub fn awaiting_confirm(
     conn: &Connection,
     config: &Config,
     task: &task::Task,
-) -> rusqlite::Result<bool> {
+) -> storage::Result<bool> {
     Ok(task.stage() == Stage::Deploy && applies(config, &task.repo) && !initiated(conn, task.id)?)
 }
 
@@ -119,13 +86,7 @@ pub fn request_confirmation(
     key: &str,
     now: i64,
 ) -> anyhow::Result<()> {
-    conn.execute(
-        "INSERT INTO deploys (task_id, staging_sha, approve_requested_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT(task_id) DO UPDATE SET staging_sha = excluded.staging_sha,
-             approve_requested_at = excluded.approve_requested_at, initiated_at = NULL,
-             hook_pid = NULL, run_dir = NULL, exit_code = NULL, finished_at = NULL",
-        params![task.id, staging_sha, now],
-    )?;
+    conn.deploy_request(task.id, staging_sha, now)?;
     let short = &staging_sha[..staging_sha.len().min(12)];
     let cta = format!(
         "Staging verified {wi} at commit {short}. To deploy it to production, move the issue to the status \"Confirm Deploy\" (or run `orch advance --task {id} --confirm-deploy`). \"Approved\" does NOT start the production deploy.",
@@ -273,11 +234,7 @@ pub fn confirm(
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let run_dir_str = run_dir.display().to_string();
     let finalizer = db.write(|tx| {
-        let changed = tx.execute(
-            "UPDATE deploys SET initiated_at = ?2, run_dir = ?3 WHERE task_id = ?1 AND initiated_at IS NULL",
-            params![task_id, now(), run_dir_str],
-        )?;
-        if changed == 0 {
+        if !tx.deploy_initiate(task_id, &run_dir_str, now())? {
             return Ok(None);
         }
         let job = queue::enqueue(
@@ -294,7 +251,10 @@ pub fn confirm(
         )?;
         outbox::push(
             tx,
-            &format!("deploy-{task_id}-{}:initiated", deploy.approve_requested_at.unwrap_or(0)),
+            &format!(
+                "deploy-{task_id}-{}:initiated",
+                deploy.approve_requested_at.unwrap_or(0)
+            ),
             &Message::Notify {
                 text: format!(
                     "{}: production deploy of {} initiated (Confirm Deploy)",
@@ -322,17 +282,7 @@ pub fn confirm(
 /// Send the task back to deploy-staging to verify a new main (phase B refused).
 fn restage(ctx: &Ctx, db: &mut Db, t: &task::Task) -> anyhow::Result<()> {
     db.write(|tx| {
-        let moved = tx.execute(
-            "UPDATE tasks SET stage = 'deploy-staging', updated_at = ?2 WHERE id = ?1 AND stage = 'deploy'",
-            params![t.id, now()],
-        )? == 1;
-        if moved {
-            tx.execute(
-                "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, reason, at)
-                 VALUES (?1, 'deploy', 'deploy-staging', 'rollback', 'main moved since staging', ?2)",
-                params![t.id, now()],
-            )?;
-            tx.execute("DELETE FROM deploys WHERE task_id = ?1", [t.id])?;
+        if tx.deploy_restage(t.id, now())? {
             queue::enqueue(
                 tx,
                 &NewJob {
@@ -393,10 +343,7 @@ fn start_hook(
     drop(child);
     crash::point("deploy.hook_started");
     db.write(|tx| {
-        tx.execute(
-            "UPDATE deploys SET hook_pid = ?2 WHERE task_id = ?1",
-            params![t.id, pid],
-        )?;
+        tx.deploy_set_hook_pid(t.id, i64::from(pid))?;
         Ok(())
     })?;
     log::info!(
@@ -482,10 +429,7 @@ pub fn finalize(
         .is_some();
     if stop_pending && code != Some(0) {
         let committed = db.write(|tx| {
-            tx.execute(
-                "UPDATE deploys SET exit_code = ?2, finished_at = ?3 WHERE task_id = ?1",
-                params![task_id, code, now()],
-            )?;
+            tx.deploy_finish(task_id, code, now())?;
             retire_queued_finalizers(tx, task_id)?;
             match fence {
                 Some(f) => Ok(Some(engine::commit(
@@ -535,10 +479,7 @@ pub fn finalize(
             &key,
             now(),
         )?;
-        tx.execute(
-            "UPDATE deploys SET exit_code = ?2, finished_at = ?3 WHERE task_id = ?1",
-            params![task_id, code, now()],
-        )?;
+        tx.deploy_finish(task_id, code, now())?;
         retire_queued_finalizers(tx, task_id)?;
         if stop_pending {
             stop_arrived_too_late(tx, task_id)?;
@@ -625,7 +566,7 @@ fn stop_arrived_too_late(conn: &Connection, task_id: i64) -> anyhow::Result<()> 
         &Message::Notify { text },
         now(),
     )?;
-    crate::storage::counters::bump(
+    storage::counters::bump(
         conn,
         "stop_too_late_total",
         1,
@@ -636,12 +577,8 @@ fn stop_arrived_too_late(conn: &Connection, task_id: i64) -> anyhow::Result<()> 
 }
 
 /// A finalizer job still queued has nothing left to do once phase C ran by hand.
-fn retire_queued_finalizers(conn: &Connection, task_id: i64) -> rusqlite::Result<usize> {
-    conn.execute(
-        "UPDATE jobs SET status = 'done', finished_at = ?2, error = 'finalized by orch finalize-deploy'
-         WHERE task_id = ?1 AND agent = ?3 AND status = 'queued'",
-        params![task_id, now(), FINALIZER_AGENT],
-    )
+fn retire_queued_finalizers(conn: &Connection, task_id: i64) -> storage::Result<usize> {
+    conn.deploy_retire_finalizers(task_id, FINALIZER_AGENT, now())
 }
 
 /// End the finalizer job when there is nothing left to do.

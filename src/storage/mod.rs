@@ -18,11 +18,15 @@
 
 pub mod counters;
 pub mod deliveries;
+pub mod deploys;
 mod error;
 pub mod jobs;
 pub mod leases;
+pub mod local_tracker;
+pub mod post_deploys;
 pub mod schema;
 mod sqlite;
+pub mod tasks;
 pub mod wake;
 
 pub use error::{Error, Result};
@@ -389,6 +393,12 @@ pub(crate) fn test_db() -> (tempfile::TempDir, Db) {
     .expect("open");
     (dir, db)
 }
+
+/// How a contract test adds a job to the store under test, until jobs have
+/// their own interface: `add_job(task_id, agent, status, claim_token)`
+/// returns the new job's id.
+#[cfg(test)]
+pub(crate) type AddJob<'a> = &'a dyn Fn(i64, &str, &str, Option<&str>) -> i64;
 
 /// Current time in epoch seconds: the one clock every process uses.
 pub fn now() -> i64 {

@@ -23,6 +23,7 @@ use crate::context::Ctx;
 use crate::git::Git;
 use crate::pipeline::{Stage, advance, cancel, lease, self_deploy, task};
 use crate::queue::{self, NewJob};
+use crate::storage::tasks::Tasks as _;
 use crate::storage::{Db, now};
 use crate::webhooks::{self, Delivery, inbox};
 use crate::workspace::Workspace;
@@ -492,11 +493,7 @@ fn is_commit_id(s: &str) -> bool {
 /// only, without the repository lock: reading a ref is atomic in git.
 fn pushed_commits(db: &Db, ws: &Workspace, t: &task::Task) -> anyhow::Result<Vec<String>> {
     let mut commits = Vec::new();
-    let tested: Option<String> =
-        db.conn()
-            .query_row("SELECT tested_sha FROM tasks WHERE id = ?1", [t.id], |r| {
-                r.get(0)
-            })?;
+    let tested = db.conn().task_tested_sha(t.id)?;
     commits.extend(tested);
     let clone = ws.clone_dir();
     if let Some(branch) = t.branch.as_deref()

@@ -1,9 +1,34 @@
 //! The SQLite backend: every concept's interface implemented for a
 //! `rusqlite::Connection` (a transaction derefs to one), with its SQL kept
 //! here, one module per concept. Concepts move here one by one
-//! (docs/scaling.md, "The storage boundary").
+//! (docs/scaling.md, "The storage boundary"): so far merge leases,
+//! counters, webhook deliveries, tasks, the local tracker, the self-hosting
+//! deploys and the post-deploy monitors.
 
 mod counters;
 mod deliveries;
+mod deploys;
 mod jobs;
 mod leases;
+mod local_tracker;
+mod post_deploys;
+mod tasks;
+
+/// A job of `task_id` for the contract tests, which need jobs before the
+/// jobs have their own interface: `queued`, or `running` with `token`.
+#[cfg(test)]
+fn add_job(
+    conn: &rusqlite::Connection,
+    task_id: i64,
+    agent: &str,
+    status: &str,
+    token: Option<&str>,
+) -> i64 {
+    conn.execute(
+        "INSERT INTO jobs (agent, repo, task_id, status, claim_token, created_at)
+         VALUES (?1, 'demo', ?2, ?3, ?4, 0)",
+        rusqlite::params![agent, task_id, status, token],
+    )
+    .expect("job");
+    conn.last_insert_rowid()
+}
