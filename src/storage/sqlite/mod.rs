@@ -6,3 +6,4 @@
 mod counters;
 mod deliveries;
 mod leases;
+mod outbox;
