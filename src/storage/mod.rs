@@ -20,6 +20,7 @@ pub mod counters;
 pub mod deliveries;
 mod error;
 pub mod leases;
+pub mod ledger;
 pub mod outbox;
 pub mod schema;
 mod sqlite;

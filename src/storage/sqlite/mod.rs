@@ -6,4 +6,5 @@
 mod counters;
 mod deliveries;
 mod leases;
+mod ledger;
 mod outbox;
