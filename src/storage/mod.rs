@@ -24,6 +24,7 @@ pub mod ledger;
 pub mod outbox;
 pub mod schema;
 mod sqlite;
+pub mod views;
 pub mod wake;
 
 pub use error::{Error, Result};

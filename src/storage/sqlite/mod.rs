@@ -8,3 +8,4 @@ mod deliveries;
 mod leases;
 mod ledger;
 mod outbox;
+mod views;
