@@ -9,69 +9,22 @@
 //! crash between send and mark can repeat a send, which the remote side
 //! absorbs by external id where it can (Plane comments).
 
-use rusqlite::{Connection, params};
-use serde::{Deserialize, Serialize};
+use rusqlite::Connection;
+use serde::Serialize;
 
 use crate::backends::{notifier, tracker};
 use crate::context::Ctx;
-use crate::storage::{Db, now};
+use crate::storage::outbox::Outbox as _;
+pub use crate::storage::outbox::{Listed, Message};
+use crate::storage::{self, Db, now};
 
 /// Attempts before a message is parked as `dead` (visible in `orch status`).
 pub const MAX_ATTEMPTS: i64 = 8;
 
-/// A message waiting for delivery.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Message {
-    /// A comment on the task's tracker issue.
-    Comment {
-        /// The task.
-        task_id: i64,
-        /// Who speaks (an agent name or `orch`).
-        author: String,
-        /// The text.
-        body: String,
-    },
-    /// Move the task's tracker issue to a state.
-    State {
-        /// The task.
-        task_id: i64,
-        /// The state's board name.
-        state: String,
-    },
-    /// Tell the humans.
-    Notify {
-        /// The text.
-        text: String,
-    },
-}
-
-impl Message {
-    fn channel(&self) -> &'static str {
-        match self {
-            Message::Comment { .. } | Message::State { .. } => "tracker",
-            Message::Notify { .. } => "notifier",
-        }
-    }
-
-    fn task_id(&self) -> Option<i64> {
-        match self {
-            Message::Comment { task_id, .. } | Message::State { task_id, .. } => Some(*task_id),
-            Message::Notify { .. } => None,
-        }
-    }
-}
-
 /// Queue `message` under `key` inside the caller's transaction. A key already
 /// present is not queued again; returns whether a row was added.
 pub fn push(conn: &Connection, key: &str, message: &Message, now: i64) -> anyhow::Result<bool> {
-    let payload = serde_json::to_string(message)?;
-    let n = conn.execute(
-        "INSERT OR IGNORE INTO outbox (dedup_key, channel, task_id, payload, next_attempt_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-        params![key, message.channel(), message.task_id(), payload, now],
-    )?;
-    Ok(n == 1)
+    Ok(conn.outbox_push(key, message, now)?)
 }
 
 /// What one delivery pass did.
@@ -89,41 +42,28 @@ pub struct Delivery {
 /// (pending or delivered) must never be sent: it would move the issue back
 /// (a PATCH to "In Review" retried after the task reached Done). It is
 /// retired as delivered, with the reason in `last_error`, and never sent.
-fn retire_superseded_states(conn: &Connection) -> rusqlite::Result<usize> {
-    conn.execute(
-        "UPDATE outbox SET status = 'delivered', delivered_at = NULL,
-             last_error = 'superseded by a newer state change (#' ||
-                 (SELECT max(n.id) FROM outbox n WHERE n.task_id = outbox.task_id
-                  AND n.channel = 'tracker' AND json_extract(n.payload, '$.kind') = 'state') || ')'
-         WHERE status = 'pending' AND channel = 'tracker'
-           AND json_extract(payload, '$.kind') = 'state'
-           AND EXISTS (SELECT 1 FROM outbox n WHERE n.task_id = outbox.task_id
-                       AND n.id > outbox.id AND n.channel = 'tracker'
-                       AND n.status IN ('pending', 'delivered')
-                       AND json_extract(n.payload, '$.kind') = 'state')",
-        [],
-    )
+fn retire_superseded_states(conn: &Connection) -> storage::Result<usize> {
+    conn.outbox_retire_superseded()
 }
 
 /// Deliver every due message.
 pub fn deliver(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Delivery> {
     let mut report = Delivery::default();
     db.write(|tx| Ok(retire_superseded_states(tx)?))?;
-    let pending: Vec<(i64, Option<i64>, String, i64)> = {
-        let mut stmt = db.conn().prepare(
-            "SELECT id, CASE WHEN channel = 'tracker' THEN task_id END, payload, next_attempt_at
-             FROM outbox WHERE status = 'pending' ORDER BY id LIMIT 1000",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
+    let pending = db.conn().outbox_pending()?;
     // A task's tracker messages go in order: once one of them is not due
     // (backing off, or leased by a deliverer that is sending it — a lease
     // that ran out makes it due again) or fails in this pass, the task's
     // later ones wait for the next pass. Notifications are never held.
     let mut held: std::collections::HashSet<i64> = std::collections::HashSet::new();
     let t0 = now();
-    for (id, task_id, payload, next_attempt_at) in pending {
+    for storage::outbox::Pending {
+        id,
+        task_id,
+        payload,
+        next_attempt_at,
+    } in pending
+    {
         if task_id.is_some_and(|t| held.contains(&t)) {
             continue;
         }
@@ -136,13 +76,7 @@ pub fn deliver(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Delivery> {
         let message: Message = match serde_json::from_str(&payload) {
             Ok(m) => m,
             Err(e) => {
-                db.write(|tx| {
-                    tx.execute(
-                        "UPDATE outbox SET status = 'dead', last_error = ?2 WHERE id = ?1",
-                        params![id, format!("unreadable payload: {e}")],
-                    )?;
-                    Ok(())
-                })?;
+                db.write(|tx| Ok(tx.outbox_bury(id, &format!("unreadable payload: {e}"))?))?;
                 report.dead += 1;
                 continue;
             }
@@ -157,10 +91,7 @@ pub fn deliver(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Delivery> {
             }
             Err(e) => {
                 let dead = db.write(|tx| {
-                    let attempts: i64 =
-                        tx.query_row("SELECT attempts FROM outbox WHERE id = ?1", [id], |r| {
-                            r.get(0)
-                        })?;
+                    let attempts = tx.outbox_attempts(id)?;
                     // A 4xx will not get better by retrying: dead at once.
                     let dead = attempts >= MAX_ATTEMPTS
                         || !crate::backends::http::is_retryable(&e)
@@ -177,12 +108,7 @@ pub fn deliver(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Delivery> {
                         || 30_i64.saturating_mul(1 << attempts.clamp(0, 10)),
                         |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1),
                     );
-                    tx.execute(
-                        "UPDATE outbox SET status = CASE WHEN ?3 THEN 'dead' ELSE status END,
-                             next_attempt_at = ?4, last_error = ?2
-                         WHERE id = ?1 AND status = 'pending'",
-                        params![id, format!("{e:#}"), dead, now() + delay],
-                    )?;
+                    tx.outbox_fail(id, &format!("{e:#}"), dead, now() + delay)?;
                     Ok(dead)
                 })?;
                 log::warn!("outbox message {id} not delivered: {e:#}");
@@ -287,100 +213,35 @@ fn plane_target(
 
 /// Take a due message for 60 s and count the attempt; false if it is not due any more.
 fn lease(conn: &Connection, id: i64, now: i64) -> anyhow::Result<bool> {
-    Ok(conn.execute(
-        "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2 + 60
-         WHERE id = ?1 AND status = 'pending' AND next_attempt_at <= ?2",
-        params![id, now],
-    )? == 1)
+    Ok(conn.outbox_lease(id, now)?)
 }
 
 fn mark_delivered(conn: &Connection, id: i64, now: i64) -> anyhow::Result<()> {
-    conn.execute(
-        "UPDATE outbox SET status = 'delivered', delivered_at = ?2, last_error = NULL WHERE id = ?1",
-        params![id, now],
-    )?;
-    Ok(())
+    Ok(conn.outbox_mark_delivered(id, now)?)
 }
 
 /// When the oldest message still pending was written, if any is.
-pub fn oldest_pending(conn: &Connection) -> rusqlite::Result<Option<i64>> {
-    conn.query_row(
-        "SELECT min(created_at) FROM outbox WHERE status = 'pending'",
-        [],
-        |r| r.get(0),
-    )
+pub fn oldest_pending(conn: &Connection) -> storage::Result<Option<i64>> {
+    conn.outbox_oldest_pending()
 }
 
 /// Messages per status (`pending`, `delivered`, `dead`).
-pub fn counts(conn: &Connection) -> rusqlite::Result<std::collections::BTreeMap<String, i64>> {
+pub fn counts(conn: &Connection) -> storage::Result<std::collections::BTreeMap<String, i64>> {
     let mut out: std::collections::BTreeMap<String, i64> = ["pending", "delivered", "dead"]
         .iter()
         .map(|s| ((*s).to_owned(), 0))
         .collect();
-    let mut stmt = conn.prepare("SELECT status, count(*) FROM outbox GROUP BY status")?;
-    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-        let (s, n) = row?;
-        out.insert(s, n);
-    }
+    out.extend(conn.outbox_counts()?);
     Ok(out)
 }
 
-/// One outbox message, as `orch outbox list` shows it.
-#[derive(Debug, Serialize)]
-pub struct Listed {
-    /// Message id.
-    pub id: i64,
-    /// `tracker` or `notifier`.
-    pub channel: String,
-    /// The task it is about.
-    pub task_id: Option<i64>,
-    /// `pending`, `delivered` or `dead`.
-    pub status: String,
-    /// Delivery attempts so far.
-    pub attempts: i64,
-    /// The last delivery error.
-    pub last_error: Option<String>,
-    /// The message (JSON).
-    pub payload: serde_json::Value,
-    /// When it was written (epoch seconds).
-    pub created_at: i64,
-}
-
 /// The newest `limit` messages, of `status` only if given.
-pub fn list(conn: &Connection, status: Option<&str>, limit: u32) -> rusqlite::Result<Vec<Listed>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT id, channel, task_id, status, attempts, last_error, payload, created_at
-         FROM outbox WHERE (?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT {limit}"
-    ))?;
-    let rows = stmt.query_map([status], |r| {
-        let payload: String = r.get(6)?;
-        Ok(Listed {
-            id: r.get(0)?,
-            channel: r.get(1)?,
-            task_id: r.get(2)?,
-            status: r.get(3)?,
-            attempts: r.get(4)?,
-            last_error: r.get(5)?,
-            payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
-            created_at: r.get(7)?,
-        })
-    })?;
-    rows.collect()
+pub fn list(conn: &Connection, status: Option<&str>, limit: u32) -> storage::Result<Vec<Listed>> {
+    conn.outbox_list(status, limit)
 }
 
 /// Put message `id` (any not delivered), or with `None` every dead message,
 /// back in line for delivery now, its attempts reset. Returns how many.
-pub fn revive(conn: &Connection, id: Option<i64>, now: i64) -> rusqlite::Result<usize> {
-    match id {
-        Some(id) => conn.execute(
-            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?2
-             WHERE id = ?1 AND status <> 'delivered'",
-            params![id, now],
-        ),
-        None => conn.execute(
-            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?1
-             WHERE status = 'dead'",
-            [now],
-        ),
-    }
+pub fn revive(conn: &Connection, id: Option<i64>, now: i64) -> storage::Result<usize> {
+    conn.outbox_revive(id, now)
 }

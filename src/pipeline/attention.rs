@@ -16,6 +16,8 @@ use crate::config::Config;
 use crate::liveness::Liveness;
 use crate::pipeline::owners::{self, Owner};
 use crate::pipeline::{Stage, self_deploy};
+use crate::storage::outbox::Outbox as _;
+use crate::storage::views::{FailedJob, Views as _};
 
 /// Why something needs a human.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -109,53 +111,12 @@ pub fn counts(items: &[Item]) -> Vec<(Kind, usize)> {
         .collect()
 }
 
-/// What one query tells about an unfinished task that may need a human.
-struct TaskRow {
-    id: i64,
-    stage: String,
-    repo: String,
-    updated_at: i64,
-    escalated_at: Option<i64>,
-    blocked_reason: Option<String>,
-    /// On analysis, not being cancelled, no active job, its analyst done.
-    analysis_waits: bool,
-    /// Phase B of a self-hosting deploy started.
-    deploy_initiated: bool,
-}
-
-/// The unfinished tasks that may need a human, in one query (a status with
-/// thousands of tasks must not pay one query per task).
-fn task_rows(conn: &Connection) -> rusqlite::Result<Vec<TaskRow>> {
-    let mut stmt = conn.prepare(
-        "SELECT t.id, t.stage, t.repo, t.updated_at, t.escalated_at, t.blocked_reason,
-                t.stage = 'analysis' AND t.cancel_requested_at IS NULL
-                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.task_id = t.id AND j.status IN ('queued', 'running'))
-                  AND EXISTS (SELECT 1 FROM jobs j WHERE j.task_id = t.id AND j.stage = 'analysis' AND j.status = 'done'),
-                EXISTS (SELECT 1 FROM deploys d WHERE d.task_id = t.id AND d.initiated_at IS NOT NULL)
-         FROM tasks t
-         WHERE t.stage NOT IN ('created', 'done', 'cancelled')
-           AND (t.escalated_at IS NOT NULL OR t.blocked_reason IS NOT NULL OR t.stage IN ('analysis', 'deploy'))
-         ORDER BY t.id",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(TaskRow {
-            id: r.get(0)?,
-            stage: r.get(1)?,
-            repo: r.get(2)?,
-            updated_at: r.get(3)?,
-            escalated_at: r.get(4)?,
-            blocked_reason: r.get(5)?,
-            analysis_waits: r.get(6)?,
-            deploy_initiated: r.get(7)?,
-        })
-    })?;
-    rows.collect()
-}
-
 /// Escalated, blocked and waiting tasks.
 fn task_items(conn: &Connection, config: &Config) -> anyhow::Result<Vec<Item>> {
     let mut items = Vec::new();
-    for t in task_rows(conn)? {
+    // The unfinished tasks that may need a human, in one query (a status
+    // with thousands of tasks must not pay one query per task).
+    for t in conn.view_attention_tasks()? {
         let item = |kind, since, reason: String, command: String| Item {
             kind,
             task_id: Some(t.id),
@@ -205,28 +166,18 @@ fn task_items(conn: &Connection, config: &Config) -> anyhow::Result<Vec<Item>> {
 
 /// Jobs that failed for good and are their unfinished task's latest.
 fn failed_jobs(conn: &Connection) -> anyhow::Result<Vec<Item>> {
-    let mut stmt = conn.prepare(
-        "SELECT j.id, j.task_id, j.agent, COALESCE(j.finished_at, j.created_at), COALESCE(j.error, '')
-         FROM jobs j LEFT JOIN tasks t ON t.id = j.task_id
-         WHERE j.status = 'failed'
-           AND (t.id IS NULL OR t.stage NOT IN ('done', 'cancelled'))
-           AND NOT EXISTS (SELECT 1 FROM jobs k WHERE k.task_id = j.task_id AND k.id > j.id)
-         ORDER BY j.id",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        let id: i64 = r.get(0)?;
-        let agent: String = r.get(2)?;
-        let error: String = r.get(4)?;
-        Ok(Item {
-            kind: Kind::FailedJob,
-            task_id: r.get(1)?,
-            job_id: Some(id),
-            since: r.get(3)?,
-            reason: format!("job {id} ({agent}) failed for good: {error}"),
-            command: format!("orch job retry {id}"),
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let item = |j: FailedJob| Item {
+        kind: Kind::FailedJob,
+        task_id: j.task_id,
+        job_id: Some(j.job_id),
+        since: j.since,
+        reason: format!(
+            "job {} ({}) failed for good: {}",
+            j.job_id, j.agent, j.error
+        ),
+        command: format!("orch job retry {}", j.job_id),
+    };
+    Ok(conn.view_failed_jobs()?.into_iter().map(item).collect())
 }
 
 /// Running jobs whose owner lock is free: dead until a reaper ends them.
@@ -246,11 +197,7 @@ fn dead_owners(running: &[Owner]) -> impl Iterator<Item = Item> + '_ {
 
 /// One item for all dead outbox messages.
 fn dead_outbox(conn: &Connection) -> anyhow::Result<Vec<Item>> {
-    let (count, since): (i64, Option<i64>) = conn.query_row(
-        "SELECT count(*), min(created_at) FROM outbox WHERE status = 'dead'",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (count, since) = conn.outbox_dead()?;
     Ok(if count == 0 {
         Vec::new()
     } else {

@@ -25,26 +25,10 @@ use crate::outbox::{self, Message};
 use crate::pipeline::task::Task;
 use crate::pipeline::{judge, lease};
 use crate::runner::claude::StreamLog;
-use rusqlite::{Connection, OptionalExtension as _, params};
-
-/// The cost of one stage of a task.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct StageCost {
-    /// The stage.
-    pub stage: String,
-    /// Agent runs on it.
-    pub runs: i64,
-    /// Their known cost, in USD.
-    pub cost_usd: f64,
-    /// Runs whose cost is unknown.
-    pub unknown_runs: i64,
-    /// Of those, runs cut off by their worker's death ([`ORCH_DIED`]).
-    pub orch_died_unknown_runs: i64,
-    /// Input tokens.
-    pub input_tokens: i64,
-    /// Output tokens.
-    pub output_tokens: i64,
-}
+use crate::storage;
+use crate::storage::ledger::Ledger as _;
+pub use crate::storage::ledger::{DeadRun, ORCH_DIED, StageCost};
+use rusqlite::Connection;
 
 /// A task's ledger.
 #[derive(Debug, Clone, Serialize)]
@@ -76,7 +60,7 @@ pub fn budget_of(config: &Config, task: &Task) -> Option<f64> {
 }
 
 /// The ledger of `task`.
-pub fn ledger(conn: &Connection, config: &Config, task: &Task) -> rusqlite::Result<Ledger> {
+pub fn ledger(conn: &Connection, config: &Config, task: &Task) -> storage::Result<Ledger> {
     let mut one = ledgers(conn, config, std::slice::from_ref(task))?;
     Ok(one
         .pop()
@@ -85,44 +69,14 @@ pub fn ledger(conn: &Connection, config: &Config, task: &Task) -> rusqlite::Resu
 
 /// The ledgers of `tasks`, in their order, from one query whatever their
 /// number (a view of many tasks must not pay a query per task).
-pub fn ledgers(
-    conn: &Connection,
-    config: &Config,
-    tasks: &[Task],
-) -> rusqlite::Result<Vec<Ledger>> {
+pub fn ledgers(conn: &Connection, config: &Config, tasks: &[Task]) -> storage::Result<Vec<Ledger>> {
     if tasks.is_empty() {
         return Ok(Vec::new());
     }
     let ids: Vec<i64> = tasks.iter().map(|t| t.id).collect();
-    let mut stmt = conn.prepare_cached(
-        "SELECT task_id, coalesce(stage, ''), count(*), coalesce(sum(cost_usd), 0),
-                sum(CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END),
-                sum(CASE WHEN cost_usd IS NULL AND outcome LIKE ?2 THEN 1 ELSE 0 END),
-                coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0)
-         FROM agent_runs WHERE task_id IN (SELECT value FROM json_each(?1))
-         GROUP BY task_id, stage",
-    )?;
-    let rows = stmt.query_map(
-        params![crate::storage::json_array(&ids), format!("{ORCH_DIED}:%")],
-        |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                StageCost {
-                    stage: r.get(1)?,
-                    runs: r.get(2)?,
-                    cost_usd: r.get(3)?,
-                    unknown_runs: r.get(4)?,
-                    orch_died_unknown_runs: r.get(5)?,
-                    input_tokens: r.get(6)?,
-                    output_tokens: r.get(7)?,
-                },
-            ))
-        },
-    )?;
     let mut by_task: std::collections::HashMap<i64, Vec<StageCost>> =
         std::collections::HashMap::new();
-    for row in rows {
-        let (task_id, stage) = row?;
+    for (task_id, stage) in conn.ledger_stage_costs(&ids)? {
         by_task.entry(task_id).or_default().push(stage);
     }
     Ok(tasks
@@ -163,44 +117,14 @@ fn settle(config: &Config, task: &Task, mut stages: Vec<StageCost>) -> Ledger {
 
 /// The known cost of every run there is, and how many runs' cost is
 /// unknown (counted apart: an unknown cost is not zero).
-pub fn all_runs(conn: &Connection) -> rusqlite::Result<(f64, i64)> {
-    conn.query_row(
-        "SELECT coalesce(sum(cost_usd), 0), count(*) - count(cost_usd) FROM agent_runs",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
+pub fn all_runs(conn: &Connection) -> storage::Result<(f64, i64)> {
+    conn.ledger_total_cost()
 }
 
 /// The known cost of every task that has runs, by task id (the sum the
 /// ledger calls `spent_usd`), in one query for a board of many tasks.
-pub fn spent_by_task(conn: &Connection) -> rusqlite::Result<std::collections::HashMap<i64, f64>> {
-    let mut stmt = conn.prepare(
-        "SELECT task_id, coalesce(sum(cost_usd), 0) FROM agent_runs
-         WHERE task_id IS NOT NULL GROUP BY task_id",
-    )?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    rows.collect()
-}
-
-/// The outcome of a run whose worker died before recording the run's end
-/// starts with this (`orch-died: …`); the reaper writes it.
-pub const ORCH_DIED: &str = "orch-died";
-
-/// The end of a run whose worker died, recovered from what the run left.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadRun {
-    /// What it cost, if that can be known.
-    pub cost_usd: Option<f64>,
-    /// Input tokens, if reported.
-    pub input_tokens: Option<i64>,
-    /// Output tokens, if reported.
-    pub output_tokens: Option<i64>,
-    /// The run's outcome: `success` when the log ends in Claude Code's
-    /// success result (the CLI prints it as its last act, so the run did its
-    /// work), else `orch-died: <how the cost was found>`.
-    pub outcome: String,
-    /// Whether the log shows the run succeeded (see `outcome`).
-    pub succeeded: bool,
+pub fn spent_by_task(conn: &Connection) -> storage::Result<std::collections::HashMap<i64, f64>> {
+    conn.ledger_spent_by_task()
 }
 
 /// Recover the cost of run `run_id`, whose worker died before recording its
@@ -216,14 +140,7 @@ pub struct DeadRun {
 ///
 /// Reads files only; returns `None` if the run is already settled or gone.
 pub fn recover_dead_run(conn: &Connection, run_id: i64) -> anyhow::Result<Option<DeadRun>> {
-    let log: Option<Option<String>> = conn
-        .query_row(
-            "SELECT output_path FROM agent_runs WHERE id = ?1 AND finished_at IS NULL",
-            [run_id],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let Some(log) = log else {
+    let Some(log) = conn.ledger_unfinished_run_log(run_id)? else {
         return Ok(None);
     };
     // Read in bounded memory, like the worker; a log that cannot be read is
@@ -263,22 +180,8 @@ pub fn record_dead_run(
     run_id: i64,
     run: &DeadRun,
     now: i64,
-) -> rusqlite::Result<bool> {
-    Ok(conn.execute(
-        "UPDATE agent_runs SET finished_at = ?2, outcome = ?3, cost_usd = ?4,
-             input_tokens = ?5, output_tokens = ?6,
-             exit_code = CASE WHEN ?7 THEN 0 ELSE exit_code END
-         WHERE id = ?1 AND finished_at IS NULL",
-        params![
-            run_id,
-            now,
-            run.outcome,
-            run.cost_usd,
-            run.input_tokens,
-            run.output_tokens,
-            run.succeeded
-        ],
-    )? == 1)
+) -> storage::Result<bool> {
+    conn.ledger_record_dead_run(run_id, run, now)
 }
 
 /// Why the next run of `task` must not start, if it must not.
@@ -286,7 +189,7 @@ pub fn refuse_run(
     conn: &Connection,
     config: &Config,
     task: &Task,
-) -> rusqlite::Result<Option<String>> {
+) -> storage::Result<Option<String>> {
     let l = ledger(conn, config, task)?;
     let (Some(budget), Some(remaining)) = (l.budget_usd, l.remaining_usd) else {
         return Ok(None);
@@ -329,17 +232,9 @@ pub fn refuse_run(
 /// every other task's merge meanwhile. The gate takes the lease again when
 /// the task is resumed.
 pub fn block(conn: &Connection, task: &Task, reason: &str, now: i64) -> anyhow::Result<bool> {
-    let changed = conn.execute(
-        "UPDATE tasks SET blocked_reason = ?2, updated_at = ?3 WHERE id = ?1 AND blocked_reason IS NULL",
-        params![task.id, reason, now],
-    )? == 1;
+    let changed = conn.ledger_block(task.id, &task.stage, reason, now)?;
     lease::release_for_task(conn, task.id)?;
     if changed {
-        conn.execute(
-            "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, reason, at)
-             VALUES (?1, ?2, ?2, 'block', ?3, ?4)",
-            params![task.id, task.stage, reason, now],
-        )?;
         let key = format!("budget-block-{}-{now}", task.id);
         outbox::push(
             conn,
@@ -383,29 +278,11 @@ pub fn resume(
     budget_usd: Option<f64>,
     now: i64,
 ) -> anyhow::Result<()> {
-    if let Some(b) = budget_usd {
-        conn.execute(
-            "UPDATE tasks SET budget_usd = ?2 WHERE id = ?1",
-            params![task.id, b],
-        )?;
-    }
-    conn.execute(
-        "UPDATE tasks SET blocked_reason = NULL, updated_at = ?2 WHERE id = ?1",
-        params![task.id, now],
-    )?;
-    conn.execute(
-        "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, reason, at)
-         VALUES (?1, ?2, ?2, 'resume', ?3, ?4)",
-        params![
-            task.id,
-            task.stage,
-            budget_usd.map_or_else(
-                || "resumed".to_owned(),
-                |b| format!("resumed with a budget of ${b:.2}")
-            ),
-            now
-        ],
-    )?;
+    let reason = budget_usd.map_or_else(
+        || "resumed".to_owned(),
+        |b| format!("resumed with a budget of ${b:.2}"),
+    );
+    conn.ledger_resume(task.id, &task.stage, budget_usd, &reason, now)?;
     outbox::push(
         conn,
         &format!("budget-resume-{}-{now}", task.id),

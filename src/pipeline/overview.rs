@@ -3,14 +3,12 @@
 //! what it cost, plus what of it needs a human ([`attention`]).
 //!
 //! Three queries, whatever the number of tasks: the tasks picked, then their
-//! runs and their transitions to `done` aggregated for all of them at once,
-//! never read task by task. (One query with common table expressions did the
+//! runs and their transitions to `done` aggregated for all of them at once
+//! (`storage::views`), never read task by task. (One query with common table expressions did the
 //! same but cost SQLite three times as much to compile as to run, in every
 //! process.) Costs follow the ledger (`budget`): a run without a recorded cost is
 //! unknown, never zero, so a task with such runs has no total (`cost_usd` is
 //! `None`), only what is known plus how many runs are not.
-
-use std::collections::HashMap;
 
 use rusqlite::{Connection, params};
 use serde::Serialize;
@@ -18,6 +16,7 @@ use serde::Serialize;
 use crate::pipeline::attention;
 use crate::pipeline::task::{self, Task};
 use crate::storage;
+use crate::storage::views::Views as _;
 
 /// Which tasks to list.
 #[derive(Debug, Clone, Copy, Default)]
@@ -66,15 +65,14 @@ pub fn list(
     filter: Filter<'_>,
     limit: u32,
     now: i64,
-) -> rusqlite::Result<Vec<TaskSummary>> {
+) -> storage::Result<Vec<TaskSummary>> {
     let tasks = pick(conn, filter, limit)?;
     if tasks.is_empty() {
         return Ok(Vec::new());
     }
     let ids: Vec<i64> = tasks.iter().map(|t| t.id).collect();
-    let ids = storage::json_array(&ids);
-    let mut runs = run_totals(conn, &ids, now)?;
-    let mut done = done_at(conn, &ids)?;
+    let mut runs = conn.view_run_totals(&ids, now)?;
+    let mut done = conn.view_done_at(&ids)?;
     Ok(tasks
         .into_iter()
         .map(|task| {
@@ -101,6 +99,10 @@ pub fn list(
 }
 
 /// The tasks matching `filter`, newest first.
+///
+/// The one statement of this module not behind the storage boundary yet:
+/// it reads whole task rows (`Task::from_row`), which move to the storage
+/// layer with the tasks' own concept; then it joins the other two there.
 fn pick(conn: &Connection, filter: Filter<'_>, limit: u32) -> rusqlite::Result<Vec<Task>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {cols} FROM tasks
@@ -113,48 +115,6 @@ fn pick(conn: &Connection, filter: Filter<'_>, limit: u32) -> rusqlite::Result<V
         params![filter.stage, filter.repo, filter.unfinished],
         Task::from_row,
     )?;
-    rows.collect()
-}
-
-/// What the agent runs of one task add up to.
-#[derive(Debug, Default)]
-struct RunTotals {
-    runs: i64,
-    secs: i64,
-    first: Option<i64>,
-    known: f64,
-    unknown: i64,
-}
-
-/// The run totals of the tasks in `ids` (a JSON array), by task.
-fn run_totals(conn: &Connection, ids: &str, now: i64) -> rusqlite::Result<HashMap<i64, RunTotals>> {
-    let mut stmt = conn.prepare(
-        "SELECT task_id, count(*), sum(max(coalesce(finished_at, ?2) - started_at, 0)),
-                min(started_at), coalesce(sum(cost_usd), 0), sum(cost_usd IS NULL)
-         FROM agent_runs WHERE task_id IN (SELECT value FROM json_each(?1)) GROUP BY task_id",
-    )?;
-    let rows = stmt.query_map(params![ids, now], |r| {
-        Ok((
-            r.get(0)?,
-            RunTotals {
-                runs: r.get(1)?,
-                secs: r.get(2)?,
-                first: r.get(3)?,
-                known: r.get(4)?,
-                unknown: r.get(5)?,
-            },
-        ))
-    })?;
-    rows.collect()
-}
-
-/// When each task in `ids` (a JSON array) reached `done`, if it did.
-fn done_at(conn: &Connection, ids: &str) -> rusqlite::Result<HashMap<i64, i64>> {
-    let mut stmt = conn.prepare(
-        "SELECT task_id, max(at) FROM task_transitions
-         WHERE to_stage = 'done' AND task_id IN (SELECT value FROM json_each(?1)) GROUP BY task_id",
-    )?;
-    let rows = stmt.query_map([ids], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect()
 }
 

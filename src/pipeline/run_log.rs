@@ -16,12 +16,13 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension as _};
+use rusqlite::Connection;
 
 use crate::error::OrchError;
 use crate::output;
 use crate::pipeline::{runs, task};
 use crate::queue::{self, Job};
+use crate::storage::ledger::Ledger as _;
 
 /// Bytes read at a time.
 const CHUNK: usize = 64 * 1024;
@@ -248,17 +249,7 @@ pub fn resolve(conn: &Connection, which: Which) -> anyhow::Result<Resolved> {
 /// else the one of the task's latest run, else its latest job.
 fn task_job(conn: &Connection, task_id: i64) -> anyhow::Result<i64> {
     task::require(conn, task_id)?;
-    let job: Option<i64> = conn
-        .query_row(
-            "SELECT id FROM jobs WHERE task_id = ?1
-             ORDER BY status = 'running' DESC,
-                      (SELECT max(r.id) FROM agent_runs r WHERE r.job_id = jobs.id) DESC NULLS LAST,
-                      id DESC
-             LIMIT 1",
-            [task_id],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let job = conn.ledger_job_to_show(task_id)?;
     job.ok_or_else(|| OrchError::NothingToDo(format!("task {task_id} has no job yet")).into())
 }
 

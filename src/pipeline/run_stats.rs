@@ -9,75 +9,21 @@
 
 use rusqlite::Connection;
 
+use crate::storage;
+use crate::storage::ledger::Ledger as _;
+pub use crate::storage::ledger::{StageDurations, StageRunCost as StageCost};
+
 /// Upper bounds of the duration buckets, in seconds: agent runs take from
 /// seconds (a demo agent, a failing start) to hours (a long development run).
 pub const DURATION_BUCKETS_S: [i64; 10] = [10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200];
 
-/// The durations of one stage's finished runs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StageDurations {
-    /// The stage (empty for runs without one).
-    pub stage: String,
-    /// Runs that took at most each bound of [`DURATION_BUCKETS_S`] (cumulative).
-    pub buckets: Vec<u64>,
-    /// Runs.
-    pub count: u64,
-    /// Their durations added up, in seconds.
-    pub sum_s: i64,
-}
-
-/// The duration histogram of finished runs, per stage.
-pub fn durations(conn: &Connection) -> rusqlite::Result<Vec<StageDurations>> {
-    let buckets: Vec<String> = DURATION_BUCKETS_S
-        .iter()
-        .map(|b| format!("sum(d <= {b})"))
-        .collect();
-    let mut stmt = conn.prepare(&format!(
-        "SELECT stage, {}, count(*), coalesce(sum(d), 0) FROM (
-            SELECT coalesce(stage, '') AS stage, max(finished_at - started_at, 0) AS d
-            FROM agent_runs WHERE finished_at IS NOT NULL)
-         GROUP BY stage ORDER BY stage",
-        buckets.join(", ")
-    ))?;
-    let n = DURATION_BUCKETS_S.len();
-    let rows = stmt.query_map([], |r| {
-        let mut buckets = Vec::with_capacity(n);
-        for i in 0..n {
-            buckets.push(r.get::<_, i64>(i + 1)?.max(0).unsigned_abs());
-        }
-        Ok(StageDurations {
-            stage: r.get(0)?,
-            buckets,
-            count: r.get::<_, i64>(n + 1)?.max(0).unsigned_abs(),
-            sum_s: r.get(n + 2)?,
-        })
-    })?;
-    rows.collect()
-}
-
-/// What one stage's finished runs cost.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StageCost {
-    /// The stage (empty for runs without one).
-    pub stage: String,
-    /// The sum of the known costs, in USD.
-    pub known_usd: f64,
-    /// Runs whose cost is unknown.
-    pub unknown_runs: i64,
+/// The duration histogram of finished runs, per stage, in the buckets of
+/// [`DURATION_BUCKETS_S`].
+pub fn durations(conn: &Connection) -> storage::Result<Vec<StageDurations>> {
+    conn.ledger_run_durations(&DURATION_BUCKETS_S)
 }
 
 /// Known cost and unknown-cost runs of finished runs, per stage.
-pub fn costs(conn: &Connection) -> rusqlite::Result<Vec<StageCost>> {
-    let mut stmt = conn.prepare(
-        "SELECT coalesce(stage, ''), coalesce(sum(cost_usd), 0), count(*) - count(cost_usd)
-         FROM agent_runs WHERE finished_at IS NOT NULL GROUP BY 1 ORDER BY 1",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(StageCost {
-            stage: r.get(0)?,
-            known_usd: r.get(1)?,
-            unknown_runs: r.get(2)?,
-        })
-    })?;
-    rows.collect()
+pub fn costs(conn: &Connection) -> storage::Result<Vec<StageCost>> {
+    conn.ledger_run_costs()
 }

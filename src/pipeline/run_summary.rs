@@ -17,6 +17,9 @@ use crate::pipeline::engine::Committed;
 use crate::pipeline::evaluate::Decision;
 use crate::pipeline::worker::RunReport;
 use crate::queue::{self, Job};
+use crate::storage;
+use crate::storage::ledger::Ledger as _;
+pub use crate::storage::ledger::StuckJob;
 
 /// Exit code of `run-agent`: the run was fine but the stage did not pass
 /// (a gate failed, an artifact said no, or it must wait and retry).
@@ -267,38 +270,10 @@ fn job_next(r: &RunReport, job: Option<&Job>) -> String {
     }
 }
 
-/// A job that failed for good and holds its task up: nothing is queued for
-/// the task after it, and the task is not finished.
-#[derive(Debug, Clone, Serialize)]
-pub struct StuckJob {
-    /// The failed job.
-    pub job_id: i64,
-    /// Its agent.
-    pub agent: String,
-    /// Its task.
-    pub task_id: i64,
-    /// Its last error.
-    pub error: Option<String>,
-}
-
 /// Up to five failed jobs that are the last job of an unfinished task,
 /// newest first: why `run-agent --next` may find nothing while tasks wait.
-pub fn stuck_failed(conn: &Connection) -> rusqlite::Result<Vec<StuckJob>> {
-    let mut stmt = conn.prepare(
-        "SELECT j.id, j.agent, j.task_id, j.error FROM jobs j JOIN tasks t ON t.id = j.task_id
-         WHERE j.status = 'failed' AND t.stage NOT IN ('done', 'cancelled')
-           AND NOT EXISTS (SELECT 1 FROM jobs k WHERE k.task_id = j.task_id AND k.id > j.id)
-         ORDER BY j.id DESC LIMIT 5",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(StuckJob {
-            job_id: r.get(0)?,
-            agent: r.get(1)?,
-            task_id: r.get(2)?,
-            error: r.get(3)?,
-        })
-    })?;
-    rows.collect()
+pub fn stuck_failed(conn: &Connection) -> storage::Result<Vec<StuckJob>> {
+    conn.ledger_stuck_failed()
 }
 
 #[cfg(test)]

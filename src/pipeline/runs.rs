@@ -16,8 +16,11 @@ use std::fs::File;
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension as _, Row};
+use rusqlite::Connection;
 use serde::Serialize;
+
+use crate::storage;
+use crate::storage::ledger::{AgentRun, Ledger as _};
 
 /// One agent run of a job: a row of `agent_runs`, plus where its log is.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -62,42 +65,37 @@ pub struct Attempt {
     pub rotated_log_path: Option<String>,
 }
 
-const COLUMNS: &str = "a.id, (SELECT count(*) FROM agent_runs b WHERE b.job_id = a.job_id \
-     AND b.id <= a.id), a.job_id, a.task_id, a.agent, a.stage, a.pid, a.started_at, \
-     a.finished_at, a.outcome, a.exit_code, a.signal, a.timed_out, a.cost_usd, \
-     a.input_tokens, a.output_tokens, a.output_path";
-
 impl Attempt {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
-        let started_at: i64 = r.get(7)?;
-        let finished_at: Option<i64> = r.get(8)?;
-        let log_path: Option<String> = r.get(16)?;
-        let rotated_log_path = log_path
+    /// The attempt a stored run is: its duration, and its rotated log if
+    /// there is one on disk.
+    fn from_run(run: AgentRun) -> Attempt {
+        let rotated_log_path = run
+            .output_path
             .as_deref()
             .map(|p| rotated(Path::new(p)))
             .filter(|p| p.exists())
             .map(|p| p.display().to_string());
-        Ok(Attempt {
-            run_id: r.get(0)?,
-            number: r.get(1)?,
-            job_id: r.get(2)?,
-            task_id: r.get(3)?,
-            agent: r.get(4)?,
-            stage: r.get(5)?,
-            pid: r.get(6)?,
-            started_at,
-            finished_at,
-            duration_s: finished_at.map(|f| (f - started_at).max(0)),
-            outcome: r.get(9)?,
-            exit_code: r.get(10)?,
-            signal: r.get(11)?,
-            timed_out: r.get(12)?,
-            cost_usd: r.get(13)?,
-            input_tokens: r.get(14)?,
-            output_tokens: r.get(15)?,
-            log_path,
+        Attempt {
+            run_id: run.id,
+            number: run.number,
+            job_id: run.job_id,
+            task_id: run.task_id,
+            agent: run.agent,
+            stage: run.stage,
+            pid: run.pid,
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+            duration_s: run.finished_at.map(|f| (f - run.started_at).max(0)),
+            outcome: run.outcome,
+            exit_code: run.exit_code,
+            signal: run.signal,
+            timed_out: run.timed_out,
+            cost_usd: run.cost_usd,
+            input_tokens: run.input_tokens,
+            output_tokens: run.output_tokens,
+            log_path: run.output_path,
             rotated_log_path,
-        })
+        }
     }
 
     /// How the process ended, in a few words: `exit 0`, `signal 9`,
@@ -116,41 +114,29 @@ impl Attempt {
     }
 }
 
-fn select(conn: &Connection, filter: &str, id: i64) -> rusqlite::Result<Vec<Attempt>> {
-    let sql = format!("SELECT {COLUMNS} FROM agent_runs a WHERE {filter} ORDER BY a.id");
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map([id], Attempt::from_row)?;
-    rows.collect()
+fn attempts(runs: Vec<AgentRun>) -> Vec<Attempt> {
+    runs.into_iter().map(Attempt::from_run).collect()
 }
 
 /// Every run of job `job_id`, oldest first.
-pub fn for_job(conn: &Connection, job_id: i64) -> rusqlite::Result<Vec<Attempt>> {
-    select(conn, "a.job_id = ?1", job_id)
+pub fn for_job(conn: &Connection, job_id: i64) -> storage::Result<Vec<Attempt>> {
+    Ok(attempts(conn.ledger_runs_of_job(job_id)?))
 }
 
 /// Every run of task `task_id`, oldest first.
-pub fn for_task(conn: &Connection, task_id: i64) -> rusqlite::Result<Vec<Attempt>> {
-    select(conn, "a.task_id = ?1", task_id)
+pub fn for_task(conn: &Connection, task_id: i64) -> storage::Result<Vec<Attempt>> {
+    Ok(attempts(conn.ledger_runs_of_task(task_id)?))
 }
 
 /// Run `run_id`, if it exists.
-pub fn get(conn: &Connection, run_id: i64) -> rusqlite::Result<Option<Attempt>> {
-    Ok(select(conn, "a.id = ?1", run_id)?.into_iter().next())
+pub fn get(conn: &Connection, run_id: i64) -> storage::Result<Option<Attempt>> {
+    Ok(conn.ledger_run(run_id)?.map(Attempt::from_run))
 }
 
 /// Whether run `run_id` of job `job_id` may still write to its log: the run
 /// is not finished, and the job is running this very run.
-pub fn is_live(conn: &Connection, job_id: i64, run_id: i64) -> rusqlite::Result<bool> {
-    let live: Option<i64> = conn
-        .query_row(
-            "SELECT 1 FROM agent_runs r JOIN jobs j ON j.id = r.job_id
-             WHERE r.id = ?2 AND j.id = ?1 AND r.finished_at IS NULL
-               AND j.status = 'running' AND j.run_id = r.id",
-            [job_id, run_id],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(live.is_some())
+pub fn is_live(conn: &Connection, job_id: i64, run_id: i64) -> storage::Result<bool> {
+    conn.ledger_run_is_live(job_id, run_id)
 }
 
 /// Where a full log is moved when it is rotated: `<log>.1`.
@@ -161,8 +147,8 @@ pub fn rotated(log: &Path) -> PathBuf {
 }
 
 /// A task's latest run: the current attempt while one runs.
-pub fn latest_for_task(conn: &Connection, task_id: i64) -> rusqlite::Result<Option<Attempt>> {
-    Ok(select(conn, "a.task_id = ?1", task_id)?.pop())
+pub fn latest_for_task(conn: &Connection, task_id: i64) -> storage::Result<Option<Attempt>> {
+    Ok(for_task(conn, task_id)?.pop())
 }
 
 /// The run's log, if it is recorded and lies under `<state_dir>/runs/`

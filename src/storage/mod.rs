@@ -22,11 +22,14 @@ pub mod deploys;
 mod error;
 pub mod jobs;
 pub mod leases;
+pub mod ledger;
 pub mod local_tracker;
+pub mod outbox;
 pub mod post_deploys;
 pub mod schema;
 mod sqlite;
 pub mod tasks;
+pub mod views;
 pub mod wake;
 
 pub use error::{Error, Result};

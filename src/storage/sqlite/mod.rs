@@ -1,18 +1,18 @@
 //! The SQLite backend: every concept's interface implemented for a
 //! `rusqlite::Connection` (a transaction derefs to one), with its SQL kept
-//! here, one module per concept. Concepts move here one by one
-//! (docs/scaling.md, "The storage boundary"): so far merge leases,
-//! counters, webhook deliveries, tasks, the local tracker, the self-hosting
-//! deploys and the post-deploy monitors.
+//! here, one module per concept (docs/scaling.md, "The storage boundary").
 
 mod counters;
 mod deliveries;
 mod deploys;
 mod jobs;
 mod leases;
+mod ledger;
 mod local_tracker;
+mod outbox;
 mod post_deploys;
 mod tasks;
+mod views;
 
 /// A job of `task_id` for the contract tests, which need jobs before the
 /// jobs have their own interface: `queued`, or `running` with `token`.
