@@ -21,6 +21,7 @@
 //!   owner never recorded the end of is settled first, its cost recovered
 //!   from its log ([`budget::recover_dead_run`]).
 
+use crate::storage::ledger::Ledger as _;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -81,22 +82,19 @@ struct RunInfo {
 
 /// The recorded runs of every running job, in one query.
 fn run_infos(db: &Db) -> anyhow::Result<std::collections::HashMap<i64, RunInfo>> {
-    let mut stmt = db.conn().prepare(
-        "SELECT r.id, r.exit_code, r.finished_at, r.outcome FROM agent_runs r
-         JOIN jobs j ON j.run_id = r.id WHERE j.status = 'running'",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        let outcome: Option<String> = r.get(3)?;
-        Ok((
-            r.get::<_, i64>(0)?,
-            RunInfo {
-                exit_code: r.get(1)?,
-                finished_at: r.get(2)?,
-                succeeded: outcome.as_deref() == Some("success"),
-            },
-        ))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    Ok(db
+        .conn()
+        .ledger_runs_of_running_jobs()?
+        .into_iter()
+        .map(|r| {
+            let info = RunInfo {
+                exit_code: r.exit_code,
+                finished_at: r.finished_at,
+                succeeded: r.succeeded,
+            };
+            (r.run_id, info)
+        })
+        .collect())
 }
 
 /// One reaper pass.

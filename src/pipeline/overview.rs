@@ -10,12 +10,13 @@
 //! unknown, never zero, so a task with such runs has no total (`cost_usd` is
 //! `None`), only what is known plus how many runs are not.
 
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::pipeline::attention;
-use crate::pipeline::task::{self, Task};
+use crate::pipeline::task::Task;
 use crate::storage;
+use crate::storage::tasks::Tasks as _;
 use crate::storage::views::Views as _;
 
 /// Which tasks to list.
@@ -99,23 +100,8 @@ pub fn list(
 }
 
 /// The tasks matching `filter`, newest first.
-///
-/// The one statement of this module not behind the storage boundary yet:
-/// it reads whole task rows (`Task::from_row`), which move to the storage
-/// layer with the tasks' own concept; then it joins the other two there.
-fn pick(conn: &Connection, filter: Filter<'_>, limit: u32) -> rusqlite::Result<Vec<Task>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {cols} FROM tasks
-         WHERE (?1 IS NULL OR stage = ?1) AND (?2 IS NULL OR repo = ?2)
-           AND (?3 = 0 OR stage NOT IN ('created', 'done', 'cancelled'))
-         ORDER BY id DESC LIMIT {limit}",
-        cols = task::TASK_COLUMNS
-    ))?;
-    let rows = stmt.query_map(
-        params![filter.stage, filter.repo, filter.unfinished],
-        Task::from_row,
-    )?;
-    rows.collect()
+fn pick(conn: &Connection, filter: Filter<'_>, limit: u32) -> storage::Result<Vec<Task>> {
+    conn.task_pick(filter.stage, filter.repo, filter.unfinished, limit)
 }
 
 /// Give each summary the attention items of its task.

@@ -11,10 +11,6 @@ use crate::storage;
 use crate::storage::tasks::{NewTaskRow, Tasks as _};
 pub use crate::storage::tasks::{Task, Transition};
 
-/// The columns `Task::from_row` reads, in its order, for the views whose SQL
-/// has not moved behind the storage boundary yet.
-pub(crate) const TASK_COLUMNS: &str = Task::COLUMNS;
-
 impl Task {
     /// The stage, parsed.
     pub fn stage(&self) -> Stage {

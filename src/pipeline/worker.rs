@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rusqlite::params;
 use serde::Serialize;
 
 use crate::backends::forge;
@@ -25,6 +24,7 @@ use crate::pipeline::task::{self, Task};
 use crate::pipeline::{Stage, brief, budget, cancel, confine, judge, post_deploy, self_deploy};
 use crate::queue::{Job, Outcome};
 use crate::runner::{self, claude::RunVerdict};
+use crate::storage::ledger::{Ledger as _, NewRun, RunEnd};
 use crate::storage::{Db, now};
 use crate::workspace::Workspace;
 
@@ -470,11 +470,7 @@ impl RunFiles {
         task: &Task,
         stage: Stage,
     ) -> anyhow::Result<RunFiles> {
-        let earlier: i64 = db.conn().query_row(
-            "SELECT count(*) FROM agent_runs WHERE job_id = ?1",
-            [job.id],
-            |r| r.get(0),
-        )?;
+        let earlier = db.conn().ledger_run_count_of_job(job.id)?;
         let dir = ctx
             .state_dir
             .join("runs")
@@ -545,10 +541,7 @@ fn run_agent(
     let outcome = runner::run(&spec, |pid| {
         let res = db.write(|tx| {
             crate::queue::set_pid(tx, job.id, fence.token, pid)?;
-            tx.execute(
-                "UPDATE agent_runs SET pid = ?2 WHERE id = ?1",
-                params![run_id, pid],
-            )?;
+            tx.ledger_set_run_pid(run_id, pid)?;
             Ok(())
         });
         if let Err(e) = res {
@@ -664,23 +657,21 @@ fn record_run_start(
     session_id: &str,
 ) -> anyhow::Result<i64> {
     db.write(|tx| {
-        tx.execute(
-            "INSERT INTO agent_runs (job_id, task_id, agent, stage, command, started_at, output_path, session_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                job.id,
-                task.id,
-                job.agent,
-                stage.as_str(),
-                command,
-                now(),
-                files.log.display().to_string(),
-                session_id
-            ],
-        )?;
-        let run_id = tx.last_insert_rowid();
+        let run_id = tx.ledger_start_run(&NewRun {
+            job_id: job.id,
+            task_id: task.id,
+            agent: &job.agent,
+            stage: stage.as_str(),
+            command,
+            output_path: &files.log.display().to_string(),
+            session_id,
+            started_at: now(),
+        })?;
         if !crate::queue::set_run(tx, job.id, fence.token, run_id, None)? {
-            anyhow::bail!("job {} is no longer ours (claim lost before the agent started)", job.id);
+            anyhow::bail!(
+                "job {} is no longer ours (claim lost before the agent started)",
+                job.id
+            );
         }
         Ok(run_id)
     })
@@ -697,30 +688,23 @@ fn record_run_end(
 ) -> anyhow::Result<()> {
     let result = judged.result.as_ref();
     let tokens = |v: Option<u64>| v.and_then(|t| i64::try_from(t).ok());
+    let end = RunEnd {
+        finished_at: now(),
+        exit_code: outcome.exit_code,
+        signal: outcome.signal,
+        timed_out: timed_out.map(str::to_owned),
+        outcome: outcome_text.to_owned(),
+        is_error: result.map(|r| r.is_error),
+        cost_usd: judged.cost_usd,
+        input_tokens: judged.input_tokens,
+        output_tokens: judged.output_tokens,
+        cache_read_tokens: result.and_then(|r| tokens(r.usage.cache_read_input_tokens)),
+        cache_creation_tokens: result.and_then(|r| tokens(r.usage.cache_creation_input_tokens)),
+        num_turns: result.and_then(|r| tokens(r.num_turns)),
+        session_id: result.and_then(|r| r.session_id.clone()),
+    };
     db.write(|tx| {
-        tx.execute(
-            "UPDATE agent_runs SET finished_at = ?2, exit_code = ?3, signal = ?4, timed_out = ?5,
-                 outcome = ?6, is_error = ?7, cost_usd = ?8, input_tokens = ?9,
-                 output_tokens = ?10, cache_read_tokens = ?11, cache_creation_tokens = ?12,
-                 num_turns = ?13, session_id = coalesce(?14, session_id)
-             WHERE id = ?1",
-            params![
-                run_id,
-                now(),
-                outcome.exit_code,
-                outcome.signal,
-                timed_out,
-                outcome_text,
-                result.map(|r| r.is_error),
-                judged.cost_usd,
-                judged.input_tokens,
-                judged.output_tokens,
-                result.and_then(|r| tokens(r.usage.cache_read_input_tokens)),
-                result.and_then(|r| tokens(r.usage.cache_creation_input_tokens)),
-                result.and_then(|r| tokens(r.num_turns)),
-                result.and_then(|r| r.session_id.clone()),
-            ],
-        )?;
+        tx.ledger_end_run(run_id, &end)?;
         Ok(())
     })
 }

@@ -128,8 +128,88 @@ pub struct StuckJob {
     pub error: Option<String>,
 }
 
+/// A run about to start, as the worker records it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRun<'a> {
+    /// The job.
+    pub job_id: i64,
+    /// The task.
+    pub task_id: i64,
+    /// The agent.
+    pub agent: &'a str,
+    /// The stage it works on.
+    pub stage: &'a str,
+    /// The command line, as shown to operators.
+    pub command: &'a str,
+    /// The run's log.
+    pub output_path: &'a str,
+    /// The agent session id orch chose.
+    pub session_id: &'a str,
+    /// Start (epoch seconds).
+    pub started_at: i64,
+}
+
+/// How a run ended, as the worker judged it.
+#[derive(Debug, Clone, Default)]
+pub struct RunEnd {
+    /// End (epoch seconds).
+    pub finished_at: i64,
+    /// The agent's exit code.
+    pub exit_code: Option<i32>,
+    /// The signal that killed it.
+    pub signal: Option<i32>,
+    /// `wall` or `stall` when stopped for time.
+    pub timed_out: Option<String>,
+    /// The verdict (`success`, `failure: …`, `transient: …`).
+    pub outcome: String,
+    /// Whether the agent's result event said it failed.
+    pub is_error: Option<bool>,
+    /// Cost reported by the agent, in USD.
+    pub cost_usd: Option<f64>,
+    /// Input tokens.
+    pub input_tokens: Option<i64>,
+    /// Output tokens.
+    pub output_tokens: Option<i64>,
+    /// Cache-read input tokens.
+    pub cache_read_tokens: Option<i64>,
+    /// Cache-creation input tokens.
+    pub cache_creation_tokens: Option<i64>,
+    /// Turns the agent took.
+    pub num_turns: Option<i64>,
+    /// The session id the agent reported (kept when absent).
+    pub session_id: Option<String>,
+}
+
+/// What the reaper needs of a running job's recorded run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunState {
+    /// The run.
+    pub run_id: i64,
+    /// The agent's exit code, once recorded.
+    pub exit_code: Option<i64>,
+    /// End, once recorded.
+    pub finished_at: Option<i64>,
+    /// Whether the recorded verdict is `success`.
+    pub succeeded: bool,
+}
+
 /// The agent runs, their costs and the budget blocks of a backend.
 pub trait Ledger {
+    /// Record a run about to start; its id.
+    fn ledger_start_run(&self, run: &NewRun<'_>) -> Result<i64>;
+
+    /// How many runs `job_id` has recorded.
+    fn ledger_run_count_of_job(&self, job_id: i64) -> Result<i64>;
+
+    /// Record the pid (process group) of a started run's agent.
+    fn ledger_set_run_pid(&self, run_id: i64, pid: u32) -> Result<()>;
+
+    /// Record how a run ended.
+    fn ledger_end_run(&self, run_id: i64, end: &RunEnd) -> Result<()>;
+
+    /// The recorded run of every running job that has one.
+    fn ledger_runs_of_running_jobs(&self) -> Result<Vec<RunState>>;
+
     /// The costs of the runs of the tasks in `task_ids`, per task and stage
     /// (`(task id, cost)`), in one statement whatever their number.
     fn ledger_stage_costs(&self, task_ids: &[i64]) -> Result<Vec<(i64, StageCost)>>;

@@ -139,6 +139,17 @@ pub trait Tasks {
     /// `repo` when given.
     fn task_list(&self, stage: Option<&str>, repo: Option<&str>, limit: u32) -> Result<Vec<Task>>;
 
+    /// Up to `limit` tasks, newest first, only those on `stage` and in
+    /// `repo` when given, and only unfinished ones (started, not done or
+    /// cancelled) when `unfinished`.
+    fn task_pick(
+        &self,
+        stage: Option<&str>,
+        repo: Option<&str>,
+        unfinished: bool,
+        limit: u32,
+    ) -> Result<Vec<Task>>;
+
     /// Up to `limit` tasks not done or cancelled (created ones included),
     /// newest first.
     fn task_active(&self, limit: u32) -> Result<Vec<Task>>;

@@ -8,7 +8,8 @@ use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
 use crate::storage::Result;
 use crate::storage::ledger::{
-    AgentRun, DeadRun, Ledger, ORCH_DIED, StageCost, StageDurations, StageRunCost, StuckJob,
+    AgentRun, DeadRun, Ledger, NewRun, ORCH_DIED, RunEnd, RunState, StageCost, StageDurations,
+    StageRunCost, StuckJob,
 };
 
 /// The columns [`run_from_row`] reads, `number` counted among its job's runs.
@@ -48,6 +49,84 @@ fn select_runs(conn: &Connection, filter: &str, id: i64) -> Result<Vec<AgentRun>
 }
 
 impl Ledger for Connection {
+    fn ledger_start_run(&self, run: &NewRun<'_>) -> Result<i64> {
+        self.execute(
+            "INSERT INTO agent_runs (job_id, task_id, agent, stage, command, started_at, output_path, session_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                run.job_id,
+                run.task_id,
+                run.agent,
+                run.stage,
+                run.command,
+                run.started_at,
+                run.output_path,
+                run.session_id
+            ],
+        )?;
+        Ok(self.last_insert_rowid())
+    }
+
+    fn ledger_run_count_of_job(&self, job_id: i64) -> Result<i64> {
+        Ok(self.query_row(
+            "SELECT count(*) FROM agent_runs WHERE job_id = ?1",
+            [job_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn ledger_set_run_pid(&self, run_id: i64, pid: u32) -> Result<()> {
+        self.execute(
+            "UPDATE agent_runs SET pid = ?2 WHERE id = ?1",
+            params![run_id, pid],
+        )?;
+        Ok(())
+    }
+
+    fn ledger_end_run(&self, run_id: i64, end: &RunEnd) -> Result<()> {
+        self.execute(
+            "UPDATE agent_runs SET finished_at = ?2, exit_code = ?3, signal = ?4, timed_out = ?5,
+                 outcome = ?6, is_error = ?7, cost_usd = ?8, input_tokens = ?9,
+                 output_tokens = ?10, cache_read_tokens = ?11, cache_creation_tokens = ?12,
+                 num_turns = ?13, session_id = coalesce(?14, session_id)
+             WHERE id = ?1",
+            params![
+                run_id,
+                end.finished_at,
+                end.exit_code,
+                end.signal,
+                end.timed_out,
+                end.outcome,
+                end.is_error,
+                end.cost_usd,
+                end.input_tokens,
+                end.output_tokens,
+                end.cache_read_tokens,
+                end.cache_creation_tokens,
+                end.num_turns,
+                end.session_id,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn ledger_runs_of_running_jobs(&self) -> Result<Vec<RunState>> {
+        let mut stmt = self.prepare(
+            "SELECT r.id, r.exit_code, r.finished_at, r.outcome FROM agent_runs r
+             JOIN jobs j ON j.run_id = r.id WHERE j.status = 'running'",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let outcome: Option<String> = r.get(3)?;
+            Ok(RunState {
+                run_id: r.get(0)?,
+                exit_code: r.get(1)?,
+                finished_at: r.get(2)?,
+                succeeded: outcome.as_deref() == Some("success"),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn ledger_stage_costs(&self, task_ids: &[i64]) -> Result<Vec<(i64, StageCost)>> {
         let mut stmt = self.prepare_cached(
             "SELECT task_id, coalesce(stage, ''), count(*), coalesce(sum(cost_usd), 0),

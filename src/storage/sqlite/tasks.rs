@@ -134,6 +134,26 @@ impl Tasks for Connection {
         )
     }
 
+    fn task_pick(
+        &self,
+        stage: Option<&str>,
+        repo: Option<&str>,
+        unfinished: bool,
+        limit: u32,
+    ) -> Result<Vec<Task>> {
+        tasks(
+            self,
+            &format!(
+                "SELECT {} FROM tasks
+                 WHERE (?1 IS NULL OR stage = ?1) AND (?2 IS NULL OR repo = ?2)
+                   AND (?3 = 0 OR stage NOT IN ('created', 'done', 'cancelled'))
+                 ORDER BY id DESC LIMIT {limit}",
+                Task::COLUMNS
+            ),
+            params![stage, repo, unfinished],
+        )
+    }
+
     fn task_active(&self, limit: u32) -> Result<Vec<Task>> {
         tasks(
             self,
