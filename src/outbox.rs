@@ -9,12 +9,11 @@
 //! crash between send and mark can repeat a send, which the remote side
 //! absorbs by external id where it can (Plane comments).
 
-use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::backends::{notifier, tracker};
 use crate::context::Ctx;
-use crate::storage::outbox::Outbox as _;
+use crate::storage::Executor;
 pub use crate::storage::outbox::{Listed, Message};
 use crate::storage::{self, Db, now};
 
@@ -23,7 +22,7 @@ pub const MAX_ATTEMPTS: i64 = 8;
 
 /// Queue `message` under `key` inside the caller's transaction. A key already
 /// present is not queued again; returns whether a row was added.
-pub fn push(conn: &Connection, key: &str, message: &Message, now: i64) -> anyhow::Result<bool> {
+pub fn push(conn: &dyn Executor, key: &str, message: &Message, now: i64) -> anyhow::Result<bool> {
     Ok(conn.outbox_push(key, message, now)?)
 }
 
@@ -42,7 +41,7 @@ pub struct Delivery {
 /// (pending or delivered) must never be sent: it would move the issue back
 /// (a PATCH to "In Review" retried after the task reached Done). It is
 /// retired as delivered, with the reason in `last_error`, and never sent.
-fn retire_superseded_states(conn: &Connection) -> storage::Result<usize> {
+fn retire_superseded_states(conn: &dyn Executor) -> storage::Result<usize> {
     conn.outbox_retire_superseded()
 }
 
@@ -212,21 +211,21 @@ fn plane_target(
 }
 
 /// Take a due message for 60 s and count the attempt; false if it is not due any more.
-fn lease(conn: &Connection, id: i64, now: i64) -> anyhow::Result<bool> {
+fn lease(conn: &dyn Executor, id: i64, now: i64) -> anyhow::Result<bool> {
     Ok(conn.outbox_lease(id, now)?)
 }
 
-fn mark_delivered(conn: &Connection, id: i64, now: i64) -> anyhow::Result<()> {
+fn mark_delivered(conn: &dyn Executor, id: i64, now: i64) -> anyhow::Result<()> {
     Ok(conn.outbox_mark_delivered(id, now)?)
 }
 
 /// When the oldest message still pending was written, if any is.
-pub fn oldest_pending(conn: &Connection) -> storage::Result<Option<i64>> {
+pub fn oldest_pending(conn: &dyn Executor) -> storage::Result<Option<i64>> {
     conn.outbox_oldest_pending()
 }
 
 /// Messages per status (`pending`, `delivered`, `dead`).
-pub fn counts(conn: &Connection) -> storage::Result<std::collections::BTreeMap<String, i64>> {
+pub fn counts(conn: &dyn Executor) -> storage::Result<std::collections::BTreeMap<String, i64>> {
     let mut out: std::collections::BTreeMap<String, i64> = ["pending", "delivered", "dead"]
         .iter()
         .map(|s| ((*s).to_owned(), 0))
@@ -236,12 +235,12 @@ pub fn counts(conn: &Connection) -> storage::Result<std::collections::BTreeMap<S
 }
 
 /// The newest `limit` messages, of `status` only if given.
-pub fn list(conn: &Connection, status: Option<&str>, limit: u32) -> storage::Result<Vec<Listed>> {
+pub fn list(conn: &dyn Executor, status: Option<&str>, limit: u32) -> storage::Result<Vec<Listed>> {
     conn.outbox_list(status, limit)
 }
 
 /// Put message `id` (any not delivered), or with `None` every dead message,
 /// back in line for delivery now, its attempts reset. Returns how many.
-pub fn revive(conn: &Connection, id: Option<i64>, now: i64) -> storage::Result<usize> {
+pub fn revive(conn: &dyn Executor, id: Option<i64>, now: i64) -> storage::Result<usize> {
     conn.outbox_revive(id, now)
 }

@@ -20,8 +20,7 @@ fn one_line_error(assert: &assert_cmd::assert::Assert) -> String {
 type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
 
 fn count(env: &Env, table: &str) -> i64 {
-    env.db()
-        .conn()
+    env.sqlite()
         .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
         .expect("count")
 }
@@ -188,8 +187,7 @@ fn foreign_sqlite_database_is_refused_untouched() {
 #[test]
 fn a_database_from_a_newer_orch_is_refused() {
     let env = Env::new();
-    env.db()
-        .conn()
+    env.sqlite()
         .pragma_update(None, "user_version", 99)
         .expect("bump");
     let a = env.orch().arg("status").assert().code(1);

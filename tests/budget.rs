@@ -73,8 +73,7 @@ fn the_ledger_adds_up_across_stages_rollbacks_and_retries() {
     let shown = env.json(&["task", "show", "1"]);
     assert_eq!(shown["task"]["stage"], "done");
     let runs: i64 = env
-        .db()
-        .conn()
+        .sqlite()
         .query_row("SELECT count(*) FROM agent_runs", [], |r| r.get(0))
         .expect("runs");
     let cost = &shown["cost"];
@@ -192,8 +191,7 @@ fn a_claude_run_without_a_result_event_costs_unknown_not_zero() {
         .assert()
         .code(5);
     let cost: Option<f64> = env
-        .db()
-        .conn()
+        .sqlite()
         .query_row("SELECT cost_usd FROM agent_runs WHERE id = 1", [], |r| {
             r.get(0)
         })
@@ -211,8 +209,7 @@ fn a_claude_run_without_a_result_event_costs_unknown_not_zero() {
         .assert()
         .code(5);
     let cost: Option<f64> = env
-        .db()
-        .conn()
+        .sqlite()
         .query_row("SELECT cost_usd FROM agent_runs WHERE id = 2", [], |r| {
             r.get(0)
         })
@@ -239,8 +236,7 @@ fn patient(max_attempts: u32) -> Env {
 /// the worker (its guardian then kills the agent's group) and reap.
 fn kill_worker_mid_run(env: &Env, agent: &str, protocol: &str) {
     let last_run: i64 = env
-        .db()
-        .conn()
+        .sqlite()
         .query_row("SELECT coalesce(max(id), 0) FROM agent_runs", [], |r| {
             r.get(0)
         })
@@ -257,8 +253,7 @@ fn kill_worker_mid_run(env: &Env, agent: &str, protocol: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let log: Option<String> = env
-            .db()
-            .conn()
+            .sqlite()
             .query_row(
                 "SELECT output_path FROM agent_runs WHERE id > ?1",
                 [last_run],
@@ -295,9 +290,8 @@ fn killed_plain_command_runs_cost_nothing_and_never_block_the_task() {
         assert_eq!(cost["remaining_usd"], 20.0, "{cost}");
     }
     let outcomes: Vec<String> = {
-        let db = env.db();
+        let db = env.sqlite();
         let mut stmt = db
-            .conn()
             .prepare("SELECT outcome FROM agent_runs ORDER BY id")
             .expect("sql");
         stmt.query_map([], |r| r.get(0))

@@ -189,8 +189,7 @@ fn orch090_tc07_idempotent_on_cancelled_done_and_missing_tasks() {
     let missing = out(&env, &[], &["cancel", "--task", "99", "--json"]);
     assert_eq!(missing.status.code(), Some(3));
     assert_eq!(json(&missing)["note"], "no-task");
-    env.db()
-        .conn()
+    env.sqlite()
         .execute("UPDATE tasks SET stage = 'done' WHERE id = 1", [])
         .expect("done");
     let done = out(&env, &[], &["cancel", "--task", "1", "--json"]);
@@ -273,8 +272,7 @@ fn orch090_tc09_status_has_the_stop_block() {
 fn orch090_tc13_end_to_end_stop_tombstones_the_keys_so_the_issue_can_start_afresh() {
     let env = install();
     with_branch(&env);
-    env.db()
-        .conn()
+    env.sqlite()
         .execute(
             "UPDATE tasks SET plane_id = 'PL-110', plane_issue_id = 'uuid-110' WHERE id = 1",
             [],
@@ -313,8 +311,7 @@ fn orch090_tc14_migration_is_idempotent_and_the_columns_exist() {
     env.orch().arg("init").assert().success();
     env.orch().arg("init").assert().success();
     let cols: Vec<String> = env
-        .db()
-        .conn()
+        .sqlite()
         .prepare("SELECT name FROM pragma_table_info('tasks')")
         .expect("prepare")
         .query_map([], |r| r.get(0))
@@ -332,8 +329,7 @@ fn orch090_tc14_migration_is_idempotent_and_the_columns_exist() {
 }
 
 fn hold_lease(env: &Env) {
-    env.db()
-        .conn()
+    env.sqlite()
         .execute(
             "INSERT INTO merge_leases (repo, task_id, branch, token, acquired_at)
              VALUES ('demo', 1, 'feature/DEMO-1-stop-me', 'task-1', ?1)",
@@ -349,8 +345,7 @@ fn hold_lease(env: &Env) {
 fn orch090_d7_stop_in_the_critical_window_defers_then_applies() {
     let env = install();
     with_branch(&env);
-    env.db()
-        .conn()
+    env.sqlite()
         .execute_batch(
             "UPDATE jobs SET status = 'done' WHERE id = 1;
              UPDATE tasks SET stage = 'deploy-staging' WHERE id = 1;
@@ -412,8 +407,7 @@ fn orch090_d7_stop_in_the_critical_window_defers_then_applies() {
 fn orch090_d7_stop_on_deploy_awaiting_confirm_is_a_full_reset() {
     let env = install();
     with_branch(&env);
-    env.db()
-        .conn()
+    env.sqlite()
         .execute_batch("UPDATE jobs SET status = 'done' WHERE id = 1; UPDATE tasks SET stage = 'deploy' WHERE id = 1;")
         .expect("park");
     hold_lease(&env);

@@ -200,8 +200,7 @@ fn task_dependency_gate_waits_for_the_dependency_to_be_done() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["why"]["reason"], "gated");
     assert_eq!(v["why"]["task_deps"], 1);
-    env.db()
-        .conn()
+    env.sqlite()
         .execute("UPDATE tasks SET stage = 'done' WHERE id = 1", [])
         .expect("finish dependency");
     assert_eq!(env.json(&["claim"])["claimed"]["task_id"], 2);
@@ -254,8 +253,7 @@ fn the_merge_lease_of_another_task_holds_deploy_jobs_under_the_serial_gate() {
         ])
         .assert()
         .success();
-    env.db()
-        .conn()
+    env.sqlite()
         .execute(
             "INSERT INTO merge_leases (repo, task_id, branch, token, acquired_at)
              VALUES ('demo', 1, 'feature/DEMO-1-holder', 'tok', 0)",
@@ -263,8 +261,7 @@ fn the_merge_lease_of_another_task_holds_deploy_jobs_under_the_serial_gate() {
         )
         .expect("lease");
     env.orch().arg("claim").assert().code(3);
-    env.db()
-        .conn()
+    env.sqlite()
         .execute("DELETE FROM merge_leases", [])
         .expect("release");
     env.orch().arg("claim").assert().success();

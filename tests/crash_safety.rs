@@ -295,8 +295,7 @@ fn deploy_crash_and_recover(point: &str) {
     let env = common::self_hosting();
     common::to_phase_a(&env);
     let staging: String = env
-        .db()
-        .conn()
+        .sqlite()
         .query_row(
             "SELECT staging_sha FROM deploys WHERE task_id = 1",
             [],
@@ -914,8 +913,7 @@ fn orch090_tc04_reaper_cancels_a_dead_job_of_a_cancelled_task() {
         &["run-agent", "--next"],
     );
     assert_eq!(signal_of(&out), Some(9));
-    env.db()
-        .conn()
+    env.sqlite()
         .execute("UPDATE tasks SET stage = 'cancelled' WHERE id = 1", [])
         .expect("cancel");
     let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
@@ -934,8 +932,7 @@ fn orch065_tc07_kill_switches_keep_their_meaning() {
         &["run-agent", "--next"],
     );
     assert_eq!(signal_of(&out), Some(9));
-    env.db()
-        .conn()
+    env.sqlite()
         .execute(
             "INSERT INTO merge_leases (repo, task_id, branch, token, acquired_at) VALUES ('demo', 1, 'x', 't', 0)",
             [],
@@ -959,8 +956,7 @@ fn orch065_tc10_tc15_leases_are_reclaimed_exactly_when_their_holder_cannot_use_t
     let env = install("");
     let task = create_task(&env, "t");
     let lease = |env: &Env, acquired_at: i64| {
-        env.db()
-            .conn()
+        env.sqlite()
             .execute(
                 "INSERT OR REPLACE INTO merge_leases (repo, task_id, branch, token, acquired_at)
                  VALUES ('demo', 1, 'feature/DEMO-1-t', 'tok', ?1)",
@@ -969,8 +965,7 @@ fn orch065_tc10_tc15_leases_are_reclaimed_exactly_when_their_holder_cannot_use_t
             .expect("lease");
     };
     let set_stage = |env: &Env, stage: &str| {
-        env.db()
-            .conn()
+        env.sqlite()
             .execute("UPDATE tasks SET stage = ?1 WHERE id = 1", [stage])
             .expect("stage");
     };
@@ -1206,8 +1201,7 @@ fn plant_stale_git_locks(env: &Env) {
     let own = worktree_git_dir(env);
     let clone = env.state().join("repos/demo/clone/.git");
     let branch: String = env
-        .db()
-        .conn()
+        .sqlite()
         .query_row("SELECT branch FROM tasks WHERE id = 1", [], |r| r.get(0))
         .expect("branch");
     for lock in [
@@ -1356,8 +1350,7 @@ fn a_task_blocked_over_budget_releases_its_merge_lease() {
     assert_eq!(env.sql_i64("SELECT count(*) FROM merge_leases"), 1);
     std::fs::write(&path, config).expect("config");
     // The task can no longer afford a run: its next attempt blocks it.
-    env.db()
-        .conn()
+    env.sqlite()
         .execute("UPDATE tasks SET budget_usd = 1 WHERE id = ?1", [first])
         .expect("budget");
     std::thread::sleep(Duration::from_millis(1500));
@@ -1400,15 +1393,14 @@ fn an_escalated_task_releases_its_merge_lease() {
     let task = create_task(&env, "greet");
     drive_to(&env, task, "deploy-staging");
     common::push_to_main(&env, "red", "tests/zz_red_test.sh", "exit 1\n");
-    let db = env.db();
+    let db = env.sqlite();
     for _ in 0..3 {
-        db.conn()
-            .execute(
-                "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, reason, at)
+        db.execute(
+            "INSERT INTO task_transitions (task_id, from_stage, to_stage, kind, reason, at)
                  VALUES (?1, 'review', 'development', 'rollback', 'earlier', 0)",
-                [task],
-            )
-            .expect("rollback");
+            [task],
+        )
+        .expect("rollback");
     }
     let v = json_of(&orch_out(&env, &[], &["run-agent", "--next", "--json"]));
     assert_eq!(v["committed"]["escalated"], true, "{v}");
@@ -1553,8 +1545,7 @@ fn a_claude_run_that_succeeded_before_orch_died_is_finalized_not_rerun() {
     let pass = json_of(&orch_out(&env, &[], &["reap", "--json"]));
     assert_eq!(pass["reaped"][0]["outcome"], "queued", "{pass}");
     let (outcome, cost): (String, f64) = env
-        .db()
-        .conn()
+        .sqlite()
         .query_row("SELECT outcome, cost_usd FROM agent_runs", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })

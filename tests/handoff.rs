@@ -24,8 +24,7 @@ fn wake_pending(env: &Env) -> bool {
 }
 
 fn count(env: &Env, sql: &str) -> i64 {
-    env.db()
-        .conn()
+    env.sqlite()
         .query_row(sql, [], |r| r.get(0))
         .expect("query")
 }

@@ -41,9 +41,8 @@ fn ingest(env: &Env) -> assert_cmd::Command {
 type Row = (String, Option<String>, Option<String>, Vec<u8>, String);
 
 fn rows(env: &Env) -> Vec<Row> {
-    let db = env.db();
+    let db = env.sqlite();
     let mut stmt = db
-        .conn()
         .prepare(
             "SELECT source, event, delivery_id, body, status FROM webhook_deliveries ORDER BY id",
         )

@@ -7,7 +7,7 @@ mod common;
 use common::Env;
 
 fn exec(env: &Env, sql: &str) {
-    env.db().conn().execute_batch(sql).expect(sql);
+    env.sqlite().execute_batch(sql).expect(sql);
 }
 
 /// One unreadable block (its table is gone) is an error entry; every other

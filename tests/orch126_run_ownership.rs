@@ -55,7 +55,8 @@ fn assert_clean_queued(job: &Job) {
 
 /// Write an impossible queued row the way an operator's hand-edit could.
 fn seed_impossible(db: &Db, id: i64, run_id: i64, pid: i64) {
-    db.conn()
+    rusqlite::Connection::open(db.path())
+        .expect("open the SQLite file")
         .execute_batch(&format!(
             "PRAGMA ignore_check_constraints = ON;
              UPDATE jobs SET status = 'queued', run_id = {run_id}, pid = {pid},
@@ -70,8 +71,8 @@ fn orch126_database_refuses_an_impossible_queued_row() {
     let env = Env::new();
     let id = env.enqueue_many(1)[0];
     let db = env.db();
-    let err = db
-        .conn()
+    let err = env
+        .sqlite()
         .execute("UPDATE jobs SET pid = 35, run_id = 759 WHERE id = ?1", [id])
         .expect_err("CHECK constraint must refuse it");
     assert!(err.to_string().contains("CHECK"), "{err}");

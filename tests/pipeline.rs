@@ -318,7 +318,7 @@ fn claude_is_error_with_exit_zero_is_not_a_success_and_cost_is_recorded() {
         "{v}"
     );
     assert_eq!(v["cost_usd"], 0.42);
-    let db = env.db();
+    let db = env.sqlite();
     let (is_error, cost, input, output, cache_read, cache_creation, turns): (
         i64,
         f64,
@@ -328,7 +328,6 @@ fn claude_is_error_with_exit_zero_is_not_a_success_and_cost_is_recorded() {
         i64,
         i64,
     ) = db
-        .conn()
         .query_row(
             "SELECT is_error, cost_usd, input_tokens, output_tokens, cache_read_tokens,
                     cache_creation_tokens, num_turns FROM agent_runs WHERE id = 1",
@@ -645,8 +644,7 @@ fn reconcile_advances_a_stuck_stage_once() {
         .success();
     env.orch().args(["run-agent", "--next"]).assert().success();
     // Lose the architecture → development advance: back on architecture, idle, long ago.
-    env.db()
-        .conn()
+    env.sqlite()
         .execute_batch(
             "DELETE FROM jobs WHERE agent = 'developer';
              UPDATE tasks SET stage = 'architecture', updated_at = 0 WHERE id = 1;",

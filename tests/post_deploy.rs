@@ -199,8 +199,7 @@ fn a_healthy_deploy_is_watched_over_the_whole_window_without_holding_a_worker() 
     assert_eq!(health.hits.load(Ordering::SeqCst), 3, "one probe per check");
     // The job waited without spending attempts or the transient budget.
     let job = env
-        .db()
-        .conn()
+        .sqlite()
         .query_row(
             "SELECT status, attempts, transient_attempts FROM jobs WHERE agent = 'post-deploy-monitor'",
             [],
@@ -521,9 +520,18 @@ fn the_monitor_is_not_held_back_by_max_concurrency_or_the_serial_gate() {
             },
             orch::storage::now(),
         )?;
-        tx.execute(
-            "UPDATE jobs SET status = 'running', claim_token = 'busy', started_at = ?2, attempts = 1 WHERE id = ?1",
-            rusqlite::params![id, orch::storage::now()],
+        let busy = orch::queue::Claimer {
+            token: "busy",
+            pid: 1,
+            boot_id: "boot",
+        };
+        orch::queue::claim_by_id(
+            tx,
+            &env.state().join("locks"),
+            id,
+            busy,
+            10,
+            orch::storage::now(),
         )?;
         Ok(())
     })

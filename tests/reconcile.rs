@@ -17,11 +17,11 @@ fn install(extra: &str) -> Env {
 }
 
 fn sql(env: &Env, sql: &str) -> i64 {
-    env.db().conn().query_row(sql, [], |r| r.get(0)).expect(sql)
+    env.sqlite().query_row(sql, [], |r| r.get(0)).expect(sql)
 }
 
 fn exec(env: &Env, sql: &str) {
-    env.db().conn().execute(sql, []).expect(sql);
+    env.sqlite().execute(sql, []).expect(sql);
 }
 
 fn stage(env: &Env, task: i64) -> String {

@@ -530,8 +530,7 @@ fn without_a_working_bwrap_auto_says_so_and_required_refuses() {
         "{job}"
     );
     let runs: i64 = env
-        .db()
-        .conn()
+        .sqlite()
         .query_row("SELECT count(*) FROM agent_runs", [], |r| r.get(0))
         .expect("runs");
     assert_eq!(runs, 0, "no run was recorded (none is charged)");

@@ -204,8 +204,7 @@ fn orch059_tc07_tc08_phase_b_merges_and_starts_the_hook_once_and_phase_c_finishe
     let env = self_hosting();
     to_phase_a(&env);
     let staging_sha: String = env
-        .db()
-        .conn()
+        .sqlite()
         .query_row(
             "SELECT staging_sha FROM deploys WHERE task_id = 1",
             [],
@@ -333,8 +332,7 @@ fn stop_during_the_deploy(env: &Env, code: i32) {
 }
 
 fn outbox_count(env: &Env, key_like: &str) -> i64 {
-    env.db()
-        .conn()
+    env.sqlite()
         .query_row(
             "SELECT count(*) FROM outbox WHERE dedup_key LIKE ?1",
             [key_like],
@@ -360,8 +358,7 @@ fn a_deploy_that_succeeded_under_a_pending_stop_ends_done_and_says_the_stop_came
         "the monitor is armed"
     );
     let branch: String = env
-        .db()
-        .conn()
+        .sqlite()
         .query_row("SELECT branch FROM tasks WHERE id = 1", [], |r| r.get(0))
         .expect("branch");
     let heads = orch::git::Git::at(env.state().join("forge/demo.git"))

@@ -163,8 +163,7 @@ fn plane(shim: &Shim, delivery: &str, signature: Option<String>, body: &[u8]) ->
 }
 
 fn stored(env: &Env) -> i64 {
-    env.db()
-        .conn()
+    env.sqlite()
         .query_row("SELECT count(*) FROM webhook_deliveries", [], |r| r.get(0))
         .expect("count")
 }

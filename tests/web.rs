@@ -210,7 +210,7 @@ fn inetd_refuses_what_is_not_a_read() {
     // Not by accident: the handle the board reads through cannot write.
     let mut ro = orch::storage::Db::open_read_only(&env.db_path(), Duration::from_secs(5))
         .expect("open read-only");
-    let write = ro.write(|tx| Ok(tx.execute("DELETE FROM tasks", [])?));
+    let write = ro.write(|tx| Ok(orch::storage::counters::bump(tx, "probe", 1, None, 0)?));
     assert!(write.is_err(), "a read-only handle wrote");
     assert_eq!(before, snapshot(&env));
 }
@@ -235,27 +235,24 @@ fn the_log_tail_is_bounded_and_escaped() {
     drop(f);
 
     // While the run goes on, its log refreshes itself.
-    let mut db = env.db();
-    db.write(|tx| {
-        Ok(tx.execute(
+    env.sqlite()
+        .execute(
             "UPDATE agent_runs SET finished_at = NULL WHERE task_id = 2",
             [],
-        )?)
-    })
-    .expect("mark running");
+        )
+        .expect("mark running");
     let live = get(&env, "/task/2/tail");
     assert!(
         live.body
             .contains("<meta http-equiv=\"refresh\" content=\"2\">")
     );
     assert!(get(&env, "/task/2").body.contains("<td>running</td>"));
-    db.write(|tx| {
-        Ok(tx.execute(
+    env.sqlite()
+        .execute(
             "UPDATE agent_runs SET finished_at = started_at WHERE task_id = 2",
             [],
-        )?)
-    })
-    .expect("mark ended");
+        )
+        .expect("mark ended");
 
     let plain = get(&env, "/task/2/log");
     assert_eq!(

@@ -131,8 +131,7 @@ impl Setup {
 
     fn sql(&self, sql: &str) -> i64 {
         self.env
-            .db()
-            .conn()
+            .sqlite()
             .query_row(sql, [], |r| r.get(0))
             .expect(sql)
     }
@@ -186,8 +185,7 @@ fn orch090_tc10_the_start_status_mid_pipeline_relaunches_nothing_and_tc11_resume
     );
     // Idle on analysis (its job was lost): the start status resumes it once.
     s.env
-        .db()
-        .conn()
+        .sqlite()
         .execute("UPDATE jobs SET status = 'failed' WHERE id = 1", [])
         .expect("fail");
     s.fake.set_state(&item, "In Progress");
@@ -215,8 +213,7 @@ fn orch090_tc10_the_start_status_mid_pipeline_relaunches_nothing_and_tc11_resume
     );
     // Mid-pipeline: nothing is relaunched (the relaunch hole is closed).
     s.env
-        .db()
-        .conn()
+        .sqlite()
         .execute_batch("UPDATE jobs SET status = 'done'; UPDATE tasks SET stage = 'development'")
         .expect("mid-pipeline");
     s.fake.set_state(&item, "In Progress");
@@ -232,8 +229,7 @@ fn orch090_tc10_the_start_status_mid_pipeline_relaunches_nothing_and_tc11_resume
     );
     let note: String = s
         .env
-        .db()
-        .conn()
+        .sqlite()
         .query_row(
             "SELECT error FROM webhook_deliveries ORDER BY id DESC LIMIT 1",
             [],
@@ -292,8 +288,7 @@ fn orch059_tc06_approved_on_analysis_advances_and_reports_back_to_plane_once() {
     // A reconcile retry of everything posts nothing twice.
     let before = comments.len();
     s.env
-        .db()
-        .conn()
+        .sqlite()
         .execute(
             "UPDATE outbox SET status = 'pending', next_attempt_at = 0",
             [],
@@ -320,8 +315,7 @@ fn events_caused_by_orchs_own_user_are_ignored() {
     assert!(s.tasks().is_empty());
     let note: String = s
         .env
-        .db()
-        .conn()
+        .sqlite()
         .query_row("SELECT error FROM webhook_deliveries", [], |r| r.get(0))
         .expect("note");
     assert!(note.contains("own API user"), "{note}");
@@ -357,8 +351,7 @@ fn orch090_tc01_stop_routed_and_unknown_is_noop() {
         &s.fake.webhook(&item, "state", "alice"),
     );
     s.env
-        .db()
-        .conn()
+        .sqlite()
         .execute("UPDATE jobs SET status = 'done'", [])
         .expect("analysis ran");
     s.fake.set_state(&item, "Approved");
@@ -450,8 +443,7 @@ fn webhook_to_deploy(s: &Setup, item: &str) {
 
 fn last_note(s: &Setup) -> String {
     s.env
-        .db()
-        .conn()
+        .sqlite()
         .query_row(
             "SELECT coalesce(error, '') FROM webhook_deliveries ORDER BY id DESC LIMIT 1",
             [],
@@ -620,8 +612,7 @@ fn orch090_tc08_tc10_stop_off_is_inert_and_the_start_status_relaunches_an_idle_s
         &s.fake.webhook(&item, "state", "alice"),
     );
     s.env
-        .db()
-        .conn()
+        .sqlite()
         .execute_batch("UPDATE jobs SET status = 'done'; UPDATE tasks SET stage = 'development'")
         .expect("mid-pipeline");
     s.fake.set_state(&item, "STOP");
@@ -730,8 +721,7 @@ fn orch065_tc11_gitea_pr_merged_releases_the_lease_and_an_absent_lease_is_a_noop
         .assert()
         .success();
     s.env
-        .db()
-        .conn()
+        .sqlite()
         .execute(
             "INSERT INTO merge_leases (repo, task_id, branch, token, acquired_at) VALUES ('demo', 1, 'feature/DEMO-1-x', 't', 0)",
             [],
@@ -830,8 +820,7 @@ fn notifications_go_to_telegram_once_and_survive_a_429() {
     s.orch(&["run-agent", "--next"]);
     // The first message met a 429 and waits; the next pass delivers it.
     s.env
-        .db()
-        .conn()
+        .sqlite()
         .execute(
             "UPDATE outbox SET next_attempt_at = 0 WHERE status = 'pending'",
             [],
@@ -879,8 +868,7 @@ fn a_plane_outage_leaves_messages_pending_then_dead_letters_a_4xx() {
             >= 1
     );
     s.env
-        .db()
-        .conn()
+        .sqlite()
         .execute("UPDATE outbox SET next_attempt_at = 0", [])
         .expect("due");
     s.orch(&["reconcile"]);
@@ -891,8 +879,7 @@ fn a_plane_outage_leaves_messages_pending_then_dead_letters_a_4xx() {
     // A permanent 4xx is dead-lettered at once and shown by status.
     s.fake.world().fail_next.push(("/comments".into(), 403));
     s.env
-        .db()
-        .conn()
+        .sqlite()
         .execute(
             "INSERT INTO outbox (dedup_key, channel, task_id, payload, next_attempt_at, created_at)
              VALUES ('manual', 'tracker', 1, '{\"kind\":\"comment\",\"task_id\":1,\"author\":\"orch\",\"body\":\"hi\"}', 0, 0)",
@@ -989,8 +976,7 @@ fn gitea_status_on_the_pushed_commit_advances_a_developing_task() {
     }
     assert_eq!(s.task(1)["task"]["stage"], "development");
     s.env
-        .db()
-        .conn()
+        .sqlite()
         .execute(
             "UPDATE jobs SET status = 'cancelled' WHERE status = 'queued'",
             [],
@@ -1119,8 +1105,7 @@ fn an_older_state_change_never_overwrites_a_newer_one_and_comments_stay_in_order
     s.orch(&["reconcile"]);
     let push = |key: &str, payload: &str| {
         s.env
-            .db()
-            .conn()
+            .sqlite()
             .execute(
                 "INSERT INTO outbox (dedup_key, channel, task_id, payload, next_attempt_at, created_at)
                  VALUES (?1, 'tracker', 1, ?2, 0, 0)",
@@ -1130,8 +1115,7 @@ fn an_older_state_change_never_overwrites_a_newer_one_and_comments_stay_in_order
     };
     let due_now = || {
         s.env
-            .db()
-            .conn()
+            .sqlite()
             .execute(
                 "UPDATE outbox SET next_attempt_at = 0 WHERE status = 'pending'",
                 [],
@@ -1324,9 +1308,8 @@ fn hostile_work_item_ids_never_reach_a_plane_api_path() {
             "a hostile id reached Plane: {requests:?}"
         );
     }
-    let db = s.env.db();
+    let db = s.env.sqlite();
     let mut stmt = db
-        .conn()
         .prepare("SELECT status, error FROM webhook_deliveries ORDER BY id")
         .expect("prepare");
     let rows: Vec<(String, String)> = stmt

@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use rusqlite::Connection;
 
 use crate::context::Ctx;
 use crate::liveness::Liveness;
 use crate::pipeline::gauges::{self, Labelled};
 use crate::pipeline::{attention, owners, run_stats};
+use crate::storage::Executor;
 use crate::storage::{self, counters, schema};
 
 /// Arguments of `orch metrics`.
@@ -145,7 +145,7 @@ struct Snapshot {
 
 /// Read every figure in one snapshot; each running job's owner is probed
 /// once (`dead` holds the tokens found dead) and the answer reused.
-fn read(ctx: &Ctx, tx: &Connection) -> anyhow::Result<Snapshot> {
+fn read(ctx: &Ctx, tx: &dyn Executor) -> anyhow::Result<Snapshot> {
     let running = owners::probe_running(tx, &ctx.locks_dir())?;
     let attention = attention::list_probed(tx, &ctx.config, &running)?;
     Ok(Snapshot {

@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::cmd::view;
@@ -17,6 +16,7 @@ use crate::liveness::Liveness;
 use crate::output::{self, Table};
 use crate::pipeline::{attention, budget, overview, owners, post_deploy, task};
 use crate::queue::{self, Job};
+use crate::storage::Executor;
 use crate::storage::{self, counters};
 
 /// Arguments of `orch status`.
@@ -162,7 +162,7 @@ pub fn report(ctx: &Ctx, extent: Extent) -> anyhow::Result<Report> {
 /// Every block, each read on its own (a failed one is recorded in `errs`).
 fn gather(
     ctx: &Ctx,
-    tx: &Connection,
+    tx: &dyn Executor,
     now: i64,
     extent: Extent,
     errs: &mut BTreeMap<String, String>,
@@ -251,7 +251,7 @@ fn gather(
 /// `running` is the count read earlier in this snapshot, if it could be.
 fn survey_running(
     ctx: &Ctx,
-    tx: &Connection,
+    tx: &dyn Executor,
     running: Option<i64>,
     shown: Option<usize>,
 ) -> anyhow::Result<owners::Survey> {
@@ -265,7 +265,7 @@ fn survey_running(
 
 /// The whole rows of the running jobs `owners`, in their order.
 fn running_jobs(
-    tx: &Connection,
+    tx: &dyn Executor,
     owners: &[owners::Owner],
     now: i64,
 ) -> anyhow::Result<Vec<RunningJob>> {
@@ -318,7 +318,7 @@ fn gates(c: &Config) -> BTreeMap<&'static str, GateStatus> {
 }
 
 /// STOP: its settings and the cancelled tasks.
-fn stop_block(tx: &Connection, c: &Config) -> anyhow::Result<serde_json::Value> {
+fn stop_block(tx: &dyn Executor, c: &Config) -> anyhow::Result<serde_json::Value> {
     let cancelled = task::list(tx, Some("cancelled"), None, 10)?;
     let (cancelled_count, pending_cancels) = task::cancel_counts(tx)?;
     Ok(serde_json::json!({
@@ -333,7 +333,7 @@ fn stop_block(tx: &Connection, c: &Config) -> anyhow::Result<serde_json::Value> 
 }
 
 /// The ledger of the active tasks (at most 50), and the totals of every run.
-fn costs_block(tx: &Connection, c: &Config) -> anyhow::Result<serde_json::Value> {
+fn costs_block(tx: &dyn Executor, c: &Config) -> anyhow::Result<serde_json::Value> {
     let active = task::active(tx, 50)?;
     let ledgers = budget::ledgers(tx, c, &active)?;
     let mut tasks_cost = Vec::new();
@@ -351,7 +351,7 @@ fn costs_block(tx: &Connection, c: &Config) -> anyhow::Result<serde_json::Value>
 }
 
 /// The post-deploy monitor: settings, monitors watching, last results.
-fn post_deploy_block(tx: &Connection, c: &Config) -> anyhow::Result<serde_json::Value> {
+fn post_deploy_block(tx: &dyn Executor, c: &Config) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::json!({
         "enabled": c.post_deploy_enabled,
         "window_s": c.post_deploy_window_s,
@@ -400,7 +400,7 @@ fn reconcile_block(c: &Config, cs: &BTreeMap<String, counters::Counter>) -> serd
 
 /// The merge gate: scope, leases held, counters.
 fn merge_gate_block(
-    tx: &Connection,
+    tx: &dyn Executor,
     c: &Config,
     cs: &BTreeMap<String, counters::Counter>,
 ) -> anyhow::Result<serde_json::Value> {

@@ -21,7 +21,6 @@
 //!   owner never recorded the end of is settled first, its cost recovered
 //!   from its log ([`budget::recover_dead_run`]).
 
-use crate::storage::ledger::Ledger as _;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;

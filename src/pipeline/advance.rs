@@ -13,7 +13,6 @@ use crate::pipeline::engine::{self, Committed};
 use crate::pipeline::evaluate::{self, Decision, Evaluation};
 use crate::pipeline::{self_deploy, task};
 use crate::queue;
-use crate::storage::tasks::Tasks as _;
 use crate::storage::{Db, now};
 use crate::workspace::Workspace;
 

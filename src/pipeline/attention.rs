@@ -9,15 +9,14 @@
 
 use std::path::Path;
 
-use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::liveness::Liveness;
 use crate::pipeline::owners::{self, Owner};
 use crate::pipeline::{Stage, self_deploy};
-use crate::storage::outbox::Outbox as _;
-use crate::storage::views::{FailedJob, Views as _};
+use crate::storage::Executor;
+use crate::storage::views::FailedJob;
 
 /// Why something needs a human.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -84,14 +83,14 @@ pub struct Item {
 
 /// Everything that needs a human, oldest first within each kind; each
 /// running job's owner is probed through its lock in `locks_dir`.
-pub fn list(conn: &Connection, config: &Config, locks_dir: &Path) -> anyhow::Result<Vec<Item>> {
+pub fn list(conn: &dyn Executor, config: &Config, locks_dir: &Path) -> anyhow::Result<Vec<Item>> {
     list_probed(conn, config, &owners::probe_running(conn, locks_dir)?)
 }
 
 /// [`list`], with the running jobs' owners already probed: a caller that
 /// shows them too (`orch status`, `orch metrics`) probes them once.
 pub fn list_probed(
-    conn: &Connection,
+    conn: &dyn Executor,
     config: &Config,
     running: &[Owner],
 ) -> anyhow::Result<Vec<Item>> {
@@ -112,7 +111,7 @@ pub fn counts(items: &[Item]) -> Vec<(Kind, usize)> {
 }
 
 /// Escalated, blocked and waiting tasks.
-fn task_items(conn: &Connection, config: &Config) -> anyhow::Result<Vec<Item>> {
+fn task_items(conn: &dyn Executor, config: &Config) -> anyhow::Result<Vec<Item>> {
     let mut items = Vec::new();
     // The unfinished tasks that may need a human, in one query (a status
     // with thousands of tasks must not pay one query per task).
@@ -165,7 +164,7 @@ fn task_items(conn: &Connection, config: &Config) -> anyhow::Result<Vec<Item>> {
 }
 
 /// Jobs that failed for good and are their unfinished task's latest.
-fn failed_jobs(conn: &Connection) -> anyhow::Result<Vec<Item>> {
+fn failed_jobs(conn: &dyn Executor) -> anyhow::Result<Vec<Item>> {
     let item = |j: FailedJob| Item {
         kind: Kind::FailedJob,
         task_id: j.task_id,
@@ -196,7 +195,7 @@ fn dead_owners(running: &[Owner]) -> impl Iterator<Item = Item> + '_ {
 }
 
 /// One item for all dead outbox messages.
-fn dead_outbox(conn: &Connection) -> anyhow::Result<Vec<Item>> {
+fn dead_outbox(conn: &dyn Executor) -> anyhow::Result<Vec<Item>> {
     let (count, since) = conn.outbox_dead()?;
     Ok(if count == 0 {
         Vec::new()

@@ -26,9 +26,8 @@ use crate::pipeline::task::Task;
 use crate::pipeline::{judge, lease};
 use crate::runner::claude::StreamLog;
 use crate::storage;
-use crate::storage::ledger::Ledger as _;
+use crate::storage::Executor;
 pub use crate::storage::ledger::{DeadRun, ORCH_DIED, StageCost};
-use rusqlite::Connection;
 
 /// A task's ledger.
 #[derive(Debug, Clone, Serialize)]
@@ -60,7 +59,7 @@ pub fn budget_of(config: &Config, task: &Task) -> Option<f64> {
 }
 
 /// The ledger of `task`.
-pub fn ledger(conn: &Connection, config: &Config, task: &Task) -> storage::Result<Ledger> {
+pub fn ledger(conn: &dyn Executor, config: &Config, task: &Task) -> storage::Result<Ledger> {
     let mut one = ledgers(conn, config, std::slice::from_ref(task))?;
     Ok(one
         .pop()
@@ -69,7 +68,11 @@ pub fn ledger(conn: &Connection, config: &Config, task: &Task) -> storage::Resul
 
 /// The ledgers of `tasks`, in their order, from one query whatever their
 /// number (a view of many tasks must not pay a query per task).
-pub fn ledgers(conn: &Connection, config: &Config, tasks: &[Task]) -> storage::Result<Vec<Ledger>> {
+pub fn ledgers(
+    conn: &dyn Executor,
+    config: &Config,
+    tasks: &[Task],
+) -> storage::Result<Vec<Ledger>> {
     if tasks.is_empty() {
         return Ok(Vec::new());
     }
@@ -117,13 +120,13 @@ fn settle(config: &Config, task: &Task, mut stages: Vec<StageCost>) -> Ledger {
 
 /// The known cost of every run there is, and how many runs' cost is
 /// unknown (counted apart: an unknown cost is not zero).
-pub fn all_runs(conn: &Connection) -> storage::Result<(f64, i64)> {
+pub fn all_runs(conn: &dyn Executor) -> storage::Result<(f64, i64)> {
     conn.ledger_total_cost()
 }
 
 /// The known cost of every task that has runs, by task id (the sum the
 /// ledger calls `spent_usd`), in one query for a board of many tasks.
-pub fn spent_by_task(conn: &Connection) -> storage::Result<std::collections::HashMap<i64, f64>> {
+pub fn spent_by_task(conn: &dyn Executor) -> storage::Result<std::collections::HashMap<i64, f64>> {
     conn.ledger_spent_by_task()
 }
 
@@ -139,7 +142,7 @@ pub fn spent_by_task(conn: &Connection) -> storage::Result<std::collections::Has
 ///    [`ledger`] at most once per task.
 ///
 /// Reads files only; returns `None` if the run is already settled or gone.
-pub fn recover_dead_run(conn: &Connection, run_id: i64) -> anyhow::Result<Option<DeadRun>> {
+pub fn recover_dead_run(conn: &dyn Executor, run_id: i64) -> anyhow::Result<Option<DeadRun>> {
     let Some(log) = conn.ledger_unfinished_run_log(run_id)? else {
         return Ok(None);
     };
@@ -176,7 +179,7 @@ pub fn recover_dead_run(conn: &Connection, run_id: i64) -> anyhow::Result<Option
 /// Record the recovered end of a dead worker's run, once (a racing reaper
 /// finds it settled and changes nothing).
 pub fn record_dead_run(
-    conn: &Connection,
+    conn: &dyn Executor,
     run_id: i64,
     run: &DeadRun,
     now: i64,
@@ -186,7 +189,7 @@ pub fn record_dead_run(
 
 /// Why the next run of `task` must not start, if it must not.
 pub fn refuse_run(
-    conn: &Connection,
+    conn: &dyn Executor,
     config: &Config,
     task: &Task,
 ) -> storage::Result<Option<String>> {
@@ -231,7 +234,7 @@ pub fn refuse_run(
 /// blocked task waits for a person, possibly for days, and must not hold up
 /// every other task's merge meanwhile. The gate takes the lease again when
 /// the task is resumed.
-pub fn block(conn: &Connection, task: &Task, reason: &str, now: i64) -> anyhow::Result<bool> {
+pub fn block(conn: &dyn Executor, task: &Task, reason: &str, now: i64) -> anyhow::Result<bool> {
     let changed = conn.ledger_block(task.id, &task.stage, reason, now)?;
     lease::release_for_task(conn, task.id)?;
     if changed {
@@ -273,7 +276,7 @@ pub fn block(conn: &Connection, task: &Task, reason: &str, now: i64) -> anyhow::
 
 /// Unblock `task`, optionally with a new budget, inside the caller's transaction.
 pub fn resume(
-    conn: &Connection,
+    conn: &dyn Executor,
     task: &Task,
     budget_usd: Option<f64>,
     now: i64,

@@ -22,7 +22,6 @@ use crate::liveness::{self, Liveness};
 use crate::outbox::{self, Message};
 use crate::pipeline::{lease, self_deploy, task};
 use crate::queue;
-use crate::storage::tasks::Tasks as _;
 use crate::storage::{Db, counters, now};
 use crate::workspace::Workspace;
 

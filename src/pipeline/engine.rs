@@ -7,7 +7,6 @@
 //! changes nothing, so no task ever advances twice and no next job is ever
 //! enqueued twice.
 
-use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -17,7 +16,8 @@ use crate::pipeline::task::{self, Task};
 use crate::pipeline::{Stage, lease};
 use crate::queue::{self, Backoff, Finished, NewJob, Outcome};
 use crate::storage;
-use crate::storage::tasks::{NewTransition, Tasks as _};
+use crate::storage::Executor;
+use crate::storage::tasks::NewTransition;
 
 /// Developer retries (rollbacks into development) before a task is escalated
 /// to a human instead of looping.
@@ -62,12 +62,12 @@ pub enum Committed {
 /// (the developer retry count). Only those: a non-code event — main moving
 /// under a confirmed deploy, which sends the task back to deploy-staging —
 /// never feeds the developer-retry loop (the ORCH-110 lesson).
-pub fn developer_retry_count(conn: &Connection, task_id: i64) -> storage::Result<i64> {
+pub fn developer_retry_count(conn: &dyn Executor, task_id: i64) -> storage::Result<i64> {
     conn.task_developer_retries(task_id)
 }
 
 fn transition(
-    conn: &Connection,
+    conn: &dyn Executor,
     task_id: i64,
     (from, to): (&str, &str),
     kind: &str,
@@ -88,7 +88,7 @@ fn transition(
 
 /// Move the task from `from` to `to` if it is still on `from`.
 fn move_stage(
-    conn: &Connection,
+    conn: &dyn Executor,
     task_id: i64,
     from: Stage,
     to: Stage,
@@ -98,7 +98,7 @@ fn move_stage(
 }
 
 fn enqueue_stage_job(
-    conn: &Connection,
+    conn: &dyn Executor,
     config: &Config,
     task: &Task,
     stage: Stage,
@@ -136,7 +136,7 @@ fn enqueue_stage_job(
 /// done otherwise). `key` makes outbox rows unique per decision (e.g. `job-12`).
 #[allow(clippy::too_many_arguments)]
 pub fn commit(
-    conn: &Connection,
+    conn: &dyn Executor,
     config: &Config,
     task_id: i64,
     stage: Stage,
@@ -282,7 +282,7 @@ enum Applied {
 
 /// What every step of a decision writes with, in the caller's transaction.
 struct Step<'a> {
-    conn: &'a Connection,
+    conn: &'a dyn Executor,
     config: &'a Config,
     task: &'a Task,
     stage: Stage,

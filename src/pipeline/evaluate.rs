@@ -9,7 +9,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::backends::forge::{MergeRefused, Merged};
@@ -20,7 +19,7 @@ use crate::git::Git;
 use crate::pipeline::Stage;
 use crate::pipeline::task::Task;
 use crate::runner;
-use crate::storage::tasks::Tasks as _;
+use crate::storage::Executor;
 
 /// What should happen to a task after its gates were evaluated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -109,7 +108,7 @@ fn from_failure(result: &GateResult) -> Decision {
 /// Evaluate the exit gates of `task`'s current stage, with its worktree at `worktree`.
 pub fn evaluate(
     ctx: &Ctx,
-    conn: &Connection,
+    conn: &dyn Executor,
     task: &Task,
     worktree: &Path,
     job_id: Option<i64>,
@@ -227,7 +226,7 @@ pub fn evaluate(
 /// (in Plane, or recorded locally by `orch advance --approve`).
 fn check_analysis_approved(
     ctx: &Ctx,
-    conn: &Connection,
+    conn: &dyn Executor,
     task: &Task,
 ) -> anyhow::Result<GateResult> {
     let local = tracker::local::state(conn, task.id)?;
@@ -286,7 +285,7 @@ fn run_check_command(
 /// `check_ci_green` on the local forge: the repository's test command passes in the worktree.
 fn check_ci_green(
     ctx: &Ctx,
-    conn: &Connection,
+    conn: &dyn Executor,
     task: &Task,
     worktree: &Path,
 ) -> anyhow::Result<GateResult> {
@@ -360,7 +359,7 @@ fn check_ci_green(
 }
 
 /// Remember that the worktree's HEAD passed the repository's tests.
-pub fn record_tested(conn: &Connection, task: &Task, worktree: &Path) -> anyhow::Result<()> {
+pub fn record_tested(conn: &dyn Executor, task: &Task, worktree: &Path) -> anyhow::Result<()> {
     if let Some(head) = Git::at(worktree).rev("HEAD")? {
         conn.task_set_tested(task.id, &head)?;
     }

@@ -13,7 +13,6 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::backends::tracker;
@@ -21,6 +20,7 @@ use crate::context::Ctx;
 use crate::gates::{self, Findings, Gate, GateResult, Verdict};
 use crate::pipeline::Stage;
 use crate::pipeline::task::Task;
+use crate::storage::Executor;
 use crate::workspace::Workspace;
 
 /// What one gate says in a dry run.
@@ -109,7 +109,7 @@ pub fn gates_of(stage: Stage) -> &'static [Gate] {
 
 /// Dry-run the gates of `task`'s stage; `None` when the stage has none
 /// (created, done, cancelled).
-pub fn check(ctx: &Ctx, conn: &Connection, task: &Task) -> anyhow::Result<Option<DryRun>> {
+pub fn check(ctx: &Ctx, conn: &dyn Executor, task: &Task) -> anyhow::Result<Option<DryRun>> {
     let stage = task.stage();
     let list = gates_of(stage);
     if list.is_empty() {
@@ -160,7 +160,7 @@ fn artifact_dir(worktree: &Path, work_item_id: &str) -> Result<PathBuf, String> 
 }
 
 /// The gates the pipeline implements, as far as a dry run may go.
-fn other_gate(ctx: &Ctx, conn: &Connection, task: &Task, gate: Gate) -> anyhow::Result<Checked> {
+fn other_gate(ctx: &Ctx, conn: &dyn Executor, task: &Task, gate: Gate) -> anyhow::Result<Checked> {
     Ok(match gate {
         Gate::AnalysisApproved => {
             let local = tracker::local::state(conn, task.id)?;

@@ -5,39 +5,37 @@
 //! grow) of the storage's read models (`storage::views`), so that the
 //! command only renders.
 
-use rusqlite::Connection;
-
 use crate::storage;
+use crate::storage::Executor;
 pub use crate::storage::views::Labelled;
-use crate::storage::views::Views as _;
 
 /// Jobs by status and agent.
-pub fn jobs(conn: &Connection) -> storage::Result<Labelled> {
+pub fn jobs(conn: &dyn Executor) -> storage::Result<Labelled> {
     conn.view_jobs_by_status_agent()
 }
 
 /// Tasks by stage.
-pub fn tasks(conn: &Connection) -> storage::Result<Labelled> {
+pub fn tasks(conn: &dyn Executor) -> storage::Result<Labelled> {
     conn.view_tasks_by_stage()
 }
 
 /// Webhook deliveries by source and status.
-pub fn deliveries(conn: &Connection) -> storage::Result<Labelled> {
+pub fn deliveries(conn: &dyn Executor) -> storage::Result<Labelled> {
     conn.view_deliveries_by_source_status()
 }
 
 /// Known cost by repository and stage.
-pub fn cost(conn: &Connection) -> storage::Result<Labelled> {
+pub fn cost(conn: &dyn Executor) -> storage::Result<Labelled> {
     conn.view_cost_by_repo_stage()
 }
 
 /// Tokens by repository, stage and kind.
-pub fn tokens(conn: &Connection) -> storage::Result<Labelled> {
+pub fn tokens(conn: &dyn Executor) -> storage::Result<Labelled> {
     conn.view_tokens_by_repo_stage_kind()
 }
 
 /// Runs by repository, stage and outcome kind (the outcome's reason would
 /// explode cardinality).
-pub fn runs(conn: &Connection) -> storage::Result<Labelled> {
+pub fn runs(conn: &dyn Executor) -> storage::Result<Labelled> {
     conn.view_runs_by_repo_stage_outcome()
 }

@@ -10,7 +10,6 @@
 //! gone). The TTL `merge_lock_timeout_s` is only a backstop for a lease whose
 //! task has no live job; it never robs a live merge.
 
-use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -18,9 +17,9 @@ use crate::liveness::{self, Liveness};
 use crate::outbox::{self, Message};
 use crate::pipeline::Stage;
 use crate::pipeline::task;
+use crate::storage::Executor;
 use crate::storage::{self, counters};
 
-use crate::storage::leases::Leases as _;
 pub use crate::storage::leases::{Holder, Lease};
 
 /// The result of an acquire.
@@ -35,7 +34,7 @@ pub enum Acquired {
 /// Acquire `repo`'s lease for `holder` in one statement: idempotent for the
 /// same branch, refused while another branch holds it.
 pub fn acquire(
-    conn: &Connection,
+    conn: &dyn Executor,
     repo: &str,
     holder: Holder<'_>,
     now: i64,
@@ -47,28 +46,28 @@ pub fn acquire(
 }
 
 /// Release `repo`'s lease if `branch` holds it; returns whether a row went.
-pub fn release(conn: &Connection, repo: &str, branch: &str) -> storage::Result<bool> {
+pub fn release(conn: &dyn Executor, repo: &str, branch: &str) -> storage::Result<bool> {
     conn.lease_release(repo, branch)
 }
 
 /// Release whatever lease `task_id` holds (any repository).
-pub fn release_for_task(conn: &Connection, task_id: i64) -> storage::Result<usize> {
+pub fn release_for_task(conn: &dyn Executor, task_id: i64) -> storage::Result<usize> {
     conn.lease_release_for_task(task_id)
 }
 
 /// The lease of `repo`, if held.
-pub fn get(conn: &Connection, repo: &str) -> storage::Result<Option<Lease>> {
+pub fn get(conn: &dyn Executor, repo: &str) -> storage::Result<Option<Lease>> {
     conn.lease_get(repo)
 }
 
 /// Every lease.
-pub fn all(conn: &Connection) -> storage::Result<Vec<Lease>> {
+pub fn all(conn: &dyn Executor) -> storage::Result<Vec<Lease>> {
     conn.lease_all()
 }
 
 /// Why a lease can no longer be used by its holder, or `None` if it can.
 pub fn unusable_because(
-    conn: &Connection,
+    conn: &dyn Executor,
     config: &Config,
     locks_dir: &std::path::Path,
     lease: &Lease,
@@ -201,7 +200,7 @@ pub fn reclaim_pass(
 /// Release `current` (judged unusable for `why`), count it and notify, inside
 /// the caller's write transaction.
 fn reclaim_row(
-    conn: &Connection,
+    conn: &dyn Executor,
     current: Lease,
     why: String,
     now: i64,
@@ -236,7 +235,7 @@ fn reclaim_row(
 /// longer use it, so a live merge or a task parked on `deploy` keeps it.
 /// Returns what was reclaimed; the caller then acquires again.
 pub fn reclaim_expired_on_acquire(
-    conn: &Connection,
+    conn: &dyn Executor,
     config: &Config,
     locks_dir: &std::path::Path,
     lease: &Lease,
@@ -246,22 +245,27 @@ pub fn reclaim_expired_on_acquire(
     if now - lease.acquired_at < ttl {
         return Ok(None);
     }
-    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
-    // Re-read under the write lock: the holder may have released or re-acquired.
-    if get(&tx, &lease.repo)?.as_ref() != Some(lease) {
-        return Ok(None);
-    }
-    let Some(why) = unusable_because(&tx, config, locks_dir, lease, now)? else {
+    let mut reclaimed = None;
+    conn.transact(&mut |tx| {
+        // Re-read under the write lock: the holder may have released or re-acquired.
+        if get(tx, &lease.repo)?.as_ref() != Some(lease) {
+            return Ok(());
+        }
+        let Some(why) = unusable_because(tx, config, locks_dir, lease, now)? else {
+            return Ok(());
+        };
+        let age = now - lease.acquired_at;
+        reclaimed = Some(reclaim_row(
+            tx,
+            lease.clone(),
+            format!("on acquire, age {age}s >= merge_lock_timeout_s: {why}"),
+            now,
+        )?);
+        Ok(())
+    })?;
+    let Some(r) = reclaimed else {
         return Ok(None);
     };
-    let age = now - lease.acquired_at;
-    let r = reclaim_row(
-        &tx,
-        lease.clone(),
-        format!("on acquire, age {age}s >= merge_lock_timeout_s: {why}"),
-        now,
-    )?;
-    tx.commit()?;
     log::warn!(
         "reclaimed the merge lease of {} from {} on acquire: {}",
         r.lease.repo,
@@ -278,7 +282,7 @@ pub fn reclaim_expired_on_acquire(
 /// (see [`reclaim_expired_on_acquire`]). Best-effort: an error is logged and
 /// the claim goes on (the lease then stays, as with the switch off before).
 pub fn reclaim_expired_before_claim(
-    conn: &Connection,
+    conn: &dyn Executor,
     config: &Config,
     locks_dir: &std::path::Path,
     now: i64,

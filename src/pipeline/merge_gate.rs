@@ -18,7 +18,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::context::Ctx;
@@ -29,7 +28,7 @@ use crate::pipeline::evaluate::Decision;
 use crate::pipeline::lease::{self, Acquired, Holder};
 use crate::pipeline::task::Task;
 use crate::runner;
-use crate::storage::tasks::Tasks as _;
+use crate::storage::Executor;
 use crate::storage::{counters, now};
 use crate::workspace::Workspace;
 
@@ -56,7 +55,7 @@ pub fn classify_retest(outcome: &runner::Outcome) -> Option<RetestFailure> {
     }
 }
 
-fn bump(conn: &Connection, name: &str) {
+fn bump(conn: &dyn Executor, name: &str) {
     if let Err(e) = counters::bump(conn, name, 1, None, now()) {
         log::warn!("counting {name}: {e}");
     }
@@ -74,7 +73,7 @@ type Checked = (GateResult, Option<Decision>);
 /// again on what will be merged.
 pub fn check(
     ctx: &Ctx,
-    conn: &Connection,
+    conn: &dyn Executor,
     task: &Task,
     worktree: &Path,
     job_id: Option<i64>,
@@ -113,7 +112,7 @@ pub fn check(
 /// while another task holds it.
 fn take_lease(
     ctx: &Ctx,
-    conn: &Connection,
+    conn: &dyn Executor,
     task: &Task,
     branch: &str,
     job_id: Option<i64>,
@@ -153,7 +152,7 @@ fn take_lease(
 }
 
 /// Give the merge lease back: the task goes back to development.
-fn release(conn: &Connection, task: &Task, branch: &str) {
+fn release(conn: &dyn Executor, task: &Task, branch: &str) {
     if let Err(e) = lease::release(conn, &task.repo, branch) {
         log::warn!("releasing the merge lease of {}: {e}", task.repo);
     }
@@ -173,7 +172,7 @@ enum CaughtUp {
 /// rebased branch is pushed, not during the re-test.
 fn catch_up(
     ctx: &Ctx,
-    conn: &Connection,
+    conn: &dyn Executor,
     task: &Task,
     worktree: &Path,
     branch: &str,
@@ -248,7 +247,7 @@ fn catch_up(
 /// place, red rolls the task back (and gives the lease up).
 fn retest(
     ctx: &Ctx,
-    conn: &Connection,
+    conn: &dyn Executor,
     task: &Task,
     worktree: &Path,
     branch: &str,

@@ -10,14 +10,12 @@
 //! unknown, never zero, so a task with such runs has no total (`cost_usd` is
 //! `None`), only what is known plus how many runs are not.
 
-use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::pipeline::attention;
 use crate::pipeline::task::Task;
 use crate::storage;
-use crate::storage::tasks::Tasks as _;
-use crate::storage::views::Views as _;
+use crate::storage::Executor;
 
 /// Which tasks to list.
 #[derive(Debug, Clone, Copy, Default)]
@@ -62,7 +60,7 @@ pub struct TaskSummary {
 /// At most `limit` tasks matching `filter`, newest first, summarised at `now`.
 /// `attention` is left empty: see [`attach`].
 pub fn list(
-    conn: &Connection,
+    conn: &dyn Executor,
     filter: Filter<'_>,
     limit: u32,
     now: i64,
@@ -100,7 +98,7 @@ pub fn list(
 }
 
 /// The tasks matching `filter`, newest first.
-fn pick(conn: &Connection, filter: Filter<'_>, limit: u32) -> storage::Result<Vec<Task>> {
+fn pick(conn: &dyn Executor, filter: Filter<'_>, limit: u32) -> storage::Result<Vec<Task>> {
     conn.task_pick(filter.stage, filter.repo, filter.unfinished, limit)
 }
 

@@ -11,12 +11,11 @@
 
 use std::path::Path;
 
-use rusqlite::Connection;
-
 use crate::liveness::Liveness;
 use crate::liveness::census::Census;
 use crate::queue;
 use crate::storage;
+use crate::storage::Executor;
 
 /// A running job's owner and whether it is alive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +33,7 @@ pub struct Owner {
 /// Every running job's owner, by job id, each probed through its lock in
 /// `locks_dir`. A lock that cannot be probed counts as dead (with a warning):
 /// the view then points at `orch reap`, whose own exact probe decides.
-pub fn probe_running(conn: &Connection, locks_dir: &Path) -> storage::Result<Vec<Owner>> {
+pub fn probe_running(conn: &dyn Executor, locks_dir: &Path) -> storage::Result<Vec<Owner>> {
     let rows = queue::running_owners(conn)?;
     // After the read: a job claimed since has its lock file created since.
     let census = Census::take(locks_dir);
@@ -86,7 +85,7 @@ pub struct Survey {
 /// read, so every job in the snapshot was claimed, and its lock file
 /// created, before the census looked.
 pub fn survey(
-    conn: &Connection,
+    conn: &dyn Executor,
     locks_dir: &Path,
     running: usize,
     first: usize,
@@ -132,7 +131,7 @@ pub fn survey(
 /// [`Survey`] every running job by probing its owner: all of them, by id,
 /// when `first` is `None`, else the first few in reading order.
 pub fn survey_each(
-    conn: &Connection,
+    conn: &dyn Executor,
     locks_dir: &Path,
     first: Option<usize>,
 ) -> storage::Result<Survey> {

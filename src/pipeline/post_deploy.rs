@@ -28,7 +28,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::backends::http::HttpClient;
@@ -42,8 +41,9 @@ use crate::pipeline::evaluate::Decision;
 use crate::pipeline::task::Task;
 use crate::queue::{self, NewJob, Outcome};
 use crate::runner;
+use crate::storage::Executor;
+use crate::storage::post_deploys::NewCheck;
 pub use crate::storage::post_deploys::{Check, Record};
-use crate::storage::post_deploys::{NewCheck, PostDeploys as _};
 use crate::storage::{self, Db, now};
 use crate::workspace::Workspace;
 
@@ -73,7 +73,7 @@ pub fn due_at(started_at: i64, window_s: i64, checks_total: i64, k: i64) -> i64 
 /// `done`: the record and one monitor job. Returns the job, or `None` when
 /// the feature does not apply or the task already has a monitor.
 pub fn arm(
-    conn: &Connection,
+    conn: &dyn Executor,
     config: &Config,
     task: &Task,
     now: i64,
@@ -104,22 +104,22 @@ pub fn arm(
 }
 
 /// The monitor record of `task_id`, if it was ever armed.
-pub fn get(conn: &Connection, task_id: i64) -> storage::Result<Option<Record>> {
+pub fn get(conn: &dyn Executor, task_id: i64) -> storage::Result<Option<Record>> {
     conn.post_deploy_get(task_id)
 }
 
 /// Monitors still watching, oldest first.
-pub fn running(conn: &Connection) -> storage::Result<Vec<Record>> {
+pub fn running(conn: &dyn Executor) -> storage::Result<Vec<Record>> {
     conn.post_deploy_running()
 }
 
 /// The last `limit` finished monitors, newest first.
-pub fn recent(conn: &Connection, limit: u32) -> storage::Result<Vec<Record>> {
+pub fn recent(conn: &dyn Executor, limit: u32) -> storage::Result<Vec<Record>> {
     conn.post_deploy_recent(limit)
 }
 
 /// The checks of `task_id`, in order.
-pub fn checks(conn: &Connection, task_id: i64) -> storage::Result<Vec<Check>> {
+pub fn checks(conn: &dyn Executor, task_id: i64) -> storage::Result<Vec<Check>> {
     conn.post_deploy_checks(task_id)
 }
 
@@ -138,7 +138,7 @@ pub struct Monitored {
 }
 
 /// Whether `fence` still owns its job (read inside a write transaction).
-fn owns(conn: &Connection, fence: Fence<'_>) -> storage::Result<bool> {
+fn owns(conn: &dyn Executor, fence: Fence<'_>) -> storage::Result<bool> {
     conn.post_deploy_owns(fence.job_id, fence.token)
 }
 
@@ -149,7 +149,7 @@ fn end_job(
     task: &Task,
     fence: Fence<'_>,
     outcome: &Outcome,
-    extra: impl FnOnce(&Connection) -> anyhow::Result<()>,
+    extra: impl FnOnce(&dyn Executor) -> anyhow::Result<()>,
 ) -> anyhow::Result<Committed> {
     db.write(|tx| {
         let c = engine::commit(

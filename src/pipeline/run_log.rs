@@ -16,13 +16,11 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::Connection;
-
 use crate::error::OrchError;
 use crate::output;
 use crate::pipeline::{runs, task};
 use crate::queue::{self, Job};
-use crate::storage::ledger::Ledger as _;
+use crate::storage::Executor;
 
 /// Bytes read at a time.
 const CHUNK: usize = 64 * 1024;
@@ -203,7 +201,7 @@ pub struct Resolved {
 /// Find the job and run `which` names. A job, task or run that does not
 /// exist is [`OrchError::NotFound`]; a run of another job or task is
 /// [`OrchError::Usage`]; a task without any job is [`OrchError::NothingToDo`].
-pub fn resolve(conn: &Connection, which: Which) -> anyhow::Result<Resolved> {
+pub fn resolve(conn: &dyn Executor, which: Which) -> anyhow::Result<Resolved> {
     let missing = |what: &str, id: i64| OrchError::NotFound(format!("{what} {id} not found"));
     if let Some(run_id) = which.run {
         let run = runs::get(conn, run_id)?.ok_or_else(|| missing("run", run_id))?;
@@ -247,14 +245,14 @@ pub fn resolve(conn: &Connection, which: Which) -> anyhow::Result<Resolved> {
 
 /// The job of a task whose log `orch logs --task` shows: the running one,
 /// else the one of the task's latest run, else its latest job.
-fn task_job(conn: &Connection, task_id: i64) -> anyhow::Result<i64> {
+fn task_job(conn: &dyn Executor, task_id: i64) -> anyhow::Result<i64> {
     task::require(conn, task_id)?;
     let job = conn.ledger_job_to_show(task_id)?;
     job.ok_or_else(|| OrchError::NothingToDo(format!("task {task_id} has no job yet")).into())
 }
 
 /// The run a job is running now, else its latest.
-pub fn current_run(conn: &Connection, job: &Job) -> anyhow::Result<Option<runs::Attempt>> {
+pub fn current_run(conn: &dyn Executor, job: &Job) -> anyhow::Result<Option<runs::Attempt>> {
     if job.status == "running"
         && let Some(run_id) = job.run_id
     {
@@ -267,7 +265,7 @@ pub fn current_run(conn: &Connection, job: &Job) -> anyhow::Result<Option<runs::
 /// worktree is being prepared): wait until its run is recorded, or the job
 /// ends. Then the run to show, if any.
 pub fn wait_for_run(
-    conn: &Connection,
+    conn: &dyn Executor,
     job_id: i64,
     poll: Duration,
 ) -> anyhow::Result<Option<runs::Attempt>> {

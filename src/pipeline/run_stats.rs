@@ -7,10 +7,8 @@
 //! counter go down when it ends. A finished run without a cost is unknown
 //! (never zero, as in the ledger of `budget`), and counted apart.
 
-use rusqlite::Connection;
-
 use crate::storage;
-use crate::storage::ledger::Ledger as _;
+use crate::storage::Executor;
 pub use crate::storage::ledger::{StageDurations, StageRunCost as StageCost};
 
 /// Upper bounds of the duration buckets, in seconds: agent runs take from
@@ -19,11 +17,11 @@ pub const DURATION_BUCKETS_S: [i64; 10] = [10, 30, 60, 120, 300, 600, 1200, 1800
 
 /// The duration histogram of finished runs, per stage, in the buckets of
 /// [`DURATION_BUCKETS_S`].
-pub fn durations(conn: &Connection) -> storage::Result<Vec<StageDurations>> {
+pub fn durations(conn: &dyn Executor) -> storage::Result<Vec<StageDurations>> {
     conn.ledger_run_durations(&DURATION_BUCKETS_S)
 }
 
 /// Known cost and unknown-cost runs of finished runs, per stage.
-pub fn costs(conn: &Connection) -> storage::Result<Vec<StageCost>> {
+pub fn costs(conn: &dyn Executor) -> storage::Result<Vec<StageCost>> {
     conn.ledger_run_costs()
 }

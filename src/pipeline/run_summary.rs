@@ -9,7 +9,6 @@
 //! pipeline moved on, and each kind of "not yet" has its own code
 //! (docs/exit-codes.md).
 
-use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::error::exit;
@@ -18,7 +17,7 @@ use crate::pipeline::evaluate::Decision;
 use crate::pipeline::worker::RunReport;
 use crate::queue::{self, Job};
 use crate::storage;
-use crate::storage::ledger::Ledger as _;
+use crate::storage::Executor;
 pub use crate::storage::ledger::StuckJob;
 
 /// Exit code of `run-agent`: the run was fine but the stage did not pass
@@ -134,7 +133,7 @@ impl Ending {
 /// The lines `run-agent` prints for people: what ran, how it ended, each
 /// gate, the outcome, and what happens next. `job_after` is the job row
 /// read after the run.
-pub fn lines(conn: &Connection, r: &RunReport, job_after: Option<&Job>) -> Vec<String> {
+pub fn lines(conn: &dyn Executor, r: &RunReport, job_after: Option<&Job>) -> Vec<String> {
     let attempt = job_after.map_or_else(String::new, |j| {
         format!(", attempt {}/{}", j.attempts, j.max_attempts)
     });
@@ -185,7 +184,7 @@ fn run_ending(r: &RunReport) -> String {
 }
 
 /// What happens next, with the command to use.
-fn next_step(conn: &Connection, r: &RunReport, job: Option<&Job>) -> String {
+fn next_step(conn: &dyn Executor, r: &RunReport, job: Option<&Job>) -> String {
     let task = r.task_id.map_or_else(|| "-".to_owned(), |t| t.to_string());
     match (&r.committed, r.ending) {
         (Committed::LostClaim, _) => format!(
@@ -213,7 +212,7 @@ fn next_step(conn: &Connection, r: &RunReport, job: Option<&Job>) -> String {
 }
 
 /// After an advance or a rollback: where the task is and the job queued there.
-fn moved(conn: &Connection, r: &RunReport, task: &str) -> String {
+fn moved(conn: &dyn Executor, r: &RunReport, task: &str) -> String {
     let Committed::Applied {
         stage, next_job, ..
     } = &r.committed
@@ -272,7 +271,7 @@ fn job_next(r: &RunReport, job: Option<&Job>) -> String {
 
 /// Up to five failed jobs that are the last job of an unfinished task,
 /// newest first: why `run-agent --next` may find nothing while tasks wait.
-pub fn stuck_failed(conn: &Connection) -> storage::Result<Vec<StuckJob>> {
+pub fn stuck_failed(conn: &dyn Executor) -> storage::Result<Vec<StuckJob>> {
     conn.ledger_stuck_failed()
 }
 

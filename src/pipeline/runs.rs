@@ -16,11 +16,11 @@ use std::fs::File;
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 
-use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::storage;
-use crate::storage::ledger::{AgentRun, Ledger as _};
+use crate::storage::Executor;
+use crate::storage::ledger::AgentRun;
 
 /// One agent run of a job: a row of `agent_runs`, plus where its log is.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -119,23 +119,23 @@ fn attempts(runs: Vec<AgentRun>) -> Vec<Attempt> {
 }
 
 /// Every run of job `job_id`, oldest first.
-pub fn for_job(conn: &Connection, job_id: i64) -> storage::Result<Vec<Attempt>> {
+pub fn for_job(conn: &dyn Executor, job_id: i64) -> storage::Result<Vec<Attempt>> {
     Ok(attempts(conn.ledger_runs_of_job(job_id)?))
 }
 
 /// Every run of task `task_id`, oldest first.
-pub fn for_task(conn: &Connection, task_id: i64) -> storage::Result<Vec<Attempt>> {
+pub fn for_task(conn: &dyn Executor, task_id: i64) -> storage::Result<Vec<Attempt>> {
     Ok(attempts(conn.ledger_runs_of_task(task_id)?))
 }
 
 /// Run `run_id`, if it exists.
-pub fn get(conn: &Connection, run_id: i64) -> storage::Result<Option<Attempt>> {
+pub fn get(conn: &dyn Executor, run_id: i64) -> storage::Result<Option<Attempt>> {
     Ok(conn.ledger_run(run_id)?.map(Attempt::from_run))
 }
 
 /// Whether run `run_id` of job `job_id` may still write to its log: the run
 /// is not finished, and the job is running this very run.
-pub fn is_live(conn: &Connection, job_id: i64, run_id: i64) -> storage::Result<bool> {
+pub fn is_live(conn: &dyn Executor, job_id: i64, run_id: i64) -> storage::Result<bool> {
     conn.ledger_run_is_live(job_id, run_id)
 }
 
@@ -147,7 +147,7 @@ pub fn rotated(log: &Path) -> PathBuf {
 }
 
 /// A task's latest run: the current attempt while one runs.
-pub fn latest_for_task(conn: &Connection, task_id: i64) -> storage::Result<Option<Attempt>> {
+pub fn latest_for_task(conn: &dyn Executor, task_id: i64) -> storage::Result<Option<Attempt>> {
     Ok(for_task(conn, task_id)?.pop())
 }
 

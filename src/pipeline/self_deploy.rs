@@ -26,7 +26,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::backends::forge::{self, Merged};
@@ -38,8 +37,8 @@ use crate::pipeline::engine::{self, Committed, Fence};
 use crate::pipeline::evaluate::Decision;
 use crate::pipeline::{Stage, task};
 use crate::queue::{self, NewJob};
+use crate::storage::Executor;
 pub use crate::storage::deploys::Deploy;
-use crate::storage::deploys::Deploys as _;
 use crate::storage::{self, Db, now};
 use crate::workspace::Workspace;
 
@@ -52,12 +51,12 @@ pub fn applies(config: &Config, repo: &str) -> bool {
 }
 
 /// The deploy record of `task_id`, if any.
-pub fn get(conn: &Connection, task_id: i64) -> storage::Result<Option<Deploy>> {
+pub fn get(conn: &dyn Executor, task_id: i64) -> storage::Result<Option<Deploy>> {
     conn.deploy_get(task_id)
 }
 
 /// Whether phase B started the current deploy of `task_id`.
-pub fn initiated(conn: &Connection, task_id: i64) -> storage::Result<bool> {
+pub fn initiated(conn: &dyn Executor, task_id: i64) -> storage::Result<bool> {
     Ok(get(conn, task_id)?.is_some_and(|d| d.initiated_at.is_some()))
 }
 
@@ -70,7 +69,7 @@ pub const APPROVED_ON_DEPLOY_NOOP: &str = "approved-on-deploy-noop: the producti
 /// other path that reaches it is a logged no-op with no tracker or notifier
 /// traffic, so a timer or a repeated click cannot flood the issue.
 pub fn awaiting_confirm(
-    conn: &Connection,
+    conn: &dyn Executor,
     config: &Config,
     task: &task::Task,
 ) -> storage::Result<bool> {
@@ -80,7 +79,7 @@ pub fn awaiting_confirm(
 /// Phase A, inside the commit transaction: record the staging-verified commit
 /// and ask for Confirm Deploy. The caller moved the task to `deploy`.
 pub fn request_confirmation(
-    conn: &Connection,
+    conn: &dyn Executor,
     task: &task::Task,
     staging_sha: &str,
     key: &str,
@@ -539,7 +538,7 @@ fn write_deploy_log(
 /// The task reached `done` with a STOP pending: production runs the change,
 /// so the truth is `done`, and the operator is told once that the STOP came
 /// too late (the key makes it once, whoever finalizes).
-fn stop_arrived_too_late(conn: &Connection, task_id: i64) -> anyhow::Result<()> {
+fn stop_arrived_too_late(conn: &dyn Executor, task_id: i64) -> anyhow::Result<()> {
     let t = task::require(conn, task_id)?;
     if t.stage() != Stage::Done {
         return Ok(());
@@ -577,7 +576,7 @@ fn stop_arrived_too_late(conn: &Connection, task_id: i64) -> anyhow::Result<()> 
 }
 
 /// A finalizer job still queued has nothing left to do once phase C ran by hand.
-fn retire_queued_finalizers(conn: &Connection, task_id: i64) -> storage::Result<usize> {
+fn retire_queued_finalizers(conn: &dyn Executor, task_id: i64) -> storage::Result<usize> {
     conn.deploy_retire_finalizers(task_id, FINALIZER_AGENT, now())
 }
 

@@ -1,14 +1,13 @@
 //! Task records: one per tracker issue, carrying its stage, branch and keys.
 
-use rusqlite::Connection;
-
 use crate::config::Config;
 use crate::error::OrchError;
 use crate::names;
 use crate::pipeline::Stage;
 use crate::queue::{self, NewJob};
 use crate::storage;
-use crate::storage::tasks::{NewTaskRow, Tasks as _};
+use crate::storage::Executor;
+use crate::storage::tasks::NewTaskRow;
 pub use crate::storage::tasks::{Task, Transition};
 
 impl Task {
@@ -42,7 +41,12 @@ pub struct NewTask {
 }
 
 /// Create a task (and, if asked, start its pipeline) inside the caller's write transaction.
-pub fn create(conn: &Connection, config: &Config, new: &NewTask, now: i64) -> anyhow::Result<Task> {
+pub fn create(
+    conn: &dyn Executor,
+    config: &Config,
+    new: &NewTask,
+    now: i64,
+) -> anyhow::Result<Task> {
     let repo = config.repo(&new.repo)?;
     if new.title.trim().is_empty() {
         return Err(OrchError::Usage("a task needs a non-empty title".into()).into());
@@ -114,23 +118,23 @@ pub fn create(conn: &Connection, config: &Config, new: &NewTask, now: i64) -> an
 }
 
 /// One task by id.
-pub fn get(conn: &Connection, id: i64) -> storage::Result<Option<Task>> {
+pub fn get(conn: &dyn Executor, id: i64) -> storage::Result<Option<Task>> {
     conn.task_get(id)
 }
 
 /// One task by id, or a not-found error.
-pub fn require(conn: &Connection, id: i64) -> anyhow::Result<Task> {
+pub fn require(conn: &dyn Executor, id: i64) -> anyhow::Result<Task> {
     get(conn, id)?.ok_or_else(|| OrchError::NotFound(format!("task {id} not found")).into())
 }
 
 /// The live task of a Plane issue, by key or UUID (tombstoned keys never match).
-pub fn by_plane_id(conn: &Connection, plane_id: &str) -> storage::Result<Option<Task>> {
+pub fn by_plane_id(conn: &dyn Executor, plane_id: &str) -> storage::Result<Option<Task>> {
     conn.task_by_plane_id(plane_id)
 }
 
 /// Tasks, newest first, optionally only those on `stage` or in `repo`.
 pub fn list(
-    conn: &Connection,
+    conn: &dyn Executor,
     stage: Option<&str>,
     repo: Option<&str>,
     limit: u32,
@@ -140,23 +144,23 @@ pub fn list(
 
 /// Tasks not done or cancelled (created ones included), newest first, at
 /// most `limit`.
-pub fn active(conn: &Connection, limit: u32) -> storage::Result<Vec<Task>> {
+pub fn active(conn: &dyn Executor, limit: u32) -> storage::Result<Vec<Task>> {
     conn.task_active(limit)
 }
 
 /// How many tasks are cancelled, and how many have a STOP request not yet
 /// carried out (not cancelled or done).
-pub fn cancel_counts(conn: &Connection) -> storage::Result<(i64, i64)> {
+pub fn cancel_counts(conn: &dyn Executor) -> storage::Result<(i64, i64)> {
     conn.task_cancel_counts()
 }
 
 /// Tasks still in the pipeline (started, not done or cancelled), oldest first.
-pub fn unfinished(conn: &Connection) -> storage::Result<Vec<Task>> {
+pub fn unfinished(conn: &dyn Executor) -> storage::Result<Vec<Task>> {
     conn.task_unfinished()
 }
 
 /// How many tasks are on each stage that has any, in no particular order.
-pub fn count_by_stage(conn: &Connection) -> storage::Result<Vec<(String, i64)>> {
+pub fn count_by_stage(conn: &dyn Executor) -> storage::Result<Vec<(String, i64)>> {
     conn.task_count_by_stage()
 }
 
@@ -165,7 +169,7 @@ pub fn count_by_stage(conn: &Connection) -> storage::Result<Vec<(String, i64)>> 
 /// starts afresh from the `resume` transition the caller records
 /// (`budget::resume`): only rollbacks after it count.
 pub fn clear_escalation(
-    conn: &Connection,
+    conn: &dyn Executor,
     config: &Config,
     t: &Task,
     now: i64,
@@ -192,6 +196,6 @@ pub fn clear_escalation(
 }
 
 /// A task's history, oldest first.
-pub fn history(conn: &Connection, task_id: i64) -> storage::Result<Vec<Transition>> {
+pub fn history(conn: &dyn Executor, task_id: i64) -> storage::Result<Vec<Transition>> {
     conn.task_history(task_id)
 }

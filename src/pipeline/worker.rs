@@ -24,7 +24,7 @@ use crate::pipeline::task::{self, Task};
 use crate::pipeline::{Stage, brief, budget, cancel, confine, judge, post_deploy, self_deploy};
 use crate::queue::{Job, Outcome};
 use crate::runner::{self, claude::RunVerdict};
-use crate::storage::ledger::{Ledger as _, NewRun, RunEnd};
+use crate::storage::ledger::{NewRun, RunEnd};
 use crate::storage::{Db, now};
 use crate::workspace::Workspace;
 

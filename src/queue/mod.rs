@@ -16,7 +16,6 @@ pub mod backoff;
 
 use std::collections::BTreeMap;
 
-use rusqlite::Connection;
 use serde::Serialize;
 
 pub use crate::storage::jobs::{
@@ -24,11 +23,12 @@ pub use crate::storage::jobs::{
 };
 pub use backoff::Backoff;
 
-use crate::storage::jobs::{Jobs as _, Requeue};
+use crate::storage::Executor;
+use crate::storage::jobs::Requeue;
 use crate::storage::{Result, counters, schema};
 
 /// Insert a `queued` job and return its id.
-pub fn enqueue(conn: &Connection, job: &NewJob<'_>, now: i64) -> Result<i64> {
+pub fn enqueue(conn: &dyn Executor, job: &NewJob<'_>, now: i64) -> Result<i64> {
     conn.job_insert(job, now)
 }
 
@@ -47,7 +47,7 @@ impl Gates {
 ///
 /// Returns `None` when nothing is claimable; [`diagnose`] says why.
 pub fn claim(
-    conn: &Connection,
+    conn: &dyn Executor,
     claimer: Claimer<'_>,
     gates: Gates,
     now: i64,
@@ -84,13 +84,13 @@ impl std::fmt::Display for Unclaimable {
 }
 
 /// Explain why nothing is claimable right now.
-pub fn diagnose(conn: &Connection, gates: Gates, now: i64) -> Result<Unclaimable> {
+pub fn diagnose(conn: &dyn Executor, gates: Gates, now: i64) -> Result<Unclaimable> {
     conn.job_diagnose(gates, now)
 }
 
 /// Record the agent run of a claimed job (fenced). Returns false if the claim was lost.
 pub fn set_run(
-    conn: &Connection,
+    conn: &dyn Executor,
     job_id: i64,
     token: &str,
     run_id: i64,
@@ -100,7 +100,7 @@ pub fn set_run(
 }
 
 /// Record the pid of a claimed job's agent (fenced). Returns false if the claim was lost.
-pub fn set_pid(conn: &Connection, job_id: i64, token: &str, pid: u32) -> Result<bool> {
+pub fn set_pid(conn: &dyn Executor, job_id: i64, token: &str, pid: u32) -> Result<bool> {
     conn.job_set_pid(job_id, token, pid)
 }
 
@@ -214,7 +214,7 @@ struct Budget {
 /// Retry and transient outcomes fall through to `failed` once their budget is
 /// spent. A lost fence changes nothing and returns [`Finished::LostClaim`].
 pub fn finish(
-    conn: &Connection,
+    conn: &dyn Executor,
     job_id: i64,
     token: &str,
     outcome: &Outcome,
@@ -249,7 +249,7 @@ pub fn finish(
 }
 
 /// Operator retry of a `failed` job: back to `queued` with a fresh attempt budget.
-pub fn retry(conn: &Connection, job_id: i64) -> anyhow::Result<()> {
+pub fn retry(conn: &dyn Executor, job_id: i64) -> anyhow::Result<()> {
     let job = get(conn, job_id)?
         .ok_or_else(|| crate::error::OrchError::NotFound(format!("job {job_id} not found")))?;
     if job.status != "failed" {
@@ -269,7 +269,7 @@ pub fn retry(conn: &Connection, job_id: i64) -> anyhow::Result<()> {
 
 /// Flip a task's `queued` (and unless `only_queued`, `running`) jobs to `cancelled`.
 pub fn cancel_for_task(
-    conn: &Connection,
+    conn: &dyn Executor,
     task_id: i64,
     only_queued: bool,
     now: i64,
@@ -282,18 +282,18 @@ pub fn cancel_for_task(
 /// The CHECK constraint makes these impossible to write; they can only come
 /// from hand-written SQL with `PRAGMA ignore_check_constraints` or a database
 /// imported from elsewhere. Kept as defence in depth (ORCH-126 D4).
-pub fn find_impossible_queued(conn: &Connection) -> Result<Vec<Job>> {
+pub fn find_impossible_queued(conn: &dyn Executor) -> Result<Vec<Job>> {
     conn.job_impossible_queued()
 }
 
 /// Whether any queued row violates the run-ownership invariant (a cheap read).
-pub fn any_impossible_queued(conn: &Connection) -> Result<bool> {
+pub fn any_impossible_queued(conn: &dyn Executor) -> Result<bool> {
     conn.job_any_impossible_queued()
 }
 
 /// Heal impossible queued rows (they stay `queued`, ownership cleared) and
 /// return the ids healed. Idempotent: a second call returns nothing.
-pub fn sanitize_impossible_queued(conn: &Connection, now: i64) -> Result<Vec<i64>> {
+pub fn sanitize_impossible_queued(conn: &dyn Executor, now: i64) -> Result<Vec<i64>> {
     let ids: Vec<i64> = find_impossible_queued(conn)?
         .into_iter()
         .map(|j| j.id)
@@ -319,32 +319,32 @@ pub fn sanitize_impossible_queued(conn: &Connection, now: i64) -> Result<Vec<i64
 }
 
 /// One job by id.
-pub fn get(conn: &Connection, id: i64) -> Result<Option<Job>> {
+pub fn get(conn: &dyn Executor, id: i64) -> Result<Option<Job>> {
     conn.job_get(id)
 }
 
 /// Jobs with `status` (all when `None`), newest first, at most `limit`.
-pub fn list(conn: &Connection, status: Option<&str>, limit: u32) -> Result<Vec<Job>> {
+pub fn list(conn: &dyn Executor, status: Option<&str>, limit: u32) -> Result<Vec<Job>> {
     conn.job_list(status, limit)
 }
 
 /// The jobs of one task, oldest first.
-pub fn for_task(conn: &Connection, task_id: i64) -> Result<Vec<Job>> {
+pub fn for_task(conn: &dyn Executor, task_id: i64) -> Result<Vec<Job>> {
     conn.job_for_task(task_id)
 }
 
 /// Every running job, oldest first.
-pub fn running(conn: &Connection) -> Result<Vec<Job>> {
+pub fn running(conn: &dyn Executor) -> Result<Vec<Job>> {
     conn.job_running()
 }
 
 /// Every running job's owner, by job id.
-pub fn running_owners(conn: &Connection) -> Result<Vec<RunningOwner>> {
+pub fn running_owners(conn: &dyn Executor) -> Result<Vec<RunningOwner>> {
     conn.job_running_owners()
 }
 
 /// How many running jobs have an owner whose token is in `alive`.
-pub fn running_count_in(conn: &Connection, alive: &[String]) -> Result<usize> {
+pub fn running_count_in(conn: &dyn Executor, alive: &[String]) -> Result<usize> {
     conn.job_running_count_in(alive)
 }
 
@@ -352,7 +352,7 @@ pub fn running_count_in(conn: &Connection, alive: &[String]) -> Result<usize> {
 /// token is in `alive` or, with `among_alive` false, is not. Reads the
 /// index in order and stops at `limit`.
 pub fn running_owners_page(
-    conn: &Connection,
+    conn: &dyn Executor,
     alive: &[String],
     among_alive: bool,
     limit: usize,
@@ -361,12 +361,12 @@ pub fn running_owners_page(
 }
 
 /// The jobs with these ids (those that exist), by id, in one query.
-pub fn by_ids(conn: &Connection, ids: &[i64]) -> Result<Vec<Job>> {
+pub fn by_ids(conn: &dyn Executor, ids: &[i64]) -> Result<Vec<Job>> {
     conn.job_by_ids(ids)
 }
 
 /// Number of jobs per status, with a zero for every status that has none.
-pub fn counts(conn: &Connection) -> Result<BTreeMap<String, i64>> {
+pub fn counts(conn: &dyn Executor) -> Result<BTreeMap<String, i64>> {
     let mut out: BTreeMap<String, i64> = schema::JOB_STATUSES
         .iter()
         .map(|s| ((*s).to_owned(), 0))
@@ -389,7 +389,7 @@ pub enum ClaimById {
 /// not `max_concurrency`. A `running` job whose owner is dead (its lock is
 /// free) is adopted with a new claim, which counts as a new attempt.
 pub fn claim_by_id(
-    conn: &Connection,
+    conn: &dyn Executor,
     locks_dir: &std::path::Path,
     job_id: i64,
     claimer: Claimer<'_>,
@@ -432,7 +432,7 @@ pub fn claim_by_id(
 }
 
 /// End a claimed job as `cancelled` (its task was cancelled), fenced.
-pub fn cancel_claimed(conn: &Connection, job_id: i64, token: &str, now: i64) -> Result<bool> {
+pub fn cancel_claimed(conn: &dyn Executor, job_id: i64, token: &str, now: i64) -> Result<bool> {
     conn.job_end(job_id, token, "cancelled", None, now)
 }
 
@@ -449,7 +449,7 @@ pub fn cancel_claimed(conn: &Connection, job_id: i64, token: &str, now: i64) -> 
 /// counted in `transient_attempts` (`death_of_a_continuation`); the caller
 /// fails the job once those are spent. Returns whether the fence held.
 pub fn requeue_for_finalize(
-    conn: &Connection,
+    conn: &dyn Executor,
     job_id: i64,
     token: &str,
     run_id: i64,
@@ -461,6 +461,6 @@ pub fn requeue_for_finalize(
 
 /// Give a claim back untouched: the job returns to `queued` without spending
 /// its attempt (the run never started), fenced by the claim token.
-pub fn release_claim(conn: &Connection, job_id: i64, token: &str) -> Result<bool> {
+pub fn release_claim(conn: &dyn Executor, job_id: i64, token: &str) -> Result<bool> {
     conn.job_release_claim(job_id, token)
 }

@@ -3,9 +3,8 @@
 //! row type and the interface every backend implements (SQLite:
 //! `storage::sqlite::counters`).
 
+use super::Executor;
 use std::collections::BTreeMap;
-
-use rusqlite::Connection;
 
 use super::Result;
 
@@ -39,7 +38,7 @@ pub trait Counters {
 
 /// Add `by` to counter `name`, and record `detail` as its last event when given.
 pub fn bump(
-    conn: &Connection,
+    conn: &dyn Executor,
     name: &str,
     by: i64,
     detail: Option<&serde_json::Value>,
@@ -49,7 +48,7 @@ pub fn bump(
 }
 
 /// Every counter, by name.
-pub fn all(conn: &Connection) -> Result<BTreeMap<String, Counter>> {
+pub fn all(conn: &dyn Executor) -> Result<BTreeMap<String, Counter>> {
     conn.counter_all()
 }
 

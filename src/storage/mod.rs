@@ -34,13 +34,62 @@ pub mod wake;
 
 pub use error::{Error, Result};
 
+/// Everything a backend stores, as one interface: the sum of the concepts'
+/// traits. Domain code takes `&dyn Executor`, whichever backend is behind
+/// it and whether or not a transaction is open; a transaction is an
+/// executor too, so a fenced commit that touches jobs, tasks, leases and the
+/// outbox stays one transaction on any backend.
+pub trait Executor:
+    jobs::Jobs
+    + tasks::Tasks
+    + leases::Leases
+    + counters::Counters
+    + deliveries::Deliveries
+    + outbox::Outbox
+    + ledger::Ledger
+    + views::Views
+    + deploys::Deploys
+    + post_deploys::PostDeploys
+    + local_tracker::LocalTracker
+    + Transact
+{
+}
+
+/// Several operations as one transaction, from an executor that has none
+/// open (a connection reading outside [`Db::write`]): a re-read and the
+/// write it decides commit together or not at all.
+pub trait Transact {
+    /// Run `f` in one write transaction, committed if it returns `Ok`.
+    fn transact(
+        &self,
+        f: &mut dyn FnMut(&dyn Executor) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()>;
+}
+
+impl<T> Executor for T where
+    T: jobs::Jobs
+        + tasks::Tasks
+        + leases::Leases
+        + counters::Counters
+        + deliveries::Deliveries
+        + outbox::Outbox
+        + ledger::Ledger
+        + views::Views
+        + deploys::Deploys
+        + post_deploys::PostDeploys
+        + local_tracker::LocalTracker
+        + Transact
+        + ?Sized
+{
+}
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::error::OrchError;
 
@@ -173,8 +222,15 @@ impl Db {
         &self.path
     }
 
-    /// The connection, for reads. Writes go through [`Db::write`].
-    pub fn conn(&self) -> &Connection {
+    /// The SQLite connection itself, for tests that set up rows no
+    /// operation writes.
+    #[cfg(test)]
+    pub(crate) fn sqlite(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The store, for reads. Writes go through [`Db::write`].
+    pub fn conn(&self) -> &dyn Executor {
         &self.conn
     }
 
@@ -184,13 +240,13 @@ impl Db {
     /// a process or make a network call inside it.
     pub fn write<T>(
         &mut self,
-        f: impl FnOnce(&Transaction<'_>) -> anyhow::Result<T>,
+        f: impl FnOnce(&dyn Executor) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(busy_is_temporary)?;
-        let out = f(&tx)?;
+        let out = f(&*tx)?;
         tx.commit().map_err(busy_is_temporary)?;
         self.wake_if_jobs_changed();
         Ok(out)
@@ -210,13 +266,13 @@ impl Db {
     /// Run `f` in one read transaction, so it sees a single consistent snapshot.
     pub fn read<T>(
         &mut self,
-        f: impl FnOnce(&Transaction<'_>) -> anyhow::Result<T>,
+        f: impl FnOnce(&dyn Executor) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Deferred)
             .map_err(busy_is_temporary)?;
-        let out = f(&tx)?;
+        let out = f(&*tx)?;
         tx.commit().map_err(busy_is_temporary)?;
         Ok(out)
     }

@@ -4,11 +4,10 @@
 //! get a fresh delivery id each time) are both duplicates. The unique indexes
 //! decide, so two concurrent ingests of the same delivery store one row.
 
-use rusqlite::Connection;
 use sha2::{Digest as _, Sha256};
 
 use crate::storage;
-use crate::storage::deliveries::Deliveries as _;
+use crate::storage::Executor;
 pub use crate::storage::deliveries::{Delivery, DuplicateBy, Stored};
 
 /// Lower-case hex SHA-256 of `body`: the content key of the inbox.
@@ -20,7 +19,7 @@ pub fn content_hash(body: &[u8]) -> String {
 /// Run it inside a write transaction (`Db::write`). An empty `delivery_id`
 /// is stored as NULL (no delivery-id dedup for it).
 pub fn store(
-    conn: &Connection,
+    conn: &dyn Executor,
     source: &str,
     event: Option<&str>,
     delivery_id: Option<&str>,
@@ -32,13 +31,13 @@ pub fn store(
 }
 
 /// Up to `limit` deliveries still `pending`, oldest first.
-pub fn pending(conn: &Connection, limit: u32) -> storage::Result<Vec<Delivery>> {
+pub fn pending(conn: &dyn Executor, limit: u32) -> storage::Result<Vec<Delivery>> {
     conn.delivery_pending(limit)
 }
 
 /// Record one processing attempt of delivery `id`: its new `status` and why.
 pub fn settle(
-    conn: &Connection,
+    conn: &dyn Executor,
     id: i64,
     status: &str,
     note: &str,

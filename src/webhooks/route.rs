@@ -23,7 +23,6 @@ use crate::context::Ctx;
 use crate::git::Git;
 use crate::pipeline::{Stage, advance, cancel, lease, self_deploy, task};
 use crate::queue::{self, NewJob};
-use crate::storage::tasks::Tasks as _;
 use crate::storage::{Db, now};
 use crate::webhooks::{self, Delivery, inbox};
 use crate::workspace::Workspace;

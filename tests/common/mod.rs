@@ -88,10 +88,15 @@ impl Env {
     /// Open the database through the library.
     /// The one integer `sql` selects (a count, an id), read directly.
     pub fn sql_i64(&self, sql: &str) -> i64 {
-        self.db()
-            .conn()
-            .query_row(sql, [], |r| r.get(0))
-            .expect(sql)
+        self.sqlite().query_row(sql, [], |r| r.get(0)).expect(sql)
+    }
+
+    /// The SQLite file itself, for tests that read or write rows directly.
+    pub fn sqlite(&self) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open(self.db_path()).expect("open the SQLite file");
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .expect("busy timeout");
+        conn
     }
 
     pub fn db(&self) -> orch::storage::Db {
@@ -106,8 +111,8 @@ impl Env {
     /// Every row of `sql`, each column as JSON (NULL and blobs are `null`).
     pub fn rows(&self, sql: &str) -> Vec<Vec<serde_json::Value>> {
         use rusqlite::types::ValueRef;
-        let db = self.db();
-        let mut stmt = db.conn().prepare(sql).expect("prepare");
+        let db = self.sqlite();
+        let mut stmt = db.prepare(sql).expect("prepare");
         let n = stmt.column_count();
         stmt.query_map([], |r| {
             (0..n)

@@ -48,6 +48,6 @@ mod tests {
     #[test]
     fn keeps_the_counters_contract() {
         let (_dir, db) = crate::storage::test_db();
-        crate::storage::counters::check_contract(db.conn());
+        crate::storage::counters::check_contract(db.sqlite());
     }
 }

@@ -94,6 +94,6 @@ mod tests {
     #[test]
     fn keeps_the_deliveries_contract() {
         let (_dir, db) = crate::storage::test_db();
-        crate::storage::deliveries::check_contract(db.conn());
+        crate::storage::deliveries::check_contract(db.sqlite());
     }
 }

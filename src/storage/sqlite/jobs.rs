@@ -490,6 +490,6 @@ mod tests {
     #[test]
     fn keeps_the_jobs_contract() {
         let (_dir, db) = crate::storage::test_db();
-        crate::storage::jobs::check_contract(db.conn());
+        crate::storage::jobs::check_contract(db.sqlite());
     }
 }

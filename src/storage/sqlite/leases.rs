@@ -76,12 +76,12 @@ mod tests {
     fn keeps_the_leases_contract() {
         let (_dir, db) = crate::storage::test_db();
         // The contract's holders are tasks 1 and 2 (leases reference tasks).
-        db.conn()
+        db.sqlite()
             .execute_batch(
                 "INSERT INTO tasks (id, work_item_id, repo, created_at, updated_at)
                  VALUES (1, 'A-1', 'demo', 0, 0), (2, 'B-2', 'other', 0, 0);",
             )
             .expect("tasks");
-        crate::storage::leases::check_contract(db.conn());
+        crate::storage::leases::check_contract(db.sqlite());
     }
 }

@@ -348,7 +348,7 @@ mod tests {
     #[test]
     fn keeps_the_ledger_contract() {
         let (_dir, db) = crate::storage::test_db();
-        db.conn()
+        db.sqlite()
             .execute_batch(
                 "INSERT INTO tasks (id, work_item_id, repo, stage, created_at, updated_at)
                  VALUES (1, 'A-1', 'demo', 'development', 0, 0), (2, 'B-2', 'demo', 'review', 0, 0);
@@ -366,6 +366,6 @@ mod tests {
                         (103, 20, 2, 'reviewer', 'review', 20, 25, 'orch-died: cut off', NULL, NULL, NULL, NULL);",
             )
             .expect("fixture");
-        crate::storage::ledger::check_contract(db.conn());
+        crate::storage::ledger::check_contract(db.sqlite());
     }
 }

@@ -64,12 +64,12 @@ mod tests {
     #[test]
     fn keeps_the_local_tracker_contract() {
         let (_dir, db) = crate::storage::test_db();
-        db.conn()
+        db.sqlite()
             .execute_batch(
                 "INSERT INTO tasks (id, work_item_id, repo, created_at, updated_at)
                  VALUES (1, 'A-1', 'demo', 0, 0);",
             )
             .expect("task");
-        crate::storage::local_tracker::check_contract(db.conn());
+        crate::storage::local_tracker::check_contract(db.sqlite());
     }
 }

@@ -14,6 +14,19 @@ mod post_deploys;
 mod tasks;
 mod views;
 
+impl crate::storage::Transact for rusqlite::Connection {
+    fn transact(
+        &self,
+        f: &mut dyn FnMut(&dyn crate::storage::Executor) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let tx =
+            rusqlite::Transaction::new_unchecked(self, rusqlite::TransactionBehavior::Immediate)?;
+        f(&*tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
 /// A job of `task_id` for the contract tests, which need jobs before the
 /// jobs have their own interface: `queued`, or `running` with `token`.
 #[cfg(test)]

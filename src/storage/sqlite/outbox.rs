@@ -160,12 +160,12 @@ mod tests {
     fn keeps_the_outbox_contract() {
         let (_dir, db) = crate::storage::test_db();
         // The contract's tracker messages are about task 1.
-        db.conn()
+        db.sqlite()
             .execute_batch(
                 "INSERT INTO tasks (id, work_item_id, repo, created_at, updated_at)
                  VALUES (1, 'A-1', 'demo', 0, 0);",
             )
             .expect("task");
-        crate::storage::outbox::check_contract(db.conn());
+        crate::storage::outbox::check_contract(db.sqlite());
     }
 }

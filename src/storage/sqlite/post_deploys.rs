@@ -182,7 +182,7 @@ mod tests {
     #[test]
     fn keeps_the_post_deploys_contract() {
         let (_dir, db) = crate::storage::test_db();
-        let conn = db.conn();
+        let conn = db.sqlite();
         conn.execute_batch(
             "INSERT INTO tasks (id, work_item_id, repo, stage, created_at, updated_at)
              VALUES (1, 'A-1', 'demo', 'done', 0, 0), (2, 'B-2', 'demo', 'done', 0, 0);",

@@ -358,7 +358,7 @@ mod tests {
     #[test]
     fn keeps_the_tasks_contract() {
         let (_dir, db) = crate::storage::test_db();
-        let conn = db.conn();
+        let conn = db.sqlite();
         crate::storage::tasks::check_contract(conn, &|task, agent, status, token| {
             super::super::add_job(conn, task, agent, status, token)
         });

@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn keeps_the_views_contract() {
         let (_dir, db) = crate::storage::test_db();
-        db.conn()
+        db.sqlite()
             .execute_batch(
                 "INSERT INTO tasks (id, work_item_id, repo, stage, created_at, updated_at, escalated_at)
                  VALUES (1, 'A-1', 'demo', 'development', 0, 6, 5),
@@ -203,6 +203,6 @@ mod tests {
                         ('gitea', 'h1', x'00', 'pending', 0);",
             )
             .expect("fixture");
-        crate::storage::views::check_contract(db.conn());
+        crate::storage::views::check_contract(db.sqlite());
     }
 }
