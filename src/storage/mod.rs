@@ -21,6 +21,7 @@ pub mod deliveries;
 mod error;
 pub mod jobs;
 pub mod leases;
+pub mod postgres;
 pub mod schema;
 mod sqlite;
 pub mod wake;
