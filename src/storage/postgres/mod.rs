@@ -38,6 +38,7 @@
 
 mod counters;
 mod deliveries;
+mod jobs;
 mod leases;
 pub mod schema;
 
