@@ -133,31 +133,29 @@ const IMPOSSIBLE_QUEUED: &str = "status = 'queued' AND (run_id IS NOT NULL
     OR pid IS NOT NULL OR started_at IS NOT NULL OR finished_at IS NOT NULL
     OR claim_token IS NOT NULL OR owner_pid IS NOT NULL OR owner_boot_id IS NOT NULL)";
 
-impl Tx<'_> {
-    fn jobs_where(&self, tail: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Job>> {
-        self.query(&format!("SELECT {JOB_COLUMNS} FROM jobs {tail}"), params)?
-            .iter()
-            .map(job_from_row)
-            .collect()
-    }
+fn select(tx: &Tx<'_>, tail: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Job>> {
+    tx.query(&format!("SELECT {JOB_COLUMNS} FROM jobs {tail}"), params)?
+        .iter()
+        .map(job_from_row)
+        .collect()
+}
 
-    fn job_returning(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Job>> {
-        self.query_opt(sql, params)?
-            .as_ref()
-            .map(job_from_row)
-            .transpose()
-    }
+/// The job an `UPDATE … RETURNING {JOB_COLUMNS}` changed, if any.
+fn returning(tx: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Job>> {
+    tx.query_opt(sql, params)?
+        .as_ref()
+        .map(job_from_row)
+        .transpose()
+}
 
-    fn count(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<i64> {
-        get(&self.query_one(sql, params)?, 0)
-    }
+fn count(tx: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<i64> {
+    get(&tx.query_one(sql, params)?, 0)
+}
 
-    /// Serialize with every other claim until this transaction ends
-    /// (module doc).
-    fn lock_claims(&self) -> Result<()> {
-        self.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK_KEY])?;
-        Ok(())
-    }
+/// Serialize with every other claim until `tx` ends (module doc).
+fn lock_claims(tx: &Tx<'_>) -> Result<()> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK_KEY])?;
+    Ok(())
 }
 
 impl Jobs for Tx<'_> {
@@ -180,7 +178,7 @@ impl Jobs for Tx<'_> {
     }
 
     fn job_claim(&self, claimer: Claimer<'_>, gates: Gates, now: i64) -> Result<Option<Job>> {
-        self.lock_claims()?;
+        lock_claims(self)?;
         let sql = format!(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1,
                  claim_token = $4, owner_pid = $5, owner_boot_id = $6, started_at = $3,
@@ -195,7 +193,8 @@ impl Jobs for Tx<'_> {
                AND status = 'queued'
              RETURNING {JOB_COLUMNS}"
         );
-        self.job_returning(
+        returning(
+            self,
             &sql,
             &[
                 &gates.serial,
@@ -210,7 +209,11 @@ impl Jobs for Tx<'_> {
     }
 
     fn job_diagnose(&self, gates: Gates, now: i64) -> Result<Unclaimable> {
-        let queued = self.count("SELECT count(*) FROM jobs WHERE status = 'queued'", &[])?;
+        let queued = count(
+            self,
+            "SELECT count(*) FROM jobs WHERE status = 'queued'",
+            &[],
+        )?;
         if queued == 0 {
             return Ok(Unclaimable::Empty);
         }
@@ -221,12 +224,14 @@ impl Jobs for Tx<'_> {
                 max_concurrency: gates.max_concurrency,
             });
         }
-        let available = self.count(
+        let available = count(
+            self,
             "SELECT count(*) FROM jobs WHERE status = 'queued' AND available_at <= $1",
             &[&now],
         )?;
         if available == 0 {
-            let next = self.count(
+            let next = count(
+                self,
                 "SELECT coalesce(min(available_at), 0) FROM jobs WHERE status = 'queued'",
                 &[],
             )?;
@@ -237,7 +242,7 @@ impl Jobs for Tx<'_> {
         }
         let eligible = format!("SELECT count(*) FROM jobs j WHERE {ELIGIBLE}");
         let count_eligible =
-            |serial: bool, deps: bool| self.count(&eligible, &[&serial, &deps, &now]);
+            |serial: bool, deps: bool| count(self, &eligible, &[&serial, &deps, &now]);
         let open = count_eligible(false, false)?;
         let serial_held = open - count_eligible(gates.serial, false)?;
         let deps_held = open - count_eligible(false, gates.task_deps)?;
@@ -250,8 +255,9 @@ impl Jobs for Tx<'_> {
     }
 
     fn job_claim_queued(&self, job_id: i64, claimer: Claimer<'_>, now: i64) -> Result<Option<Job>> {
-        self.lock_claims()?;
-        self.job_returning(
+        lock_claims(self)?;
+        returning(
+            self,
             &format!(
                 "UPDATE jobs SET {CLAIM_SETS} WHERE id = $1 AND status = 'queued'
                  RETURNING {JOB_COLUMNS}"
@@ -273,8 +279,9 @@ impl Jobs for Tx<'_> {
         claimer: Claimer<'_>,
         now: i64,
     ) -> Result<Option<Job>> {
-        self.lock_claims()?;
-        self.job_returning(
+        lock_claims(self)?;
+        returning(
+            self,
             &format!(
                 "UPDATE jobs SET {CLAIM_SETS}
                  WHERE id = $1 AND status = 'running' AND claim_token = $6
@@ -292,7 +299,8 @@ impl Jobs for Tx<'_> {
     }
 
     fn job_running_gated(&self) -> Result<i64> {
-        self.count(
+        count(
+            self,
             "SELECT count(*) FROM jobs WHERE status = 'running' AND agent <> $1",
             &[&UNGATED_AGENT],
         )
@@ -428,7 +436,7 @@ impl Jobs for Tx<'_> {
     }
 
     fn job_impossible_queued(&self) -> Result<Vec<Job>> {
-        self.jobs_where(&format!("WHERE {IMPOSSIBLE_QUEUED} ORDER BY id"), &[])
+        select(self, &format!("WHERE {IMPOSSIBLE_QUEUED} ORDER BY id"), &[])
     }
 
     fn job_any_impossible_queued(&self) -> Result<bool> {
@@ -449,22 +457,23 @@ impl Jobs for Tx<'_> {
     }
 
     fn job_get(&self, id: i64) -> Result<Option<Job>> {
-        Ok(self.jobs_where("WHERE id = $1", &[&id])?.into_iter().next())
+        Ok(select(self, "WHERE id = $1", &[&id])?.into_iter().next())
     }
 
     fn job_list(&self, status: Option<&str>, limit: u32) -> Result<Vec<Job>> {
-        self.jobs_where(
+        select(
+            self,
             "WHERE ($1::text IS NULL OR status = $1) ORDER BY id DESC LIMIT $2",
             &[&status, &i64::from(limit)],
         )
     }
 
     fn job_for_task(&self, task_id: i64) -> Result<Vec<Job>> {
-        self.jobs_where("WHERE task_id = $1 ORDER BY id", &[&task_id])
+        select(self, "WHERE task_id = $1 ORDER BY id", &[&task_id])
     }
 
     fn job_running(&self) -> Result<Vec<Job>> {
-        self.jobs_where("WHERE status = 'running' ORDER BY id", &[])
+        select(self, "WHERE status = 'running' ORDER BY id", &[])
     }
 
     fn job_running_owners(&self) -> Result<Vec<RunningOwner>> {
@@ -478,7 +487,8 @@ impl Jobs for Tx<'_> {
     }
 
     fn job_running_count_in(&self, alive: &[String]) -> Result<usize> {
-        let n = self.count(
+        let n = count(
+            self,
             "SELECT count(*) FROM jobs WHERE status = 'running' AND claim_token = ANY($1)",
             &[&alive],
         )?;
@@ -514,7 +524,7 @@ impl Jobs for Tx<'_> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        self.jobs_where("WHERE id = ANY($1) ORDER BY id", &[&ids])
+        select(self, "WHERE id = ANY($1) ORDER BY id", &[&ids])
     }
 
     fn job_counts(&self) -> Result<BTreeMap<String, i64>> {
