@@ -26,6 +26,7 @@ pub mod ledger;
 pub mod local_tracker;
 pub mod outbox;
 pub mod post_deploys;
+pub mod postgres;
 pub mod schema;
 mod sqlite;
 pub mod tasks;
