@@ -51,8 +51,12 @@ pub enum AgentProtocol {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// SQLite database file; empty = `<state dir>/orch.db`.
+    /// SQLite database file; empty = `<state dir>/orch.db`. Unused when
+    /// `db_url` names a PostgreSQL database.
     pub db_path: String,
+    /// PostgreSQL database shared by workers on several hosts
+    /// (`postgres://user@host/db`); empty = the SQLite file `db_path`.
+    pub db_url: String,
     /// Root of the clone cache and the per-task worktrees; empty = `<state dir>/repos`.
     pub repos_dir: String,
     /// How long a process waits for the database write lock, in milliseconds.
@@ -261,6 +265,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             db_path: String::new(),
+            db_url: String::new(),
             repos_dir: String::new(),
             busy_timeout_ms: 10_000,
             max_concurrency: 1,

@@ -77,7 +77,30 @@ impl Ctx {
 
     /// Open the existing database (refusing to create one: that is `orch init`'s job).
     pub fn open_db(&self) -> anyhow::Result<Db> {
-        Db::open(&self.db_path(), self.busy_timeout(), Missing::Refuse)
+        self.open_db_as(Missing::Refuse)
+    }
+
+    /// Open the database, creating it (SQLite) or its schema (PostgreSQL)
+    /// when `missing` says so.
+    pub fn open_db_as(&self, missing: Missing) -> anyhow::Result<Db> {
+        match self.db_url() {
+            Some(url) => Db::open_postgres(url, &self.state_dir, missing),
+            None => Db::open(&self.db_path(), self.busy_timeout(), missing),
+        }
+    }
+
+    /// Open the existing database for reading only.
+    pub fn open_db_read_only(&self) -> anyhow::Result<Db> {
+        match self.db_url() {
+            Some(url) => Db::open_postgres_read_only(url, &self.state_dir),
+            None => Db::open_read_only(&self.db_path(), self.busy_timeout()),
+        }
+    }
+
+    /// The PostgreSQL database configured (`db_url`, `ORCH_DB_URL`), if any;
+    /// none means the SQLite file [`Ctx::db_path`].
+    pub fn db_url(&self) -> Option<&str> {
+        Some(self.config.db_url.as_str()).filter(|u| !u.is_empty())
     }
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use crate::context::Ctx;
 use crate::output;
-use crate::storage::{Db, Missing};
+use crate::storage::Missing;
 
 /// Arguments of `orch init`.
 #[derive(Debug, clap::Args)]
@@ -39,12 +39,11 @@ pub fn init(ctx: &Ctx) -> anyhow::Result<Report> {
     ] {
         crate::private_state::create_private_dir(&dir)?;
     }
-    let db_path = ctx.db_path();
-    let created = !db_path.exists();
-    let db = Db::open(&db_path, ctx.busy_timeout(), Missing::Create)?;
+    let created = ctx.db_url().is_none() && !ctx.db_path().exists();
+    let mut db = ctx.open_db_as(Missing::Create)?;
     Ok(Report {
         state_dir: ctx.state_dir.display().to_string(),
-        database: db_path.display().to_string(),
+        database: db.describe(),
         created,
         schema_version: db.schema_version()?,
     })

@@ -150,7 +150,7 @@ pub struct Extent {
 /// fail the whole report; every block after that is best-effort.
 pub fn report(ctx: &Ctx, extent: Extent) -> anyhow::Result<Report> {
     let mut db = ctx.open_db()?;
-    let database = db.path().display().to_string();
+    let database = db.describe();
     let now = storage::now();
     let mut errors = BTreeMap::new();
     let mut report = db.read(|tx| Ok(gather(ctx, tx, now, extent, &mut errors)))?;

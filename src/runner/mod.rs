@@ -289,6 +289,9 @@ fn stop_child(child: &mut Child, grace: Duration) -> anyhow::Result<ExitStatus> 
 /// Whether an environment variable carries a secret orch must not pass on.
 pub fn is_secret_var(name: &str) -> bool {
     name == "CREDENTIALS_DIRECTORY"
+        || name == "ORCH_DB_URL"
+        || name == "PGPASSWORD"
+        || name == "PGPASSFILE"
         || (name.starts_with("ORCH_")
             && (name.ends_with("_TOKEN") || name.ends_with("_SECRET") || name.contains("PASSWORD")))
 }
@@ -303,6 +306,8 @@ mod secret_env_tests {
             "ORCH_TELEGRAM_BOT_TOKEN",
             "ORCH_PLANE_WEBHOOK_SECRET",
             "CREDENTIALS_DIRECTORY",
+            "ORCH_DB_URL",
+            "PGPASSWORD",
         ] {
             assert!(super::is_secret_var(v), "{v}");
         }

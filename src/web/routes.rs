@@ -114,7 +114,7 @@ fn with_id(
 
 /// The database, read-only.
 fn open(ctx: &Ctx) -> anyhow::Result<Db> {
-    Db::open_read_only(&ctx.db_path(), ctx.busy_timeout())
+    ctx.open_db_read_only()
 }
 
 /// The board's data, read in one snapshot.

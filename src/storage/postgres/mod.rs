@@ -42,7 +42,8 @@ mod jobs;
 mod leases;
 pub mod schema;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -108,7 +109,23 @@ fn describe(config: &Config) -> String {
 
 /// An open, migrated orch database on PostgreSQL: one session.
 pub struct Store {
-    client: Client,
+    /// The session, outside any transaction: statements through it
+    /// autocommit one by one, as SQLite's connection does outside
+    /// `Db::write`.
+    auto: Tx<'static>,
+    /// Set by a statement that inserts or updates a job (every `Tx` of
+    /// this store shares it).
+    jobs_changed: Rc<Cell<bool>>,
+    /// [`describe`] of the settings it was opened with.
+    shown: String,
+}
+
+/// Connect with `config`, saying where on failure.
+fn connect(config: &Config) -> anyhow::Result<Client> {
+    config
+        .connect(NoTls)
+        .map_err(Error::from)
+        .with_context(|| format!("connecting to {}", describe(config)))
 }
 
 impl Store {
@@ -119,54 +136,145 @@ impl Store {
         Store::open_config(&config)
     }
 
+    /// Connect to the database at `url` as orch's commands do: `create`
+    /// lets a database with no orch schema yet be given one (`orch init`),
+    /// else it is refused; `read_only` makes every transaction of the
+    /// session read-only (the server refuses a write) and migrates nothing.
+    pub fn open_with(url: &str, create: bool, read_only: bool) -> anyhow::Result<Store> {
+        let mut config = config(url).context("reading the PostgreSQL URL")?;
+        let shown = describe(&config);
+        if read_only {
+            let options = format!(
+                "{} -c default_transaction_read_only=on",
+                config.get_options().unwrap_or_default()
+            );
+            config.options(&options);
+        }
+        let mut client = connect(&config)?;
+        let version = schema::version(&mut client)
+            .with_context(|| format!("opening {shown}"))?
+            .unwrap_or(0);
+        if version == 0 && !create {
+            return Err(crate::error::OrchError::NotFound(format!(
+                "{shown} holds no orch schema (run `orch init` first)"
+            ))
+            .into());
+        }
+        if read_only {
+            let latest = schema::latest();
+            if version != latest {
+                anyhow::bail!(
+                    "database schema version {version} is not this orch's ({latest}); run `orch init` with the same orch to migrate it"
+                );
+            }
+        } else {
+            schema::prepare(&mut client).with_context(|| format!("opening {shown}"))?;
+        }
+        Ok(Store::over(client, shown))
+    }
+
     /// [`Store::open`] with settings already made by [`config`].
     pub fn open_config(config: &Config) -> anyhow::Result<Store> {
-        let client = config
-            .connect(NoTls)
-            .map_err(Error::from)
-            .with_context(|| format!("connecting to {}", describe(config)))?;
-        let mut store = Store { client };
-        schema::prepare(&mut store.client)
-            .with_context(|| format!("opening {}", describe(config)))?;
-        Ok(store)
+        let mut client = connect(config)?;
+        schema::prepare(&mut client).with_context(|| format!("opening {}", describe(config)))?;
+        Ok(Store::over(client, describe(config)))
+    }
+
+    fn over(client: Client, shown: String) -> Store {
+        let jobs_changed = Rc::new(Cell::new(false));
+        Store {
+            auto: Tx {
+                session: RefCell::new(Session::Client(client)),
+                jobs_changed: Rc::clone(&jobs_changed),
+            },
+            jobs_changed,
+            shown,
+        }
+    }
+
+    /// Where this store is, for messages: server, port and database, never
+    /// the password.
+    pub fn describe(&self) -> String {
+        self.shown.clone()
+    }
+
+    /// Whether a statement inserted or updated a job since the last call:
+    /// the analogue of SQLite's update hook, so a commit that made work
+    /// claimable wakes this host's idle workers.
+    pub fn take_jobs_changed(&self) -> bool {
+        self.jobs_changed.replace(false)
+    }
+
+    /// The session, for statements that each commit on their own.
+    pub fn auto(&self) -> &Tx<'static> {
+        &self.auto
+    }
+
+    fn client(&mut self) -> &mut Client {
+        match self.auto.session.get_mut() {
+            Session::Client(client) => client,
+            Session::Transaction(_) => unreachable!("a store's own session is never a transaction"),
+        }
     }
 
     /// Run `f` in one `READ COMMITTED` transaction and commit it; roll it
     /// back if `f` fails. Keep `f` short: never spawn a process or make a
     /// network call inside it (a claim's lock is held until it ends).
     pub fn write<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let jobs_changed = Rc::clone(&self.jobs_changed);
         let tx = self
-            .client
+            .client()
             .build_transaction()
             .isolation_level(IsolationLevel::ReadCommitted)
             .start()
             .map_err(Error::from)?;
-        Tx::run(tx, f)
+        Tx::run(tx, jobs_changed, f)
     }
 
     /// Run `f` in one `REPEATABLE READ, READ ONLY` transaction, so it sees a
     /// single consistent snapshot and cannot change a row.
     pub fn read<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let jobs_changed = Rc::clone(&self.jobs_changed);
         let tx = self
-            .client
+            .client()
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
             .read_only(true)
             .start()
             .map_err(Error::from)?;
-        Tx::run(tx, f)
+        Tx::run(tx, jobs_changed, f)
     }
 
     /// The schema version of this database.
     pub fn schema_version(&mut self) -> anyhow::Result<i64> {
-        Ok(schema::version(&mut self.client)?.unwrap_or(0))
+        Ok(schema::version(self.client())?.unwrap_or(0))
     }
 }
 
-/// A transaction of a [`Store`]: what every concept's interface is
-/// implemented for on PostgreSQL.
+/// What a [`Tx`] runs its statements on.
+enum Session<'a> {
+    /// A session outside any transaction (each statement commits).
+    Client(Client),
+    /// An open transaction (or savepoint).
+    Transaction(Transaction<'a>),
+}
+
+/// Run `$call` on whichever client `$session` holds.
+macro_rules! on_session {
+    ($session:expr, |$c:ident| $call:expr) => {
+        match &mut *$session.borrow_mut() {
+            Session::Client($c) => $call,
+            Session::Transaction($c) => $call,
+        }
+    };
+}
+
+/// A transaction of a [`Store`], or its session outside one: what every
+/// concept's interface is implemented for on PostgreSQL.
 pub struct Tx<'a> {
-    tx: RefCell<Transaction<'a>>,
+    session: RefCell<Session<'a>>,
+    /// The store's flag: a job was inserted or updated.
+    jobs_changed: Rc<Cell<bool>>,
 }
 
 impl<'a> Tx<'a> {
@@ -174,24 +282,54 @@ impl<'a> Tx<'a> {
     /// the transaction does).
     fn run<T>(
         tx: Transaction<'a>,
+        jobs_changed: Rc<Cell<bool>>,
         f: impl FnOnce(&Tx<'_>) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
         let tx = Tx {
-            tx: RefCell::new(tx),
+            session: RefCell::new(Session::Transaction(tx)),
+            jobs_changed,
         };
         let out = f(&tx)?;
-        tx.tx.into_inner().commit().map_err(Error::from)?;
+        match tx.session.into_inner() {
+            Session::Transaction(tx) => tx.commit().map_err(Error::from)?,
+            Session::Client(_) => {}
+        }
         Ok(out)
+    }
+
+    /// Run `f` as one unit: in a new transaction when this is a session
+    /// outside one, in a savepoint when it is a transaction already.
+    pub(crate) fn nested<T>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let mut session = self.session.borrow_mut();
+        let inner = match &mut *session {
+            Session::Client(client) => client.transaction(),
+            Session::Transaction(tx) => tx.transaction(),
+        }
+        .map_err(Error::from)?;
+        Tx::run(inner, Rc::clone(&self.jobs_changed), f)
+    }
+
+    /// Note a statement that changes jobs (see [`Store::take_jobs_changed`]).
+    fn note(&self, sql: &str) {
+        let sql = sql.trim_start();
+        if sql.starts_with("UPDATE jobs") || sql.starts_with("INSERT INTO jobs") {
+            self.jobs_changed.set(true);
+        }
     }
 
     /// Run one statement; the number of rows it changed.
     pub(crate) fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
-        Ok(self.tx.borrow_mut().execute(sql, params)?)
+        self.note(sql);
+        Ok(on_session!(self.session, |c| c.execute(sql, params))?)
     }
 
     /// Run one query; all its rows.
     pub(crate) fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
-        Ok(self.tx.borrow_mut().query(sql, params)?)
+        self.note(sql);
+        Ok(on_session!(self.session, |c| c.query(sql, params))?)
     }
 
     /// Run one query of at most one row.
@@ -200,18 +338,20 @@ impl<'a> Tx<'a> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>> {
-        Ok(self.tx.borrow_mut().query_opt(sql, params)?)
+        self.note(sql);
+        Ok(on_session!(self.session, |c| c.query_opt(sql, params))?)
     }
 
     /// Run one query of exactly one row.
     pub(crate) fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row> {
-        Ok(self.tx.borrow_mut().query_one(sql, params)?)
+        self.note(sql);
+        Ok(on_session!(self.session, |c| c.query_one(sql, params))?)
     }
 
     /// Run statements without parameters (test fixtures).
     #[cfg(test)]
     pub(crate) fn batch(&self, sql: &str) -> Result<()> {
-        Ok(self.tx.borrow_mut().batch_execute(sql)?)
+        Ok(on_session!(self.session, |c| c.batch_execute(sql))?)
     }
 }
 
@@ -226,3 +366,12 @@ pub(crate) mod testing;
 
 #[cfg(test)]
 mod tests;
+
+impl crate::storage::Transact for Tx<'_> {
+    fn transact(
+        &self,
+        f: &mut dyn FnMut(&dyn crate::storage::Executor) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        self.nested(|tx| f(tx))
+    }
+}

@@ -3,6 +3,7 @@
 //! here, one module per concept (docs/scaling.md, "The storage boundary").
 
 mod counters;
+pub(crate) mod db;
 mod deliveries;
 mod deploys;
 mod jobs;
