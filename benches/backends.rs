@@ -34,7 +34,11 @@ fn env_num(name: &str, default: u64) -> u64 {
 /// Where the jobs live for one drain.
 enum Store {
     Sqlite(PathBuf),
-    Postgres { url: String, admin: String, name: String },
+    Postgres {
+        url: String,
+        admin: String,
+        name: String,
+    },
 }
 
 impl Store {
@@ -93,7 +97,9 @@ fn fresh_database(admin: &str, n: u64) -> Store {
     let name = format!("orch_bench_{}_{n}", std::process::id());
     let mut client = postgres::Client::connect(admin, postgres::NoTls).expect("connect");
     client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"))
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
+        ))
         .expect("create database");
     let url = match admin.rfind('/') {
         Some(i) if admin.starts_with("postgres") && i > "postgres://".len() => {
@@ -211,8 +217,9 @@ fn drain(state: &Path, store: &Store, jobs: u64, claimers: u64) -> f64 {
 
 fn drop_database(store: &Store) {
     if let Store::Postgres { admin, name, .. } = store {
-        let dropped = postgres::Client::connect(admin, postgres::NoTls)
-            .and_then(|mut c| c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")));
+        let dropped = postgres::Client::connect(admin, postgres::NoTls).and_then(|mut c| {
+            c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        });
         if let Err(e) = dropped {
             eprintln!("could not drop {name}: {e}");
         }

@@ -435,11 +435,30 @@ impl Config {
         Ok(config)
     }
 
+    /// With `db_url` (PostgreSQL: workers on several hosts) every host
+    /// clones, pushes and merges through each repository's remote, so a
+    /// remote that is a path on this host is refused: the others cannot
+    /// reach it. A URL says where every host finds it (`ssh://`, `https://`,
+    /// scp-like `host:path`, or `file://` on a mount every host shares).
+    fn remote_on_one_host(&self) -> Option<String> {
+        if self.db_url.trim().is_empty() {
+            return None;
+        }
+        let (name, repo) = self.repos.iter().find(|(_, r)| is_host_path(&r.remote))?;
+        Some(format!(
+            "repository {name}: remote {:?} is a path on this host, but db_url shares the queue with workers on other hosts that cannot reach it; give a URL every host can use (ssh://, https://, host:path, or file:// on a shared mount)",
+            repo.remote
+        ))
+    }
+
     /// Check values that the types alone do not constrain.
     pub fn validate(&self) -> Result<(), OrchError> {
         let bad = |msg: String| Err(OrchError::Config(msg));
         if self.max_concurrency == 0 {
             return bad("max_concurrency must be at least 1".into());
+        }
+        if let Some(msg) = self.remote_on_one_host() {
+            return bad(msg);
         }
         if self.max_attempts == 0 {
             return bad("max_attempts must be at least 1".into());
@@ -680,6 +699,20 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Whether a git remote is a path on this host rather than a URL: no
+/// `scheme://` and no scp-like `host:path` (git reads a colon before the
+/// first slash as a host).
+fn is_host_path(remote: &str) -> bool {
+    let remote = remote.trim();
+    if remote.contains("://") {
+        return false;
+    }
+    match remote.find(':') {
+        Some(colon) => remote[..colon].contains('/'),
+        None => true,
+    }
+}
+
 /// Overlay `ORCH_<KEY>` variables on the top-level scalar settings of `table`.
 fn apply_env_overrides(
     table: &mut toml::Table,
@@ -744,6 +777,29 @@ mod tests {
             .collect();
         let env = move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         Config::load(Some(&path), &path, &env)
+    }
+
+    #[test]
+    fn on_postgresql_a_remote_must_be_reachable_from_every_host() {
+        let repo = |remote: &str| format!("[repos.demo]\nremote = \"{remote}\"\n");
+        let url = [("ORCH_DB_URL", "postgres://orch@db.example/orch")];
+        let err = load_with(&repo("/srv/git/demo.git"), &url).expect_err("a host path");
+        assert!(
+            err.to_string()
+                .contains("remote \"/srv/git/demo.git\" is a path on this host"),
+            "{err:#}"
+        );
+        for remote in [
+            "ssh://git@forge/demo.git",
+            "https://forge.example/demo.git",
+            "git@forge:demo.git",
+            "file:///shared/git/demo.git",
+        ] {
+            load_with(&repo(remote), &url).unwrap_or_else(|e| panic!("{remote}: {e:#}"));
+        }
+        // On SQLite (one host) a path is what the embedded forge uses.
+        load_with(&repo("/srv/git/demo.git"), &[]).expect("a path on one host");
+        assert!(is_host_path("./demo.git") && is_host_path("../x:y/demo.git"));
     }
 
     #[test]
