@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod pg;
 pub mod messages_api;
 
 use std::path::{Path, PathBuf};
