@@ -14,7 +14,7 @@ use std::path::Path;
 use rusqlite::Connection;
 
 use crate::liveness::Liveness;
-use crate::liveness::census::Census;
+use crate::liveness::census::FileCensus as Census;
 use crate::queue;
 use crate::storage;
 
