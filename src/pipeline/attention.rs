@@ -7,13 +7,11 @@
 //! on. Those look like any other row in a table, so `orch status`, `orch task
 //! list`, the web board and the metrics all read this one list.
 
-use std::path::Path;
-
 use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::liveness::Liveness;
+use crate::liveness::{Liveness, Locks};
 use crate::pipeline::owners::{self, Owner};
 use crate::pipeline::{Stage, self_deploy};
 
@@ -81,9 +79,9 @@ pub struct Item {
 }
 
 /// Everything that needs a human, oldest first within each kind; each
-/// running job's owner is probed through its lock in `locks_dir`.
-pub fn list(conn: &Connection, config: &Config, locks_dir: &Path) -> anyhow::Result<Vec<Item>> {
-    list_probed(conn, config, &owners::probe_running(conn, locks_dir)?)
+/// running job's owner is probed through its lock in `locks`.
+pub fn list(conn: &Connection, config: &Config, locks: &Locks) -> anyhow::Result<Vec<Item>> {
+    list_probed(conn, config, &owners::probe_running(conn, locks)?)
 }
 
 /// [`list`], with the running jobs' owners already probed: a caller that

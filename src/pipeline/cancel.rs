@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::backends::forge;
 use crate::context::Ctx;
 use crate::crash;
-use crate::liveness::{self, Liveness};
+use crate::liveness::Liveness;
 use crate::outbox::{self, Message};
 use crate::pipeline::{lease, self_deploy, task};
 use crate::queue;
@@ -61,13 +61,13 @@ pub fn critical_window(ctx: &Ctx, db: &Db, task: &task::Task) -> anyhow::Result<
     let holds_lease = lease::get(db.conn(), &task.repo)?
         .is_some_and(|l| Some(l.branch.as_str()) == task.branch.as_deref());
     if holds_lease {
-        let locks = ctx.locks_dir();
+        let locks = ctx.locks()?;
         for j in queue::for_task(db.conn(), task.id)? {
             if j.status == "running"
                 && matches!(j.stage.as_deref(), Some("deploy-staging" | "deploy"))
                 && j.claim_token
                     .as_deref()
-                    .is_some_and(|t| liveness::probe(&locks, t).ok() == Some(Liveness::Alive))
+                    .is_some_and(|t| locks.probe(t).ok() == Some(Liveness::Alive))
             {
                 return Ok(Some(format!(
                     "job {} ({}) is merging/deploying with the lease held",
@@ -180,13 +180,13 @@ pub fn cancel_task(
 /// holding the lock, and we wait for it to die so nothing pushes after the
 /// teardown. Returns how many were stopped.
 fn stop_running(ctx: &Ctx, task_id: i64, running: &[queue::Job]) -> anyhow::Result<u32> {
-    let locks = ctx.locks_dir();
+    let locks = ctx.locks()?;
     let mut stopped = 0;
     for j in running {
         let Some(token) = j.claim_token.as_deref() else {
             continue;
         };
-        if liveness::probe(&locks, token)? != Liveness::Alive {
+        if locks.probe(token)? != Liveness::Alive {
             continue;
         }
         if let Some(pgid) = j.pid {
@@ -194,7 +194,7 @@ fn stop_running(ctx: &Ctx, task_id: i64, running: &[queue::Job]) -> anyhow::Resu
             let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM);
         }
         if let Some(owner) = j.owner_pid
-            && liveness::pid_holds_lock(&locks, token, owner)
+            && locks.pid_holds(token, owner)?
         {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(i32::try_from(owner).unwrap_or(0)),
@@ -202,9 +202,7 @@ fn stop_running(ctx: &Ctx, task_id: i64, running: &[queue::Job]) -> anyhow::Resu
             );
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while liveness::probe(&locks, token)? == Liveness::Alive
-            && std::time::Instant::now() < deadline
-        {
+        while locks.probe(token)? == Liveness::Alive && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         stopped += 1;
