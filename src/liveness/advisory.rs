@@ -265,3 +265,6 @@ fn hostname() -> Option<String> {
         .map(|h| h.to_string_lossy().into_owned())
         .filter(|h| !h.is_empty())
 }
+
+#[cfg(test)]
+mod tests;
