@@ -266,5 +266,27 @@ fn hostname() -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
+/// The URL of the PostgreSQL server for tests, from `ORCH_TEST_PG_URL`, or
+/// `None` after a loud skip; with `ORCH_TEST_PG_REQUIRED=1` a missing URL
+/// fails the test instead.
+#[cfg(test)]
+pub(crate) fn test_server() -> Option<String> {
+    match std::env::var("ORCH_TEST_PG_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert_ne!(
+                std::env::var("ORCH_TEST_PG_REQUIRED").as_deref(),
+                Ok("1"),
+                "ORCH_TEST_PG_REQUIRED=1 but ORCH_TEST_PG_URL is not set"
+            );
+            eprintln!(
+                "SKIPPED: no PostgreSQL server for the advisory lock tests; \
+                 set ORCH_TEST_PG_URL=postgresql://… to run them"
+            );
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

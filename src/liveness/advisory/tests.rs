@@ -10,24 +10,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::liveness::Locks;
 
-/// The test server's URL, or `None` after a loud skip.
-fn server() -> Option<String> {
-    match std::env::var("ORCH_TEST_PG_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert_ne!(
-                std::env::var("ORCH_TEST_PG_REQUIRED").as_deref(),
-                Ok("1"),
-                "ORCH_TEST_PG_REQUIRED=1 but ORCH_TEST_PG_URL is not set"
-            );
-            eprintln!(
-                "SKIPPED: no PostgreSQL server for the advisory lock tests; \
-                 set ORCH_TEST_PG_URL=postgresql://… to run them"
-            );
-            None
-        }
-    }
-}
+use super::test_server as server;
 
 /// Advisory locks in the test database, as one process sees them.
 fn advisory(url: &str) -> Locks {
