@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::cli::GlobalOpts;
 use crate::config::Config;
 use crate::error::OrchError;
+use crate::liveness::Locks;
 use crate::private_state;
 use crate::storage::{Db, Missing};
 
@@ -54,6 +55,13 @@ impl Ctx {
     /// Where worker lock files live.
     pub fn locks_dir(&self) -> PathBuf {
         self.state_dir.join("locks")
+    }
+
+    /// Where owners keep the proof of their life: lock files in
+    /// [`Ctx::locks_dir`] (every worker on this host). PostgreSQL advisory
+    /// locks take over once the configuration names a database URL for them.
+    pub fn locks(&self) -> anyhow::Result<Locks> {
+        Locks::configured(self.locks_dir(), None)
     }
 
     /// Root of clones and worktrees.

@@ -527,7 +527,7 @@ fn the_monitor_is_not_held_back_by_max_concurrency_or_the_serial_gate() {
         };
         orch::queue::claim_by_id(
             tx,
-            &env.state().join("locks"),
+            &orch::liveness::Locks::Files(env.state().join("locks")),
             id,
             busy,
             10,

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use crate::context::Ctx;
 use crate::crash;
 use crate::error::exit;
-use crate::liveness::{self, WorkerLock};
+use crate::liveness::{self, Locks, WorkerLock};
 use crate::output;
 use crate::queue::{self, Claimer, Gates, Job, Unclaimable};
 use crate::storage::{self, Db};
@@ -26,10 +26,11 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Claim the next job for the holder of `lock`.
+/// Claim the next job for the holder of `lock` (taken from `locks`).
 pub fn claim_with(
     ctx: &Ctx,
     db: &mut Db,
+    locks: &Locks,
     lock: &WorkerLock,
 ) -> anyhow::Result<Result<Job, Unclaimable>> {
     let gates = Gates::from_config(&ctx.config);
@@ -41,12 +42,7 @@ pub fn claim_with(
     };
     let now = storage::now();
     // With the proactive reclaim off, an expired lease is reclaimed lazily here.
-    crate::pipeline::lease::reclaim_expired_before_claim(
-        db.conn(),
-        &ctx.config,
-        &ctx.locks_dir(),
-        now,
-    );
+    crate::pipeline::lease::reclaim_expired_before_claim(db.conn(), &ctx.config, locks, now);
     crash::point("claim.locked");
     let claimed = db.write(|tx| Ok(queue::claim(tx, claimer, gates, now)?))?;
     match claimed {
@@ -61,8 +57,9 @@ pub fn claim_with(
 /// Run `orch claim`.
 pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     let mut db = ctx.open_db()?;
-    let lock = WorkerLock::acquire(&ctx.locks_dir())?;
-    let result = claim_with(ctx, &mut db, &lock)?;
+    let locks = ctx.locks()?;
+    let lock = locks.acquire()?;
+    let result = claim_with(ctx, &mut db, &locks, &lock)?;
     lock.release();
     match result {
         Ok(job) => {

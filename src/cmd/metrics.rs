@@ -146,7 +146,7 @@ struct Snapshot {
 /// Read every figure in one snapshot; each running job's owner is probed
 /// once (`dead` holds the tokens found dead) and the answer reused.
 fn read(ctx: &Ctx, tx: &dyn Executor) -> anyhow::Result<Snapshot> {
-    let running = owners::probe_running(tx, &ctx.locks_dir())?;
+    let running = owners::probe_running(tx, &ctx.locks()?)?;
     let attention = attention::list_probed(tx, &ctx.config, &running)?;
     Ok(Snapshot {
         jobs: gauges::jobs(tx)?,

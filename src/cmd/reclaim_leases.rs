@@ -20,7 +20,7 @@ pub struct Args {
 /// Run `orch reclaim-leases`.
 pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     let mut db = ctx.open_db()?;
-    let reclaimed = lease::reclaim_pass(&mut db, &ctx.config, &ctx.locks_dir(), storage::now())?;
+    let reclaimed = lease::reclaim_pass(&mut db, &ctx.config, &ctx.locks()?, storage::now())?;
     if let Err(e) = crate::outbox::deliver(ctx, &mut db) {
         log::warn!("delivering the outbox: {e:#}");
     }

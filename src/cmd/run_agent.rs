@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use crate::cmd::claim;
 use crate::context::Ctx;
 use crate::error::exit;
-use crate::liveness::{self, WorkerLock};
+use crate::liveness;
 use crate::output;
 use crate::pipeline::run_summary;
 use crate::pipeline::worker;
@@ -63,7 +63,8 @@ pub fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
 /// Claim one job (or the one named) and run it to its committed end;
 /// `explain_nothing` says why when there is nothing to claim.
 fn run_one(ctx: &Ctx, db: &mut Db, args: &Args, explain_nothing: bool) -> anyhow::Result<ExitCode> {
-    let lock = WorkerLock::acquire(&ctx.locks_dir())?;
+    let locks = ctx.locks()?;
+    let lock = locks.acquire()?;
     let job = if let Some(id) = args.job {
         let boot_id = liveness::boot_id();
         let claimer = Claimer {
@@ -71,7 +72,6 @@ fn run_one(ctx: &Ctx, db: &mut Db, args: &Args, explain_nothing: bool) -> anyhow
             pid: std::process::id(),
             boot_id: &boot_id,
         };
-        let locks = ctx.locks_dir();
         let max = ctx.config.max_concurrency;
         match db.write(|tx| queue::claim_by_id(tx, &locks, id, claimer, max, storage::now()))? {
             ClaimById::Claimed(job) => *job,
@@ -82,7 +82,7 @@ fn run_one(ctx: &Ctx, db: &mut Db, args: &Args, explain_nothing: bool) -> anyhow
             }
         }
     } else {
-        match claim::claim_with(ctx, db, &lock)? {
+        match claim::claim_with(ctx, db, &locks, &lock)? {
             Ok(job) => job,
             Err(why) if !explain_nothing => {
                 lock.release();

@@ -255,12 +255,12 @@ fn survey_running(
     running: Option<i64>,
     shown: Option<usize>,
 ) -> anyhow::Result<owners::Survey> {
-    let locks = ctx.locks_dir();
+    let locks = ctx.locks()?;
     if let (Some(n), Some(running)) = (shown, running) {
         let running = usize::try_from(running).unwrap_or(0);
-        return Ok(owners::survey(tx, &locks, running, n)?);
+        return owners::survey(tx, &locks, running, n);
     }
-    Ok(owners::survey_each(tx, &locks, shown)?)
+    owners::survey_each(tx, &locks, shown)
 }
 
 /// The whole rows of the running jobs `owners`, in their order.

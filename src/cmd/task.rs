@@ -123,7 +123,7 @@ fn show_list(ctx: &Ctx, db: &mut storage::Db, a: &ListArgs) -> anyhow::Result<()
         repo: a.repo.as_deref(),
         unfinished: false,
     };
-    let locks = ctx.locks_dir();
+    let locks = ctx.locks()?;
     let (mut tasks, items) = db.read(|tx| {
         let tasks = overview::list(tx, filter, a.limit, now)?;
         Ok((tasks, attention::list(tx, &ctx.config, &locks)?))

@@ -1,7 +1,7 @@
-//! The liveness of many owners at once, for the views that show them all
-//! (`orch status`, the attention list, the board): one directory read and
-//! one read of `/proc/locks` instead of an open, a try-lock and a close per
-//! running job.
+//! The liveness of many lock-file owners at once, for the views that show
+//! them all (`orch status`, the attention list, the board; through
+//! [`super::Census`]): one directory read and one read of `/proc/locks`
+//! instead of an open, a try-lock and a close per running job.
 //!
 //! An owner whose lock file is absent is dead (a live owner creates its file
 //! before it claims and removes it only after its job is committed); one whose
@@ -21,7 +21,7 @@ use super::lock::{Liveness, probe};
 
 /// One look at the lock directory and the kernel's lock table.
 #[derive(Debug)]
-pub struct Census {
+pub struct FileCensus {
     locks_dir: PathBuf,
     /// Lock files by token, with their inode; `None` if the directory could
     /// not be read (every question then goes to the exact probe).
@@ -30,10 +30,10 @@ pub struct Census {
     held: HashSet<u64>,
 }
 
-impl Census {
+impl FileCensus {
     /// Read `locks_dir` and `/proc/locks` once.
-    pub fn take(locks_dir: &Path) -> Census {
-        Census {
+    pub fn take(locks_dir: &Path) -> FileCensus {
+        FileCensus {
             locks_dir: locks_dir.to_path_buf(),
             files: lock_files(locks_dir),
             held: held_inodes(locks_dir).unwrap_or_default(),
@@ -50,12 +50,12 @@ impl Census {
     }
 }
 
-impl Census {
+impl FileCensus {
     /// The token of every owner that is alive: each lock file the kernel
     /// lists as held, and each one it does not list that the exact probe
     /// finds locked. `None` when the lock directory could not be listed
-    /// (ask [`Census::probe`] owner by owner then). Bounded by the lock files
-    /// present, not by the jobs a database says are running.
+    /// (ask [`FileCensus::probe`] owner by owner then). Bounded by the lock
+    /// files present, not by the jobs a database says are running.
     pub fn alive_tokens(&self) -> Option<Vec<String>> {
         let files = self.files.as_ref()?;
         Some(
@@ -118,7 +118,7 @@ mod tests {
         // A file left behind by a killed owner: present, not locked.
         std::fs::write(dir.path().join(format!("{}.lock", "a".repeat(32))), "").expect("stale");
         dead.release();
-        let census = Census::take(dir.path());
+        let census = FileCensus::take(dir.path());
         for token in [
             live.token(),
             dead_token.as_str(),

@@ -1,4 +1,6 @@
-//! The worker lock file and the try-lock probe.
+//! The worker lock file and the try-lock probe: the single-host primitive
+//! behind [`super::Locks::Files`], and the [`WorkerLock`] an owner holds
+//! whichever kind of lock proves its life.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
@@ -7,19 +9,30 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
+use super::advisory::Session;
+
 /// Length in hex digits of a claim token (128 random bits).
 const TOKEN_LEN: usize = 32;
 
-/// An exclusive lock held for as long as this value lives; its token is what
-/// the job row records as `claim_token`.
+/// An exclusive lock held for as long as this value lives — a locked file
+/// (one host) or a PostgreSQL session holding an advisory lock (many hosts);
+/// its token is what the job row records as `claim_token`.
 #[derive(Debug)]
 pub struct WorkerLock {
-    file: File,
-    path: PathBuf,
+    held: Held,
     token: String,
 }
 
-/// What a try-lock on an owner's lock file says about the owner.
+/// What keeps a [`WorkerLock`] held.
+#[derive(Debug)]
+enum Held {
+    /// The open, `flock`ed lock file at `path`.
+    File { file: File, path: PathBuf },
+    /// A dedicated database session holding the advisory lock.
+    Session(Box<Session>),
+}
+
+/// What a probe of an owner's lock says about the owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Liveness {
@@ -68,7 +81,18 @@ impl WorkerLock {
             }
             // Diagnostics only; the lock, not this text, is the proof of life.
             let _ = writeln!(file, "pid={} boot={}", std::process::id(), super::boot_id());
-            return Ok(WorkerLock { file, path, token });
+            return Ok(WorkerLock {
+                held: Held::File { file, path },
+                token,
+            });
+        }
+    }
+
+    /// The lock `session` holds, as a worker lock.
+    pub(super) fn in_session(session: Session) -> WorkerLock {
+        WorkerLock {
+            token: session.token(),
+            held: Held::Session(Box::new(session)),
         }
     }
 
@@ -77,13 +101,19 @@ impl WorkerLock {
         &self.token
     }
 
-    /// Remove the lock file, then release the lock.
+    /// Release the lock: remove the lock file, then unlock it; or unlock the
+    /// advisory lock, then close its session.
     ///
     /// Call this only once the job's outcome is committed: from then on a
-    /// probe finds no file and reports the owner dead, which is the truth.
+    /// probe finds no lock and reports the owner dead, which is the truth.
     pub fn release(self) {
-        let _ = std::fs::remove_file(&self.path);
-        drop(self.file);
+        match self.held {
+            Held::File { file, path } => {
+                let _ = std::fs::remove_file(&path);
+                drop(file);
+            }
+            Held::Session(session) => session.release(),
+        }
     }
 }
 

@@ -7,17 +7,25 @@
 //! dead one with a non-blocking try-lock: exact, immediate, and immune to pid
 //! reuse. Pids are kept only for diagnostics and signalling.
 //!
+//! When workers on several hosts share one queue, the same proof is a
+//! PostgreSQL session advisory lock, held by a connection the worker keeps
+//! open for the run ([`advisory`]). Callers ask [`Locks`], which is either
+//! kind, and never which one it is.
+//!
 //! fs2 is called fully qualified and only here, because Rust 1.89's inherent
 //! `File::lock*` methods shadow fs2's trait methods of the same names.
 //! std opens every file with `O_CLOEXEC`, so a lock fd is never inherited by a
 //! spawned agent: the agent cannot keep a dead worker looking alive.
 
+pub mod advisory;
 pub mod census;
 pub mod lock;
+pub mod locks;
 
 pub use lock::{
     Liveness, RepoLock, WorkerLock, lock_file_exists, pid_holds_lock, probe, remove_if_free,
 };
+pub use locks::{Census, Locks};
 
 pub mod reaper;
 

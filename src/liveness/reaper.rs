@@ -7,9 +7,10 @@
 //! - **owner alive** (its lock is held): never reaped. A finalizer running
 //!   heavy edge gates for minutes is alive by definition; a deferral is counted
 //!   once its agent exited `reaper_finalize_grace_s` ago. Past
-//!   `reaper_max_running_s` the backstop kills the owner (only after `/proc`
-//!   shows that pid holds the lock, so a reused pid is never signalled); its
-//!   guardian then kills the agent's group, and the job is reaped as dead.
+//!   `reaper_max_running_s` the backstop kills the owner (only once that pid
+//!   is shown to hold the lock on this host, so a reused pid, or a pid of
+//!   another host, is never signalled); its guardian then kills the agent's
+//!   group, and the job is reaped as dead.
 //! - **owner dead**: a job of a cancelled or finished task is cancelled; a job
 //!   whose agent exited successfully is requeued as a finalize-only
 //!   continuation, for a worker to push and evaluate that run's result without
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::context::Ctx;
-use crate::liveness::{self, Liveness};
+use crate::liveness::{Liveness, Locks};
 use crate::outbox;
 use crate::pipeline::engine::{self, Committed, Fence};
 use crate::pipeline::evaluate::Decision;
@@ -100,6 +101,7 @@ fn run_infos(db: &Db) -> anyhow::Result<std::collections::HashMap<i64, RunInfo>>
 pub fn reap_once(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Pass> {
     let mut pass = Pass::default();
     let t0 = now();
+    let locks = ctx.locks()?;
     if ctx.config.reaper_enabled {
         let running = queue::running(db.conn())?;
         let mut runs = run_infos(db)?;
@@ -107,7 +109,7 @@ pub fn reap_once(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Pass> {
         for job in running {
             let run = job.run_id.and_then(|id| runs.remove(&id));
             // One bad job never stops the pass.
-            if let Err(e) = reap_job(ctx, db, &job, run.as_ref(), &mut pass) {
+            if let Err(e) = reap_job(ctx, &locks, db, &job, run.as_ref(), &mut pass) {
                 log::warn!("reaping job {}: {e:#}", job.id);
                 pass.errors.push(format!("job {}: {e:#}", job.id));
             }
@@ -147,11 +149,11 @@ pub fn reap_once(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Pass> {
             Err(e) => step("impossible-queued sweep", &mut pass, e),
         }
     }
-    match lease::reclaim_pass(db, &ctx.config, &ctx.locks_dir(), now()) {
+    match lease::reclaim_pass(db, &ctx.config, &locks, now()) {
         Ok(reclaimed) => pass.leases_reclaimed = reclaimed,
         Err(e) => step("lease reclaim", &mut pass, e),
     }
-    match sweep_lock_files(db, &ctx.locks_dir()) {
+    match sweep_lock_files(db, &locks) {
         Ok(removed) => pass.lock_files_removed = removed,
         Err(e) => step("lock-file sweep", &mut pass, e),
     }
@@ -187,50 +189,29 @@ pub fn reap_once(ctx: &Ctx, db: &mut Db) -> anyhow::Result<Pass> {
 /// their token any more (the job was reaped, requeued or finished by another
 /// worker), so the lock directory does not grow with every crash and the
 /// views' census stays cheap. Tokens are never reused; a file that is held
-/// stays ([`liveness::remove_if_free`]).
-fn sweep_lock_files(db: &Db, locks_dir: &std::path::Path) -> anyhow::Result<usize> {
-    // The directory first, the running tokens second: a file listed here is
-    // a running job's (kept), a claimer's not yet committed (held, so kept),
-    // or garbage.
-    let Ok(entries) = std::fs::read_dir(locks_dir) else {
-        return Ok(0);
-    };
-    let files: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            name.strip_suffix(".lock").map(str::to_owned)
-        })
-        .collect();
-    if files.is_empty() {
-        return Ok(0);
-    }
-    let running: std::collections::HashSet<String> = queue::running_owners(db.conn())?
-        .into_iter()
-        .filter_map(|o| o.claim_token)
-        .collect();
-    let mut removed = 0;
-    for token in files.iter().filter(|t| !running.contains(*t)) {
-        if liveness::remove_if_free(locks_dir, token)? {
-            removed += 1;
-        }
-    }
-    Ok(removed)
+/// stays ([`Locks::sweep`]; advisory locks leave nothing to sweep).
+fn sweep_lock_files(db: &Db, locks: &Locks) -> anyhow::Result<usize> {
+    locks.sweep(|| {
+        Ok(queue::running_owners(db.conn())?
+            .into_iter()
+            .filter_map(|o| o.claim_token)
+            .collect())
+    })
 }
 
 fn reap_job(
     ctx: &Ctx,
+    locks: &Locks,
     db: &mut Db,
     job: &Job,
     run: Option<&RunInfo>,
     pass: &mut Pass,
 ) -> anyhow::Result<()> {
-    let locks = ctx.locks_dir();
     let token = job.claim_token.clone().unwrap_or_default();
     let t = now();
     // Set when a live owner is reaped anyway (backstop, or the kill-switch off).
     let mut forced: Option<String> = None;
-    if liveness::probe(&locks, &token)? == Liveness::Alive {
+    if locks.probe(&token)? == Liveness::Alive {
         let age = job.started_at.map_or(0, |s| t - s);
         let max = i64::try_from(ctx.config.reaper_max_running_s).unwrap_or(i64::MAX);
         let grace = i64::try_from(ctx.config.reaper_finalize_grace_s).unwrap_or(i64::MAX);
@@ -244,7 +225,7 @@ fn reap_job(
                 .map(|f| t - f)
         };
         if age >= max {
-            if !backstop(ctx, job, &token)? {
+            if !backstop(ctx, locks, job, &token)? {
                 pass.errors.push(format!(
                     "job {}: past the backstop but its owner could not be stopped",
                     job.id
@@ -302,10 +283,10 @@ fn reap_job(
     let reason = forced.clone().unwrap_or_else(|| "owner dead".to_owned());
     if run.is_none() {
         // No agent was started in this claim. A clean hand-over (`orch claim`)
-        // removed its lock file: give a worker the start grace to take it over.
+        // released its lock: give a worker the start grace to take it over.
         let age = job.started_at.map_or(i64::MAX, |s| t - s);
         let grace = i64::try_from(ctx.config.reaper_start_grace_s).unwrap_or(i64::MAX);
-        if !liveness::lock_file_exists(&locks, &token) && age < grace && reason == "owner dead" {
+        if locks.may_have_handed_over(&token) && age < grace && reason == "owner dead" {
             pass.start_grace_defers += 1;
             return Ok(());
         }
@@ -505,17 +486,17 @@ fn record(
     Ok(())
 }
 
-/// Stop a live owner past the backstop: SIGKILL it, but only while `/proc`
-/// shows that very pid holding the job's lock. Its guardian then kills the
-/// agent's process group. Returns whether the lock is free afterwards.
-fn backstop(ctx: &Ctx, job: &Job, token: &str) -> anyhow::Result<bool> {
-    let locks = ctx.locks_dir();
+/// Stop a live owner past the backstop: SIGKILL it, but only while that very
+/// pid of this host holds the job's lock ([`Locks::pid_holds`]). Its guardian
+/// then kills the agent's process group. Returns whether the lock is free
+/// afterwards.
+fn backstop(ctx: &Ctx, locks: &Locks, job: &Job, token: &str) -> anyhow::Result<bool> {
     let Some(owner) = job.owner_pid else {
         return Ok(false);
     };
-    if !liveness::pid_holds_lock(&locks, token, owner) {
+    if !locks.pid_holds(token, owner)? {
         log::warn!(
-            "job {}: owner pid {owner} does not hold the job's lock; not signalling it",
+            "job {}: owner pid {owner} does not hold the job's lock on this host; not signalling it",
             job.id
         );
         return Ok(false);
@@ -531,7 +512,7 @@ fn backstop(ctx: &Ctx, job: &Job, token: &str) -> anyhow::Result<bool> {
     );
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if liveness::probe(&locks, token)? == Liveness::Dead {
+        if locks.probe(token)? == Liveness::Dead {
             return Ok(true);
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -7,12 +7,10 @@
 //! on. Those look like any other row in a table, so `orch status`, `orch task
 //! list`, the web board and the metrics all read this one list.
 
-use std::path::Path;
-
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::liveness::Liveness;
+use crate::liveness::{Liveness, Locks};
 use crate::pipeline::owners::{self, Owner};
 use crate::pipeline::{Stage, self_deploy};
 use crate::storage::Executor;
@@ -82,9 +80,9 @@ pub struct Item {
 }
 
 /// Everything that needs a human, oldest first within each kind; each
-/// running job's owner is probed through its lock in `locks_dir`.
-pub fn list(conn: &dyn Executor, config: &Config, locks_dir: &Path) -> anyhow::Result<Vec<Item>> {
-    list_probed(conn, config, &owners::probe_running(conn, locks_dir)?)
+/// running job's owner is probed through its lock in `locks`.
+pub fn list(conn: &dyn Executor, config: &Config, locks: &Locks) -> anyhow::Result<Vec<Item>> {
+    list_probed(conn, config, &owners::probe_running(conn, locks)?)
 }
 
 /// [`list`], with the running jobs' owners already probed: a caller that

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::backends::forge;
 use crate::context::Ctx;
 use crate::crash;
-use crate::liveness::{self, Liveness};
+use crate::liveness::{Liveness, Locks};
 use crate::outbox::{self, Message};
 use crate::pipeline::{lease, self_deploy, task};
 use crate::queue;
@@ -60,13 +60,13 @@ pub fn critical_window(ctx: &Ctx, db: &Db, task: &task::Task) -> anyhow::Result<
     let holds_lease = lease::get(db.conn(), &task.repo)?
         .is_some_and(|l| Some(l.branch.as_str()) == task.branch.as_deref());
     if holds_lease {
-        let locks = ctx.locks_dir();
+        let locks = ctx.locks()?;
         for j in queue::for_task(db.conn(), task.id)? {
             if j.status == "running"
                 && matches!(j.stage.as_deref(), Some("deploy-staging" | "deploy"))
                 && j.claim_token
                     .as_deref()
-                    .is_some_and(|t| liveness::probe(&locks, t).ok() == Some(Liveness::Alive))
+                    .is_some_and(|t| locks.probe(t).ok() == Some(Liveness::Alive))
             {
                 return Ok(Some(format!(
                     "job {} ({}) is merging/deploying with the lease held",
@@ -158,7 +158,7 @@ pub fn cancel_task(
     })?;
     crash::point("cancel.requested");
 
-    let stopped = stop_running(ctx, task_id, &running)?;
+    let stopped = stop_running(&ctx.locks()?, task_id, &running)?;
     tear_down(ctx, &t)?;
     crash::point("cancel.torn_down");
     mark_cancelled(db, &t, reason)?;
@@ -175,35 +175,46 @@ pub fn cancel_task(
 
 /// Step 2 of [`cancel_task`]: stop the task's running work. The agent's
 /// process group is signalled only while its owner's lock proves the group
-/// is still this run's; the owner is killed only once /proc shows that pid
-/// holding the lock, and we wait for it to die so nothing pushes after the
-/// teardown. Returns how many were stopped.
-fn stop_running(ctx: &Ctx, task_id: i64, running: &[queue::Job]) -> anyhow::Result<u32> {
-    let locks = ctx.locks_dir();
+/// is still this run's; the owner is killed only once that pid is shown to
+/// hold the lock on this host, and we wait for it to die so nothing pushes
+/// after the teardown. A pid means something only on its own host: with
+/// owners on several hosts, a job whose owner runs elsewhere is not
+/// signalled at all (its cancelled row fences whatever it commits; see
+/// docs/scaling.md). Returns how many were stopped.
+fn stop_running(locks: &Locks, task_id: i64, running: &[queue::Job]) -> anyhow::Result<u32> {
     let mut stopped = 0;
     for j in running {
         let Some(token) = j.claim_token.as_deref() else {
             continue;
         };
-        if liveness::probe(&locks, token)? != Liveness::Alive {
+        if locks.probe(token)? != Liveness::Alive {
+            continue;
+        }
+        let owner_here = match j.owner_pid {
+            Some(owner) => locks.pid_holds(token, owner)?,
+            None => false,
+        };
+        if locks.spans_hosts() && !owner_here {
+            log::warn!(
+                "job {} ({}) of task {task_id} is not owned by a process of this host: \
+                 not signalled from here; its owner's commit will find it cancelled",
+                j.id,
+                j.agent
+            );
             continue;
         }
         if let Some(pgid) = j.pid {
             let pgid = nix::unistd::Pid::from_raw(i32::try_from(pgid).unwrap_or(0));
             let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM);
         }
-        if let Some(owner) = j.owner_pid
-            && liveness::pid_holds_lock(&locks, token, owner)
-        {
+        if owner_here && let Some(owner) = j.owner_pid {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(i32::try_from(owner).unwrap_or(0)),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while liveness::probe(&locks, token)? == Liveness::Alive
-            && std::time::Instant::now() < deadline
-        {
+        while locks.probe(token)? == Liveness::Alive && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         stopped += 1;
@@ -354,4 +365,86 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt as _;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::liveness::advisory::{test_server, token_of};
+    use crate::queue::{Claimer, Gates, NewJob};
+
+    /// With owners on several hosts, a pid in a job row may be another
+    /// host's: a STOP here must signal neither it nor its process group,
+    /// even when a process of this host happens to have that very pid.
+    #[test]
+    fn a_stop_never_signals_the_pids_of_an_owner_on_another_host() {
+        let Some(url) = test_server() else { return };
+        let locks = Locks::configured(PathBuf::new(), Some(&url)).expect("locks");
+        // A local process whose pid (and group) the remote owner's row names.
+        let mut bystander = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        let pid = bystander.id();
+        // The owner on "another host" holds its lock under that same pid.
+        let joiner = if url.contains('?') { '&' } else { '?' };
+        let mut owner = format!("{url}{joiner}application_name=orch:another-host:{pid}")
+            .parse::<postgres::Config>()
+            .expect("config")
+            .connect(postgres::NoTls)
+            .expect("owner session");
+        let key: i64 = owner
+            .query_one("SELECT (random() * 9.0e18)::bigint", &[])
+            .expect("key")
+            .get(0);
+        owner
+            .execute("SELECT pg_advisory_lock($1)", &[&key])
+            .expect("lock");
+        let token = token_of(key);
+        let (_dir, db) = crate::storage::test_db();
+        let conn = db.conn();
+        let job = NewJob {
+            agent: "developer",
+            repo: "demo",
+            task_id: None,
+            stage: None,
+            task_content: "",
+            max_attempts: 2,
+        };
+        let id = queue::enqueue(conn, &job, 0).expect("enqueue");
+        let claimer = Claimer {
+            token: &token,
+            pid,
+            boot_id: "another boot",
+        };
+        let gates = Gates {
+            max_concurrency: 1,
+            serial: false,
+            task_deps: false,
+        };
+        queue::claim(conn, claimer, gates, 0)
+            .expect("claim")
+            .expect("claimed");
+        assert!(queue::set_pid(conn, id, &token, pid).expect("set pid"));
+        let running = queue::get(conn, id).expect("get").expect("the job");
+        assert_eq!(
+            (running.pid, running.owner_pid),
+            (Some(i64::from(pid)), Some(i64::from(pid)))
+        );
+
+        let stopped = stop_running(&locks, 7, &[running]).expect("stop");
+        let untouched = bystander.try_wait().expect("try_wait").is_none();
+        let _ = bystander.kill();
+        let _ = bystander.wait();
+        assert_eq!(stopped, 0, "nothing of another host is stopped from here");
+        assert!(
+            untouched,
+            "the local process with the remote owner's pid lives"
+        );
+        assert_eq!(locks.probe(&token).expect("probe"), Liveness::Alive);
+    }
 }

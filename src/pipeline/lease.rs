@@ -13,7 +13,7 @@
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::liveness::{self, Liveness};
+use crate::liveness::{Liveness, Locks};
 use crate::outbox::{self, Message};
 use crate::pipeline::Stage;
 use crate::pipeline::task;
@@ -69,7 +69,7 @@ pub fn all(conn: &dyn Executor) -> storage::Result<Vec<Lease>> {
 pub fn unusable_because(
     conn: &dyn Executor,
     config: &Config,
-    locks_dir: &std::path::Path,
+    locks: &Locks,
     lease: &Lease,
     now: i64,
 ) -> anyhow::Result<Option<String>> {
@@ -120,7 +120,7 @@ pub fn unusable_because(
         j.status == "running"
             && j.claim_token
                 .as_deref()
-                .is_some_and(|t| liveness::probe(locks_dir, t).ok() == Some(Liveness::Alive))
+                .is_some_and(|t| locks.probe(t).ok() == Some(Liveness::Alive))
     });
     if live {
         return Ok(None);
@@ -163,7 +163,7 @@ pub struct Reclaimed {
 pub fn reclaim_pass(
     db: &mut storage::Db,
     config: &Config,
-    locks_dir: &std::path::Path,
+    locks: &Locks,
     now: i64,
 ) -> anyhow::Result<Vec<Reclaimed>> {
     if !config.lease_reclaim_enabled {
@@ -179,7 +179,7 @@ pub fn reclaim_pass(
             if current != lease {
                 return Ok(None);
             }
-            let Some(why) = unusable_because(tx, config, locks_dir, &current, now)? else {
+            let Some(why) = unusable_because(tx, config, locks, &current, now)? else {
                 return Ok(None);
             };
             Ok(Some(reclaim_row(tx, current, why, now)?))
@@ -237,7 +237,7 @@ fn reclaim_row(
 pub fn reclaim_expired_on_acquire(
     conn: &dyn Executor,
     config: &Config,
-    locks_dir: &std::path::Path,
+    locks: &Locks,
     lease: &Lease,
     now: i64,
 ) -> anyhow::Result<Option<Reclaimed>> {
@@ -251,7 +251,7 @@ pub fn reclaim_expired_on_acquire(
         if get(tx, &lease.repo)?.as_ref() != Some(lease) {
             return Ok(());
         }
-        let Some(why) = unusable_because(tx, config, locks_dir, lease, now)? else {
+        let Some(why) = unusable_because(tx, config, locks, lease, now)? else {
             return Ok(());
         };
         let age = now - lease.acquired_at;
@@ -284,7 +284,7 @@ pub fn reclaim_expired_on_acquire(
 pub fn reclaim_expired_before_claim(
     conn: &dyn Executor,
     config: &Config,
-    locks_dir: &std::path::Path,
+    locks: &Locks,
     now: i64,
 ) -> Vec<Reclaimed> {
     if config.lease_reclaim_enabled {
@@ -300,7 +300,7 @@ pub fn reclaim_expired_before_claim(
     leases
         .iter()
         .filter_map(
-            |l| match reclaim_expired_on_acquire(conn, config, locks_dir, l, now) {
+            |l| match reclaim_expired_on_acquire(conn, config, locks, l, now) {
                 Ok(r) => r,
                 Err(e) => {
                     log::warn!("reclaiming the expired merge lease of {}: {e:#}", l.repo);

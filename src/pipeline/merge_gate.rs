@@ -127,7 +127,7 @@ fn take_lease(
     // With the proactive reclaim off, an expired lease is taken over here.
     if let Acquired::Busy(other) = &acquired
         && !ctx.config.lease_reclaim_enabled
-        && lease::reclaim_expired_on_acquire(conn, &ctx.config, &ctx.locks_dir(), other, now())?
+        && lease::reclaim_expired_on_acquire(conn, &ctx.config, &ctx.locks()?, other, now())?
             .is_some()
     {
         acquired = lease::acquire(conn, &task.repo, holder, now())?;

@@ -3,16 +3,14 @@
 //! `orch status`, the attention list, the metrics and the board all ask the
 //! same question of every running job: is the process that claimed it still
 //! holding its lock? [`probe_running`] answers it for all of them with one
-//! light read of the running jobs (not their whole rows) and one [`Census`]
-//! of the lock directory, not one query or lock probe per job. A view that
-//! shows only the first few and counts the rest (`orch status` in text) does
-//! not read every running job at all: [`survey`] asks the census for the live
-//! owners' tokens and lets indexes count and order the jobs.
+//! light read of the running jobs (not their whole rows) and one census of
+//! the owner locks ([`Locks::census`]), not one query or lock probe per job.
+//! A view that shows only the first few and counts the rest (`orch status`
+//! in text) does not read every running job at all: [`survey`] asks the
+//! census for the live owners' tokens and lets indexes count and order the
+//! jobs.
 
-use std::path::Path;
-
-use crate::liveness::Liveness;
-use crate::liveness::census::Census;
+use crate::liveness::{Liveness, Locks};
 use crate::queue;
 use crate::storage;
 use crate::storage::Executor;
@@ -31,18 +29,20 @@ pub struct Owner {
 }
 
 /// Every running job's owner, by job id, each probed through its lock in
-/// `locks_dir`. A lock that cannot be probed counts as dead (with a warning):
-/// the view then points at `orch reap`, whose own exact probe decides.
-pub fn probe_running(conn: &dyn Executor, locks_dir: &Path) -> storage::Result<Vec<Owner>> {
+/// `locks`. A lock that cannot be probed counts as dead (with a warning):
+/// the view then points at `orch reap`, whose own exact probe decides. A
+/// census that cannot be taken at all (the database of advisory locks is
+/// out of reach) is an error.
+pub fn probe_running(conn: &dyn Executor, locks: &Locks) -> anyhow::Result<Vec<Owner>> {
     let rows = queue::running_owners(conn)?;
-    // After the read: a job claimed since has its lock file created since.
-    let census = Census::take(locks_dir);
+    // After the read: a job claimed since took its lock since.
+    let census = locks.census()?;
     Ok(rows
         .into_iter()
         .map(|r| {
             let liveness = match r.claim_token.as_deref() {
                 Some(token) => census.probe(token).unwrap_or_else(|e| {
-                    log::warn!("probing the owner lock of job {}: {e}", r.job_id);
+                    log::warn!("probing the owner lock of job {}: {e:#}", r.job_id);
                     Liveness::Dead
                 }),
                 None => Liveness::Dead,
@@ -77,26 +77,26 @@ pub struct Survey {
 
 /// [`Survey`] the `running` jobs, reading `first` of them: the work grows
 /// with the live owners and the jobs shown, not with the jobs running (a
-/// status over thousands of running jobs reads the lock files present, an
-/// index lookup per live owner and a page of rows).
+/// status over thousands of running jobs reads the locks held, an index
+/// lookup per live owner and a page of rows).
 ///
 /// `running` is how many jobs are running, read earlier in the same read
-/// transaction: that read pins the snapshot before the lock directory is
-/// read, so every job in the snapshot was claimed, and its lock file
-/// created, before the census looked.
+/// transaction: that read pins the snapshot before the locks are looked at,
+/// so every job in the snapshot was claimed, and its lock taken, before the
+/// census looked.
 pub fn survey(
     conn: &dyn Executor,
-    locks_dir: &Path,
+    locks: &Locks,
     running: usize,
     first: usize,
-) -> storage::Result<Survey> {
+) -> anyhow::Result<Survey> {
     if running == 0 {
         return Ok(Survey::default());
     }
-    let census = Census::take(locks_dir);
+    let census = locks.census()?;
     let Some(alive) = census.alive_tokens() else {
         // The lock directory cannot be listed: every owner is probed.
-        return survey_each(conn, locks_dir, Some(first));
+        return survey_each(conn, locks, Some(first));
     };
     let dead = running.saturating_sub(queue::running_count_in(conn, &alive)?);
     let page = |among_alive: bool, limit: usize| -> storage::Result<Vec<Owner>> {
@@ -132,10 +132,10 @@ pub fn survey(
 /// when `first` is `None`, else the first few in reading order.
 pub fn survey_each(
     conn: &dyn Executor,
-    locks_dir: &Path,
+    locks: &Locks,
     first: Option<usize>,
-) -> storage::Result<Survey> {
-    let mut all = probe_running(conn, locks_dir)?;
+) -> anyhow::Result<Survey> {
+    let mut all = probe_running(conn, locks)?;
     let (total, dead) = (
         all.len(),
         all.iter().filter(|o| o.liveness == Liveness::Dead).count(),
@@ -154,7 +154,6 @@ pub fn survey_each(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::liveness::WorkerLock;
     use crate::queue::{Claimer, Gates, NewJob};
 
     /// Jobs claimed by live owners, by owners that died (their lock
@@ -163,8 +162,7 @@ mod tests {
     #[test]
     fn the_survey_agrees_with_probing_every_owner() {
         let (dir, db) = storage::test_db();
-        let locks = dir.path().join("locks");
-        std::fs::create_dir_all(&locks).expect("locks dir");
+        let locks = Locks::Files(dir.path().join("locks"));
         let conn = db.conn();
         let gates = Gates {
             max_concurrency: 100,
@@ -182,7 +180,7 @@ mod tests {
                 max_attempts: 2,
             };
             queue::enqueue(conn, &job, 0).expect("enqueue");
-            let lock = WorkerLock::acquire(&locks).expect("lock");
+            let lock = locks.acquire().expect("lock");
             let claimer = Claimer {
                 token: lock.token(),
                 pid: std::process::id(),

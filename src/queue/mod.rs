@@ -390,7 +390,7 @@ pub enum ClaimById {
 /// free) is adopted with a new claim, which counts as a new attempt.
 pub fn claim_by_id(
     conn: &dyn Executor,
-    locks_dir: &std::path::Path,
+    locks: &crate::liveness::Locks,
     job_id: i64,
     claimer: Claimer<'_>,
     max_concurrency: u32,
@@ -414,7 +414,7 @@ pub fn claim_by_id(
         }
         "running" => {
             let old = job.claim_token.clone().unwrap_or_default();
-            if crate::liveness::probe(locks_dir, &old)? == crate::liveness::Liveness::Alive {
+            if locks.probe(&old)? == crate::liveness::Liveness::Alive {
                 return Ok(ClaimById::Refused(format!(
                     "job {job_id} is running and its owner (pid {}) is alive",
                     job.owner_pid.unwrap_or(0)

@@ -142,7 +142,7 @@ fn board(ctx: &Ctx) -> anyhow::Result<String> {
         finished.truncate(FINISHED_SHOWN as usize);
         Ok(Board {
             now: storage::now(),
-            attention: attention::list(tx, &ctx.config, &ctx.locks_dir())?,
+            attention: attention::list(tx, &ctx.config, &ctx.locks()?)?,
             columns,
             counts: task::count_by_stage(tx)?
                 .into_iter()
@@ -160,7 +160,7 @@ fn task_page(ctx: &Ctx, id: i64) -> anyhow::Result<Response> {
         let Some(t) = task::get(tx, id)? else {
             return Ok(None);
         };
-        let attention = attention::list(tx, &ctx.config, &ctx.locks_dir())?
+        let attention = attention::list(tx, &ctx.config, &ctx.locks()?)?
             .into_iter()
             .filter(|i| i.task_id == Some(id))
             .collect();
