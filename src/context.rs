@@ -58,10 +58,11 @@ impl Ctx {
     }
 
     /// Where owners keep the proof of their life: lock files in
-    /// [`Ctx::locks_dir`] (every worker on this host). PostgreSQL advisory
-    /// locks take over once the configuration names a database URL for them.
+    /// [`Ctx::locks_dir`] when every worker is on this host (SQLite), or
+    /// session advisory locks in the PostgreSQL database (`db_url`) that
+    /// workers on every host share.
     pub fn locks(&self) -> anyhow::Result<Locks> {
-        Locks::configured(self.locks_dir(), None)
+        Locks::configured(self.locks_dir(), self.db_url())
     }
 
     /// Root of clones and worktrees.
