@@ -62,11 +62,12 @@ pub fn critical_window(ctx: &Ctx, db: &Db, task: &task::Task) -> anyhow::Result<
     if holds_lease {
         let locks = ctx.locks()?;
         for j in queue::for_task(db.conn(), task.id)? {
+            // A probe that cannot ask is an error, never "dead": the STOP
+            // waits rather than tear down a live merge.
             if j.status == "running"
                 && matches!(j.stage.as_deref(), Some("deploy-staging" | "deploy"))
-                && j.claim_token
-                    .as_deref()
-                    .is_some_and(|t| locks.probe(t).ok() == Some(Liveness::Alive))
+                && let Some(token) = j.claim_token.as_deref()
+                && locks.probe(token)? == Liveness::Alive
             {
                 return Ok(Some(format!(
                     "job {} ({}) is merging/deploying with the lease held",

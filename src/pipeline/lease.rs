@@ -116,14 +116,14 @@ pub fn unusable_because(
         )));
     }
     let jobs = crate::queue::for_task(conn, task.id)?;
-    let live = jobs.iter().any(|j| {
-        j.status == "running"
-            && j.claim_token
-                .as_deref()
-                .is_some_and(|t| locks.probe(t).ok() == Some(Liveness::Alive))
-    });
-    if live {
-        return Ok(None);
+    // A probe that cannot ask (the database of advisory locks out of
+    // reach) is an error, never "dead": a live merger keeps its lease.
+    for j in jobs.iter().filter(|j| j.status == "running") {
+        if let Some(token) = j.claim_token.as_deref()
+            && locks.probe(token)? == Liveness::Alive
+        {
+            return Ok(None);
+        }
     }
     let queued = jobs.iter().any(|j| j.status == "queued");
     let running_dead = jobs.iter().any(|j| j.status == "running");
