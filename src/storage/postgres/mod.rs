@@ -41,6 +41,7 @@ mod deliveries;
 mod jobs;
 mod leases;
 pub mod schema;
+mod tasks;
 
 use std::cell::RefCell;
 use std::time::Duration;
@@ -220,6 +221,9 @@ impl<'a> Tx<'a> {
 pub(crate) fn get<'r, T: FromSql<'r>>(row: &'r Row, idx: usize) -> Result<T> {
     Ok(row.try_get(idx)?)
 }
+
+#[cfg(test)]
+mod fixtures;
 
 #[cfg(test)]
 pub(crate) mod testing;
