@@ -40,6 +40,7 @@ mod counters;
 mod deliveries;
 mod jobs;
 mod leases;
+mod local_tracker;
 pub mod schema;
 mod tasks;
 
