@@ -38,6 +38,7 @@
 
 mod counters;
 mod deliveries;
+mod deploys;
 mod jobs;
 mod leases;
 mod local_tracker;
