@@ -42,6 +42,7 @@ mod deploys;
 mod jobs;
 mod leases;
 mod local_tracker;
+mod post_deploys;
 pub mod schema;
 mod tasks;
 
