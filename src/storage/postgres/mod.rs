@@ -38,9 +38,13 @@
 
 mod counters;
 mod deliveries;
+mod deploys;
 mod jobs;
 mod leases;
+mod local_tracker;
+mod post_deploys;
 pub mod schema;
+mod tasks;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -360,6 +364,9 @@ impl<'a> Tx<'a> {
 pub(crate) fn get<'r, T: FromSql<'r>>(row: &'r Row, idx: usize) -> Result<T> {
     Ok(row.try_get(idx)?)
 }
+
+#[cfg(test)]
+mod fixtures;
 
 #[cfg(test)]
 pub(crate) mod testing;
