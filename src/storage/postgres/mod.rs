@@ -46,8 +46,9 @@ mod post_deploys;
 pub mod schema;
 mod tasks;
 
-use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -119,7 +120,7 @@ pub struct Store {
     auto: Tx<'static>,
     /// Set by a statement that inserts or updates a job (every `Tx` of
     /// this store shares it).
-    jobs_changed: Rc<Cell<bool>>,
+    jobs_changed: Arc<AtomicBool>,
     /// [`describe`] of the settings it was opened with.
     shown: String,
 }
@@ -185,11 +186,11 @@ impl Store {
     }
 
     fn over(client: Client, shown: String) -> Store {
-        let jobs_changed = Rc::new(Cell::new(false));
+        let jobs_changed = Arc::new(AtomicBool::new(false));
         Store {
             auto: Tx {
                 session: RefCell::new(Session::Client(client)),
-                jobs_changed: Rc::clone(&jobs_changed),
+                jobs_changed: Arc::clone(&jobs_changed),
             },
             jobs_changed,
             shown,
@@ -206,7 +207,7 @@ impl Store {
     /// the analogue of SQLite's update hook, so a commit that made work
     /// claimable wakes this host's idle workers.
     pub fn take_jobs_changed(&self) -> bool {
-        self.jobs_changed.replace(false)
+        self.jobs_changed.swap(false, Ordering::Relaxed)
     }
 
     /// The session, for statements that each commit on their own.
@@ -225,7 +226,7 @@ impl Store {
     /// back if `f` fails. Keep `f` short: never spawn a process or make a
     /// network call inside it (a claim's lock is held until it ends).
     pub fn write<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        let jobs_changed = Rc::clone(&self.jobs_changed);
+        let jobs_changed = Arc::clone(&self.jobs_changed);
         let tx = self
             .client()
             .build_transaction()
@@ -238,7 +239,7 @@ impl Store {
     /// Run `f` in one `REPEATABLE READ, READ ONLY` transaction, so it sees a
     /// single consistent snapshot and cannot change a row.
     pub fn read<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        let jobs_changed = Rc::clone(&self.jobs_changed);
+        let jobs_changed = Arc::clone(&self.jobs_changed);
         let tx = self
             .client()
             .build_transaction()
@@ -278,7 +279,7 @@ macro_rules! on_session {
 pub struct Tx<'a> {
     session: RefCell<Session<'a>>,
     /// The store's flag: a job was inserted or updated.
-    jobs_changed: Rc<Cell<bool>>,
+    jobs_changed: Arc<AtomicBool>,
 }
 
 impl<'a> Tx<'a> {
@@ -286,7 +287,7 @@ impl<'a> Tx<'a> {
     /// the transaction does).
     fn run<T>(
         tx: Transaction<'a>,
-        jobs_changed: Rc<Cell<bool>>,
+        jobs_changed: Arc<AtomicBool>,
         f: impl FnOnce(&Tx<'_>) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
         let tx = Tx {
@@ -313,14 +314,14 @@ impl<'a> Tx<'a> {
             Session::Transaction(tx) => tx.transaction(),
         }
         .map_err(Error::from)?;
-        Tx::run(inner, Rc::clone(&self.jobs_changed), f)
+        Tx::run(inner, Arc::clone(&self.jobs_changed), f)
     }
 
     /// Note a statement that changes jobs (see [`Store::take_jobs_changed`]).
     fn note(&self, sql: &str) {
         let sql = sql.trim_start();
         if sql.starts_with("UPDATE jobs") || sql.starts_with("INSERT INTO jobs") {
-            self.jobs_changed.set(true);
+            self.jobs_changed.store(true, Ordering::Relaxed);
         }
     }
 
