@@ -40,6 +40,7 @@ mod counters;
 mod deliveries;
 mod jobs;
 mod leases;
+mod ledger;
 mod outbox;
 pub mod schema;
 
