@@ -43,6 +43,7 @@ mod leases;
 mod ledger;
 mod outbox;
 pub mod schema;
+mod views;
 
 use std::cell::RefCell;
 use std::time::Duration;
