@@ -26,6 +26,9 @@
 //! view sees one snapshot. The client needs `&mut` for every statement
 //! while the storage traits take `&self`, so [`Tx`] keeps the transaction
 //! in a `RefCell`; no statement runs while another is borrowed.
+//! [`Tx::savepoint`] runs a closure as one unit inside a `Tx` (a savepoint
+//! and a `Tx` of its own): what `storage::Transact` will be on PostgreSQL
+//! once `Tx` implements every concept, and so `storage::Executor`.
 //!
 //! **Types.** The client is strict: `BIGINT` binds and reads as `i64`,
 //! `BOOLEAN` as `bool`, `DOUBLE PRECISION` as `f64`, `BYTEA` as bytes. Every
@@ -185,6 +188,19 @@ impl<'a> Tx<'a> {
         let out = f(&tx)?;
         tx.tx.into_inner().commit().map_err(Error::from)?;
         Ok(out)
+    }
+
+    /// Run `f` as one unit inside this transaction: in a savepoint, with a
+    /// new [`Tx`] wrapping it, released when `f` returns `Ok` and rolled
+    /// back to (this transaction goes on, its earlier work kept) when `f`
+    /// fails, a failed statement's error included. This is
+    /// `storage::Transact` on PostgreSQL: a `Tx` is always inside a
+    /// transaction already, so "one transaction" is a nested one. While `f`
+    /// runs, this `Tx` is borrowed: `f` works through the `Tx` it is given.
+    pub fn savepoint<T>(&self, f: impl FnOnce(&Tx<'_>) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let mut outer = self.tx.borrow_mut();
+        let inner = outer.transaction().map_err(Error::from)?;
+        Tx::run(inner, f)
     }
 
     /// Run one statement; the number of rows it changed.
