@@ -89,12 +89,12 @@ fn eight_claimers_on_two_hosts_claim_every_job_exactly_once() {
         return;
     };
     let (a, b) = two_hosts(&db, false);
-    const JOBS: i64 = 120;
+    let jobs: i64 = 120;
     db.client()
         .execute(
             "INSERT INTO jobs (agent, repo, created_at)
              SELECT 'developer', 'demo', 0 FROM generate_series(1, $1)",
-            &[&JOBS],
+            &[&jobs],
         )
         .expect("seed");
     let claimed: Vec<i64> = std::thread::scope(|s| {
@@ -133,15 +133,15 @@ fn eight_claimers_on_two_hosts_claim_every_job_exactly_once() {
             .collect()
     });
     let unique: HashSet<i64> = claimed.iter().copied().collect();
-    assert_eq!(claimed.len() as i64, JOBS, "claims made");
-    assert_eq!(unique.len() as i64, JOBS, "a job was claimed twice");
+    assert_eq!(claimed.len() as i64, jobs, "claims made");
+    assert_eq!(unique.len() as i64, jobs, "a job was claimed twice");
     assert_eq!(
         db.i64("SELECT count(*) FROM jobs WHERE status = 'running' AND attempts = 1"),
-        JOBS
+        jobs
     );
     assert_eq!(
         db.i64("SELECT count(DISTINCT claim_token) FROM jobs"),
-        JOBS,
+        jobs,
         "every claim has its own owner"
     );
 }
@@ -209,7 +209,10 @@ fn a_worker_killed_on_one_host_is_requeued_by_reap_on_the_other() {
 
     // Alive on A, so alive to B: B's reaper leaves it alone, and so does
     // B's status.
-    assert!(reap(&b).is_empty(), "a live worker on another host was reaped");
+    assert!(
+        reap(&b).is_empty(),
+        "a live worker on another host was reaped"
+    );
     assert_eq!(job_of(&db, task).1, "running");
     let status = b.json(&["status"]);
     assert_eq!(status["running"][0]["owner"], "alive", "{status}");

@@ -55,7 +55,7 @@ fn assert_clean_queued(job: &Job) {
 
 /// Write an impossible queued row the way an operator's hand-edit could.
 fn seed_impossible(db: &Db, id: i64, run_id: i64, pid: i64) {
-    rusqlite::Connection::open(db.path())
+    rusqlite::Connection::open(db.path().expect("a SQLite file"))
         .expect("open the SQLite file")
         .execute_batch(&format!(
             "PRAGMA ignore_check_constraints = ON;

@@ -104,7 +104,7 @@ pub struct Db {
 
 enum Backend {
     Sqlite(sqlite::db::SqliteDb),
-    Postgres(PgDb),
+    Postgres(Box<PgDb>),
 }
 
 /// A PostgreSQL store, with what waking this host's workers needs.
@@ -167,11 +167,11 @@ impl Db {
 
     fn over_postgres(store: postgres::Store, state_dir: &Path) -> Db {
         Db {
-            backend: Backend::Postgres(PgDb {
+            backend: Backend::Postgres(Box::new(PgDb {
                 shown: store.describe(),
                 store,
                 state_dir: state_dir.to_path_buf(),
-            }),
+            })),
         }
     }
 

@@ -4,8 +4,8 @@
 #![allow(dead_code)]
 
 pub mod fake;
-pub mod pg;
 pub mod messages_api;
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 

@@ -5,6 +5,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Names each test database of this process apart.
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
 /// A fresh database, dropped (best effort) when this value goes.
 pub struct Database {
     admin: String,
@@ -23,21 +26,25 @@ pub fn fresh(test: &str) -> Option<Database> {
                 std::env::var("ORCH_TEST_PG_REQUIRED").as_deref() != Ok("1"),
                 "ORCH_TEST_PG_REQUIRED=1 but ORCH_TEST_PG_URL is unset (scripts/pg-test-server.sh start)"
             );
-            eprintln!("!! SKIPPED {test}: ORCH_TEST_PG_URL is unset (scripts/pg-test-server.sh start)");
+            eprintln!(
+                "!! SKIPPED {test}: ORCH_TEST_PG_URL is unset (scripts/pg-test-server.sh start)"
+            );
             return None;
         }
     };
-    static SEQ: AtomicU64 = AtomicU64::new(0);
     let name = format!(
         "orch_it_{}_{}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
-    let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("connect to the test server");
+    let mut client =
+        postgres::Client::connect(&admin, postgres::NoTls).expect("connect to the test server");
     client
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .expect("create a test database");
-    let slash = admin.rfind('/').expect("ORCH_TEST_PG_URL ends in /<database>");
+    let slash = admin
+        .rfind('/')
+        .expect("ORCH_TEST_PG_URL ends in /<database>");
     let url = format!("{}/{name}", &admin[..slash]);
     Some(Database { admin, name, url })
 }
@@ -57,7 +64,10 @@ impl Database {
 impl Drop for Database {
     fn drop(&mut self) {
         let dropped = postgres::Client::connect(&self.admin, postgres::NoTls).and_then(|mut c| {
-            c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
         });
         if let Err(e) = dropped {
             eprintln!("could not drop test database {}: {e}", self.name);

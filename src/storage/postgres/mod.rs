@@ -26,6 +26,9 @@
 //! view sees one snapshot. The client needs `&mut` for every statement
 //! while the storage traits take `&self`, so [`Tx`] keeps the transaction
 //! in a `RefCell`; no statement runs while another is borrowed.
+//! [`Tx::savepoint`] runs a closure as one unit inside a `Tx` (a savepoint
+//! and a `Tx` of its own): what `storage::Transact` will be on PostgreSQL
+//! once `Tx` implements every concept, and so `storage::Executor`.
 //!
 //! **Types.** The client is strict: `BIGINT` binds and reads as `i64`,
 //! `BOOLEAN` as `bool`, `DOUBLE PRECISION` as `f64`, `BYTEA` as bytes. Every
@@ -41,10 +44,13 @@ mod deliveries;
 mod deploys;
 mod jobs;
 mod leases;
+mod ledger;
 mod local_tracker;
+mod outbox;
 mod post_deploys;
 pub mod schema;
 mod tasks;
+mod views;
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -189,7 +195,7 @@ impl Store {
         let jobs_changed = Arc::new(AtomicBool::new(false));
         Store {
             auto: Tx {
-                session: RefCell::new(Session::Client(client)),
+                session: RefCell::new(Session::Client(Box::new(client))),
                 jobs_changed: Arc::clone(&jobs_changed),
             },
             jobs_changed,
@@ -259,7 +265,7 @@ impl Store {
 /// What a [`Tx`] runs its statements on.
 enum Session<'a> {
     /// A session outside any transaction (each statement commits).
-    Client(Client),
+    Client(Box<Client>),
     /// An open transaction (or savepoint).
     Transaction(Transaction<'a>),
 }
@@ -303,11 +309,12 @@ impl<'a> Tx<'a> {
     }
 
     /// Run `f` as one unit: in a new transaction when this is a session
-    /// outside one, in a savepoint when it is a transaction already.
-    pub(crate) fn nested<T>(
-        &self,
-        f: impl FnOnce(&Tx<'_>) -> anyhow::Result<T>,
-    ) -> anyhow::Result<T> {
+    /// outside one, else in a savepoint with a new [`Tx`] wrapping it,
+    /// released when `f` returns `Ok` and rolled back to (the outer
+    /// transaction goes on, its earlier work kept) when `f` fails. This is
+    /// `storage::Transact` on PostgreSQL. While `f` runs, this `Tx` is
+    /// borrowed: `f` works through the `Tx` it is given.
+    pub fn savepoint<T>(&self, f: impl FnOnce(&Tx<'_>) -> anyhow::Result<T>) -> anyhow::Result<T> {
         let mut session = self.session.borrow_mut();
         let inner = match &mut *session {
             Session::Client(client) => client.transaction(),
@@ -380,6 +387,6 @@ impl crate::storage::Transact for Tx<'_> {
         &self,
         f: &mut dyn FnMut(&dyn crate::storage::Executor) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        self.nested(|tx| f(tx))
+        self.savepoint(|tx| f(tx))
     }
 }

@@ -110,6 +110,12 @@ fn fresh_name() -> String {
 
 /// A fresh, empty (not migrated) database, or `None` when skipping.
 pub(crate) fn database() -> Option<TestDb> {
+    database_with("")
+}
+
+/// [`database`] created with `options` after `CREATE DATABASE <name>`
+/// (a locale, say).
+fn database_with(options: &str) -> Option<TestDb> {
     let url = server_url()?;
     let admin = super::config(&url).expect("ORCH_TEST_PG_URL is not a PostgreSQL URL");
     let name = fresh_name();
@@ -117,7 +123,7 @@ pub(crate) fn database() -> Option<TestDb> {
         .connect(NoTls)
         .expect("connect to the server of ORCH_TEST_PG_URL");
     client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .batch_execute(&format!("CREATE DATABASE {name} {options}"))
         .expect("create a test database");
     let mut config = admin.clone();
     config.dbname(&name);
@@ -130,9 +136,70 @@ pub(crate) fn database() -> Option<TestDb> {
 
 /// A migrated store on a fresh database, or `None` when skipping.
 pub(crate) fn store() -> Option<TestStore> {
-    let db = database()?;
-    Some(TestStore {
+    Some(store_on(database()?))
+}
+
+/// A migrated store on a fresh database whose default collation is ICU's
+/// `en-US`, which orders text unlike SQLite's bytes (`a` before `B`,
+/// punctuation almost ignored): orderings that must be SQLite's are tested
+/// on it. `None` when skipping.
+pub(crate) fn collated_store() -> Option<TestStore> {
+    Some(store_on(database_with(
+        "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'",
+    )?))
+}
+
+fn store_on(db: TestDb) -> TestStore {
+    TestStore {
         store: db.open(),
         db,
+    }
+}
+
+/// The rows of `sql` on PostgreSQL as text, each value written as
+/// [`sqlite_rows`] writes SQLite's (`NULL`, integers and text as they are,
+/// floats with `{:?}`), so the two backends' rows compare.
+pub(crate) fn pg_rows(tx: &super::Tx<'_>, sql: &str) -> Vec<Vec<String>> {
+    use postgres::types::Type;
+    fn text<T: ToString>(v: Option<T>) -> String {
+        v.map_or_else(|| "NULL".to_owned(), |v| v.to_string())
+    }
+    let rows = tx.query(sql, &[]).expect("query");
+    rows.iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| match *r.columns()[i].type_() {
+                    Type::INT8 => text(r.get::<_, Option<i64>>(i)),
+                    Type::INT4 => text(r.get::<_, Option<i32>>(i)),
+                    Type::FLOAT8 => text(r.get::<_, Option<f64>>(i).map(|f| format!("{f:?}"))),
+                    Type::BOOL => text(r.get::<_, Option<bool>>(i).map(i64::from)),
+                    _ => text(r.get::<_, Option<String>>(i)),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The rows of `sql` on SQLite as text (see [`pg_rows`]).
+pub(crate) fn sqlite_rows(conn: &rusqlite::Connection, sql: &str) -> Vec<Vec<String>> {
+    use rusqlite::types::ValueRef;
+    let mut stmt = conn.prepare(sql).expect("prepare");
+    let n = stmt.column_count();
+    stmt.query_map([], |r| {
+        (0..n)
+            .map(|i| {
+                Ok(match r.get_ref(i)? {
+                    ValueRef::Null => "NULL".to_owned(),
+                    ValueRef::Integer(v) => v.to_string(),
+                    ValueRef::Real(f) => format!("{f:?}"),
+                    ValueRef::Text(t) | ValueRef::Blob(t) => {
+                        String::from_utf8_lossy(t).into_owned()
+                    }
+                })
+            })
+            .collect()
     })
+    .expect("query")
+    .collect::<rusqlite::Result<_>>()
+    .expect("rows")
 }

@@ -359,3 +359,135 @@ fn is_busy(err: &anyhow::Error) -> bool {
     err.chain()
         .any(|c| c.downcast_ref::<Error>().is_some_and(Error::is_busy))
 }
+
+/// The counters `tx` sees, by name.
+fn counter_names(tx: &super::Tx<'_>) -> anyhow::Result<Vec<String>> {
+    use crate::storage::counters::Counters as _;
+    Ok(tx.counter_all()?.into_keys().collect())
+}
+
+#[test]
+fn postgres_savepoint_keeps_its_work_or_undoes_only_its_own() {
+    use crate::storage::counters::Counters as _;
+    let Some(mut store) = testing::store() else {
+        return;
+    };
+    store
+        .write(|tx| {
+            tx.counter_bump("before", 1, None, 0)?;
+            let answer = tx.savepoint(|sp| {
+                sp.counter_bump("kept", 1, None, 0)?;
+                Ok(42)
+            })?;
+            assert_eq!(answer, 42);
+            let failed: anyhow::Result<()> = tx.savepoint(|sp| {
+                sp.counter_bump("undone", 1, None, 0)?;
+                anyhow::bail!("changed my mind")
+            });
+            assert_eq!(
+                failed.expect_err("it failed").to_string(),
+                "changed my mind"
+            );
+            // A statement the server refuses aborts PostgreSQL's whole
+            // transaction, unless it ran in a savepoint: then only the
+            // savepoint's work is undone and the transaction goes on.
+            let refused = tx.savepoint(|sp| {
+                sp.counter_bump("undone too", 1, None, 0)?;
+                sp.batch(
+                    "INSERT INTO jobs (agent, repo, created_at, claim_token) VALUES ('a', 'r', 0, 't')",
+                )?;
+                Ok(())
+            });
+            let refused = refused.expect_err("the CHECK refuses it");
+            assert!(
+                refused
+                    .downcast_ref::<Error>()
+                    .is_some_and(|e| !e.is_busy()),
+                "{refused:?}"
+            );
+            tx.counter_bump("after", 1, None, 0)?;
+            // Nested: an inner failure leaves the outer savepoint's work.
+            tx.savepoint(|outer| {
+                outer.counter_bump("outer", 1, None, 0)?;
+                let inner: anyhow::Result<()> = outer.savepoint(|inner| {
+                    inner.counter_bump("inner", 1, None, 0)?;
+                    anyhow::bail!("inner fails")
+                });
+                assert!(inner.is_err());
+                outer.counter_bump("outer again", 1, None, 0)?;
+                // The savepoint sees the transaction's work, and its own.
+                assert_eq!(
+                    counter_names(outer)?,
+                    ["after", "before", "kept", "outer", "outer again"]
+                );
+                Ok(())
+            })?;
+            Ok(())
+        })
+        .expect("write");
+    let names = store.read(counter_names).expect("read");
+    assert_eq!(names, ["after", "before", "kept", "outer", "outer again"]);
+}
+
+#[test]
+fn postgres_savepoint_work_goes_with_its_transaction() {
+    use crate::storage::counters::Counters as _;
+    let Some(mut store) = testing::store() else {
+        return;
+    };
+    let failed: anyhow::Result<()> = store.write(|tx| {
+        tx.savepoint(|sp| {
+            sp.counter_bump("released", 1, None, 0)?;
+            Ok(())
+        })?;
+        anyhow::bail!("the transaction fails after the savepoint")
+    });
+    assert!(failed.is_err());
+    // Released is not committed: the transaction it is part of rolled back.
+    assert!(store.read(counter_names).expect("read").is_empty());
+    // A savepoint of a read transaction reads, and cannot write.
+    let written = store.read(|tx| {
+        tx.savepoint(|sp| {
+            sp.counter_bump("x", 1, None, 0)?;
+            Ok(())
+        })
+    });
+    assert!(
+        written.is_err(),
+        "a read transaction's savepoint cannot write"
+    );
+}
+
+#[test]
+fn postgres_savepoint_makes_a_re_read_and_its_write_one_unit() {
+    // What Transact is for (pipeline::lease's reclaim): re-read, decide and
+    // write through the concepts' operations on the savepoint's Tx.
+    use crate::storage::leases::{Holder, Leases as _};
+    let Some(mut store) = testing::store() else {
+        return;
+    };
+    store
+        .write(|tx| {
+            tx.batch(
+                "INSERT INTO tasks (id, work_item_id, repo, created_at, updated_at)
+                 VALUES (1, 'A-1', 'demo', 0, 0);",
+            )?;
+            let holder = Holder {
+                task_id: 1,
+                branch: "b",
+                work_item_id: "A-1",
+                job_id: None,
+            };
+            let lease = tx.lease_take("demo", holder, 5)?.expect("taken");
+            let released = tx.savepoint(|sp| {
+                if sp.lease_get("demo")?.as_ref() != Some(&lease) {
+                    return Ok(false);
+                }
+                Ok(sp.lease_release("demo", &lease.branch)?)
+            })?;
+            assert!(released);
+            assert_eq!(tx.lease_get("demo")?, None);
+            Ok(())
+        })
+        .expect("write");
+}
