@@ -93,7 +93,7 @@ fn eight_claimers_on_two_hosts_claim_every_job_exactly_once() {
     db.client()
         .execute(
             "INSERT INTO jobs (agent, repo, created_at)
-             SELECT 'developer', 'demo', 0 FROM generate_series(1, $1)",
+             SELECT 'developer', 'demo', 0 FROM generate_series(1, $1::bigint)",
             &[&jobs],
         )
         .expect("seed");
@@ -146,8 +146,28 @@ fn eight_claimers_on_two_hosts_claim_every_job_exactly_once() {
     );
 }
 
+/// A worker process, killed when the test ends however it ends.
+struct Worker(Child);
+
+impl Worker {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Host A runs one agent that sleeps; the job's row says who owns it.
-fn start_a_worker(db: &Database, a: &Host<'_>, marker: &str) -> (Child, i64) {
+fn start_a_worker(db: &Database, a: &Host<'_>, marker: &str) -> (Worker, i64) {
     let task = a.json(&["task", "create", "--repo", "demo", "--title", "far away"])["id"]
         .as_i64()
         .expect("id");
@@ -156,6 +176,7 @@ fn start_a_worker(db: &Database, a: &Host<'_>, marker: &str) -> (Child, i64) {
         .env("ORCH_AGENT_CMD", format!("sleep {marker} & wait"))
         .args(["run-agent", "--next"])
         .spawn()
+        .map(Worker)
         .expect("spawn the worker");
     wait_until("the agent to start", 30, || {
         db.i64(&format!(
@@ -187,11 +208,6 @@ fn reap(host: &Host<'_>) -> Vec<String> {
         .collect()
 }
 
-fn kill(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 fn no_agent_left(marker: &str) {
     wait_until("the agent to die with its worker", 10, || {
         common::host_pids_of(&["sleep", marker]).is_empty()
@@ -217,7 +233,7 @@ fn a_worker_killed_on_one_host_is_requeued_by_reap_on_the_other() {
     let status = b.json(&["status"]);
     assert_eq!(status["running"][0]["owner"], "alive", "{status}");
 
-    kill(&mut worker);
+    worker.kill();
     no_agent_left(marker);
     let mut outcomes = Vec::new();
     wait_until("B's reaper to requeue the job", 10, || {
@@ -247,7 +263,7 @@ fn a_worker_whose_session_the_server_ends_frees_its_job() {
     let ended = db.i64(&format!(
         "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
           WHERE datname = current_database() AND application_name LIKE 'orch:%:{}') t",
-        worker.id()
+        worker.pid()
     ));
     assert!(ended >= 1, "the worker's lock session was not found");
     let mut outcomes = Vec::new();
@@ -257,7 +273,7 @@ fn a_worker_whose_session_the_server_ends_frees_its_job() {
     });
     assert_eq!(outcomes, ["queued"]);
     assert_eq!(job_of(&db, task).1, "queued");
-    kill(&mut worker);
+    worker.kill();
     no_agent_left(marker);
 }
 
