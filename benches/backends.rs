@@ -96,10 +96,13 @@ fn server_url() -> String {
 fn fresh_database(admin: &str, n: u64) -> Store {
     let name = format!("orch_bench_{}_{n}", std::process::id());
     let mut client = postgres::Client::connect(admin, postgres::NoTls).expect("connect");
+    // One statement per call: a multi-statement string is one transaction,
+    // and neither statement may run inside one.
     client
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-        ))
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+        .expect("drop database");
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
         .expect("create database");
     let url = match admin.rfind('/') {
         Some(i) if admin.starts_with("postgres") && i > "postgres://".len() => {
@@ -143,7 +146,7 @@ fn seed(store: &Store, n: u64) {
             client
                 .execute(
                     "INSERT INTO jobs (agent, repo, created_at)
-                     SELECT 'developer', 'repo' || (g % 16), 0 FROM generate_series(1, $1) g",
+                     SELECT 'developer', 'repo' || (g % 16), 0 FROM generate_series(1, $1::bigint) g",
                     &[&(n as i64)],
                 )
                 .expect("seed");
