@@ -291,3 +291,51 @@ fn on_postgresql_a_remote_only_this_host_can_reach_is_refused() {
         .code(78)
         .stderr(predicates::str::contains("is a path on this host"));
 }
+
+#[test]
+fn a_merge_lease_whose_holder_died_on_one_host_is_reclaimed_from_the_other() {
+    let Some(db) =
+        pg::fresh("a_merge_lease_whose_holder_died_on_one_host_is_reclaimed_from_the_other")
+    else {
+        return;
+    };
+    let (a, b) = two_hosts(&db, true);
+    let marker = "300.7373";
+    let (mut worker, task) = start_a_worker(&db, &a, marker);
+    let (job, _, _) = job_of(&db, task);
+    // The task is merging on A: on deploy-staging, its job running there,
+    // the repository's merge lease in its name.
+    let mut client = db.client();
+    client
+        .execute(
+            "UPDATE tasks SET stage = 'deploy-staging' WHERE id = $1",
+            &[&task],
+        )
+        .expect("stage");
+    client
+        .execute(
+            "INSERT INTO merge_leases (repo, task_id, branch, work_item_id, token, holder_job_id, owner_pid, acquired_at)
+             SELECT repo, id, branch, work_item_id, 'task-' || id, $2, 0, 0 FROM tasks WHERE id = $1",
+            &[&task, &job],
+        )
+        .expect("lease");
+    let reclaimed = |host: &Host<'_>| -> usize {
+        host.json(&["reclaim-leases"])["reclaimed"]
+            .as_array()
+            .expect("reclaimed")
+            .len()
+    };
+    assert_eq!(
+        reclaimed(&b),
+        0,
+        "a live merger's lease was taken from another host"
+    );
+    assert_eq!(db.i64("SELECT count(*) FROM merge_leases"), 1);
+
+    worker.kill();
+    no_agent_left(marker);
+    wait_until("B to reclaim the dead holder's lease", 10, || {
+        reclaimed(&b) == 1
+    });
+    assert_eq!(db.i64("SELECT count(*) FROM merge_leases"), 0);
+}
