@@ -339,3 +339,30 @@ fn a_merge_lease_whose_holder_died_on_one_host_is_reclaimed_from_the_other() {
     });
     assert_eq!(db.i64("SELECT count(*) FROM merge_leases"), 0);
 }
+
+#[test]
+fn doctor_checks_the_postgresql_database_not_a_file() {
+    let Some(db) = pg::fresh("doctor_checks_the_postgresql_database_not_a_file") else {
+        return;
+    };
+    let (a, _b) = two_hosts(&db, false);
+    let out = a
+        .orch()
+        .args(["doctor", "--offline"])
+        .output()
+        .expect("doctor");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("database:"))
+        .unwrap_or_else(|| panic!("no database line in:\n{stdout}"));
+    assert!(line.starts_with("ok "), "{line}");
+    assert!(
+        line.contains("PostgreSQL") && line.contains("schema v"),
+        "{line}"
+    );
+    assert!(
+        !stdout.contains("journal mode"),
+        "a SQLite check ran:\n{stdout}"
+    );
+}

@@ -311,6 +311,25 @@ fn check_private_modes(r: &mut Report, ctx: &Ctx) {
     }
 }
 
+/// The PostgreSQL database of `db_url`: reachable, an orch schema of this
+/// binary's version (a read-only session: nothing is created or migrated).
+fn check_postgres(r: &mut Report, ctx: &Ctx) {
+    match ctx.open_db_read_only() {
+        Ok(mut db) => {
+            let shown = db.describe();
+            match db.schema_version() {
+                Ok(v) => r.ok("database", format!("{shown} (schema v{v})")),
+                Err(e) => r.fail("database", format!("{shown}: {e:#}"), "check db_url"),
+            }
+        }
+        Err(e) => r.fail(
+            "database",
+            format!("{e:#}"),
+            "check db_url, that the server is up and reachable from this host, and run `orch init` once",
+        ),
+    }
+}
+
 /// Create and remove a scratch file in `dir`.
 fn probe_writable(dir: &Path) -> std::io::Result<()> {
     let path = dir.join(format!(".orch-doctor-{}", std::process::id()));
@@ -322,6 +341,10 @@ fn probe_writable(dir: &Path) -> std::io::Result<()> {
 }
 
 fn check_database(r: &mut Report, ctx: &Ctx, config_ok: bool) {
+    if ctx.db_url().is_some() {
+        check_postgres(r, ctx);
+        return;
+    }
     let path = ctx.db_path();
     if !config_ok && !path.exists() {
         r.warn(
