@@ -457,9 +457,6 @@ impl Config {
         if self.max_concurrency == 0 {
             return bad("max_concurrency must be at least 1".into());
         }
-        if let Some(msg) = self.remote_on_one_host() {
-            return bad(msg);
-        }
         if self.max_attempts == 0 {
             return bad("max_attempts must be at least 1".into());
         }
@@ -577,6 +574,17 @@ impl Config {
                 "post_deploy_base_url = {:?}: expected an http:// or https:// URL",
                 self.post_deploy_base_url
             ));
+        }
+        self.validate_repos(base)
+    }
+
+    /// The `[repos.*]` tables: names, remotes (reachable from every host
+    /// with `db_url`), Plane projects and health URLs (a path needs
+    /// `post_deploy_base_url`, given as `base`).
+    fn validate_repos(&self, base: &str) -> Result<(), OrchError> {
+        let bad = |msg: String| Err(OrchError::Config(msg));
+        if let Some(msg) = self.remote_on_one_host() {
+            return bad(msg);
         }
         for (name, repo) in &self.repos {
             crate::names::validate_repo_name(name)
