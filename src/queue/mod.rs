@@ -18,9 +18,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-pub use crate::storage::jobs::{
-    Claimer, Gates, Job, NewJob, RunningOwner, UNGATED_AGENT, Unclaimable,
-};
+pub use crate::storage::jobs::{Claimer, Gates, Job, NewJob, RunningOwner, UNGATED_AGENT};
 pub use backoff::Backoff;
 
 use crate::storage::Executor;
@@ -55,6 +53,39 @@ pub fn claim(
     conn.job_claim(claimer, gates, now)
 }
 
+/// Why a claim found nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Unclaimable {
+    /// No job is queued.
+    Empty,
+    /// `max_concurrency` jobs are running already.
+    ConcurrencyFull {
+        /// Jobs running.
+        running: i64,
+        /// The limit.
+        max_concurrency: u32,
+    },
+    /// Every queued job is backing off after a transient failure.
+    BackingOff {
+        /// Jobs queued.
+        queued: i64,
+        /// Seconds until the first becomes available.
+        next_in_s: i64,
+    },
+    /// Queued jobs exist but the serial or dependency gate holds them.
+    Gated {
+        /// Jobs queued and available.
+        queued: i64,
+        /// Jobs held by the serial gate.
+        serial: i64,
+        /// Jobs held by the task-dependency gate.
+        task_deps: i64,
+        /// Jobs of tasks blocked over budget (until `orch task resume`).
+        blocked: i64,
+    },
+}
+
 impl std::fmt::Display for Unclaimable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -85,7 +116,34 @@ impl std::fmt::Display for Unclaimable {
 
 /// Explain why nothing is claimable right now.
 pub fn diagnose(conn: &dyn Executor, gates: Gates, now: i64) -> Result<Unclaimable> {
-    conn.job_diagnose(gates, now)
+    let queued = conn.job_count_queued()?;
+    if queued == 0 {
+        return Ok(Unclaimable::Empty);
+    }
+    let running = conn.job_running_gated()?;
+    if running >= i64::from(gates.max_concurrency) {
+        return Ok(Unclaimable::ConcurrencyFull {
+            running,
+            max_concurrency: gates.max_concurrency,
+        });
+    }
+    let available = conn.job_count_available(now)?;
+    if available == 0 {
+        return Ok(Unclaimable::BackingOff {
+            queued,
+            next_in_s: (conn.job_next_available()? - now).max(0),
+        });
+    }
+    // Each gate alone, against none: how many jobs that gate holds.
+    let open = conn.job_count_eligible(false, false, now)?;
+    let serial_held = open - conn.job_count_eligible(gates.serial, false, now)?;
+    let deps_held = open - conn.job_count_eligible(false, gates.task_deps, now)?;
+    Ok(Unclaimable::Gated {
+        queued: available,
+        serial: serial_held,
+        task_deps: deps_held,
+        blocked: available - open,
+    })
 }
 
 /// Record the agent run of a claimed job (fenced). Returns false if the claim was lost.

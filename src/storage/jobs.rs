@@ -123,39 +123,6 @@ pub struct Claimer<'a> {
     pub boot_id: &'a str,
 }
 
-/// Why a claim found nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "reason", rename_all = "snake_case")]
-pub enum Unclaimable {
-    /// No job is queued.
-    Empty,
-    /// `max_concurrency` jobs are running already.
-    ConcurrencyFull {
-        /// Jobs running.
-        running: i64,
-        /// The limit.
-        max_concurrency: u32,
-    },
-    /// Every queued job is backing off after a transient failure.
-    BackingOff {
-        /// Jobs queued.
-        queued: i64,
-        /// Seconds until the first becomes available.
-        next_in_s: i64,
-    },
-    /// Queued jobs exist but the serial or dependency gate holds them.
-    Gated {
-        /// Jobs queued and available.
-        queued: i64,
-        /// Jobs held by the serial gate.
-        serial: i64,
-        /// Jobs held by the task-dependency gate.
-        task_deps: i64,
-        /// Jobs of tasks blocked over budget (until `orch task resume`).
-        blocked: i64,
-    },
-}
-
 /// What a view needs to know of a running job's owner, without the rest of
 /// its row (a status over thousands of running jobs reads only this).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,8 +170,19 @@ pub trait Jobs {
     /// statement: `running`, one more attempt, owned by the claimer.
     fn job_claim(&self, claimer: Claimer<'_>, gates: Gates, now: i64) -> Result<Option<Job>>;
 
-    /// Why [`Jobs::job_claim`] finds nothing right now.
-    fn job_diagnose(&self, gates: Gates, now: i64) -> Result<Unclaimable>;
+    /// How many jobs are queued.
+    fn job_count_queued(&self) -> Result<i64>;
+
+    /// How many queued jobs are available at `now` (not backing off).
+    fn job_count_available(&self, now: i64) -> Result<i64>;
+
+    /// When the first queued job becomes available (0 with none queued).
+    fn job_next_available(&self) -> Result<i64>;
+
+    /// How many queued jobs [`Jobs::job_claim`] could take at `now` under
+    /// the serial gate (`serial`) and the task-dependency gate (`task_deps`),
+    /// `max_concurrency` aside.
+    fn job_count_eligible(&self, serial: bool, task_deps: bool, now: i64) -> Result<i64>;
 
     /// Claim one particular `queued` job, outside FIFO order and the gates.
     fn job_claim_queued(&self, job_id: i64, claimer: Claimer<'_>, now: i64) -> Result<Option<Job>>;
@@ -368,10 +346,13 @@ pub(crate) fn check_contract(store: &impl Jobs) {
     // Backing off: the next claim takes the later job.
     let second = store.job_claim(me, gates, 30).expect("claim").expect("job");
     assert_eq!(second.id, b);
-    assert!(matches!(
-        store.job_diagnose(gates, 30).expect("diagnose"),
-        Unclaimable::BackingOff { queued: 1, .. }
-    ));
+    assert_eq!(store.job_count_queued().expect("count"), 1);
+    assert_eq!(store.job_count_available(30).expect("count"), 0);
+    assert_eq!(store.job_next_available().expect("next"), 100);
+    // Available at 100, and held then only by the serial gate (b runs in
+    // the same repository).
+    assert_eq!(store.job_count_eligible(false, true, 100).expect("count"), 1);
+    assert_eq!(store.job_count_eligible(true, false, 100).expect("count"), 0);
     assert_eq!(store.job_running_gated().expect("count"), 1);
     let owners = store.job_running_owners().expect("owners");
     assert_eq!(owners.len(), 1);

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
 use crate::storage::jobs::{
-    Attempts, Claimer, Gates, Job, Jobs, NewJob, Requeue, RunningOwner, UNGATED_AGENT, Unclaimable,
+    Attempts, Claimer, Gates, Job, Jobs, NewJob, Requeue, RunningOwner, UNGATED_AGENT,
 };
 use crate::storage::{Result, json_array};
 
@@ -162,50 +162,36 @@ impl Jobs for Connection {
             .optional()?)
     }
 
-    fn job_diagnose(&self, gates: Gates, now: i64) -> Result<Unclaimable> {
-        let queued = count(
+    fn job_count_queued(&self) -> Result<i64> {
+        count(
             self,
             "SELECT count(*) FROM jobs WHERE status = 'queued'",
             [],
-        )?;
-        if queued == 0 {
-            return Ok(Unclaimable::Empty);
-        }
-        let running = self.job_running_gated()?;
-        if running >= i64::from(gates.max_concurrency) {
-            return Ok(Unclaimable::ConcurrencyFull {
-                running,
-                max_concurrency: gates.max_concurrency,
-            });
-        }
-        let available = count(
+        )
+    }
+
+    fn job_count_available(&self, now: i64) -> Result<i64> {
+        count(
             self,
             "SELECT count(*) FROM jobs WHERE status = 'queued' AND available_at <= ?1",
             [now],
-        )?;
-        if available == 0 {
-            let next = count(
-                self,
-                "SELECT min(available_at) FROM jobs WHERE status = 'queued'",
-                [],
-            )?;
-            return Ok(Unclaimable::BackingOff {
-                queued,
-                next_in_s: (next - now).max(0),
-            });
-        }
-        let eligible = format!("SELECT count(*) FROM jobs j WHERE {ELIGIBLE}");
-        let count_eligible =
-            |serial: bool, deps: bool| count(self, &eligible, params![serial, deps, now]);
-        let open = count_eligible(false, false)?;
-        let serial_held = open - count_eligible(gates.serial, false)?;
-        let deps_held = open - count_eligible(false, gates.task_deps)?;
-        Ok(Unclaimable::Gated {
-            queued: available,
-            serial: serial_held,
-            task_deps: deps_held,
-            blocked: available - open,
-        })
+        )
+    }
+
+    fn job_next_available(&self) -> Result<i64> {
+        count(
+            self,
+            "SELECT coalesce(min(available_at), 0) FROM jobs WHERE status = 'queued'",
+            [],
+        )
+    }
+
+    fn job_count_eligible(&self, serial: bool, task_deps: bool, now: i64) -> Result<i64> {
+        count(
+            self,
+            &format!("SELECT count(*) FROM jobs j WHERE {ELIGIBLE}"),
+            params![serial, task_deps, now],
+        )
     }
 
     fn job_claim_queued(&self, job_id: i64, claimer: Claimer<'_>, now: i64) -> Result<Option<Job>> {
