@@ -351,8 +351,14 @@ pub(crate) fn check_contract(store: &impl Jobs) {
     assert_eq!(store.job_next_available().expect("next"), 100);
     // Available at 100, and held then only by the serial gate (b runs in
     // the same repository).
-    assert_eq!(store.job_count_eligible(false, true, 100).expect("count"), 1);
-    assert_eq!(store.job_count_eligible(true, false, 100).expect("count"), 0);
+    assert_eq!(
+        store.job_count_eligible(false, true, 100).expect("count"),
+        1
+    );
+    assert_eq!(
+        store.job_count_eligible(true, false, 100).expect("count"),
+        0
+    );
     assert_eq!(store.job_running_gated().expect("count"), 1);
     let owners = store.job_running_owners().expect("owners");
     assert_eq!(owners.len(), 1);

@@ -16,22 +16,7 @@ fn postgres_keeps_the_ledger_contract() {
     };
     store
         .write(|tx| {
-            tx.batch(
-                "INSERT INTO tasks (id, work_item_id, repo, stage, created_at, updated_at)
-                 VALUES (1, 'A-1', 'demo', 'development', 0, 0), (2, 'B-2', 'demo', 'review', 0, 0);
-                 INSERT INTO jobs (id, agent, repo, task_id, stage, status, created_at, finished_at, error)
-                 VALUES (10, 'developer', 'demo', 1, 'development', 'done', 0, 60, NULL),
-                        (20, 'reviewer', 'demo', 2, 'review', 'failed', 0, 25, 'boom');
-                 INSERT INTO jobs (id, agent, repo, task_id, stage, status, created_at, started_at,
-                                   claim_token, run_id)
-                 VALUES (11, 'developer', 'demo', 1, 'development', 'running', 0, 70, 'tok', 102);
-                 INSERT INTO agent_runs (id, job_id, task_id, agent, stage, started_at, finished_at,
-                                         outcome, cost_usd, input_tokens, output_tokens, output_path)
-                 VALUES (100, 10, 1, 'developer', 'development', 10, 40, 'success', 1.5, 100, 10, NULL),
-                        (101, 10, 1, 'developer', 'development', 50, 60, 'failure: x', NULL, NULL, NULL, NULL),
-                        (102, 11, 1, 'developer', 'development', 70, NULL, NULL, NULL, NULL, NULL, '/s/agent.log'),
-                        (103, 20, 2, 'reviewer', 'review', 20, 25, 'orch-died: cut off', NULL, NULL, NULL, NULL);",
-            )?;
+            tx.batch(crate::storage::ledger::CONTRACT_ROWS)?;
             crate::storage::ledger::check_contract(tx);
             Ok(())
         })
