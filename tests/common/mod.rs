@@ -53,6 +53,20 @@ pub fn sqlite_only(why: &str) -> bool {
     true
 }
 
+/// The environment of an `orch reap` that stands for the first pass after
+/// `reaper_start_grace_s`: empty on SQLite; on PostgreSQL the grace set to
+/// 0. A dead owner whose claim started no agent waits out that grace there
+/// before it is requeued: an advisory lock leaves no trace, so a killed
+/// claimer looks like a clean `orch claim` hand-over (docs/scaling.md),
+/// where a lock file left behind tells SQLite's reaper it was killed.
+pub fn start_grace_over() -> &'static [(&'static str, &'static str)] {
+    if on_postgres() {
+        &[("ORCH_REAPER_START_GRACE_S", "0")]
+    } else {
+        &[]
+    }
+}
+
 /// A remote for a repository in a config a test writes: the path itself on
 /// SQLite; on PostgreSQL a `file://` URL, as every host must reach it (a
 /// path on one host is refused with `db_url`, src/config.rs).
