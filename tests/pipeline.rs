@@ -130,6 +130,61 @@ fn orch065_tc19_demo_runs_every_stage_to_done_and_leaves_a_working_installation(
     env.orch().args(["job", "list"]).assert().success();
 }
 
+/// `orch demo` with `ORCH_DB_URL` (whichever backend the suite runs on):
+/// the config names the forge by a `file://` URL (a host path is refused
+/// with a database URL), the task reaches `done`, and every row is in the
+/// PostgreSQL database, none in a SQLite file.
+#[test]
+fn postgres_demo_runs_every_stage_to_done_with_orch_db_url() {
+    let Some(db) = common::pg::fresh("postgres_demo_runs_every_stage_to_done_with_orch_db_url")
+    else {
+        return;
+    };
+    let env = Env::bare();
+    let out = env
+        .orch()
+        .env("ORCH_DB_URL", &db.url)
+        .arg("demo")
+        .output()
+        .expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("reached `done`"), "{stdout}");
+    let config = std::fs::read_to_string(env.state().join("orch.toml")).expect("config");
+    let bare = env
+        .state()
+        .canonicalize()
+        .expect("state")
+        .join("forge/demo.git");
+    assert!(
+        config.contains(&format!("remote = \"file://{}\"", bare.display())),
+        "{config}"
+    );
+    assert!(!env.db_path().exists(), "a SQLite file was made");
+    assert_eq!(db.i64("SELECT count(*) FROM tasks WHERE stage = 'done'"), 1);
+    assert_eq!(db.i64("SELECT count(*) FROM jobs WHERE status = 'done'"), 7);
+    assert_eq!(
+        db.i64("SELECT count(*) FROM jobs WHERE status <> 'done'"),
+        0
+    );
+    let shown = env
+        .orch()
+        .env("ORCH_DB_URL", &db.url)
+        .args(["task", "show", "1", "--json"])
+        .output()
+        .expect("task show");
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    assert_eq!(shown["task"]["stage"], "done");
+    let main_files = forge(&env)
+        .run(["ls-tree", "-r", "--name-only", "main"])
+        .expect("ls-tree");
+    assert!(main_files.contains("src/greet.sh"), "{main_files}");
+}
+
 #[test]
 fn every_rollback_path_returns_to_development_and_still_finishes() {
     let env = Env::bare();
