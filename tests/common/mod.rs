@@ -224,8 +224,12 @@ impl Env {
     /// [`Env::exec`], the database's refusal as text instead of a panic.
     pub fn try_exec(&self, sql: &str) -> Result<(), String> {
         if self.pg.is_some() {
-            self.with_client(|c| c.batch_execute(sql))
-                .map_err(|e| format!("{e} ({:?})", e.as_db_error().map(|d| d.message())))
+            self.with_client(|c| c.batch_execute(sql)).map_err(|e| {
+                format!(
+                    "{e} ({:?})",
+                    e.as_db_error().map(postgres::error::DbError::message)
+                )
+            })
         } else {
             self.sqlite().execute_batch(sql).map_err(|e| e.to_string())
         }
@@ -268,7 +272,10 @@ impl Env {
         f: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
     ) -> Result<T, postgres::Error> {
         let pg = self.pg.as_ref().expect("a PostgreSQL database");
-        let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let client = slot.get_or_insert_with(|| pg.client());
         f(client)
     }
@@ -276,11 +283,11 @@ impl Env {
     /// Every row of `sql`, each column as JSON (NULL and blobs are `null`),
     /// on either backend: the same values for the same rows.
     pub fn rows(&self, sql: &str) -> Vec<Vec<serde_json::Value>> {
+        use rusqlite::types::ValueRef;
         if self.pg.is_some() {
             let rows = self.with_client(|c| c.query(sql, &[])).expect(sql);
             return rows.iter().map(pg::json_row).collect();
         }
-        use rusqlite::types::ValueRef;
         let db = self.sqlite();
         let mut stmt = db.prepare(sql).expect("prepare");
         let n = stmt.column_count();
