@@ -223,13 +223,11 @@ fn a_running_job_whose_owner_was_killed_is_listed_until_reaped() {
 fn messages_the_outbox_gave_up_on_are_listed_with_outbox_retry() {
     let env = Env::new();
     // A message nobody can read is dead-lettered by the first delivery pass.
-    env.sqlite()
-        .execute(
-            "INSERT INTO outbox (dedup_key, channel, task_id, payload, next_attempt_at, created_at)
-             VALUES ('unreadable', 'notify', NULL, 'not json', 0, ?1)",
-            [orch::storage::now()],
-        )
-        .expect("row");
+    env.exec(&format!(
+        "INSERT INTO outbox (dedup_key, channel, task_id, payload, next_attempt_at, created_at)
+         VALUES ('unreadable', 'notify', NULL, 'not json', 0, {})",
+        orch::storage::now()
+    ));
     env.orch().arg("reconcile").assert().success();
     assert_eq!(env.json(&["status"])["outbox"]["dead"], 1);
     expect_item(
@@ -248,14 +246,12 @@ fn task_summaries_show_times_and_cost_with_unknown_costs_apart() {
     let env = demo_env("");
     create_task(&env, "c");
     env.orch().args(["run-agent", "--next"]).assert().success();
-    env.sqlite()
-        .execute_batch(
-            "UPDATE agent_runs SET started_at = started_at - 90, cost_usd = 0.75;
-             INSERT INTO agent_runs (task_id, agent, stage, started_at, finished_at, cost_usd)
-               SELECT 1, 'analyst', 'analysis', started_at, started_at + 30, NULL
-               FROM agent_runs WHERE id = 1;",
-        )
-        .expect("runs");
+    env.exec(
+        "UPDATE agent_runs SET started_at = started_at - 90, cost_usd = 0.75;
+         INSERT INTO agent_runs (task_id, agent, stage, started_at, finished_at, cost_usd)
+           SELECT 1, 'analyst', 'analysis', started_at, started_at + 30, NULL
+           FROM agent_runs WHERE id = 1;",
+    );
     let status = env.json(&["status"]);
     let task = &status["tasks"][0];
     assert_eq!(task["id"], 1, "{status}");

@@ -72,10 +72,7 @@ fn the_ledger_adds_up_across_stages_rollbacks_and_retries() {
     drain(&env, "review=request_changes*1,development=break_tests*1");
     let shown = env.json(&["task", "show", "1"]);
     assert_eq!(shown["task"]["stage"], "done");
-    let runs: i64 = env
-        .sqlite()
-        .query_row("SELECT count(*) FROM agent_runs", [], |r| r.get(0))
-        .expect("runs");
+    let runs = env.sql_i64("SELECT count(*) FROM agent_runs");
     let cost = &shown["cost"];
     assert_eq!(cost["spent_usd"], runs as f64, "one dollar per run");
     assert_eq!(cost["unknown_runs"], 0);
@@ -190,12 +187,7 @@ fn a_claude_run_without_a_result_event_costs_unknown_not_zero() {
         .args(["run-agent", "--next"])
         .assert()
         .code(5);
-    let cost: Option<f64> = env
-        .sqlite()
-        .query_row("SELECT cost_usd FROM agent_runs WHERE id = 1", [], |r| {
-            r.get(0)
-        })
-        .expect("run");
+    let cost = env.rows("SELECT cost_usd FROM agent_runs WHERE id = 1")[0][0].as_f64();
     assert_eq!(cost, None, "unknown, not zero");
     let ledger = &env.json(&["task", "show", "1"])["cost"];
     assert_eq!(ledger["unknown_runs"], 1);
@@ -208,12 +200,7 @@ fn a_claude_run_without_a_result_event_costs_unknown_not_zero() {
         .args(["run-agent", "--next"])
         .assert()
         .code(5);
-    let cost: Option<f64> = env
-        .sqlite()
-        .query_row("SELECT cost_usd FROM agent_runs WHERE id = 2", [], |r| {
-            r.get(0)
-        })
-        .expect("run");
+    let cost = env.rows("SELECT cost_usd FROM agent_runs WHERE id = 2")[0][0].as_f64();
     assert_eq!(cost, Some(0.0));
 }
 
@@ -235,12 +222,7 @@ fn patient(max_attempts: u32) -> Env {
 /// `claude`), wait until the agent has written `started` to its log, SIGKILL
 /// the worker (its guardian then kills the agent's group) and reap.
 fn kill_worker_mid_run(env: &Env, agent: &str, protocol: &str) {
-    let last_run: i64 = env
-        .sqlite()
-        .query_row("SELECT coalesce(max(id), 0) FROM agent_runs", [], |r| {
-            r.get(0)
-        })
-        .expect("runs");
+    let last_run = env.sql_i64("SELECT coalesce(max(id), 0) FROM agent_runs");
     let mut worker = env
         .orch_std()
         .env("ORCH_AGENT_CMD", agent)
@@ -252,14 +234,9 @@ fn kill_worker_mid_run(env: &Env, agent: &str, protocol: &str) {
         .expect("spawn");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let log: Option<String> = env
-            .sqlite()
-            .query_row(
-                "SELECT output_path FROM agent_runs WHERE id > ?1",
-                [last_run],
-                |r| r.get(0),
-            )
-            .ok();
+        let log = env.sql_text(&format!(
+            "SELECT output_path FROM agent_runs WHERE id > {last_run}"
+        ));
         if log.is_some_and(|l| std::fs::read_to_string(l).is_ok_and(|t| t.contains("started"))) {
             break;
         }
@@ -289,16 +266,11 @@ fn killed_plain_command_runs_cost_nothing_and_never_block_the_task() {
         assert_eq!(cost["unknown_runs"], 0, "{cost}");
         assert_eq!(cost["remaining_usd"], 20.0, "{cost}");
     }
-    let outcomes: Vec<String> = {
-        let db = env.sqlite();
-        let mut stmt = db
-            .prepare("SELECT outcome FROM agent_runs ORDER BY id")
-            .expect("sql");
-        stmt.query_map([], |r| r.get(0))
-            .expect("query")
-            .collect::<Result<_, _>>()
-            .expect("rows")
-    };
+    let outcomes: Vec<String> = env
+        .rows("SELECT outcome FROM agent_runs ORDER BY id")
+        .into_iter()
+        .map(|r| r[0].as_str().expect("an outcome").to_owned())
+        .collect();
     assert!(
         outcomes.iter().all(|o| o.starts_with("orch-died: ")),
         "{outcomes:?}"

@@ -189,9 +189,7 @@ fn orch090_tc07_idempotent_on_cancelled_done_and_missing_tasks() {
     let missing = out(&env, &[], &["cancel", "--task", "99", "--json"]);
     assert_eq!(missing.status.code(), Some(3));
     assert_eq!(json(&missing)["note"], "no-task");
-    env.sqlite()
-        .execute("UPDATE tasks SET stage = 'done' WHERE id = 1", [])
-        .expect("done");
+    env.exec("UPDATE tasks SET stage = 'done' WHERE id = 1");
     let done = out(&env, &[], &["cancel", "--task", "1", "--json"]);
     assert_eq!(done.status.code(), Some(3));
     // One comment and one notification for the one real cancel.
@@ -272,12 +270,7 @@ fn orch090_tc09_status_has_the_stop_block() {
 fn orch090_tc13_end_to_end_stop_tombstones_the_keys_so_the_issue_can_start_afresh() {
     let env = install();
     with_branch(&env);
-    env.sqlite()
-        .execute(
-            "UPDATE tasks SET plane_id = 'PL-110', plane_issue_id = 'uuid-110' WHERE id = 1",
-            [],
-        )
-        .expect("keys");
+    env.exec("UPDATE tasks SET plane_id = 'PL-110', plane_issue_id = 'uuid-110' WHERE id = 1");
     env.orch()
         .args(["cancel", "--task", "1"])
         .assert()
@@ -310,14 +303,16 @@ fn orch090_tc14_migration_is_idempotent_and_the_columns_exist() {
     let env = install();
     env.orch().arg("init").assert().success();
     env.orch().arg("init").assert().success();
+    let columns = if common::on_postgres() {
+        "SELECT column_name::text FROM information_schema.columns WHERE table_name = 'tasks'"
+    } else {
+        "SELECT name FROM pragma_table_info('tasks')"
+    };
     let cols: Vec<String> = env
-        .sqlite()
-        .prepare("SELECT name FROM pragma_table_info('tasks')")
-        .expect("prepare")
-        .query_map([], |r| r.get(0))
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows");
+        .rows(columns)
+        .into_iter()
+        .filter_map(|r| r[0].as_str().map(str::to_owned))
+        .collect();
     for c in ["cancelled_at", "cancel_requested_at"] {
         assert!(cols.iter().any(|x| x == c), "{c} missing");
     }
@@ -329,13 +324,11 @@ fn orch090_tc14_migration_is_idempotent_and_the_columns_exist() {
 }
 
 fn hold_lease(env: &Env) {
-    env.sqlite()
-        .execute(
-            "INSERT INTO merge_leases (repo, task_id, branch, token, acquired_at)
-             VALUES ('demo', 1, 'feature/DEMO-1-stop-me', 'task-1', ?1)",
-            [orch::storage::now()],
-        )
-        .expect("lease");
+    env.exec(&format!(
+        "INSERT INTO merge_leases (repo, task_id, branch, token, acquired_at)
+         VALUES ('demo', 1, 'feature/DEMO-1-stop-me', 'task-1', {})",
+        orch::storage::now()
+    ));
 }
 
 /// D7: STOP while the task's merge/deploy actor runs with the lease held is
@@ -345,14 +338,12 @@ fn hold_lease(env: &Env) {
 fn orch090_d7_stop_in_the_critical_window_defers_then_applies() {
     let env = install();
     with_branch(&env);
-    env.sqlite()
-        .execute_batch(
-            "UPDATE jobs SET status = 'done' WHERE id = 1;
-             UPDATE tasks SET stage = 'deploy-staging' WHERE id = 1;
-             INSERT INTO jobs (agent, repo, task_id, stage, created_at) VALUES ('deployer', 'demo', 1, 'deploy-staging', 0);
-             INSERT INTO jobs (agent, repo, task_id, stage, created_at) VALUES ('deployer', 'demo', 1, 'deploy-staging', 0);",
-        )
-        .expect("setup");
+    env.exec(
+        "UPDATE jobs SET status = 'done' WHERE id = 1;
+         UPDATE tasks SET stage = 'deploy-staging' WHERE id = 1;
+         INSERT INTO jobs (agent, repo, task_id, stage, created_at) VALUES ('deployer', 'demo', 1, 'deploy-staging', 0);
+         INSERT INTO jobs (agent, repo, task_id, stage, created_at) VALUES ('deployer', 'demo', 1, 'deploy-staging', 0);",
+    );
     hold_lease(&env);
     let started = env.shared().join("actor.started");
     let mut worker = env
@@ -407,9 +398,7 @@ fn orch090_d7_stop_in_the_critical_window_defers_then_applies() {
 fn orch090_d7_stop_on_deploy_awaiting_confirm_is_a_full_reset() {
     let env = install();
     with_branch(&env);
-    env.sqlite()
-        .execute_batch("UPDATE jobs SET status = 'done' WHERE id = 1; UPDATE tasks SET stage = 'deploy' WHERE id = 1;")
-        .expect("park");
+    env.exec("UPDATE jobs SET status = 'done' WHERE id = 1; UPDATE tasks SET stage = 'deploy' WHERE id = 1;");
     hold_lease(&env);
     let v = json(&out(&env, &[], &["cancel", "--task", "1", "--json"]));
     assert_eq!(v["note"], "cancelled", "{v}");

@@ -24,9 +24,7 @@ fn wake_pending(env: &Env) -> bool {
 }
 
 fn count(env: &Env, sql: &str) -> i64 {
-    env.sqlite()
-        .query_row(sql, [], |r| r.get(0))
-        .expect("query")
+    env.sql_i64(sql)
 }
 
 /// After the human approval, one worker activation runs every stage from
@@ -134,6 +132,7 @@ fn no_wake_up_is_lost_between_a_last_claim_and_a_new_commit() {
     let tasks = 8;
     let creator = {
         let state = env.state().to_path_buf();
+        let db_url = env.db_url().map(str::to_owned);
         std::thread::spawn(move || {
             let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
             for i in 0..tasks {
@@ -141,7 +140,7 @@ fn no_wake_up_is_lost_between_a_last_claim_and_a_new_commit() {
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
                 std::thread::sleep(Duration::from_millis(seed % 400));
-                create_task(&state, i);
+                create_task(&state, db_url.as_deref(), i);
             }
         })
     };
@@ -173,7 +172,7 @@ fn no_wake_up_is_lost_between_a_last_claim_and_a_new_commit() {
     assert!(starts >= 1);
 }
 
-fn create_task(state: &Path, i: i64) {
+fn create_task(state: &Path, db_url: Option<&str>, i: i64) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_orch"))
         .args([
             "task",
@@ -188,6 +187,7 @@ fn create_task(state: &Path, i: i64) {
         .env("HOME", state)
         .env("ORCH_STATE_DIR", state)
         .env("ORCH_SANDBOX_WRITABLE", state.join("shared"))
+        .envs(db_url.map(|url| ("ORCH_DB_URL", url)))
         .output()
         .expect("task create");
     assert!(out.status.success(), "{out:?}");

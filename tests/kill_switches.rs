@@ -24,7 +24,7 @@ fn orch(env: &Env, args: &[&str]) -> Output {
 }
 
 fn sql(env: &Env, sql: &str) -> i64 {
-    env.sqlite().query_row(sql, [], |r| r.get(0)).expect(sql)
+    env.sql_i64(sql)
 }
 
 fn counter(env: &Env, name: &str) -> i64 {
@@ -130,13 +130,11 @@ fn reclaimed_on_acquire(serial: bool) {
     let task = create(&env, "t");
     drive_to(&env, task, "deploy-staging");
     let lease = |acquired_at: i64| {
-        env.sqlite()
-            .execute(
-                "INSERT OR REPLACE INTO merge_leases (repo, task_id, branch, token, acquired_at)
-                 VALUES ('demo', ?1, 'feature/old', 'tok', ?2)",
-                [old, acquired_at],
-            )
-            .expect("lease");
+        env.exec(&format!(
+            "DELETE FROM merge_leases WHERE repo = 'demo';
+             INSERT INTO merge_leases (repo, task_id, branch, token, acquired_at)
+             VALUES ('demo', {old}, 'feature/old', 'tok', {acquired_at})"
+        ));
     };
     // Within the TTL: the holder keeps it, the merge waits (lock-busy).
     lease(orch::storage::now() - 60);
@@ -153,12 +151,7 @@ fn reclaimed_on_acquire(serial: bool) {
     assert_eq!(counter(&env, "lease_reclaimed_total"), 0);
     // Past the TTL (merge_lock_timeout_s, 3600 s by default), with a holder that cannot use it: reclaimed on acquire.
     lease(orch::storage::now() - 3601);
-    env.sqlite()
-        .execute(
-            "UPDATE jobs SET available_at = 0 WHERE status = 'queued'",
-            [],
-        )
-        .expect("due");
+    env.exec("UPDATE jobs SET available_at = 0 WHERE status = 'queued'");
     orch(&env, &["run-agent", "--next"]);
     assert_eq!(stage(&env, task), "deploy", "serial {serial}");
     assert_eq!(counter(&env, "lease_reclaimed_total"), 1);

@@ -306,7 +306,12 @@ fn run_agent_exit_codes_tell_success_gates_agent_timeout_and_refusal_apart() {
 
 /// Every table's row count, and task 1's row: what a dry run must not change.
 fn snapshot(env: &Env) -> Vec<Vec<serde_json::Value>> {
-    let tables = env.rows("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name");
+    let tables = env.rows(if common::on_postgres() {
+        "SELECT table_name::text FROM information_schema.tables
+         WHERE table_schema = current_schema() ORDER BY 1"
+    } else {
+        "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+    });
     let mut all: Vec<Vec<serde_json::Value>> = tables
         .iter()
         .filter_map(|t| t[0].as_str())

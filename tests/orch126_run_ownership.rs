@@ -4,12 +4,14 @@
 //! Our schema makes the invariant a CHECK constraint, which is stronger than
 //! the seeds' "every path clears ownership": an impossible queued row cannot
 //! be written at all. To exercise the self-heal we seed such rows the only way
-//! left — hand-written SQL with `PRAGMA ignore_check_constraints`.
+//! left — hand-written SQL with `PRAGMA ignore_check_constraints` (on
+//! PostgreSQL: the constraint dropped for the write and added back `NOT
+//! VALID`, so it binds every later write but not the seeded row).
 
 mod common;
 
 use common::Env;
-use orch::liveness::{self, Liveness, WorkerLock};
+use orch::liveness::{Liveness, WorkerLock};
 use orch::queue::{self, Backoff, Claimer, Finished, Gates, Job, Outcome};
 use orch::storage::{Db, now};
 use predicates::prelude::*;
@@ -25,7 +27,7 @@ const BACKOFF: Backoff = Backoff {
 };
 
 fn claim(env: &Env, db: &mut Db) -> (WorkerLock, Job) {
-    let lock = WorkerLock::acquire(&env.state().join("locks")).expect("lock");
+    let lock = env.locks().acquire().expect("lock");
     let claimer = Claimer {
         token: lock.token(),
         pid: std::process::id(),
@@ -54,16 +56,25 @@ fn assert_clean_queued(job: &Job) {
 }
 
 /// Write an impossible queued row the way an operator's hand-edit could.
-fn seed_impossible(db: &Db, id: i64, run_id: i64, pid: i64) {
-    rusqlite::Connection::open(db.path().expect("a SQLite file"))
-        .expect("open the SQLite file")
-        .execute_batch(&format!(
-            "PRAGMA ignore_check_constraints = ON;
-             UPDATE jobs SET status = 'queued', run_id = {run_id}, pid = {pid},
-                 claim_token = 'stale' WHERE id = {id};
-             PRAGMA ignore_check_constraints = OFF;"
-        ))
-        .expect("seed impossible row");
+fn seed_impossible(env: &Env, id: i64, run_id: i64, pid: i64) {
+    let update = format!(
+        "UPDATE jobs SET status = 'queued', run_id = {run_id}, pid = {pid},
+             claim_token = 'stale' WHERE id = {id};"
+    );
+    if common::on_postgres() {
+        env.exec(&format!(
+            "ALTER TABLE jobs DROP CONSTRAINT jobs_queued_owns_no_run;
+             {update}
+             ALTER TABLE jobs ADD CONSTRAINT jobs_queued_owns_no_run
+                 CHECK (status <> 'queued' OR (run_id IS NULL AND pid IS NULL
+                     AND started_at IS NULL AND finished_at IS NULL AND claim_token IS NULL
+                     AND owner_pid IS NULL AND owner_boot_id IS NULL)) NOT VALID;"
+        ));
+    } else {
+        env.exec(&format!(
+            "PRAGMA ignore_check_constraints = ON; {update} PRAGMA ignore_check_constraints = OFF;"
+        ));
+    }
 }
 
 #[test]
@@ -72,10 +83,11 @@ fn orch126_database_refuses_an_impossible_queued_row() {
     let id = env.enqueue_many(1)[0];
     let db = env.db();
     let err = env
-        .sqlite()
-        .execute("UPDATE jobs SET pid = 35, run_id = 759 WHERE id = ?1", [id])
+        .try_exec(&format!(
+            "UPDATE jobs SET pid = 35, run_id = 759 WHERE id = {id}"
+        ))
         .expect_err("CHECK constraint must refuse it");
-    assert!(err.to_string().contains("CHECK"), "{err}");
+    assert!(err.to_lowercase().contains("check"), "{err}");
     assert_clean_queued(&get(&db, id));
 }
 
@@ -170,7 +182,7 @@ fn orch126_tc03_transient_failure_resets_ownership_and_keeps_the_backoff() {
     );
     assert_eq!(job.error.as_deref(), Some("API overloaded"));
     // Backing off: not claimable, and the diagnosis says so.
-    let lock2 = WorkerLock::acquire(&env.state().join("locks")).expect("lock");
+    let lock2 = env.locks().acquire().expect("lock");
     let claimer = Claimer {
         token: lock2.token(),
         pid: 1,
@@ -228,7 +240,7 @@ fn orch126_tc05_claim_clears_a_stale_pid_before_the_spawn() {
     let env = Env::new();
     let id = env.enqueue_many(1)[0];
     let mut db = env.db();
-    seed_impossible(&db, id, 759, 35);
+    seed_impossible(&env, id, 759, 35);
     let (lock, job) = claim(&env, &mut db);
     assert_eq!(job.id, id);
     assert_eq!(job.status, "running");
@@ -260,19 +272,13 @@ fn orch126_tc07_a_fresh_claim_without_pid_is_alive_while_its_lock_is_held() {
     let mut db = env.db();
     let (lock, job) = claim(&env, &mut db);
     assert_eq!(job.pid, None, "no agent pid yet");
-    let locks = env.state().join("locks");
+    let locks = env.locks();
     let token = job.claim_token.clone().expect("token");
-    assert_eq!(
-        liveness::probe(&locks, &token).expect("probe"),
-        Liveness::Alive
-    );
+    assert_eq!(locks.probe(&token).expect("probe"), Liveness::Alive);
     let status = env.json(&["status"]);
     assert_eq!(status["running"][0]["owner"], "alive");
     lock.release();
-    assert_eq!(
-        liveness::probe(&locks, &token).expect("probe"),
-        Liveness::Dead
-    );
+    assert_eq!(locks.probe(&token).expect("probe"), Liveness::Dead);
     assert_eq!(env.json(&["status"])["running"][0]["owner"], "dead");
 }
 
@@ -281,7 +287,7 @@ fn orch126_tc08_sanitize_impossible_queued_is_idempotent() {
     let env = Env::new();
     let ids = env.enqueue_many(3);
     let mut db = env.db();
-    seed_impossible(&db, ids[1], 759, 35);
+    seed_impossible(&env, ids[1], 759, 35);
     let found = queue::find_impossible_queued(db.conn()).expect("find");
     assert_eq!(found.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[1]]);
     let healed = db
@@ -304,7 +310,7 @@ fn orch126_tc08_sanitize_impossible_queued_is_idempotent() {
 fn orch126_tc08b_sanitize_sweep_counts_and_shows_in_status_and_honours_its_kill_switch() {
     let env = Env::new();
     let ids = env.enqueue_many(2);
-    seed_impossible(&env.db(), ids[0], 759, 35);
+    seed_impossible(&env, ids[0], 759, 35);
     // Kill-switch off: the reaper's sweep does nothing.
     env.orch()
         .env("ORCH_IMPOSSIBLE_QUEUED_SANITIZE_ENABLED", "false")

@@ -1,5 +1,6 @@
 //! The stage pipeline end to end through the real binary: real git (a bare
-//! repository as the forge), real SQLite, real agent processes.
+//! repository as the forge), the real store (SQLite, or PostgreSQL under
+//! `ORCH_TEST_BACKEND=postgres`), real agent processes.
 
 mod common;
 
@@ -78,10 +79,16 @@ fn orch065_tc19_demo_runs_every_stage_to_done_and_leaves_a_working_installation(
         .filter(|l| l.contains("--state-dir"))
         .collect();
     assert_eq!(hints.len(), 3, "no look-around hints: {stdout}");
+    // On PostgreSQL the shell they are typed into has ORCH_DB_URL, as the
+    // one that ran the demo had (the demo says so).
+    if env.db_url().is_some() {
+        assert!(stdout.contains("ORCH_DB_URL"), "{stdout}");
+    }
     for hint in hints {
         let ran = std::process::Command::new("sh")
             .args(["-c", hint.trim()])
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env.db_url().map(|url| ("ORCH_DB_URL", url)))
             .output()
             .expect("sh");
         assert!(ran.status.success(), "`{hint}` failed: {ran:?}");
@@ -121,6 +128,61 @@ fn orch065_tc19_demo_runs_every_stage_to_done_and_leaves_a_working_installation(
     // The installation keeps working.
     env.orch().arg("status").assert().success();
     env.orch().args(["job", "list"]).assert().success();
+}
+
+/// `orch demo` with `ORCH_DB_URL` (whichever backend the suite runs on):
+/// the config names the forge by a `file://` URL (a host path is refused
+/// with a database URL), the task reaches `done`, and every row is in the
+/// PostgreSQL database, none in a SQLite file.
+#[test]
+fn postgres_demo_runs_every_stage_to_done_with_orch_db_url() {
+    let Some(db) = common::pg::fresh("postgres_demo_runs_every_stage_to_done_with_orch_db_url")
+    else {
+        return;
+    };
+    let env = Env::bare();
+    let out = env
+        .orch()
+        .env("ORCH_DB_URL", &db.url)
+        .arg("demo")
+        .output()
+        .expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("reached `done`"), "{stdout}");
+    let config = std::fs::read_to_string(env.state().join("orch.toml")).expect("config");
+    let bare = env
+        .state()
+        .canonicalize()
+        .expect("state")
+        .join("forge/demo.git");
+    assert!(
+        config.contains(&format!("remote = \"file://{}\"", bare.display())),
+        "{config}"
+    );
+    assert!(!env.db_path().exists(), "a SQLite file was made");
+    assert_eq!(db.i64("SELECT count(*) FROM tasks WHERE stage = 'done'"), 1);
+    assert_eq!(db.i64("SELECT count(*) FROM jobs WHERE status = 'done'"), 7);
+    assert_eq!(
+        db.i64("SELECT count(*) FROM jobs WHERE status <> 'done'"),
+        0
+    );
+    let shown = env
+        .orch()
+        .env("ORCH_DB_URL", &db.url)
+        .args(["task", "show", "1", "--json"])
+        .output()
+        .expect("task show");
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    assert_eq!(shown["task"]["stage"], "done");
+    let main_files = forge(&env)
+        .run(["ls-tree", "-r", "--name-only", "main"])
+        .expect("ls-tree");
+    assert!(main_files.contains("src/greet.sh"), "{main_files}");
 }
 
 #[test]
@@ -318,37 +380,16 @@ fn claude_is_error_with_exit_zero_is_not_a_success_and_cost_is_recorded() {
         "{v}"
     );
     assert_eq!(v["cost_usd"], 0.42);
-    let db = env.sqlite();
-    let (is_error, cost, input, output, cache_read, cache_creation, turns): (
-        i64,
-        f64,
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
-    ) = db
-        .query_row(
-            "SELECT is_error, cost_usd, input_tokens, output_tokens, cache_read_tokens,
-                    cache_creation_tokens, num_turns FROM agent_runs WHERE id = 1",
-            [],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            },
-        )
-        .expect("run row");
-    assert_eq!(
-        (is_error, input, output, cache_read, cache_creation, turns),
-        (1, 100, 50, 7, 9, 3)
-    );
+    let run = &env.rows(
+        "SELECT is_error, cost_usd, input_tokens, output_tokens, cache_read_tokens,
+                cache_creation_tokens, num_turns FROM agent_runs WHERE id = 1",
+    )[0];
+    let ints: Vec<i64> = [0, 2, 3, 4, 5, 6]
+        .iter()
+        .map(|&i| run[i].as_i64().expect("an integer"))
+        .collect();
+    assert_eq!(ints, [1, 100, 50, 7, 9, 3]);
+    let cost = run[1].as_f64().expect("a cost");
     assert!((cost - 0.42).abs() < 1e-9);
     let job = env.json(&["job", "show", "1"]);
     assert_eq!(job["status"], "queued", "the run is retried");
@@ -583,10 +624,12 @@ fn agents_never_see_orchs_secrets() {
         text.contains("ORCH_TASK_ID=1"),
         "the agent's own variables are there"
     );
+    // On PostgreSQL the database URL is one of them (it may hold a password).
     for secret in [
         "plane-secret-value",
         "gitea-secret-value",
         "CREDENTIALS_DIRECTORY",
+        env.db_url().unwrap_or("CREDENTIALS_DIRECTORY"),
     ] {
         assert!(
             !text.contains(secret),
@@ -644,12 +687,10 @@ fn reconcile_advances_a_stuck_stage_once() {
         .success();
     env.orch().args(["run-agent", "--next"]).assert().success();
     // Lose the architecture → development advance: back on architecture, idle, long ago.
-    env.sqlite()
-        .execute_batch(
-            "DELETE FROM jobs WHERE agent = 'developer';
-             UPDATE tasks SET stage = 'architecture', updated_at = 0 WHERE id = 1;",
-        )
-        .expect("lose the advance");
+    env.exec(
+        "DELETE FROM jobs WHERE agent = 'developer';
+         UPDATE tasks SET stage = 'architecture', updated_at = 0 WHERE id = 1;",
+    );
     let r = env.json(&["reconcile"]);
     assert_eq!(r["advanced"].as_array().map_or(0, Vec::len), 1, "{r}");
     let shown = env.json(&["task", "show", "1"]);
@@ -873,6 +914,7 @@ fn an_agent_cannot_read_orchs_tokens_through_proc() {
             .env("ORCH_SANDBOX_WRITABLE", env.shared())
             .env("ORCH_PLANE_API_TOKEN", "plane-secret-value")
             .env("ORCH_AGENT_CMD", agent)
+            .envs(env.db_url().map(|url| ("ORCH_DB_URL", url)))
             .output()
             .expect("run");
         // The agent ran; it wrote no artifacts, so the gates fail (4).

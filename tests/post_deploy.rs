@@ -198,15 +198,10 @@ fn a_healthy_deploy_is_watched_over_the_whole_window_without_holding_a_worker() 
     );
     assert_eq!(health.hits.load(Ordering::SeqCst), 3, "one probe per check");
     // The job waited without spending attempts or the transient budget.
-    let job = env
-        .sqlite()
-        .query_row(
-            "SELECT status, attempts, transient_attempts FROM jobs WHERE agent = 'post-deploy-monitor'",
-            [],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)),
-        )
-        .expect("job");
-    assert_eq!(job, ("done".to_owned(), 1, 0));
+    let job = &env.rows(
+        "SELECT status, attempts, transient_attempts FROM jobs WHERE agent = 'post-deploy-monitor'",
+    )[0];
+    assert_eq!(job, &[serde_json::json!("done"), 1.into(), 0.into()]);
     let log = post_deploy_log(&env);
     for field in [
         "post_deploy_status: HEALTHY",
@@ -474,7 +469,9 @@ fn a_monitor_killed_after_a_check_is_resumed_by_reap_without_double_counting() {
         1,
         "the check was counted before the crash"
     );
-    let reap = env.json(&["reap"]);
+    // On PostgreSQL past the start grace (see common::start_grace_over).
+    let reap = run(&env, common::start_grace_over(), &["reap", "--json"]);
+    let reap: serde_json::Value = serde_json::from_slice(&reap.stdout).expect("json");
     assert_eq!(reap["reaped"][0]["agent"], "post-deploy-monitor", "{reap}");
     assert_eq!(reap["reaped"][0]["outcome"], "queued", "{reap}");
     monitor_to_end(&env);
@@ -525,14 +522,7 @@ fn the_monitor_is_not_held_back_by_max_concurrency_or_the_serial_gate() {
             pid: 1,
             boot_id: "boot",
         };
-        orch::queue::claim_by_id(
-            tx,
-            &orch::liveness::Locks::Files(env.state().join("locks")),
-            id,
-            busy,
-            10,
-            orch::storage::now(),
-        )?;
+        orch::queue::claim_by_id(tx, &env.locks(), id, busy, 10, orch::storage::now())?;
         Ok(())
     })
     .expect("a busy job");

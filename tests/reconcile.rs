@@ -17,11 +17,11 @@ fn install(extra: &str) -> Env {
 }
 
 fn sql(env: &Env, sql: &str) -> i64 {
-    env.sqlite().query_row(sql, [], |r| r.get(0)).expect(sql)
+    env.sql_i64(sql)
 }
 
 fn exec(env: &Env, sql: &str) {
-    env.sqlite().execute(sql, []).expect(sql);
+    env.exec(sql);
 }
 
 fn stage(env: &Env, task: i64) -> String {

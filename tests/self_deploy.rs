@@ -203,13 +203,8 @@ fn the_reconciler_posts_nothing_for_a_parked_deploy() {
 fn orch059_tc07_tc08_phase_b_merges_and_starts_the_hook_once_and_phase_c_finishes() {
     let env = self_hosting();
     to_phase_a(&env);
-    let staging_sha: String = env
-        .sqlite()
-        .query_row(
-            "SELECT staging_sha FROM deploys WHERE task_id = 1",
-            [],
-            |r| r.get(0),
-        )
+    let staging_sha = env
+        .sql_text("SELECT staging_sha FROM deploys WHERE task_id = 1")
         .expect("sha");
     let first = json(&run(
         &env,
@@ -332,13 +327,9 @@ fn stop_during_the_deploy(env: &Env, code: i32) {
 }
 
 fn outbox_count(env: &Env, key_like: &str) -> i64 {
-    env.sqlite()
-        .query_row(
-            "SELECT count(*) FROM outbox WHERE dedup_key LIKE ?1",
-            [key_like],
-            |r| r.get(0),
-        )
-        .expect("outbox")
+    env.sql_i64(&format!(
+        "SELECT count(*) FROM outbox WHERE dedup_key LIKE '{key_like}'"
+    ))
 }
 
 #[test]
@@ -357,9 +348,8 @@ fn a_deploy_that_succeeded_under_a_pending_stop_ends_done_and_says_the_stop_came
         1,
         "the monitor is armed"
     );
-    let branch: String = env
-        .sqlite()
-        .query_row("SELECT branch FROM tasks WHERE id = 1", [], |r| r.get(0))
+    let branch = env
+        .sql_text("SELECT branch FROM tasks WHERE id = 1")
         .expect("branch");
     let heads = orch::git::Git::at(env.state().join("forge/demo.git"))
         .run(["branch", "--list", &branch])

@@ -145,7 +145,11 @@ pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("resolving {}", state.display()))?;
     let forge = state.join("forge").join("demo.git");
     create_forge(&forge)?;
-    write_config_once(&state.join("orch.toml"), &exe, &forge)?;
+    write_config_once(
+        &state.join("orch.toml"),
+        &exe,
+        &forge_remote(&forge, shares_queue()),
+    )?;
     let s = Session {
         exe,
         state,
@@ -175,6 +179,9 @@ pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         st = s.state.display(),
         f = forge.display()
     );
+    if shares_queue() {
+        crate::say!("(each needs ORCH_DB_URL as this demo had it: the queue is in PostgreSQL)");
+    }
     if orch != "orch" {
         crate::say!(
             "(`orch` on your PATH is not this binary: `cargo install --path .` puts it in ~/.cargo/bin)"
@@ -183,9 +190,27 @@ pub fn run(state: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether the installation's queue is a PostgreSQL database (`ORCH_DB_URL`;
+/// the demo writes the config, so no `db_url` is in one yet).
+fn shares_queue() -> bool {
+    std::env::var_os("ORCH_DB_URL").is_some_and(|u| !u.is_empty())
+}
+
+/// How the config names the forge: its path, or with a database shared by
+/// hosts (`db_url`) a `file://` URL, as a remote that is a path on one host
+/// is refused there (`Config::validate`).
+fn forge_remote(forge: &Path, shared: bool) -> String {
+    let path = forge.to_string_lossy();
+    if shared {
+        format!("file://{path}")
+    } else {
+        path.into_owned()
+    }
+}
+
 /// Write the demo's `orch.toml` unless one exists: the scripted demo agent
-/// for every stage and the bare repository `forge` as the remote.
-fn write_config_once(config: &Path, exe: &Path, forge: &Path) -> anyhow::Result<()> {
+/// for every stage and the bare repository at `remote` as the forge.
+fn write_config_once(config: &Path, exe: &Path, remote: &str) -> anyhow::Result<()> {
     if config.exists() {
         return Ok(());
     }
@@ -205,7 +230,7 @@ fn write_config_once(config: &Path, exe: &Path, forge: &Path) -> anyhow::Result<
              test_command = \"sh ./test.sh\"\n\
              work_item_prefix = \"DEMO\"\n",
             toml_string(&agent),
-            toml_string(&forge.to_string_lossy())
+            toml_string(remote)
         ),
     )
     .with_context(|| format!("writing {}", config.display()))
@@ -332,5 +357,20 @@ fn invocation() -> String {
         (Some(me), Some(found)) if me == found => "orch".to_owned(),
         (Some(me), _) => format!("'{}'", me.display()),
         (None, _) => "orch".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_forge_is_a_file_url_when_the_queue_is_shared() {
+        let forge = Path::new("/srv/orch-demo/forge/demo.git");
+        assert_eq!(forge_remote(forge, false), "/srv/orch-demo/forge/demo.git");
+        assert_eq!(
+            forge_remote(forge, true),
+            "file:///srv/orch-demo/forge/demo.git"
+        );
     }
 }

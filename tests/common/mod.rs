@@ -1,5 +1,9 @@
 //! Shared set-up for integration tests: a hermetic state directory and a way
-//! to run the real `orch` binary against it.
+//! to run the real `orch` binary against it, on the storage backend
+//! `ORCH_TEST_BACKEND` names: `sqlite` (the default: the file in the state
+//! directory) or `postgres` (a fresh database per [`Env`] on the server
+//! `ORCH_TEST_PG_URL` names, see [`pg`]; every orch the `Env` runs gets
+//! `ORCH_DB_URL`).
 
 #![allow(dead_code)]
 
@@ -8,13 +12,83 @@ pub mod messages_api;
 pub mod pg;
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use tempfile::TempDir;
 
-/// A fresh state directory with a config that declares repo `demo`.
+/// The storage backend the tests run orch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The SQLite file in the state directory (the default).
+    Sqlite,
+    /// A PostgreSQL database of its own per [`Env`].
+    Postgres,
+}
+
+/// The backend `ORCH_TEST_BACKEND` names (unset or empty: SQLite).
+pub fn backend() -> Backend {
+    match std::env::var("ORCH_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("" | "sqlite") => Backend::Sqlite,
+        Ok("postgres" | "postgresql") => Backend::Postgres,
+        Ok(other) => panic!("ORCH_TEST_BACKEND={other:?}: expected sqlite or postgres"),
+    }
+}
+
+/// Whether the tests run orch on PostgreSQL.
+pub fn on_postgres() -> bool {
+    backend() == Backend::Postgres
+}
+
+/// For a test that is inherently SQLite's (the file, its WAL, `PRAGMA`, the
+/// lock files owners hold on one host): true, after saying loudly that it
+/// skips and `why`, when the backend is PostgreSQL; the test then returns.
+pub fn sqlite_only(why: &str) -> bool {
+    if !on_postgres() {
+        return false;
+    }
+    eprintln!(
+        "!! SKIPPED on postgres: {}: {why}",
+        std::thread::current().name().unwrap_or("this test")
+    );
+    true
+}
+
+/// The environment of an `orch reap` that stands for the first pass after
+/// `reaper_start_grace_s`: empty on SQLite; on PostgreSQL the grace set to
+/// 0. A dead owner whose claim started no agent waits out that grace there
+/// before it is requeued: an advisory lock leaves no trace, so a killed
+/// claimer looks like a clean `orch claim` hand-over (docs/scaling.md),
+/// where a lock file left behind tells SQLite's reaper it was killed.
+pub fn start_grace_over() -> &'static [(&'static str, &'static str)] {
+    if on_postgres() {
+        &[("ORCH_REAPER_START_GRACE_S", "0")]
+    } else {
+        &[]
+    }
+}
+
+/// A remote for a repository in a config a test writes: the path itself on
+/// SQLite; on PostgreSQL a `file://` URL, as every host must reach it (a
+/// path on one host is refused with `db_url`, src/config.rs).
+pub fn remote(path: impl AsRef<Path>) -> String {
+    let path = path.as_ref().display().to_string();
+    if on_postgres() {
+        format!("file://{path}")
+    } else {
+        path
+    }
+}
+
+/// A fresh state directory with a config that declares repo `demo`, and on
+/// PostgreSQL a fresh database of its own.
 pub struct Env {
     /// Keeps the directory alive for the test's duration.
     pub dir: TempDir,
+    /// A session on the PostgreSQL database for [`Env::rows`] and
+    /// [`Env::exec`], opened on first use (closed before the database goes).
+    client: Mutex<Option<postgres::Client>>,
+    /// On PostgreSQL: this installation's database, dropped with the `Env`.
+    pub pg: Option<pg::Database>,
 }
 
 impl Env {
@@ -28,8 +102,18 @@ impl Env {
 
     /// A state directory with nothing in it but [`Env::shared`].
     pub fn bare() -> Env {
+        let pg = on_postgres().then(|| {
+            assert!(
+                std::env::var("ORCH_TEST_PG_URL").is_ok_and(|u| !u.is_empty()),
+                "ORCH_TEST_BACKEND=postgres needs ORCH_TEST_PG_URL (scripts/pg-test-server.sh start)"
+            );
+            let test = std::thread::current().name().unwrap_or("env").to_owned();
+            pg::fresh(&test).expect("a PostgreSQL test database")
+        });
         let env = Env {
             dir: tempfile::tempdir().expect("tempdir"),
+            client: Mutex::new(None),
+            pg,
         };
         std::fs::create_dir_all(env.shared()).expect("shared dir");
         env
@@ -47,9 +131,20 @@ impl Env {
         self.dir.path()
     }
 
-    /// The database file.
+    /// The database file (SQLite).
     pub fn db_path(&self) -> PathBuf {
         self.state().join("orch.db")
+    }
+
+    /// The PostgreSQL database orch runs on (`ORCH_DB_URL`), if it does.
+    pub fn db_url(&self) -> Option<&str> {
+        self.pg.as_ref().map(|pg| pg.url.as_str())
+    }
+
+    /// Where owners prove their life for this installation: lock files in
+    /// `<state>/locks`, or advisory locks in the PostgreSQL database.
+    pub fn locks(&self) -> orch::liveness::Locks {
+        orch::liveness::Locks::configured(self.state().join("locks"), self.db_url()).expect("locks")
     }
 
     /// Write `orch.toml` with repo `demo` plus `extra` settings.
@@ -57,7 +152,10 @@ impl Env {
         std::fs::create_dir_all(self.state()).expect("mkdir");
         std::fs::write(
             self.state().join("orch.toml"),
-            format!("{extra}\n[repos.demo]\nremote = \"/nonexistent/demo.git\"\n"),
+            format!(
+                "{extra}\n[repos.demo]\nremote = {:?}\n",
+                remote("/nonexistent/demo.git")
+            ),
         )
         .expect("write config");
     }
@@ -71,6 +169,9 @@ impl Env {
             .env("ORCH_STATE_DIR", self.state())
             .env("ORCH_SANDBOX_WRITABLE", self.shared())
             .env("RUST_LOG", "warn");
+        if let Some(url) = self.db_url() {
+            c.env("ORCH_DB_URL", url);
+        }
         c
     }
 
@@ -83,24 +184,80 @@ impl Env {
             .env("ORCH_STATE_DIR", self.state())
             .env("ORCH_SANDBOX_WRITABLE", self.shared())
             .env("RUST_LOG", "warn");
+        if let Some(url) = self.db_url() {
+            c.env("ORCH_DB_URL", url);
+        }
         c
     }
 
-    /// Open the database through the library.
     /// The one integer `sql` selects (a count, an id), read directly.
     pub fn sql_i64(&self, sql: &str) -> i64 {
+        if self.pg.is_some() {
+            let rows = self.rows(sql);
+            let value = rows.first().and_then(|r| r.first()).expect(sql);
+            return value
+                .as_i64()
+                .unwrap_or_else(|| panic!("{sql}: {value} is no integer"));
+        }
         self.sqlite().query_row(sql, [], |r| r.get(0)).expect(sql)
     }
 
-    /// The SQLite file itself, for tests that read or write rows directly.
+    /// The one text `sql` selects (a sha, a branch), `None` for no row or NULL.
+    pub fn sql_text(&self, sql: &str) -> Option<String> {
+        let rows = self.rows(sql);
+        rows.first()
+            .and_then(|r| r.first())
+            .and_then(|v| v.as_str().map(str::to_owned))
+    }
+
+    /// Run `sql` (one statement or several separated by `;`) on the
+    /// database, for tests that set rows up by hand. Write SQL both
+    /// backends take (no `INSERT OR REPLACE`, no `?` parameters).
+    pub fn exec(&self, sql: &str) {
+        if self.pg.is_some() {
+            self.with_client(|c| c.batch_execute(sql)).expect(sql);
+        } else {
+            self.sqlite().execute_batch(sql).expect(sql);
+        }
+    }
+
+    /// [`Env::exec`], the database's refusal as text instead of a panic.
+    pub fn try_exec(&self, sql: &str) -> Result<(), String> {
+        if self.pg.is_some() {
+            self.with_client(|c| c.batch_execute(sql)).map_err(|e| {
+                format!(
+                    "{e} ({:?})",
+                    e.as_db_error().map(postgres::error::DbError::message)
+                )
+            })
+        } else {
+            self.sqlite().execute_batch(sql).map_err(|e| e.to_string())
+        }
+    }
+
+    /// The SQLite file itself, for what only SQLite has (`PRAGMA`, the
+    /// file); everything else goes through [`Env::exec`] and [`Env::rows`].
     pub fn sqlite(&self) -> rusqlite::Connection {
+        assert!(
+            self.pg.is_none(),
+            "Env::sqlite() on PostgreSQL: use Env::exec/rows/sql_i64, or skip with common::sqlite_only"
+        );
         let conn = rusqlite::Connection::open(self.db_path()).expect("open the SQLite file");
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .expect("busy timeout");
         conn
     }
 
+    /// Open the database through the library, on the configured backend.
     pub fn db(&self) -> orch::storage::Db {
+        if let Some(url) = self.db_url() {
+            return orch::storage::Db::open_postgres(
+                url,
+                self.state(),
+                orch::storage::Missing::Refuse,
+            )
+            .expect("open db");
+        }
         orch::storage::Db::open(
             &self.db_path(),
             std::time::Duration::from_secs(10),
@@ -109,9 +266,28 @@ impl Env {
         .expect("open db")
     }
 
-    /// Every row of `sql`, each column as JSON (NULL and blobs are `null`).
+    /// `f` on this Env's PostgreSQL session (opened on first use).
+    fn with_client<T>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, postgres::Error> {
+        let pg = self.pg.as_ref().expect("a PostgreSQL database");
+        let mut slot = self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let client = slot.get_or_insert_with(|| pg.client());
+        f(client)
+    }
+
+    /// Every row of `sql`, each column as JSON (NULL and blobs are `null`),
+    /// on either backend: the same values for the same rows.
     pub fn rows(&self, sql: &str) -> Vec<Vec<serde_json::Value>> {
         use rusqlite::types::ValueRef;
+        if self.pg.is_some() {
+            let rows = self.with_client(|c| c.query(sql, &[])).expect(sql);
+            return rows.iter().map(pg::json_row).collect();
+        }
         let db = self.sqlite();
         let mut stmt = db.prepare(sql).expect("prepare");
         let n = stmt.column_count();
@@ -320,6 +496,7 @@ pub fn run_agent_peak_rss_kib(env: &Env, agent: &str, exit: i32) -> Option<u64> 
         .env("HOME", env.state())
         .env("ORCH_STATE_DIR", env.state())
         .env("ORCH_AGENT_CMD", agent)
+        .envs(env.db_url().map(|url| ("ORCH_DB_URL", url)))
         .output()
         .expect("python3");
     let text = String::from_utf8_lossy(&out.stdout);

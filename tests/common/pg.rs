@@ -74,3 +74,95 @@ impl Drop for Database {
         }
     }
 }
+
+/// A row as JSON, each column as `Env::rows` gives it on SQLite: integers
+/// and `NUMERIC`s of no fraction (what `sum()` of a `BIGINT` gives) as
+/// integers, floats as floats, text as strings, booleans as 0 and 1 (SQLite
+/// has none), NULL and bytes as `null`.
+pub fn json_row(row: &postgres::Row) -> Vec<serde_json::Value> {
+    use postgres::types::Type;
+    use serde_json::{Value, json};
+    (0..row.len())
+        .map(|i| {
+            let ty = row.columns()[i].type_();
+            let v = |got: Result<Option<Value>, postgres::Error>| {
+                got.unwrap_or_else(|e| panic!("column {i} ({ty}): {e}"))
+                    .unwrap_or(Value::Null)
+            };
+            match *ty {
+                Type::INT8 => v(row
+                    .try_get::<_, Option<i64>>(i)
+                    .map(|x| x.map(|x| json!(x)))),
+                Type::INT4 => v(row
+                    .try_get::<_, Option<i32>>(i)
+                    .map(|x| x.map(|x| json!(x)))),
+                Type::INT2 => v(row
+                    .try_get::<_, Option<i16>>(i)
+                    .map(|x| x.map(|x| json!(x)))),
+                Type::FLOAT8 => v(row
+                    .try_get::<_, Option<f64>>(i)
+                    .map(|x| x.map(|x| json!(x)))),
+                Type::FLOAT4 => v(row
+                    .try_get::<_, Option<f32>>(i)
+                    .map(|x| x.map(|x| json!(x)))),
+                Type::BOOL => v(row
+                    .try_get::<_, Option<bool>>(i)
+                    .map(|x| x.map(|x| json!(i64::from(x))))),
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => v(row
+                    .try_get::<_, Option<String>>(i)
+                    .map(|x| x.map(|x| json!(x)))),
+                Type::NUMERIC => v(row.try_get::<_, Option<Numeric>>(i).map(|x| x.map(|n| n.0))),
+                Type::BYTEA => Value::Null,
+                _ => panic!("column {i}: no JSON mapping for type {ty}"),
+            }
+        })
+        .collect()
+}
+
+/// A `NUMERIC` read from its binary form: an integer when it has no
+/// fraction and fits in `i64`, else a float.
+struct Numeric(serde_json::Value);
+
+impl<'a> postgres::types::FromSql<'a> for Numeric {
+    fn from_sql(
+        _: &postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        // ndigits, weight, sign, dscale (each 16 bits), then ndigits
+        // base-10000 digits, the first weighted 10000^weight.
+        let word = |at: usize| -> Result<i16, Box<dyn std::error::Error + Sync + Send>> {
+            let b = raw.get(at..at + 2).ok_or("short NUMERIC")?;
+            Ok(i16::from_be_bytes([b[0], b[1]]))
+        };
+        let (ndigits, weight, sign) = (word(0)?, word(2)?, word(4)? as u16);
+        if sign == 0xC000 {
+            return Ok(Numeric(serde_json::Value::Null)); // NaN
+        }
+        let negative = sign == 0x4000;
+        let mut int: Option<i128> = Some(0);
+        let mut float = 0f64;
+        for d in 0..ndigits {
+            let digit = i128::from(word(8 + 2 * d as usize)?);
+            let power = i32::from(weight) - i32::from(d);
+            float += digit as f64 * 10000f64.powi(power);
+            int = match (int, power) {
+                (Some(n), p) if p >= 0 => 10000i128
+                    .checked_pow(p as u32)
+                    .and_then(|m| n.checked_add(digit * m)),
+                (n, _) if digit == 0 => n,
+                _ => None,
+            };
+        }
+        let sign = if negative { -1 } else { 1 };
+        Ok(Numeric(
+            match int.and_then(|n| i64::try_from(n * sign).ok()) {
+                Some(n) => serde_json::json!(n),
+                None => serde_json::json!(float * sign as f64),
+            },
+        ))
+    }
+
+    fn accepts(ty: &postgres::types::Type) -> bool {
+        *ty == postgres::types::Type::NUMERIC
+    }
+}

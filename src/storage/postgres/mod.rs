@@ -324,24 +324,31 @@ impl<'a> Tx<'a> {
         Tx::run(inner, Arc::clone(&self.jobs_changed), f)
     }
 
-    /// Note a statement that changes jobs (see [`Store::take_jobs_changed`]).
-    fn note(&self, sql: &str) {
+    /// Note a statement that inserted or updated a job (see
+    /// [`Store::take_jobs_changed`]): `changed` says whether it touched a
+    /// row (a count above 0, or a row back from `RETURNING`). As SQLite's
+    /// update hook fires per row, a statement that matched nothing — an
+    /// empty claim — is no change: its wake-up would start an idle worker
+    /// whose empty claim wakes the next, for ever.
+    fn note(&self, sql: &str, changed: bool) {
         let sql = sql.trim_start();
-        if sql.starts_with("UPDATE jobs") || sql.starts_with("INSERT INTO jobs") {
+        if changed && (sql.starts_with("UPDATE jobs") || sql.starts_with("INSERT INTO jobs")) {
             self.jobs_changed.store(true, Ordering::Relaxed);
         }
     }
 
     /// Run one statement; the number of rows it changed.
     pub(crate) fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
-        self.note(sql);
-        Ok(on_session!(self.session, |c| c.execute(sql, params))?)
+        let n = on_session!(self.session, |c| c.execute(sql, params))?;
+        self.note(sql, n > 0);
+        Ok(n)
     }
 
     /// Run one query; all its rows.
     pub(crate) fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
-        self.note(sql);
-        Ok(on_session!(self.session, |c| c.query(sql, params))?)
+        let rows = on_session!(self.session, |c| c.query(sql, params))?;
+        self.note(sql, !rows.is_empty());
+        Ok(rows)
     }
 
     /// Run one query of at most one row.
@@ -350,14 +357,16 @@ impl<'a> Tx<'a> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>> {
-        self.note(sql);
-        Ok(on_session!(self.session, |c| c.query_opt(sql, params))?)
+        let row = on_session!(self.session, |c| c.query_opt(sql, params))?;
+        self.note(sql, row.is_some());
+        Ok(row)
     }
 
     /// Run one query of exactly one row.
     pub(crate) fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row> {
-        self.note(sql);
-        Ok(on_session!(self.session, |c| c.query_one(sql, params))?)
+        let row = on_session!(self.session, |c| c.query_one(sql, params))?;
+        self.note(sql, true);
+        Ok(row)
     }
 
     /// Run statements without parameters (test fixtures).

@@ -362,3 +362,44 @@ fn postgres_finalize_requeue_keeps_the_run_it_finalizes() {
         })
         .expect("write");
 }
+
+/// A statement that changes a job flags the store (its commit wakes idle
+/// workers); one that matches no row — an empty claim, a lost fence — does
+/// not, as SQLite's per-row update hook does not fire for it.
+#[test]
+fn postgres_only_a_statement_that_changed_a_job_flags_a_wake_up() {
+    let Some(mut store) = testing::store() else {
+        return;
+    };
+    let gates = Gates {
+        max_concurrency: 10,
+        serial: false,
+        task_deps: false,
+    };
+    let me = Claimer {
+        token: "t",
+        pid: 1,
+        boot_id: "boot",
+    };
+    assert!(!store.take_jobs_changed(), "a fresh store");
+    let empty = store
+        .write(|tx| Ok(tx.job_claim(me, gates, 2)?))
+        .expect("claim");
+    assert!(empty.is_none());
+    assert!(!store.take_jobs_changed(), "an empty claim changed nothing");
+    store
+        .write(|tx| Ok(tx.job_insert(&job("demo", None), 1)?))
+        .expect("insert");
+    assert!(store.take_jobs_changed(), "an insert");
+    let claimed = store
+        .write(|tx| Ok(tx.job_claim(me, gates, 2)?))
+        .expect("claim")
+        .expect("a job");
+    assert!(store.take_jobs_changed(), "a claim");
+    let lost = store
+        .auto()
+        .job_set_pid(claimed.id, "another token", 42)
+        .expect("fenced write");
+    assert!(!lost, "the fence refused it");
+    assert!(!store.take_jobs_changed(), "a fenced write that lost");
+}
