@@ -127,14 +127,16 @@ impl Workspace {
     /// its path. Called by whoever takes the worktree over: the holder of the
     /// task's job's claim.
     ///
-    /// A new branch starts from the remote default branch. An existing
-    /// worktree is first cleared of what a killed git left (stale lock files,
-    /// a rebase in progress), then reconciled with the remote branch by
-    /// [`reconcile`].
+    /// A new branch starts from the remote default branch. A worktree whose
+    /// `git worktree add` was killed is made anew ([`Workspace::drop_interrupted_add`]).
+    /// An existing worktree is first cleared of what a killed git left (stale
+    /// lock files, a rebase in progress), then reconciled with the remote
+    /// branch by [`reconcile`].
     pub fn prepare(&self, work_item_id: &str, branch: &str) -> anyhow::Result<PathBuf> {
         names::validate_branch(branch)?;
         let path = self.worktree_dir(work_item_id)?;
         let _lock = self.lock()?;
+        self.drop_interrupted_add(&path)?;
         self.clear_stale_locks(&path);
         let clone = self.sync()?;
         let remote_branch = format!("origin/{branch}");
@@ -166,6 +168,51 @@ impl Workspace {
             ])
             .with_context(|| format!("creating worktree {}", path.display()))?;
         Ok(path)
+    }
+
+    /// Remove what a `git worktree add` killed before it finished left: its
+    /// worktree at `path` and its private git directory. git writes
+    /// `<clone>/.git/worktrees/<name>/locked` ("initializing") first, then
+    /// the `.git` file, `HEAD` and `commondir`, checks the files out, and
+    /// removes `locked` last; killed in between, it leaves a worktree that
+    /// git refuses ("not a git repository") or one with files missing, whose
+    /// next commit deletes them from the branch. orch locks no worktree, and
+    /// every add runs under [`Workspace::lock`] (held here), so a `locked`
+    /// file marks an add that died. No agent has run in such a worktree: the
+    /// add was its claim's first step. Private directories of interrupted
+    /// adds whose worktree never got its `.git` file go too (nothing can
+    /// use them, and `git worktree prune` keeps locked ones).
+    fn drop_interrupted_add(&self, path: &Path) -> anyhow::Result<()> {
+        let Ok(entries) = std::fs::read_dir(self.clone_dir().join(".git/worktrees")) else {
+            return Ok(());
+        };
+        let own = self.worktree_git_dir(path);
+        let mut ours = false;
+        for admin in entries.filter_map(Result::ok).map(|e| e.path()) {
+            if !admin.join("locked").exists() {
+                continue;
+            }
+            let is_own = own
+                .as_deref()
+                .is_some_and(|own| std::fs::canonicalize(&admin).is_ok_and(|a| a == own));
+            let dot_git = std::fs::read_to_string(admin.join("gitdir")).ok();
+            let orphan = dot_git.is_none_or(|g| !Path::new(g.trim()).exists());
+            if !is_own && !orphan {
+                continue;
+            }
+            log::warn!(
+                "{}: removing what an interrupted `git worktree add` left",
+                admin.display()
+            );
+            std::fs::remove_dir_all(&admin)
+                .with_context(|| format!("removing {}", admin.display()))?;
+            ours |= is_own;
+        }
+        if ours {
+            std::fs::remove_dir_all(path)
+                .with_context(|| format!("removing {}", path.display()))?;
+        }
+        Ok(())
     }
 
     /// Remove the git lock files a killed git left in the worktree at `path`

@@ -1244,6 +1244,61 @@ fn stale_git_locks_of_a_killed_worker_do_not_fail_the_next_run() {
     assert_correct_end(&env, task, "stale git locks");
 }
 
+/// A worker killed inside `git worktree add` leaves git's `locked` file
+/// ("initializing") in the worktree's private git directory and a worktree
+/// that is half made: its files not checked out (the next commit then
+/// deletes them from the branch), or no `HEAD` yet (git calls it "not a git
+/// repository"). The next worker makes the worktree anew, and the task ends
+/// with the repository's own files intact (seen in the chaos test).
+#[test]
+fn a_worktree_add_killed_midway_is_made_anew_by_the_next_worker() {
+    let env = install("");
+    let task = create_task(&env, "greet");
+    drive_to(&env, task, "architecture");
+    let clone = orch::git::Git::at(env.state().join("repos/demo/clone"));
+    let worktree = env.state().join("repos/demo/worktrees/DEMO-1");
+    let branch = env
+        .sql_text("SELECT branch FROM tasks WHERE id = 1")
+        .expect("branch");
+    let worktree_str = worktree.to_string_lossy().into_owned();
+    // Killed before the checkout: HEAD set, no file, no index.
+    clone
+        .run(["worktree", "remove", "--force", &worktree_str])
+        .expect("remove");
+    clone
+        .run([
+            "worktree",
+            "add",
+            "--quiet",
+            "--no-checkout",
+            "-B",
+            &branch,
+            &worktree_str,
+            &format!("origin/{branch}"),
+        ])
+        .expect("add");
+    std::fs::write(worktree_git_dir(&env).join("locked"), "initializing").expect("lock");
+    assert!(!worktree.join("test.sh").exists());
+    drive_to(&env, task, "development");
+    assert!(
+        worktree.join("test.sh").exists(),
+        "the worktree was not made anew"
+    );
+    // Killed before HEAD was written.
+    let own = worktree_git_dir(&env);
+    std::fs::write(own.join("locked"), "initializing").expect("lock");
+    std::fs::remove_file(own.join("HEAD")).expect("HEAD");
+    drive_to(&env, task, "review");
+    assert!(!worktree_git_dir(&env).join("locked").exists());
+    assert_correct_end(&env, task, "worktree add killed midway");
+    let main = orch::git::Git::at(env.state().join("forge/demo.git"))
+        .run(["ls-tree", "-r", "--name-only", "main"])
+        .expect("ls-tree");
+    for file in ["README.md", "test.sh"] {
+        assert!(main.contains(file), "{file} was lost from main: {main}");
+    }
+}
+
 /// Drive `task` to deploy-staging, move main on, and leave a rebase of the
 /// task's branch stopped after its first commit in its worktree (`--exec
 /// false` stops it there, as a kill would). Returns the worktree and its git.
