@@ -190,11 +190,21 @@ fn a_healthy_deploy_is_watched_over_the_whole_window_without_holding_a_worker() 
     assert_eq!(m["checks_failed"], 0);
     let checks = m["checks"].as_array().expect("checks");
     assert_eq!(checks.len(), 3);
-    let first = checks[0]["at"].as_i64().unwrap_or(0);
-    let last = checks[2]["at"].as_i64().unwrap_or(0);
+    // Spread over the window: no check before its due time (a late first
+    // check on a loaded machine may run close to the second), the last one
+    // no earlier than the window's end.
+    let started = m["started_at"].as_i64().unwrap_or(0);
+    for (k, check) in checks.iter().enumerate() {
+        let due = orch::pipeline::post_deploy::due_at(started, 2, 3, k as i64 + 1);
+        assert!(
+            check["at"].as_i64().unwrap_or(0) >= due,
+            "check {} ran before its due time {due}: {m}",
+            k + 1
+        );
+    }
     assert!(
-        last - first >= 2,
-        "the checks were not spread over the window: {m}"
+        checks[2]["at"].as_i64().unwrap_or(0) >= started + 2,
+        "the window was not watched to its end: {m}"
     );
     assert_eq!(health.hits.load(Ordering::SeqCst), 3, "one probe per check");
     // The job waited without spending attempts or the transient budget.
